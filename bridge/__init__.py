@@ -1,0 +1,1 @@
+"""bridge: a OneSignal-style messaging platform <-> Amplitude bridge."""

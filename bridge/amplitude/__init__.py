@@ -1,0 +1,1 @@
+"""Amplitude's HTTP V2 contract: the client the pusher uses and a local compatible server."""

@@ -1,0 +1,89 @@
+"""`bridge apps ...`: create apps, change their settings, rotate their tokens."""
+from __future__ import annotations
+
+import click
+from sqlalchemy import select
+
+from bridge.apps.models import REGIONS, TOKEN_KINDS, App
+from bridge.apps.service import AppConfigError, create_app_record, describe, rotate_token, update_app
+from bridge.cli import Context, echo_json, pass_ctx
+from bridge.delivery.scheduling import schedule_drain
+
+
+def _kinds(value: str | None) -> list[str] | None:
+    return [k.strip() for k in value.split(",") if k.strip()] if value else None
+
+
+def _load(session, app_id: str) -> App:
+    app = session.get(App, app_id)
+    if app is None:
+        raise click.ClickException(f"no app with id {app_id}")
+    return app
+
+
+@click.group()
+def apps() -> None:
+    """Apps (tenants): one messaging app wired to one Amplitude project."""
+
+
+@apps.command("create")
+@click.option("--name", required=True)
+@click.option("--amplitude-api-key", required=True, help="The Amplitude project's API key.")
+@click.option("--region", type=click.Choice(sorted(REGIONS)), default="us", show_default=True)
+@click.option("--kinds", help="Comma-separated event kinds to send (default: all mapped kinds).")
+@pass_ctx
+def create(ctx: Context, name: str, amplitude_api_key: str, region: str, kinds: str | None) -> None:
+    """Create an app; prints app_id, api_key and cohort_token as JSON (tokens are shown only now)."""
+    with ctx.runtime.session() as session:
+        try:
+            app, issued = create_app_record(session, name=name, amplitude_api_key=amplitude_api_key,
+                                            region=region, enabled_kinds=_kinds(kinds))
+        except AppConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        echo_json({**describe(app), "api_key": issued.api_key, "cohort_token": issued.cohort_token})
+
+
+@apps.command("list")
+@pass_ctx
+def list_apps(ctx: Context) -> None:
+    """List apps (without tokens)."""
+    with ctx.runtime.session() as session:
+        echo_json([describe(a) for a in session.scalars(select(App).order_by(App.created_at))])
+
+
+@apps.command("update")
+@click.argument("app_id")
+@click.option("--name")
+@click.option("--amplitude-api-key", help="A new key also releases delivery held for an invalid key.")
+@click.option("--region", type=click.Choice(sorted(REGIONS)))
+@click.option("--kinds", help="Comma-separated event kinds to send; 'all' for every mapped kind.")
+@pass_ctx
+def update(ctx: Context, app_id: str, name, amplitude_api_key, region, kinds) -> None:
+    """Change an app's settings."""
+    runtime = ctx.runtime
+    with runtime.session() as session:
+        app = _load(session, app_id)
+        enabled = ... if kinds is None else (None if kinds == "all" else _kinds(kinds))
+        try:
+            update_app(session, app, name=name, amplitude_api_key=amplitude_api_key, region=region, enabled_kinds=enabled)
+        except AppConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        echo_json(describe(app))
+    if amplitude_api_key:
+        schedule_drain(runtime, app_id)
+
+
+@apps.command("rotate-token")
+@click.argument("app_id")
+@click.option("--kind", type=click.Choice(TOKEN_KINDS), required=True)
+@click.option("--grace-seconds", default=86400, show_default=True, help="How long the current tokens stay valid.")
+@pass_ctx
+def rotate(ctx: Context, app_id: str, kind: str, grace_seconds: int) -> None:
+    """Issue a new token; the current ones keep working for the grace period, then expire."""
+    with ctx.runtime.session() as session:
+        _load(session, app_id)
+        try:
+            token = rotate_token(session, app_id, kind, grace_seconds)
+        except AppConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+    echo_json({"app_id": app_id, "kind": kind, "token": token, "previous_valid_for_seconds": grace_seconds})

@@ -1,0 +1,121 @@
+"""The `bridge` command: release, web, worker, and the operator's tools."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from bridge import logs
+from bridge.runtime import Runtime, install
+from bridge.settings import ConfigurationError, Settings
+
+
+class Context:
+    """Builds the Runtime on first use, so `bridge --help` needs no database."""
+
+    def __init__(self):
+        self._runtime: Runtime | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            settings = _settings()
+            logs.configure(settings.log_level)
+            self._runtime = install(Runtime(settings))
+        return self._runtime
+
+    def close(self) -> None:
+        if self._runtime is not None:
+            self._runtime.close()
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigurationError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+
+
+def echo_json(value: object) -> None:
+    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+@click.group()
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """bridge: messaging-platform events to Amplitude, Amplitude cohorts to channel records."""
+    ctx.obj = Context()
+    ctx.call_on_close(ctx.obj.close)
+
+
+@main.group()
+def db() -> None:
+    """Database schema (run by the release phase)."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every pending migration to DATABASE_URL."""
+    from bridge.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    click.echo("database is at the latest revision")
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty (tests, one-off catch-up).")
+@pass_ctx
+def worker(ctx: Context, burst: bool) -> None:
+    """Run an RQ worker: drains outboxes to Amplitude, applies cohort batches, runs the sweep."""
+    from bridge import worker as worker_module
+
+    runtime = ctx.runtime
+    if runtime.settings.job_runner != "rq":
+        raise click.ClickException("`bridge worker` needs REDIS_URL; without it, jobs run inside the web process")
+    worker_module.run(runtime, burst=burst)
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--workers", default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")), show_default="WEB_CONCURRENCY or 2")
+def web(host: str, workers: int) -> None:
+    """Serve the HTTP API with gunicorn on $PORT."""
+    settings = _settings()
+    if settings.job_runner == "thread" and workers > 1:
+        click.echo("embedded mode: one web process runs the delivery thread", err=True)
+        workers = 1
+    args = ["gunicorn", "bridge.web:create_app()", "--bind", f"{host}:{settings.port}", "--workers", str(workers),
+            "--threads", "8", "--access-logfile", "-", "--graceful-timeout", "25"]
+    os.execvp(sys.executable, [sys.executable, "-m", *args])
+
+
+@main.command()
+@pass_ctx
+def sweep(ctx: Context) -> None:
+    """Queue every piece of due work the database holds (the workers also do this periodically)."""
+    from bridge.maintenance import sweep as run_sweep
+
+    echo_json(run_sweep(ctx.runtime))
+
+
+@main.command("config")
+def show_config() -> None:
+    """Print the settings in effect (credentials masked)."""
+    echo_json(_settings().redacted())
+
+
+def _register_groups() -> None:
+    from bridge.apps.cli import apps
+    from bridge.delivery.cli import deliveries
+
+    main.add_command(apps)
+    main.add_command(deliveries)
+
+
+_register_groups()

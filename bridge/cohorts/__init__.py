@@ -1,0 +1,1 @@
+"""Cohorts: Amplitude cohort syncs, membership, resolution to channel records, and the user-vs-device report."""

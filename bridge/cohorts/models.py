@@ -1,0 +1,71 @@
+"""Cohorts synced from Amplitude, their membership, and the history of every webhook batch."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, Index, PrimaryKeyConstraint, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from bridge.db import BIGINT_PK, UtcDateTime, utcnow
+
+RECEIVED, PROCESSED, FAILED = "received", "processed", "failed"
+
+
+class Cohort(SQLModel, table=True):
+    __tablename__ = "cohorts"
+    __table_args__ = (PrimaryKeyConstraint("app_id", "cohort_id", name="pk_cohorts"),)
+
+    app_id: str = Field(foreign_key="apps.id", max_length=36)
+    cohort_id: str = Field(max_length=128)  # Amplitude's cohort id
+    name: str = Field(default="", max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)  # last applied sync
+
+
+class CohortMember(SQLModel, table=True):
+    """Latest known state of one user in one cohort. Rows that left are kept (in_cohort false) so an
+    older, late batch cannot undo a newer state."""
+
+    __tablename__ = "cohort_members"
+    __table_args__ = (
+        PrimaryKeyConstraint("app_id", "cohort_id", "user_id", name="pk_cohort_members"),
+        Index("ix_cohort_members_in", "app_id", "cohort_id", "in_cohort"),
+    )
+
+    app_id: str = Field(max_length=36)
+    cohort_id: str = Field(max_length=128)
+    user_id: str = Field(max_length=256)
+    in_cohort: bool = True
+    computed_time: int = 0  # epoch seconds of the batch that set this state
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class CohortBatch(SQLModel, table=True):
+    """One webhook delivery from Amplitude: stored raw on receipt, applied by a job, kept as history."""
+
+    __tablename__ = "cohort_batches"
+    __table_args__ = (
+        UniqueConstraint("app_id", "message_id", name="uq_cohort_batches_app_message"),
+        Index("ix_cohort_batches_cohort", "app_id", "cohort_id", "id"),
+        Index("ix_cohort_batches_state", "state", "received_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BIGINT_PK, primary_key=True, autoincrement=True))
+    app_id: str = Field(foreign_key="apps.id", max_length=36)
+    cohort_id: str = Field(max_length=128)
+    cohort_name: str = Field(default="", max_length=500)
+    message_id: str = Field(max_length=256)
+    in_cohort: bool
+    computed_time: int  # epoch seconds, as Amplitude sends it
+    user_count: int = 0
+    payload: str = Field(sa_column=Column(Text, nullable=False))  # the users array, as received
+    state: str = Field(default=RECEIVED, max_length=16)
+    entered: int = 0
+    left: int = 0
+    already_known: int = 0
+    stale: int = 0  # users whose newer state this (older) batch did not undo
+    duplicate_users: int = 0  # the same user_id more than once in this batch
+    retries: int = 0  # times Amplitude re-sent this message_id (acknowledged as no-ops)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    processed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -1,0 +1,90 @@
+"""Database plumbing shared by every feature: engine, sessions, time, and dialect-neutral upserts."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, DateTime, Integer, TypeDecorator, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+from sqlmodel import SQLModel, create_engine
+
+# Stable constraint names on every database, so Alembic migrations agree with the models.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = SQLModel.metadata
+
+# 64-bit ids on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
+BIGINT_PK = BigInteger().with_variant(Integer, "sqlite")
+
+
+def utcnow() -> datetime:
+    """Now, as an aware UTC datetime: the one representation the code handles."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator):
+    """A timestamp that is always an aware UTC datetime in Python: `timestamptz` on PostgreSQL,
+    an ISO string in UTC on SQLite (which has no time zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def make_engine(url: str, *, null_pool: bool = False) -> Engine:
+    """An engine for `url`. SQLite is made durable and concurrent-friendly (WAL, full sync, busy wait).
+
+    `null_pool` opens a connection per use and keeps none: for one-shot commands such as migrations.
+    """
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            **({"poolclass": NullPool} if null_pool else {}),
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if null_pool:
+        return create_engine(url, poolclass=NullPool)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def dialect_insert(session: Session, table):
+    """An INSERT for `table` that supports ON CONFLICT on the session's database."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"

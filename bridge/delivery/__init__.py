@@ -1,0 +1,1 @@
+"""Delivery: the durable outbox and the pusher that drains it into Amplitude."""

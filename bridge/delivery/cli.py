@@ -1,0 +1,45 @@
+"""`bridge deliveries ...`: look at and replay what the outbox holds."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+
+from bridge.apps.models import App
+from bridge.cli import Context, echo_json, pass_ctx
+from bridge.delivery.replay import replay as run_replay
+from bridge.delivery.scheduling import schedule_drain
+from bridge.delivery.stats import delivery_stats
+
+
+@click.group()
+def deliveries() -> None:
+    """The outbox: what is pending, delivered, dead or skipped."""
+
+
+@deliveries.command("stats")
+@click.option("--app", "app_id", required=True)
+@pass_ctx
+def stats(ctx: Context, app_id: str) -> None:
+    """Counts per state, with reasons, and the last error."""
+    with ctx.runtime.session() as session:
+        app = session.get(App, app_id)
+        if app is None:
+            raise click.ClickException(f"no app with id {app_id}")
+        echo_json(delivery_stats(session, app))
+
+
+@deliveries.command("replay")
+@click.option("--app", "app_id", help="Only this app's events.")
+@click.option("--since", type=click.DateTime(), help="Only events accepted at or after this time (UTC).")
+@click.option("--reason", help="Only events dead for this reason (e.g. retry_window_exceeded, amplitude_400); "
+                               "'unresolved_user' re-resolves skipped events through the channel registry.")
+@pass_ctx
+def replay(ctx: Context, app_id: str | None, since: datetime | None, reason: str | None) -> None:
+    """Re-queue dead-lettered events for delivery (same insert_id: never counted twice)."""
+    runtime = ctx.runtime
+    with runtime.session() as session:
+        result = run_replay(session, app_id=app_id, since=since.replace(tzinfo=UTC) if since else None, reason=reason)
+    for queued_app in sorted(result.app_ids):
+        schedule_drain(runtime, queued_app)
+    echo_json({"requeued": result.requeued, "still_unresolved": result.still_unresolved, "apps": sorted(result.app_ids)})

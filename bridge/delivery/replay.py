@@ -1,0 +1,94 @@
+"""Putting dead-lettered (or unattributable) events back in line for delivery."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from bridge import mapping
+from bridge.db import utcnow
+from bridge.delivery.models import DEAD, PENDING, SKIPPED, OutboxEvent
+from bridge.intake.service import UNRESOLVED_USER
+from bridge.registry.service import external_ids_for
+
+T = OutboxEvent.__table__.c
+
+
+@dataclass
+class ReplayResult:
+    requeued: int = 0
+    still_unresolved: int = 0
+    app_ids: set[str] = field(default_factory=set)
+
+
+def replay(session: Session, *, app_id: str | None = None, since: datetime | None = None,
+           reason: str | None = None) -> ReplayResult:
+    """Re-queue dead events matching the filters (same payload, same insert_id: Amplitude cannot count
+    them twice). With reason "unresolved_user", re-resolve skipped events through the channel registry
+    instead, and queue those whose user is now known."""
+    if reason == UNRESOLVED_USER:
+        return _resolve_skipped(session, app_id=app_id, since=since)
+    filters = [T.state == DEAD]
+    if app_id:
+        filters.append(T.app_id == app_id)
+    if since:
+        filters.append(T.created_at >= since)
+    if reason:
+        filters.append(T.reason == reason)
+    result = ReplayResult()
+    result.app_ids = set(session.scalars(select(T.app_id).where(*filters).distinct()))
+    done = session.execute(
+        update(OutboxEvent.__table__).where(*filters).values(
+            state=PENDING, reason=None, attempts=0, failing_since=None, next_attempt_at=utcnow(),
+            lease_owner=None, lease_expires_at=None)
+    )
+    result.requeued = done.rowcount or 0
+    session.commit()
+    return result
+
+
+def _resolve_skipped(session: Session, *, app_id: str | None, since: datetime | None) -> ReplayResult:
+    filters = [T.state == SKIPPED, T.reason == UNRESOLVED_USER]
+    if app_id:
+        filters.append(T.app_id == app_id)
+    if since:
+        filters.append(T.created_at >= since)
+    result = ReplayResult()
+    last_id = 0
+    while True:
+        rows = session.execute(
+            select(T.id, T.app_id, T.device_id, T.payload).where(*filters, T.id > last_id).order_by(T.id).limit(1000)
+        ).all()
+        if not rows:
+            break
+        last_id = rows[-1].id
+        by_app: dict[str, list] = {}
+        for row in rows:
+            by_app.setdefault(row.app_id, []).append(row)
+        for app, app_rows in by_app.items():
+            known = external_ids_for(session, app, {r.device_id for r in app_rows})
+            for row in app_rows:
+                user_id = known.get(row.device_id)
+                if not user_id:
+                    result.still_unresolved += 1
+                    continue
+                item = orjson.loads(row.payload)
+                event = mapping.to_amplitude(_revive(item), user_id)
+                session.execute(update(OutboxEvent.__table__).where(T.id == row.id).values(
+                    state=PENDING, reason=None, last_error=None, user_id=user_id,
+                    payload=orjson.dumps(event).decode(), next_attempt_at=utcnow()))
+                result.requeued += 1
+                result.app_ids.add(app)
+        session.commit()
+    return result
+
+
+def _revive(item: dict) -> dict:
+    """A stored, validated item as `mapping.to_amplitude` expects it (its datetime was kept as text)."""
+    event = item["event"]
+    if isinstance(event.get("datetime"), str):
+        event["datetime"] = datetime.fromisoformat(event["datetime"])
+    return item

@@ -1,0 +1,41 @@
+"""What the outbox holds for an app, by state and reason: the numbers behind /deliveries/stats."""
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from bridge.apps.models import App
+from bridge.db import utcnow
+from bridge.delivery.models import DEAD, DELIVERED, PENDING, SKIPPED, OutboxEvent
+
+T = OutboxEvent.__table__.c
+
+
+def delivery_stats(session: Session, app: App) -> dict[str, object]:
+    """Counts per state (pending, delivered, dead, skipped — the last two with reasons), what is
+    retrying, the oldest waiting event, and the last error Amplitude or the network gave."""
+    counts: dict[str, dict[str, int]] = {PENDING: {}, DELIVERED: {}, DEAD: {}, SKIPPED: {}}
+    rows = session.execute(
+        select(T.state, T.reason, func.count()).where(T.app_id == app.id).group_by(T.state, T.reason)
+    )
+    for state, reason, n in rows:
+        counts.setdefault(state, {})[reason or "-"] = n
+    pending = session.execute(
+        select(func.count().filter(T.attempts > 0), func.min(T.created_at)).where(T.app_id == app.id, T.state == PENDING)
+    ).one()
+    now = utcnow()
+    held = app.delivery_held_until is not None and app.delivery_held_until > now
+    return {
+        "pending": sum(counts[PENDING].values()),
+        "retrying": pending[0],
+        "oldest_pending_at": pending[1].isoformat() if pending[1] else None,
+        "delivered": sum(counts[DELIVERED].values()),
+        "dead": {"total": sum(counts[DEAD].values()), "reasons": counts[DEAD]},
+        "skipped": {"total": sum(counts[SKIPPED].values()), "reasons": counts[SKIPPED]},
+        "last_error": {
+            "message": app.last_delivery_error,
+            "at": app.last_delivery_error_at.isoformat() if app.last_delivery_error_at else None,
+        } if app.last_delivery_error else None,
+        "last_delivered_at": app.last_delivered_at.isoformat() if app.last_delivered_at else None,
+        "held": {"reason": app.delivery_held_reason, "until": app.delivery_held_until.isoformat()} if held else None,
+    }

@@ -1,0 +1,47 @@
+"""One JSON error shape for every 4xx/5xx the API answers: {"error", "message", "details"}."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error the client can act on. `code` is stable and machine-readable; `message` is for people."""
+
+    def __init__(self, status: int, code: str, message: str, details: object | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def error_response(status: int, code: str, message: str, details: object | None = None):
+    body = {"error": code, "message": message, "details": details if details is not None else {}}
+    return jsonify(body), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(_exc):
+        limit = app.config.get("MAX_CONTENT_LENGTH") or 0
+        return error_response(413, "payload_too_large", f"The body is larger than the {limit:,}-byte limit.",
+                              {"limit_bytes": limit})
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "The server hit an unexpected error; it has been logged.")

@@ -1,0 +1,168 @@
+"""Background jobs, three ways, one interface.
+
+- `rq`: jobs go to Redis and run in `bridge worker` processes (production, REDIS_URL set).
+- `thread`: jobs run on a background thread of this process (the embedded default, no Redis).
+- `manual`: jobs wait in a list until `run_pending()` (tests: deterministic, nothing runs behind their back).
+
+Jobs are module-level functions that take ids and an optional `runtime`; they must be idempotent,
+because the database, not the queue, is the record of what is left to do.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bridge.runtime import Runtime
+
+log = logging.getLogger(__name__)
+Job = Callable[..., object]
+
+
+class JobRunner:
+    def enqueue(self, func: Job, *args: object) -> None:
+        raise NotImplementedError
+
+    def enqueue_once(self, key: str, ttl: float, func: Job, *args: object) -> bool:
+        """Enqueue unless a job with `key` is already waiting (for at most `ttl` seconds). True if enqueued."""
+        raise NotImplementedError
+
+    def forget(self, key: str) -> None:
+        """Called by a job as it starts: a later `enqueue_once(key)` schedules a fresh run."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class RQRunner(JobRunner):
+    def __init__(self, runtime: Runtime):
+        from redis import Redis
+        from rq import Queue
+
+        self.redis = Redis.from_url(runtime.settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self.queue = Queue(runtime.settings.queue_name, connection=self.redis)
+
+    def enqueue(self, func: Job, *args: object) -> None:
+        self.queue.enqueue(func, *args, job_timeout=600, result_ttl=0, failure_ttl=7 * 24 * 3600)
+
+    def enqueue_once(self, key: str, ttl: float, func: Job, *args: object) -> bool:
+        if not self.redis.set(f"bridge:once:{key}", 1, nx=True, px=max(1, int(ttl * 1000))):
+            return False
+        self.enqueue(func, *args)
+        return True
+
+    def forget(self, key: str) -> None:
+        self.redis.delete(f"bridge:once:{key}")
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+class ManualRunner(JobRunner):
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.pending: list[tuple[Job, tuple[object, ...]]] = []
+        self.waiting_keys: set[str] = set()
+
+    def enqueue(self, func: Job, *args: object) -> None:
+        self.pending.append((func, args))
+
+    def enqueue_once(self, key: str, ttl: float, func: Job, *args: object) -> bool:
+        if key in self.waiting_keys:
+            return False
+        self.waiting_keys.add(key)
+        self.enqueue(func, *args)
+        return True
+
+    def forget(self, key: str) -> None:
+        self.waiting_keys.discard(key)
+
+    def run_pending(self, limit: int = 1000) -> int:
+        """Run queued jobs (and the jobs they enqueue) in order; returns how many ran."""
+        ran = 0
+        while self.pending and ran < limit:
+            func, args = self.pending.pop(0)
+            func(*args, runtime=self.runtime)
+            ran += 1
+        return ran
+
+
+class ThreadRunner(JobRunner):
+    """One daemon thread runs jobs in order and, between them, the periodic sweep."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.jobs: queue.Queue[tuple[Job, tuple[object, ...]] | None] = queue.Queue()
+        self.waiting_keys: set[str] = set()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def _ensure_started(self) -> None:
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, name="bridge-jobs", daemon=True)
+                self.thread.start()
+
+    def enqueue(self, func: Job, *args: object) -> None:
+        self._ensure_started()
+        self.jobs.put((func, args))
+
+    def enqueue_once(self, key: str, ttl: float, func: Job, *args: object) -> bool:
+        with self.lock:
+            if key in self.waiting_keys:
+                return False
+            self.waiting_keys.add(key)
+        self.enqueue(func, *args)
+        return True
+
+    def forget(self, key: str) -> None:
+        with self.lock:
+            self.waiting_keys.discard(key)
+
+    def start(self) -> None:
+        """Start the thread now (so the periodic sweep runs even before the first job)."""
+        self._ensure_started()
+
+    def _loop(self) -> None:
+        from bridge.maintenance import sweep
+
+        interval = self.runtime.settings.sweep_interval_seconds
+        next_sweep = time.monotonic()
+        while not self.stopping.is_set():
+            if time.monotonic() >= next_sweep:
+                self._run(sweep, ())
+                next_sweep = time.monotonic() + interval
+            try:
+                item = self.jobs.get(timeout=max(0.01, next_sweep - time.monotonic()))
+            except queue.Empty:
+                continue
+            if item is None:
+                break
+            self._run(*item)
+
+    def _run(self, func: Job, args: tuple[object, ...]) -> None:
+        try:
+            func(*args, runtime=self.runtime)
+        except Exception:  # noqa: BLE001 - a failed job is logged; the sweep retries its work
+            log.exception("job %s%r failed", getattr(func, "__name__", func), args)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.jobs.put(None)
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+
+
+def make_runner(runtime: Runtime) -> JobRunner:
+    kind = runtime.settings.job_runner
+    if kind == "rq":
+        return RQRunner(runtime)
+    if kind == "manual":
+        return ManualRunner(runtime)
+    return ThreadRunner(runtime)

@@ -1,0 +1,1 @@
+"""The channel registry: device-level channel records (push, e-mail, SMS) per app, keyed by subscription id."""

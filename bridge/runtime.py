@@ -1,0 +1,61 @@
+"""The process-wide services built from settings: database engine, sessions, job runner, Amplitude client.
+
+Web, worker and CLI each build one Runtime at start. RQ jobs receive only ids and find the worker's
+Runtime through `current()`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.orm import Session
+
+from bridge.db import make_engine, make_session_factory
+from bridge.settings import Settings
+
+_current: Runtime | None = None
+
+
+class Runtime:
+    def __init__(self, settings: Settings):
+        from bridge.amplitude.client import AmplitudeClient
+        from bridge.jobs import make_runner
+
+        self.settings = settings
+        self.engine = make_engine(settings.database_url)
+        self.sessions = make_session_factory(self.engine)
+        self.amplitude = AmplitudeClient(
+            timeout=settings.http_timeout_seconds,
+            base_url_override=settings.amplitude_base_url,
+            gzip_requests=settings.gzip_requests,
+        )
+        self.runner = make_runner(self)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that is closed on exit; callers commit explicitly."""
+        session = self.sessions()
+        try:
+            yield session
+        finally:
+            session.close()
+
+    def close(self) -> None:
+        self.runner.close()
+        self.amplitude.close()
+        self.engine.dispose()
+
+
+def install(runtime: Runtime) -> Runtime:
+    """Make `runtime` the one that RQ jobs in this process use."""
+    global _current
+    _current = runtime
+    return runtime
+
+
+def current() -> Runtime:
+    """The process's Runtime, built from the environment on first use (RQ worker processes)."""
+    global _current
+    if _current is None:
+        _current = Runtime(Settings.from_env())
+    return _current

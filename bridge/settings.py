@@ -1,0 +1,165 @@
+"""Configuration: every value comes from the environment, is read once and is checked at start.
+
+A wrong value stops the process with a message naming the variable, instead of surfacing later as
+a failed request or a stuck worker.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from urllib.parse import urlsplit
+
+DEFAULT_DATABASE_URL = "sqlite:///bridge.db"
+JOB_RUNNERS = ("rq", "thread", "manual")
+
+
+class ConfigurationError(RuntimeError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str | None
+    amplitude_base_url: str | None
+    port: int
+    job_runner: str
+    log_level: str
+    # Intake
+    max_body_bytes: int
+    max_items_per_request: int
+    # Delivery
+    batch_size: int
+    max_request_bytes: int
+    gzip_requests: bool
+    http_timeout_seconds: float
+    lease_seconds: int
+    retry_window_seconds: int
+    backoff_base_seconds: float
+    backoff_cap_seconds: float
+    throttle_pause_seconds: int
+    invalid_key_pause_seconds: int
+    drain_budget_seconds: float
+    sweep_interval_seconds: float
+    queue_name: str
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `env` (default: the process environment), failing fast on bad values."""
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        redis_url = reader.text("REDIS_URL") or None
+        runner = reader.text("JOB_RUNNER") or ("rq" if redis_url else "thread")
+        if runner not in JOB_RUNNERS:
+            raise ConfigurationError(f"JOB_RUNNER must be one of {', '.join(JOB_RUNNERS)}, got {runner!r}")
+        if runner == "rq" and not redis_url:
+            raise ConfigurationError("JOB_RUNNER=rq needs REDIS_URL")
+        settings = cls(
+            database_url=normalize_database_url(reader.text("DATABASE_URL") or DEFAULT_DATABASE_URL),
+            redis_url=redis_url,
+            amplitude_base_url=_base_url(reader.text("AMPLITUDE_BASE_URL")),
+            port=reader.integer("PORT", 5000, low=1, high=65535),
+            job_runner=runner,
+            log_level=(reader.text("LOG_LEVEL") or "INFO").upper(),
+            max_body_bytes=reader.integer("MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
+            max_items_per_request=reader.integer("MAX_ITEMS_PER_REQUEST", 1000, low=1),
+            batch_size=reader.integer("DELIVERY_BATCH_SIZE", 2000, low=1, high=2000),
+            max_request_bytes=reader.integer("DELIVERY_MAX_REQUEST_BYTES", 1_000_000, low=10_000, high=1_000_000),
+            gzip_requests=reader.boolean("DELIVERY_GZIP", False),
+            http_timeout_seconds=reader.number("AMPLITUDE_TIMEOUT_SECONDS", 10.0, low=0.1),
+            lease_seconds=reader.integer("DELIVERY_LEASE_SECONDS", 60, low=1),
+            retry_window_seconds=reader.integer("DELIVERY_RETRY_WINDOW_SECONDS", 24 * 3600, low=1),
+            backoff_base_seconds=reader.number("DELIVERY_BACKOFF_BASE_SECONDS", 2.0, low=0.01),
+            backoff_cap_seconds=reader.number("DELIVERY_BACKOFF_CAP_SECONDS", 600.0, low=0.01),
+            throttle_pause_seconds=reader.integer("DELIVERY_THROTTLE_PAUSE_SECONDS", 30, low=1),
+            invalid_key_pause_seconds=reader.integer("DELIVERY_INVALID_KEY_PAUSE_SECONDS", 600, low=1),
+            drain_budget_seconds=reader.number("DELIVERY_DRAIN_BUDGET_SECONDS", 20.0, low=0.1),
+            sweep_interval_seconds=reader.number("SWEEP_INTERVAL_SECONDS", 5.0, low=0.05),
+            queue_name=reader.text("RQ_QUEUE") or "bridge",
+        )
+        if settings.backoff_cap_seconds < settings.backoff_base_seconds:
+            raise ConfigurationError("DELIVERY_BACKOFF_CAP_SECONDS must be >= DELIVERY_BACKOFF_BASE_SECONDS")
+        return settings
+
+    def redacted(self) -> dict[str, object]:
+        """The settings with credentials in URLs masked, for logs and `bridge config`."""
+        out: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = _mask_url(value) if f.name.endswith("_url") and isinstance(value, str) else value
+        return out
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept Heroku's `postgres://` and plain `postgresql://`; use the psycopg 3 driver for PostgreSQL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigurationError(f"DATABASE_URL is not a URL: {_mask_url(url)!r}")
+    if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+        return f"postgresql+psycopg://{rest}"
+    if scheme == "sqlite":
+        return url
+    raise ConfigurationError(f"DATABASE_URL must be postgres://, postgresql:// or sqlite://, got {scheme}://")
+
+
+def _base_url(value: str) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(f"AMPLITUDE_BASE_URL must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+
+    def text(self, name: str) -> str:
+        return (self.env.get(name) or "").strip()
+
+    def number(self, name: str, default: float, *, low: float | None = None) -> float:
+        raw = self.text(name)
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+        if low is not None and value < low:
+            raise ConfigurationError(f"{name} must be >= {low}, got {raw!r}")
+        return value
+
+    def integer(self, name: str, default: int, *, low: int | None = None, high: int | None = None) -> int:
+        raw = self.text(name)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigurationError(f"{name} must be between {low} and {high}, got {raw!r}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.text(name).lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise ConfigurationError(f"{name} must be true or false, got {raw!r}")

@@ -1,0 +1,75 @@
+"""The Flask application factory: API, webhooks and health check."""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+
+from flask import Flask, g, request
+from sqlalchemy import text
+
+from bridge import logs
+from bridge.errors import register_error_handlers
+from bridge.runtime import Runtime, install
+from bridge.settings import Settings
+
+
+def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | None = None) -> Flask:
+    """Build the web app. `overrides` are environment-style settings laid over the process environment."""
+    if runtime is None:
+        settings = Settings.from_env({**os.environ, **(overrides or {})})
+        runtime = install(Runtime(settings))
+    settings = runtime.settings
+    logs.configure(settings.log_level)
+
+    app = Flask(__name__, static_folder=None)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    app.extensions["bridge"] = runtime
+    register_error_handlers(app)
+
+    @app.before_request
+    def _request_id():
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
+
+    @app.after_request
+    def _echo_request_id(response):
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
+
+    @app.teardown_request
+    def _close_session(_exc):
+        db = g.pop("db", None)
+        if db is not None:
+            db.close()
+
+    @app.get("/healthz")
+    def healthz():
+        with runtime.session() as session:
+            session.execute(text("SELECT 1"))
+        return {"status": "ok", "database": "ok", "jobs": settings.job_runner}
+
+    from bridge.delivery.views import bp as delivery_bp
+    from bridge.intake.views import bp as intake_bp
+
+    app.register_blueprint(intake_bp)
+    app.register_blueprint(delivery_bp)
+    _register_optional_blueprints(app)
+
+    if settings.job_runner == "thread":
+        runtime.runner.start()  # type: ignore[attr-defined]
+    return app
+
+
+def _register_optional_blueprints(app: Flask) -> None:
+    """Blueprints of the inbound features (channel registry, cohorts)."""
+    import importlib
+
+    for module in ("bridge.registry.views", "bridge.cohorts.views"):
+        try:
+            blueprint = importlib.import_module(module).bp
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        app.register_blueprint(blueprint)
