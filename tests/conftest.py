@@ -35,7 +35,7 @@ def _unavailable(what: str, exc: Exception):
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgresql_url() -> Iterator[str]:
     """A fresh database on the test PostgreSQL server, migrated to head, dropped at the end."""
     name = f"bridge_test_{os.getpid()}"
     try:

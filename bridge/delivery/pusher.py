@@ -217,12 +217,12 @@ class Pusher:
         if quota:
             self._dead(session, quota, "daily_quota_exceeded", answer.error, report)
         quota_ids = {e.id for e in quota}
-        held_users = answer.throttled_users
-        held_devices = answer.throttled_devices | {
-            chunk[i].device_id for i in answer.throttled_events if 0 <= i < len(chunk) and chunk[i].device_id
-        }
-        held = [e for e in chunk if e.id not in quota_ids and (e.user_id in held_users or e.device_id in held_devices)]
-        rest = [e for e in chunk if e.id not in quota_ids and e not in held]
+        held_users, held_devices = answer.throttled_users, answer.throttled_devices
+        named = {chunk[i].id for i in answer.throttled_events if 0 <= i < len(chunk)}
+        held = [e for e in chunk if e.id not in quota_ids
+                and (e.id in named or e.user_id in held_users or e.device_id in held_devices)]
+        held_ids = {e.id for e in held}
+        rest = [e for e in chunk if e.id not in quota_ids and e.id not in held_ids]
         if not held and not quota:
             self._retry_later(session, chunk, answer.error, report)  # a 429 naming no one: back off
             return False, []

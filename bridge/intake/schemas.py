@@ -35,7 +35,7 @@ class EventSchema(Schema):
     subscription_device_type = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
     external_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=256))
 
-    @validates_schema
+    @validates_schema(skip_on_field_errors=False)
     def _has_time(self, data, **kwargs):
         if data.get("timestamp") is None and data.get("datetime") is None:
             raise ValidationError("One of event.timestamp (epoch seconds) or event.datetime (ISO 8601) is required.", "timestamp")

@@ -1,0 +1,92 @@
+"""Real processes for end-to-end tests: gunicorn serving the web app, `bridge worker` on Redis."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+        self.log = log
+        self._file = log.open("ab")
+        self.popen = subprocess.Popen(args, env={**os.environ, **env}, cwd=ROOT, stdout=self._file,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        self._file.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def bridge_cli(env: dict[str, str], *args: str) -> dict:
+    """Run a `bridge` command and parse its JSON output."""
+    done = subprocess.run([sys.executable, "-m", "bridge", *args], env={**os.environ, **env}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def start_web(env: dict[str, str], log: Path) -> tuple[Process, str]:
+    port = free_port()
+    web = Process([sys.executable, "-m", "gunicorn", "bridge.web:create_app()", "--bind", f"127.0.0.1:{port}",
+                   "--workers", "2", "--threads", "4"], env, log)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        if web.popen.poll() is not None:
+            raise AssertionError(f"web exited:\n{web.output()}")
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(healthy, 30, "the web process to answer /healthz")
+    return web, url
+
+
+def start_worker(env: dict[str, str], log: Path) -> Process:
+    return Process([sys.executable, "-m", "bridge", "worker"], env, log)

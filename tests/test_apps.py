@@ -1,0 +1,80 @@
+"""Apps and their tokens: created from the CLI, stored hashed, rotated with a grace period."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from click.testing import CliRunner
+from freezegun import freeze_time
+from sqlalchemy import select
+
+from bridge.apps.models import App, AppToken
+from bridge.apps.service import AppConfigError, create_app_record, rotate_token
+from bridge.cli import main
+from bridge.db import utcnow
+
+
+@pytest.fixture
+def cli(settings_env, monkeypatch):
+    for key, value in settings_env.items():
+        monkeypatch.setenv(key, value)
+    return CliRunner()
+
+
+def test_cli_creates_an_app_and_prints_its_tokens_once(cli, runtime):
+    result = cli.invoke(main, ["apps", "create", "--name", "Shop", "--amplitude-api-key", "amp-key-123", "--region", "eu"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert set(out) >= {"app_id", "api_key", "cohort_token"}
+    assert out["region"] == "eu" and out["amplitude_api_key"] != "amp-key-123"
+    with runtime.session() as session:
+        stored = list(session.scalars(select(AppToken.token_hash).where(AppToken.app_id == out["app_id"])))
+    assert len(stored) == 2
+    assert out["api_key"] not in stored and out["cohort_token"] not in stored  # only digests are kept
+    listed = json.loads(cli.invoke(main, ["apps", "list"]).output)
+    assert [a["app_id"] for a in listed] == [out["app_id"]] and "api_key" not in listed[0]
+
+
+def test_cli_rejects_bad_settings_with_a_message(cli, runtime):
+    result = cli.invoke(main, ["apps", "create", "--name", "x", "--amplitude-api-key", "k", "--kinds", "message.push.exploded"])
+    assert result.exit_code != 0 and "unknown event kinds: message.push.exploded" in result.output
+
+
+def test_the_api_key_is_a_bearer_token_for_its_own_app_only(client, runtime, tenant):
+    with runtime.session() as session:
+        _, other = create_app_record(session, name="Other", amplitude_api_key="other-key")
+    url = f"/v1/apps/{tenant.app_id}/deliveries/stats"
+    assert client.get(url, headers=tenant.auth).status_code == 200
+    assert client.get(url, headers={"Authorization": f"Bearer {other.api_key}"}).status_code == 401
+
+
+def test_rotation_keeps_the_old_token_valid_for_the_grace_period(client, runtime, tenant):
+    url = f"/v1/apps/{tenant.app_id}/deliveries/stats"
+    with freeze_time(utcnow()) as frozen:
+        with runtime.session() as session:
+            new = rotate_token(session, tenant.app_id, "api", grace_seconds=3600)
+        assert client.get(url, headers=tenant.auth).status_code == 200
+        assert client.get(url, headers={"Authorization": f"Bearer {new}"}).status_code == 200
+        frozen.tick(timedelta(seconds=3601))
+        assert client.get(url, headers=tenant.auth).status_code == 401
+        assert client.get(url, headers={"Authorization": f"Bearer {new}"}).status_code == 200
+
+
+def test_rotation_with_no_grace_revokes_at_once(client, runtime, tenant):
+    with runtime.session() as session:
+        rotate_token(session, tenant.app_id, "api", grace_seconds=0)
+    assert client.get(f"/v1/apps/{tenant.app_id}/deliveries/stats", headers=tenant.auth).status_code == 401
+
+
+def test_app_settings_are_validated(runtime):
+    with runtime.session() as session:
+        with pytest.raises(AppConfigError, match="region"):
+            create_app_record(session, name="x", amplitude_api_key="k", region="asia")
+        with pytest.raises(AppConfigError, match="name"):
+            create_app_record(session, name=" ", amplitude_api_key="k")
+        assert session.scalars(select(App)).all() == []
+
+
+def test_healthz_needs_no_token(client):
+    assert client.get("/healthz").json["status"] == "ok"

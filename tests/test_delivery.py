@@ -1,0 +1,270 @@
+"""The pusher against an Amplitude-compatible server: batching, and every documented answer."""
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import pytest
+from freezegun import freeze_time
+from sqlalchemy import select
+
+from bridge.amplitude.sink import AmplitudeSink
+from bridge.apps.models import App
+from bridge.apps.service import update_app
+from bridge.db import utcnow
+from bridge.delivery.models import OutboxEvent
+from bridge.delivery.pusher import Pusher, drain_app
+from bridge.delivery.replay import replay
+
+
+@pytest.fixture
+def sink():
+    with AmplitudeSink() as server:
+        yield server
+
+
+@pytest.fixture
+def settings_env(database_url, sink):
+    return {
+        "DATABASE_URL": database_url, "JOB_RUNNER": "manual", "AMPLITUDE_BASE_URL": sink.url, "LOG_LEVEL": "ERROR",
+        "DELIVERY_BACKOFF_BASE_SECONDS": "2", "DELIVERY_BACKOFF_CAP_SECONDS": "60",
+        "DELIVERY_RETRY_WINDOW_SECONDS": "3600", "AMPLITUDE_TIMEOUT_SECONDS": "2",
+    }
+
+
+def events(n: int, start: int = 0, users: int = 5, contents: str = "Hello") -> list[dict]:
+    return [{
+        "event": {"id": f"evt-{i}", "kind": "message.push.sent", "timestamp": 1763856000 + i,
+                  "subscription_id": f"sub-{i % 11:04d}", "external_id": f"user-{i % users}"},
+        "message": {"id": "msg-1", "name": "Campaign", "title": "Hi", "contents": contents},
+    } for i in range(start, start + n)]
+
+
+def accept(client, tenant, items: list[dict]) -> None:
+    for start in range(0, len(items), 1000):
+        response = client.post(f"/v1/apps/{tenant.app_id}/events", json=items[start:start + 1000], headers=tenant.auth)
+        assert response.status_code == 202, response.json
+
+
+def rows(runtime) -> dict[str, OutboxEvent]:
+    with runtime.session() as session:
+        return {r.source_event_id: r for r in session.scalars(select(OutboxEvent))}
+
+
+def states(runtime) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows(runtime).values():
+        counts[row.state] = counts.get(row.state, 0) + 1
+    return counts
+
+
+def received_ids(sink) -> list[str]:
+    return [e["insert_id"] for e in sink.events()]
+
+
+def test_events_reach_amplitude_once_in_batches_of_at_most_2000(client, tenant, runtime, sink):
+    accept(client, tenant, events(4500))
+    assert runtime.runner.run_pending() >= 1
+    assert sorted(received_ids(sink)) == sorted(f"evt-{i}" for i in range(4500))
+    assert sink.stats()["requests"] == {200: 3}  # 2,000 + 2,000 + 500
+    assert states(runtime) == {"delivered": 4500}
+    first = sink.events()[0]
+    assert first["event_type"] == "Push Pending Delivery" and first["user_id"] == "user-0"
+
+
+def test_requests_stay_under_one_megabyte(client, tenant, runtime, sink):
+    accept(client, tenant, events(2000, contents="x" * 1000))  # ~1.3 KB each: 2,000 would be ~2.6 MB
+    runtime.runner.run_pending()
+    stats = sink.stats()
+    assert stats["requests"].get(413) is None and stats["requests"][200] >= 3
+    assert states(runtime) == {"delivered": 2000}
+
+
+def test_400_drops_only_the_events_amplitude_names(client, tenant, runtime, sink):
+    accept(client, tenant, events(6))
+    sink.add_faults([{"status": 400, "body": {"code": 400, "error": "Invalid field values on some events",
+                                             "events_with_invalid_fields": {"time": [1, 4]}}}])
+    runtime.runner.run_pending()
+    by_id = rows(runtime)
+    assert {k for k, r in by_id.items() if r.state == "dead"} == {"evt-1", "evt-4"}
+    assert by_id["evt-1"].reason == "amplitude_400" and "invalid_fields: time" in by_id["evt-1"].last_error
+    assert sorted(received_ids(sink)) == ["evt-0", "evt-2", "evt-3", "evt-5"]
+
+
+def test_a_400_that_names_no_event_is_bisected_down_to_the_bad_one(client, tenant, runtime, sink):
+    accept(client, tenant, events(4))
+    unnamed = {"status": 400, "body": {"code": 400, "error": "Request missing required field"}}
+    # whole batch refused, then its first half, then evt-0 alone: evt-0 is dead, the rest delivered
+    sink.add_faults([unnamed, unnamed, unnamed])
+    runtime.runner.run_pending()
+    assert {k: r.state for k, r in rows(runtime).items()} == {
+        "evt-0": "dead", "evt-1": "delivered", "evt-2": "delivered", "evt-3": "delivered"}
+
+
+def test_amplitudes_own_validation_is_honoured(client, tenant, runtime, sink):
+    items = events(3)
+    items[1]["event"]["subscription_id"] = "null"  # a placeholder device id Amplitude refuses
+    accept(client, tenant, items)
+    runtime.runner.run_pending()
+    assert {k: r.state for k, r in rows(runtime).items()} == {"evt-0": "delivered", "evt-1": "dead", "evt-2": "delivered"}
+
+
+def test_invalid_api_key_holds_the_apps_events_until_the_key_is_fixed(client, tenant, runtime, sink):
+    sink.api_keys = frozenset({"the-right-key"})
+    accept(client, tenant, events(10))
+    runtime.runner.run_pending()
+    assert states(runtime) == {"pending": 10}
+    stats = client.get(f"/v1/apps/{tenant.app_id}/deliveries/stats", headers=tenant.auth).json
+    assert stats["held"]["reason"].startswith("Amplitude rejected the API key")
+    assert stats["last_error"]["message"].startswith("Invalid API key")
+    assert drain_app(tenant.app_id, runtime=runtime).held  # held: nothing is sent while the key is wrong
+    assert sink.stats()["requests"] == {400: 1}
+    with runtime.session() as session:
+        update_app(session, session.get(App, tenant.app_id), amplitude_api_key="the-right-key")
+    drain_app(tenant.app_id, runtime=runtime)
+    assert states(runtime) == {"delivered": 10}
+
+
+def test_413_splits_and_resends(client, tenant, runtime, sink):
+    accept(client, tenant, events(10))
+    sink.add_faults([{"status": 413}])
+    runtime.runner.run_pending()
+    assert sink.stats()["requests"] == {413: 1, 200: 2}
+    assert states(runtime) == {"delivered": 10}
+
+
+def test_429_holds_throttled_users_about_30s_and_sends_the_rest_now(client, tenant, runtime, sink):
+    accept(client, tenant, events(20, users=4))
+    sink.throttle(users={"user-1"}, daily_quota_users={"user-2"})
+    with freeze_time(utcnow()) as frozen:
+        runtime.runner.run_pending()
+        by_id = rows(runtime)
+        held = {k for k, r in by_id.items() if r.state == "pending"}
+        assert held == {f"evt-{i}" for i in range(20) if i % 4 == 1}
+        assert all(by_id[k].next_attempt_at >= utcnow() + timedelta(seconds=29) for k in held)
+        assert {k for k, r in by_id.items() if r.state == "dead"} == {f"evt-{i}" for i in range(20) if i % 4 == 2}
+        assert {r.reason for r in by_id.values() if r.state == "dead"} == {"daily_quota_exceeded"}
+        assert len(received_ids(sink)) == 10
+        sink.unthrottle()
+        drain_app(tenant.app_id, runtime=runtime)
+        assert len(received_ids(sink)) == 10  # still paused
+        frozen.tick(timedelta(seconds=31))
+        drain_app(tenant.app_id, runtime=runtime)
+    assert len(received_ids(sink)) == 15
+    assert states(runtime) == {"delivered": 15, "dead": 5}
+
+
+def test_5xx_backs_off_exponentially_with_jitter_then_delivers(client, tenant, runtime, sink):
+    accept(client, tenant, events(3))
+    sink.add_faults([{"status": 503, "times": 4}])
+    pusher = Pusher(runtime, rng=random.Random(7))
+    expected = Pusher(runtime, rng=random.Random(7))
+    with freeze_time(utcnow()) as frozen:
+        for attempt in range(1, 5):
+            pusher.drain(tenant.app_id)
+            row = rows(runtime)["evt-0"]
+            assert (row.state, row.attempts) == ("pending", attempt)
+            delay = (row.next_attempt_at - utcnow()).total_seconds()
+            assert delay == pytest.approx(expected.backoff(attempt), abs=0.01)
+            ceiling = min(60, 2 * 2 ** (attempt - 1))
+            assert ceiling / 2 <= delay <= ceiling
+            pusher.drain(tenant.app_id)  # not due yet: nothing is sent
+            assert sink.stats()["requests"] == {503: attempt}
+            frozen.tick(timedelta(seconds=delay + 0.001))
+        pusher.drain(tenant.app_id)
+    assert states(runtime) == {"delivered": 3}
+
+
+def test_the_backoff_is_capped():
+    from bridge.runtime import Runtime
+    from bridge.settings import Settings
+
+    rt = Runtime(Settings.from_env({"JOB_RUNNER": "manual", "DATABASE_URL": "sqlite://",
+                                    "DELIVERY_BACKOFF_BASE_SECONDS": "1", "DELIVERY_BACKOFF_CAP_SECONDS": "300"}))
+    pusher = Pusher(rt, rng=random.Random(1))
+    assert all(150 <= pusher.backoff(n) <= 300 for n in range(10, 40))
+    rt.close()
+
+
+def test_past_the_retry_window_events_are_dead_lettered_and_replay_brings_them_back(client, tenant, runtime, sink):
+    accept(client, tenant, events(2))
+    sink.add_faults([{"status": 502, "times": 100}])
+    with freeze_time(utcnow()) as frozen:
+        for _ in range(61):  # 61 minutes of failures: past the one-hour window
+            drain_app(tenant.app_id, runtime=runtime)
+            frozen.tick(timedelta(seconds=61))
+        by_id = rows(runtime)
+        assert {r.state for r in by_id.values()} == {"dead"}
+        assert {r.reason for r in by_id.values()} == {"retry_window_exceeded"}
+        assert "HTTP 502" in by_id["evt-0"].last_error
+        stats = client.get(f"/v1/apps/{tenant.app_id}/deliveries/stats", headers=tenant.auth).json
+        assert stats["dead"] == {"total": 2, "reasons": {"retry_window_exceeded": 2}}
+        sink.reset()
+        with runtime.session() as session:
+            assert replay(session, app_id=tenant.app_id, reason="retry_window_exceeded").requeued == 2
+        drain_app(tenant.app_id, runtime=runtime)
+    assert states(runtime) == {"delivered": 2}
+
+
+def test_a_500_that_did_ingest_is_retried_and_counted_once_by_insert_id(client, tenant, runtime, sink):
+    accept(client, tenant, events(5))
+    sink.add_faults([{"status": 500, "ingest": True}])
+    with freeze_time(utcnow()) as frozen:
+        drain_app(tenant.app_id, runtime=runtime)
+        frozen.tick(timedelta(seconds=5))
+        drain_app(tenant.app_id, runtime=runtime)
+    stats = sink.stats()
+    assert (stats["events_received"], stats["unique_insert_ids"], stats["duplicates"]) == (10, 5, 5)
+    assert states(runtime) == {"delivered": 5}
+
+
+@pytest.mark.parametrize("fault", [{"reset": True}, {"status": 504, "delay": 2.5}], ids=["reset", "timeout"])
+def test_connection_failures_and_timeouts_are_retried(client, tenant, runtime, sink, fault):
+    accept(client, tenant, events(2))
+    sink.add_faults([fault])
+    runtime.runner.run_pending()
+    row = rows(runtime)["evt-0"]
+    assert (row.state, row.attempts) == ("pending", 1)
+    assert "timeout" in row.last_error or "connection" in row.last_error
+    with freeze_time(utcnow() + timedelta(seconds=5)):
+        drain_app(tenant.app_id, runtime=runtime)
+    assert states(runtime) == {"delivered": 2}
+
+
+def test_two_pushers_never_hold_the_same_event(client, tenant, runtime):
+    accept(client, tenant, events(3000))
+    first, second = Pusher(runtime), Pusher(runtime)
+    with runtime.session() as session:
+        a = {c.id for c in first._claim(session, tenant.app_id)}
+        b = {c.id for c in second._claim(session, tenant.app_id)}
+        assert (len(a), len(b), a & b) == (2000, 1000, set())
+        assert second._claim(session, tenant.app_id) == []
+
+
+def test_a_dead_workers_lease_expires_and_its_events_are_claimed_again(client, tenant, runtime, sink):
+    accept(client, tenant, events(5))
+    with runtime.session() as session:
+        assert len(Pusher(runtime)._claim(session, tenant.app_id)) == 5  # then the worker "dies"
+    drain_app(tenant.app_id, runtime=runtime)
+    assert received_ids(sink) == []
+    with freeze_time(utcnow() + timedelta(seconds=61)):
+        drain_app(tenant.app_id, runtime=runtime)
+    assert states(runtime) == {"delivered": 5}
+
+
+def test_skipped_events_are_sent_once_the_user_is_known(client, tenant, runtime, sink):
+    from bridge.registry.models import Subscription
+
+    items = events(2)
+    for item in items:
+        item["event"]["external_id"] = ""
+    accept(client, tenant, items)
+    assert states(runtime) == {"skipped": 2}
+    with runtime.session() as session:
+        session.add(Subscription(app_id=tenant.app_id, subscription_id="sub-0000", channel="push", type="AndroidPush",
+                                 external_id="user-zero", subscribed=True))
+        session.commit()
+        result = replay(session, app_id=tenant.app_id, reason="unresolved_user")
+    assert (result.requeued, result.still_unresolved) == (1, 1)
+    drain_app(tenant.app_id, runtime=runtime)
+    assert [(e["insert_id"], e["user_id"]) for e in sink.events()] == [("evt-0", "user-zero")]

@@ -1,0 +1,111 @@
+"""End to end: real gunicorn web app, PostgreSQL, RQ workers on Redis, an Amplitude-compatible server.
+
+The platform posts realistic events (with duplicates, events without External User IDs and invalid
+items); Amplitude has a bad stretch (503s, a 413, throttling); a worker is SIGKILLed while Amplitude
+is still answering a batch it has already ingested. Every trackable event must arrive exactly once
+by insert_id, with the mapped name and properties, and everything else must be accounted for.
+"""
+from __future__ import annotations
+
+import json
+import signal
+
+import httpx
+import psycopg
+import pytest
+
+from bridge import mapping
+from bridge.amplitude.sink import AmplitudeSink
+from conftest import FIXTURES
+from processes import bridge_cli, start_web, start_worker, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def sink():
+    with AmplitudeSink(api_keys={"amp-e2e-key"}) as server:
+        yield server
+
+
+@pytest.fixture
+def env(postgresql_url, redis_url, sink):
+    from conftest import _truncate
+
+    _truncate(postgresql_url)
+    return {
+        "DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url, "AMPLITUDE_BASE_URL": sink.url,
+        "DELIVERY_LEASE_SECONDS": "2", "SWEEP_INTERVAL_SECONDS": "0.3", "DELIVERY_BACKOFF_BASE_SECONDS": "0.2",
+        "DELIVERY_BACKOFF_CAP_SECONDS": "1", "DELIVERY_THROTTLE_PAUSE_SECONDS": "1", "LOG_LEVEL": "INFO",
+    }
+
+
+def pending_and_leased(database_url: str) -> tuple[int, int]:
+    with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+        return conn.execute(
+            "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE lease_owner IS NOT NULL) "
+            "FROM outbox_events").fetchone()
+
+
+def generated(n: int) -> list[dict]:
+    return [{"event": {"id": f"gen-{i}", "kind": sorted(mapping.MAPPED_KINDS)[i % 10], "timestamp": 1763856000 + i,
+                       "subscription_id": f"sub-gen-{i % 300:05d}", "subscription_device_type": "AndroidPush",
+                       "external_id": f"user-gen-{i % 300:05d}"},
+             "message": {"id": f"msg-{i % 4}", "name": f"Campaign {i % 4}", "title": "Hi", "contents": {"en": "Hello"}},
+             "data": {"target_id": "cta"}} for i in range(n)]
+
+
+def test_every_trackable_event_reaches_amplitude_exactly_once(env, sink, tmp_path, postgresql_url):
+    app = bridge_cli(env, "apps", "create", "--name", "E2E", "--amplitude-api-key", "amp-e2e-key")
+    auth = {"Authorization": f"Bearer {app['api_key']}"}
+    fixture = json.loads((FIXTURES / "onesignal-events.json").read_text())
+    invalid = [{"event": {"id": "bad-1", "kind": "message.push.sent"}, "message": {"name": "x"}}]
+    batches = [fixture + invalid] + [generated(3000)[i:i + 1000] for i in range(0, 3000, 1000)] + [fixture]
+
+    # Amplitude ingests the first batch but answers slowly (the worker dies meanwhile), then has a bad stretch.
+    sink.add_faults([{"status": 503, "ingest": True, "delay": 4}, {"status": 503, "times": 3}, {"status": 413},
+                     {"status": 429, "body": {"code": 429, "error": "Too many requests for some devices and users",
+                                              "eps_threshold": 30, "throttled_users": {"user-gen-00007": 31}}}])
+    web, url = start_web(env, tmp_path / "web.log")
+    workers = [start_worker(env, tmp_path / "worker-1.log")]
+    try:
+        answers = [httpx.post(f"{url}/v1/apps/{app['app_id']}/events", json=b, headers=auth, timeout=30) for b in batches]
+        assert [a.status_code for a in answers] == [202] * len(batches)
+        totals = {k: sum(a.json()[k] for a in answers) for k in ("accepted", "skipped", "duplicates", "ignored")}
+        assert totals["duplicates"] == len(fixture) - 2  # the re-post: everything but the 2 ignored kinds
+        assert answers[0].json()["rejected"] == [{"index": len(fixture), "errors": {
+            "event.subscription_id": "Missing data for required field.", "event.timestamp":
+            "One of event.timestamp (epoch seconds) or event.datetime (ISO 8601) is required."}}]
+
+        wait_until(lambda: pending_and_leased(postgresql_url)[1] > 0, 30, "a worker to hold a batch")
+        workers[0].signal(signal.SIGKILL)
+        workers.append(start_worker(env, tmp_path / "worker-2.log"))
+        workers.append(start_worker(env, tmp_path / "worker-3.log"))
+        wait_until(lambda: pending_and_leased(postgresql_url) == (0, 0), 90, "the outbox to drain")
+
+        stats = httpx.get(f"{url}/v1/apps/{app['app_id']}/deliveries/stats", headers=auth).json()
+    finally:
+        for process in [web, *workers]:
+            process.stop()
+
+    trackable = {item["event"]["id"]: item for item in fixture + generated(3000)
+                 if item["event"]["kind"] in mapping.MAPPED_KINDS}
+    unresolved = {i for i, item in trackable.items() if not _resolvable(item, fixture)}
+    received = {e["insert_id"]: e for e in sink.events()}
+    assert set(received) == set(trackable) - unresolved
+    assert sink.stats()["duplicates"] >= 1  # the batch ingested before the SIGKILL was sent again...
+    assert sink.stats()["unique_insert_ids"] == len(received)  # ...and Amplitude counted it once
+    for insert_id, event in received.items():
+        kind = trackable[insert_id]["event"]["kind"]
+        assert event["event_type"] == mapping.RULES[kind].event_type
+        assert event["event_properties"]["message_type"] == mapping.RULES[kind].message_type
+    assert stats["delivered"] == len(received) and stats["pending"] == 0 and stats["dead"]["total"] == 0
+    assert stats["skipped"] == {"total": len(unresolved), "reasons": {"unresolved_user": len(unresolved)}}
+
+
+def _resolvable(item: dict, fixture: list[dict]) -> bool:
+    """Whether the bridge can know the event's user: on the event, or on another event of its subscription."""
+    sub = item["event"]["subscription_id"]
+    return bool(mapping.real_id(item["event"].get("external_id"))) or any(
+        mapping.real_id(other["event"].get("external_id")) and other["event"]["subscription_id"] == sub
+        for other in fixture)

@@ -1,0 +1,176 @@
+"""POST /v1/apps/<app_id>/events: durable acceptance, idempotency, and every class of bad input."""
+from __future__ import annotations
+
+import copy
+import json
+
+import orjson
+import pytest
+from sqlalchemy import select
+
+from bridge.delivery.models import OutboxEvent
+from conftest import FIXTURES
+
+
+
+def event(i: int, kind: str = "message.push.sent", external_id: str | None = "user-1", **extra) -> dict:
+    return {
+        "event": {"id": f"evt-{i}", "kind": kind, "timestamp": 1763856000 + i,
+                  "subscription_id": f"sub-{i % 7}", "subscription_device_type": "AndroidPush",
+                  "external_id": external_id, **extra},
+        "message": {"id": "msg-1", "name": "Campaign", "title": "Hi", "contents": {"en": "Hello"}},
+    }
+
+
+def outbox(runtime) -> list[OutboxEvent]:
+    with runtime.session() as session:
+        return list(session.scalars(select(OutboxEvent).order_by(OutboxEvent.id)))
+
+
+def post(client, tenant, body, **headers):
+    return client.post(f"/v1/apps/{tenant.app_id}/events", json=body, headers={**tenant.auth, **headers})
+
+
+def test_accepts_a_batch_and_stores_it_before_answering(client, tenant, runtime):
+    response = post(client, tenant, [event(i) for i in range(5)])
+    assert response.status_code == 202
+    assert response.json == {"accepted": 5, "skipped": 0, "duplicates": 0, "ignored": 0, "rejected": []}
+    rows = outbox(runtime)
+    assert [r.source_event_id for r in rows] == [f"evt-{i}" for i in range(5)]
+    assert all(r.state == "pending" for r in rows)
+    assert orjson.loads(rows[0].payload)["event_type"] == "Push Pending Delivery"
+
+
+def test_a_single_object_is_accepted_too(client, tenant):
+    assert post(client, tenant, event(1)).json["accepted"] == 1
+
+
+def test_reposting_the_same_event_ids_is_a_counted_no_op(client, tenant, runtime):
+    post(client, tenant, [event(1), event(2)])
+    again = post(client, tenant, [event(1), event(2), event(3), event(3)])
+    assert again.json == {"accepted": 1, "skipped": 0, "duplicates": 3, "ignored": 0, "rejected": []}
+    assert len(outbox(runtime)) == 3
+
+
+def test_unmapped_kinds_are_ignored_and_counted(client, tenant, runtime):
+    body = [event(1), {"event": {"id": "s1", "kind": "session.started"}}, {"event": {"id": "x", "kind": "user.tag.set", "whatever": 1}}]
+    assert post(client, tenant, body).json == {"accepted": 1, "skipped": 0, "duplicates": 0, "ignored": 2, "rejected": []}
+    assert len(outbox(runtime)) == 1
+
+
+def test_invalid_items_are_reported_by_index_and_field_and_never_block_valid_ones(client, tenant, runtime):
+    no_id = event(2)
+    del no_id["event"]["id"]
+    bad_time = event(3)
+    del bad_time["event"]["timestamp"]
+    no_message_id = event(4)
+    del no_message_id["message"]["id"]
+    bad_title = event(5)
+    bad_title["message"]["title"] = 42
+    body = [event(1), no_id, bad_time, no_message_id, bad_title, "not an object", event(6)]
+    response = post(client, tenant, body)
+    assert response.status_code == 202
+    assert response.json["accepted"] == 2
+    errors = {r["index"]: r["errors"] for r in response.json["rejected"]}
+    assert set(errors) == {1, 2, 3, 4, 5}
+    assert "event.id" in errors[1]
+    assert "event.timestamp" in errors[2]
+    assert "message.id" in errors[3]
+    assert "message.title" in errors[4]
+    assert "_item" in errors[5]
+    assert {r.source_event_id for r in outbox(runtime)} == {"evt-1", "evt-6"}
+
+
+def test_a_request_with_no_valid_item_is_a_400_with_the_same_details(client, tenant, runtime):
+    bad = event(1)
+    del bad["event"]["subscription_id"]
+    response = post(client, tenant, [bad])
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_events"
+    assert response.json["details"]["rejected"][0]["errors"] == {"event.subscription_id": "Missing data for required field."}
+    assert outbox(runtime) == []
+
+
+def test_events_without_a_resolvable_user_are_stored_as_skipped_with_the_reason(client, tenant, runtime):
+    response = post(client, tenant, [event(1, external_id=""), event(2, external_id="null"), event(3)])
+    assert response.json["skipped"] == 2
+    skipped = [r for r in outbox(runtime) if r.state == "skipped"]
+    assert {r.reason for r in skipped} == {"unresolved_user"}
+    stats = client.get(f"/v1/apps/{tenant.app_id}/deliveries/stats", headers=tenant.auth).json
+    assert stats["skipped"] == {"total": 2, "reasons": {"unresolved_user": 2}}
+
+
+def test_an_event_without_external_id_takes_the_one_seen_on_its_subscription_in_the_same_request(client, tenant, runtime):
+    first, second = event(7, external_id="user-77"), event(14, external_id=None)  # both on sub-0
+    assert post(client, tenant, [first, second]).json["accepted"] == 2
+    assert {r.user_id for r in outbox(runtime)} == {"user-77"}
+
+
+def test_the_apps_enabled_kinds_decide_what_is_sent(client, tenant, runtime):
+    from bridge.apps.models import App
+    from bridge.apps.service import update_app
+
+    with runtime.session() as session:
+        update_app(session, session.get(App, tenant.app_id), enabled_kinds=["message.push.clicked"])
+    body = [event(1, kind="message.push.sent"), event(2, kind="message.push.clicked")]
+    assert post(client, tenant, body).json["ignored"] == 1
+    assert [r.kind for r in outbox(runtime)] == ["message.push.clicked"]
+
+
+def test_accepting_schedules_a_delivery_once(client, tenant, runtime):
+    post(client, tenant, [event(1)])
+    post(client, tenant, [event(2)])
+    assert len(runtime.runner.pending) == 1
+
+
+@pytest.mark.parametrize(("headers", "status", "code"), [
+    ({}, 401, "unauthorized"),
+    ({"Authorization": "Bearer wrong"}, 401, "unauthorized"),
+    ({"Authorization": "Basic abc"}, 401, "unauthorized"),
+])
+def test_wrong_or_missing_token(client, tenant, headers, status, code):
+    response = client.post(f"/v1/apps/{tenant.app_id}/events", json=[event(1)], headers=headers)
+    assert (response.status_code, response.json["error"]) == (status, code)
+
+
+def test_the_cohort_token_does_not_open_the_event_api(client, tenant):
+    response = client.post(f"/v1/apps/{tenant.app_id}/events", json=[event(1)], headers=tenant.cohort_auth)
+    assert response.status_code == 401
+
+
+def test_unknown_app(client, tenant):
+    response = client.post("/v1/apps/00000000-0000-4000-8000-000000000000/events", json=[event(1)], headers=tenant.auth)
+    assert (response.status_code, response.json["error"]) == (404, "app_not_found")
+
+
+@pytest.mark.parametrize(("data", "content_type", "status", "code"), [
+    ("{not json", "application/json", 400, "invalid_json"),
+    ('"a string"', "application/json", 400, "invalid_body"),
+    ("[]", "application/json", 400, "empty_batch"),
+    ("event=1", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+    ("x" * (2 * 1024 * 1024 + 1), "application/json", 413, "payload_too_large"),
+])
+def test_malformed_requests_get_a_json_4xx(client, tenant, runtime, data, content_type, status, code):
+    response = client.post(f"/v1/apps/{tenant.app_id}/events", data=data, headers={**tenant.auth, "Content-Type": content_type})
+    assert response.status_code == status
+    assert response.is_json and response.json["error"] == code and response.json["message"]
+    assert outbox(runtime) == []
+
+
+def test_more_than_1000_items_is_refused_whole(client, tenant, runtime):
+    response = post(client, tenant, [event(i) for i in range(1001)])
+    assert (response.status_code, response.json["error"]) == (413, "too_many_items")
+    assert outbox(runtime) == []
+
+
+def test_the_reference_payloads_are_accepted(client, tenant, runtime):
+    body = copy.deepcopy(json.loads((FIXTURES / "onesignal-events.json").read_text()))
+    response = post(client, tenant, body)
+    assert response.status_code == 202
+    assert response.json["rejected"] == []
+    assert response.json["accepted"] + response.json["skipped"] + response.json["ignored"] == len(body)
+
+
+def test_unknown_routes_and_methods_answer_json(client):
+    assert client.get("/nope").json["error"] == "not_found"
+    assert client.get("/v1/apps/x/events").status_code == 405
