@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,23 @@ def register_error_handlers(app: Flask) -> None:
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(exc.code or 500, code, exc.description or exc.name)
 
+    @app.errorhandler(DBAPIError)
+    def _database_unavailable(exc: DBAPIError):
+        if not exc.connection_invalidated and not _is_connection_error(exc):
+            return _unexpected(exc)
+        log.warning("database unavailable: %s", exc.orig)
+        response, status = error_response(503, "database_unavailable", "The database is unreachable; retry shortly.")
+        response.headers["Retry-After"] = "5"
+        return response, status
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unhandled error")
         return error_response(500, "internal_error", "The server hit an unexpected error; it has been logged.")
+
+
+def _is_connection_error(exc: DBAPIError) -> bool:
+    """True for errors that mean the database cannot be reached, rather than a bad statement."""
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(exc, OperationalError)

@@ -40,11 +40,14 @@ def env(postgresql_url, redis_url, sink):
     }
 
 
-def pending_and_leased(database_url: str) -> tuple[int, int]:
+def pending_and_held(database_url: str) -> tuple[int, int]:
+    """Pending events, and how many of them a worker holds right now (row-locked by its open claim)."""
     with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
-        return conn.execute(
-            "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE lease_owner IS NOT NULL) "
-            "FROM outbox_events").fetchone()
+        pending = conn.execute("SELECT count(*) FROM outbox_events WHERE state = 'pending'").fetchone()[0]
+        free = conn.execute("SELECT count(*) FROM (SELECT id FROM outbox_events WHERE state = 'pending' "
+                            "FOR UPDATE SKIP LOCKED) AS f").fetchone()[0]
+        conn.rollback()
+        return pending, pending - free
 
 
 def generated(n: int) -> list[dict]:
@@ -77,11 +80,11 @@ def test_every_trackable_event_reaches_amplitude_exactly_once(env, sink, tmp_pat
             "event.subscription_id": "Missing data for required field.", "event.timestamp":
             "One of event.timestamp (epoch seconds) or event.datetime (ISO 8601) is required."}}]
 
-        wait_until(lambda: pending_and_leased(postgresql_url)[1] > 0, 30, "a worker to hold a batch")
+        wait_until(lambda: pending_and_held(postgresql_url)[1] > 0, 30, "a worker to hold a batch")
         workers[0].signal(signal.SIGKILL)
         workers.append(start_worker(env, tmp_path / "worker-2.log"))
         workers.append(start_worker(env, tmp_path / "worker-3.log"))
-        wait_until(lambda: pending_and_leased(postgresql_url) == (0, 0), 90, "the outbox to drain")
+        wait_until(lambda: pending_and_held(postgresql_url) == (0, 0), 90, "the outbox to drain")
 
         stats = httpx.get(f"{url}/v1/apps/{app['app_id']}/deliveries/stats", headers=auth).json()
     finally:

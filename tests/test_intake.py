@@ -174,3 +174,22 @@ def test_the_reference_payloads_are_accepted(client, tenant, runtime):
 def test_unknown_routes_and_methods_answer_json(client):
     assert client.get("/nope").json["error"] == "not_found"
     assert client.get("/v1/apps/x/events").status_code == 405
+
+
+def test_events_are_kept_and_acknowledged_when_the_queue_is_down(client, tenant, runtime, monkeypatch):
+    def queue_down(*args):
+        raise ConnectionError("redis is restarting")
+
+    monkeypatch.setattr(runtime.runner, "enqueue_once", queue_down)
+    response = post(client, tenant, [event(1)])
+    assert response.status_code == 202 and response.json["accepted"] == 1
+    assert [r.state for r in outbox(runtime)] == ["pending"]  # the sweep delivers it later
+
+
+def test_an_unreachable_database_is_a_503_with_retry_after(tenant, settings_env):
+    from bridge.web import create_app
+
+    broken = create_app({**settings_env, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
+    response = broken.test_client().post(f"/v1/apps/{tenant.app_id}/events", json=[event(1)], headers=tenant.auth)
+    assert response.status_code == 503 and response.json["error"] == "database_unavailable"
+    assert response.headers["Retry-After"] == "5"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Column, Index, Text
+from sqlalchemy import JSON, BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 from bridge.db import UtcDateTime, utcnow
@@ -27,6 +27,7 @@ class App(SQLModel, table=True):
     last_delivery_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     last_delivery_error_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     last_delivered_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    delivered_total: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 

@@ -1,21 +1,25 @@
-"""The outbox: one row per accepted source event, the record of what must reach Amplitude."""
+"""The outbox: the record of what must still reach Amplitude, and of every event accepted.
+
+An event's row lives in `outbox_events` from intake until Amplitude accepts it (then it is deleted and
+counted on the app), or for good when it is dead-lettered or skipped. `event_receipts` remembers every
+event id ever accepted, so a re-post is recognised after delivery too.
+"""
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import Column, Index, PrimaryKeyConstraint, Text, text
 from sqlmodel import Field, SQLModel
 
 from bridge.db import BIGINT_PK, UtcDateTime, utcnow
 
-PENDING, DELIVERED, DEAD, SKIPPED = "pending", "delivered", "dead", "skipped"
-STATES = (PENDING, DELIVERED, DEAD, SKIPPED)
+PENDING, DEAD, SKIPPED = "pending", "dead", "skipped"
 
 
 class OutboxEvent(SQLModel, table=True):
     __tablename__ = "outbox_events"
     __table_args__ = (
-        UniqueConstraint("app_id", "source_event_id", name="uq_outbox_events_app_source"),
+        # The pusher's claim walks this index in order and stops at the batch size.
         Index(
             "ix_outbox_events_due",
             "app_id",
@@ -24,7 +28,14 @@ class OutboxEvent(SQLModel, table=True):
             postgresql_where=text("state = 'pending'"),
             sqlite_where=text("state = 'pending'"),
         ),
-        Index("ix_outbox_events_app_state", "app_id", "state"),
+        Index(
+            "ix_outbox_events_parked",
+            "app_id",
+            "state",
+            "reason",
+            postgresql_where=text("state <> 'pending'"),
+            sqlite_where=text("state <> 'pending'"),
+        ),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BIGINT_PK, primary_key=True, autoincrement=True))
@@ -47,4 +58,15 @@ class OutboxEvent(SQLModel, table=True):
     lease_owner: str | None = Field(default=None, max_length=64)
     lease_expires_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
-    delivered_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class EventReceipt(SQLModel, table=True):
+    """One row per source event ever accepted for an app: the idempotency key of the intake."""
+
+    __tablename__ = "event_receipts"
+    __table_args__ = (PrimaryKeyConstraint("app_id", "source_event_id", name="pk_event_receipts"),
+                      Index("ix_event_receipts_created_at", "created_at"))
+
+    app_id: str = Field(max_length=36)
+    source_event_id: str = Field(max_length=128)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)

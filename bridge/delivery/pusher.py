@@ -1,12 +1,13 @@
-"""The pusher: claims due outbox events under a lease, sends them to Amplitude in batches, and records
-what Amplitude answered for every single event.
+"""The pusher: claims due outbox events, sends them to Amplitude in batches, and records what Amplitude
+answered for every single event.
 
 Guarantees (the database is the record, not the queue):
-- an event is only ever marked delivered after Amplitude answered 200 for a request containing it;
-- a claim is a lease: a worker that dies mid-batch simply lets it expire and the event is claimed
-  again (Amplitude drops the repeat by insert_id);
-- two workers never hold the same event at once (row locks with SKIP LOCKED on PostgreSQL; SQLite
-  serializes writers).
+- an event leaves the outbox as delivered only after Amplitude answered 200 to a request containing it;
+- two workers never hold the same event at once;
+- a worker that dies mid-batch loses nothing: its claim lapses and the events are claimed again
+  (Amplitude drops the repeat by insert_id).
+
+How a claim is held depends on the database (see `Locks` and `Leases`).
 """
 from __future__ import annotations
 
@@ -21,14 +22,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import BigInteger, any_, bindparam, delete, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from bridge.amplitude import client as amp
 from bridge.apps.models import App
 from bridge.apps.service import amplitude_base_url
 from bridge.db import is_postgresql, utcnow
-from bridge.delivery.models import DEAD, DELIVERED, PENDING, OutboxEvent
+from bridge.delivery.models import DEAD, PENDING, OutboxEvent
 from bridge.delivery.scheduling import drain_key, schedule_drain
 from bridge.runtime import Runtime, current
 
@@ -37,17 +39,16 @@ log = logging.getLogger(__name__)
 # Set on SIGTERM by `bridge worker`: drains stop between batches and hand the rest back.
 shutdown_requested = threading.Event()
 
-T = OutboxEvent.__table__.c
+TABLE = OutboxEvent.__table__
+T = TABLE.c
 
 
-@dataclass
+@dataclass(slots=True)
 class Claimed:
+    """A claimed event: just what sending needs. Failure paths look up the rest (see `_details`)."""
+
     id: int
     payload: bytes
-    user_id: str | None
-    device_id: str | None
-    attempts: int
-    failing_since: datetime | None
 
 
 @dataclass
@@ -68,13 +69,93 @@ def drain_app(app_id: str, runtime: Runtime | None = None) -> DrainReport:
     return Pusher(runtime).drain(app_id)
 
 
+def _due(app_id: str, now: datetime, limit: int):
+    return (
+        select(T.id, T.payload)
+        .where(T.app_id == app_id, T.state == PENDING, T.next_attempt_at <= now)
+        .order_by(T.next_attempt_at, T.id)
+        .limit(limit)
+    )
+
+
+def _claimed(rows) -> list[Claimed]:
+    return [Claimed(event_id, payload.encode()) for event_id, payload in rows]
+
+
+class Locks:
+    """PostgreSQL: a claim is the row locks of an open transaction (SELECT … FOR UPDATE SKIP LOCKED).
+
+    Nothing is written to claim; the outcome is written and committed in the same transaction. If the
+    worker dies, PostgreSQL ends the transaction and the rows are free again."""
+
+    def claim(self, session: Session, app_id: str, limit: int) -> list[Claimed]:
+        now = utcnow()
+        return _claimed(session.execute(_due(app_id, now, limit).with_for_update(skip_locked=True)))
+
+    def mine(self, ids: list[int]):
+        return T.id == any_(bindparam("ids", ids, type_=ARRAY(BigInteger)))  # one array parameter
+
+    def update_free(self, session: Session, conditions: list, values: dict[str, object]) -> None:
+        """Update rows matching `conditions` that no other worker holds (skipped, never waited for)."""
+        free = select(T.id).where(*conditions).with_for_update(skip_locked=True)
+        session.execute(update(TABLE).where(T.id.in_(free.scalar_subquery())).values(**values))
+
+    def checkpoint(self, session: Session) -> None:
+        session.flush()  # keep the transaction (and the locks) until the whole batch is recorded
+
+    def unclaim(self) -> dict[str, object]:
+        return {}
+
+
+class Leases:
+    """SQLite (one writer at a time, no row locks): a claim writes a lease (owner, expiry) on the rows.
+
+    A worker that dies leaves its lease to expire (DELIVERY_LEASE_SECONDS); every outcome is written
+    only where the lease is still this worker's."""
+
+    def __init__(self, owner: str, seconds: int):
+        self.owner = owner
+        self.seconds = seconds
+
+    def claim(self, session: Session, app_id: str, limit: int) -> list[Claimed]:
+        now = utcnow()
+        due = (select(T.id).where(T.app_id == app_id, T.state == PENDING, T.next_attempt_at <= now,
+                                  or_(T.lease_expires_at.is_(None), T.lease_expires_at < now))
+               .order_by(T.next_attempt_at, T.id).limit(limit))
+        rows = session.execute(
+            update(TABLE).where(T.id.in_(due.scalar_subquery()))
+            .values(lease_owner=self.owner, lease_expires_at=now + timedelta(seconds=self.seconds))
+            .returning(T.id, T.payload)
+        )
+        claimed = sorted(_claimed(rows), key=lambda c: c.id)  # RETURNING has no order
+        session.commit()
+        return claimed
+
+    def mine(self, ids: list[int]):
+        return T.id.in_(ids) & (T.lease_owner == self.owner)
+
+    def update_free(self, session: Session, conditions: list, values: dict[str, object]) -> None:
+        """Update rows matching `conditions` that are not leased by a live worker."""
+        free = or_(T.lease_owner.is_(None), T.lease_owner == self.owner, T.lease_expires_at < utcnow())
+        session.execute(update(TABLE).where(*conditions, free).values(**values))
+
+    def checkpoint(self, session: Session) -> None:
+        session.commit()  # SQLite has one writer: never hold it across an HTTP request
+
+    def unclaim(self) -> dict[str, object]:
+        return {"lease_owner": None, "lease_expires_at": None}
+
+
 class Pusher:
     def __init__(self, runtime: Runtime, *, rng: random.Random | None = None, clock=time.monotonic):
         self.runtime = runtime
         self.settings = runtime.settings
         self.rng = rng or random.Random()
         self.clock = clock
-        self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        with runtime.session() as session:
+            postgres = is_postgresql(session)
+        self.claims = Locks() if postgres else Leases(owner, self.settings.lease_seconds)
 
     def drain(self, app_id: str) -> DrainReport:
         report = DrainReport()
@@ -85,65 +166,45 @@ class Pusher:
                 if app is None or _held(app):
                     report.held = app is not None
                     return report
-                batch = self._claim(session, app_id)
-            if not batch:
-                return report
-            if len(batch) == self.settings.batch_size:
-                schedule_drain(self.runtime, app_id)  # more is waiting: let an idle worker join in
-            report.batches += 1
-            if not self._deliver(app, batch, report):
+                session.expunge(app)
+                batch = self.claims.claim(session, app_id, self.settings.batch_size)
+                if not batch:
+                    return report
+                if len(batch) == self.settings.batch_size:
+                    schedule_drain(self.runtime, app_id)  # more is waiting: let an idle worker join in
+                report.batches += 1
+                keep_going = self._deliver(session, app, batch, report)
+                session.commit()
+            if not keep_going:
                 return report
             if self.clock() >= deadline:
                 schedule_drain(self.runtime, app_id)  # budget spent: continue in a fresh job
                 return report
         return report
 
-    # -- claiming -------------------------------------------------------------------------------
-
-    def _claim(self, session: Session, app_id: str) -> list[Claimed]:
-        now = utcnow()
-        due = (
-            select(T.id)
-            .where(
-                T.app_id == app_id,
-                T.state == PENDING,
-                T.next_attempt_at <= now,
-                or_(T.lease_expires_at.is_(None), T.lease_expires_at < now),
-            )
-            .order_by(T.next_attempt_at, T.id)
-            .limit(self.settings.batch_size)
-        )
-        if is_postgresql(session):
-            due = due.with_for_update(skip_locked=True)
-        stmt = (
-            update(OutboxEvent.__table__)
-            .where(T.id.in_(due.scalar_subquery()))
-            .values(lease_owner=self.owner, lease_expires_at=now + timedelta(seconds=self.settings.lease_seconds))
-            .returning(T.id, T.payload, T.user_id, T.device_id, T.attempts, T.failing_since)
-        )
-        rows = session.execute(stmt).all()
-        session.commit()
-        claimed = [Claimed(r.id, r.payload.encode(), r.user_id, r.device_id, r.attempts, r.failing_since) for r in rows]
-        claimed.sort(key=lambda c: c.id)
-        return claimed
-
     # -- sending --------------------------------------------------------------------------------
 
-    def _deliver(self, app: App, batch: list[Claimed], report: DrainReport) -> bool:
-        """Send `batch`, splitting as Amplitude's answers require. False if the app should stop draining."""
+    def _deliver(self, session: Session, app: App, batch: list[Claimed], report: DrainReport) -> bool:
+        """Send `batch`, splitting as Amplitude's answers require, recording each outcome in `session`.
+        False if the app should stop draining for now."""
         base_url = amplitude_base_url(app, self.settings.amplitude_base_url)
         work = deque(self._split_by_size(app.amplitude_api_key, batch))
+        delivered_before = report.delivered
+        error: str | None = None
+        keep_going = True
         while work:
             chunk = work.popleft()
             answer = self.runtime.amplitude.send(base_url, app.amplitude_api_key, [c.payload for c in chunk])
-            with self.runtime.session() as session:
-                keep_going, more = self._record(session, app, chunk, answer, report)
-                session.commit()
+            if answer.outcome != amp.OK:
+                error = answer.error
+            keep_going, more = self._record(session, app, chunk, answer, report)
+            self.claims.checkpoint(session)
             if not keep_going:
-                self._release(work)
-                return False
+                self._mark(session, [e for c in work for e in c])  # not sent: due again at once
+                break
             work.extendleft(reversed(more))
-        return True
+        self._update_app(session, app, report.delivered - delivered_before, error, report.held)
+        return keep_going
 
     def _split_by_size(self, api_key: str, batch: list[Claimed]) -> list[list[Claimed]]:
         """Cut `batch` into requests under the size limit (Amplitude: < 1 MB per HTTP V2 request)."""
@@ -163,20 +224,14 @@ class Pusher:
     def _record(self, session: Session, app: App, chunk: list[Claimed], answer: amp.Answer,
                 report: DrainReport) -> tuple[bool, list[list[Claimed]]]:
         """Apply Amplitude's answer to `chunk`. Returns (keep draining?, chunks to send now)."""
-        now = utcnow()
         if answer.outcome == amp.OK:
-            self._mark(session, chunk, state=DELIVERED, delivered_at=now, last_error=None)
+            self._delete(session, chunk)
             report.delivered += len(chunk)
-            session.execute(update(App).where(App.id == app.id).values(last_delivered_at=now))
             return True, []
-        _note_error(session, app.id, answer.error, now)
         if answer.outcome == amp.INVALID_KEY:
-            hold_until = now + timedelta(seconds=self.settings.invalid_key_pause_seconds)
-            session.execute(update(App).where(App.id == app.id).values(
-                delivery_held_reason=f"Amplitude rejected the API key: {answer.error}", delivery_held_until=hold_until))
-            self._hand_back(session, chunk, next_attempt_at=now)  # the hold is on the app, not the events
             report.held = True
-            log.warning("app %s: Amplitude rejected the API key; delivery held until %s", app.id, hold_until)
+            self._mark(session, chunk)  # nothing is dropped: the hold is on the app, not the events
+            log.warning("app %s: Amplitude rejected the API key; delivery held", app.id)
             return False, []
         if answer.outcome == amp.TOO_LARGE:
             if len(chunk) == 1:
@@ -194,9 +249,11 @@ class Pusher:
                      report: DrainReport) -> list[list[Claimed]]:
         """Drop exactly the events Amplitude named; resend the rest. If it named none, bisect to find them."""
         refused = {i: why for i, why in answer.invalid_events.items() if 0 <= i < len(chunk)}
-        for i, event in enumerate(chunk):
-            if event.device_id in answer.silenced_devices:
-                refused.setdefault(i, "silenced_device")
+        if answer.silenced_devices:
+            details = _details(session, chunk)
+            for i, event in enumerate(chunk):
+                if details[event.id].device_id in answer.silenced_devices:
+                    refused.setdefault(i, "silenced_device")
         if not refused:
             if len(chunk) == 1:
                 self._dead(session, chunk, "amplitude_400", answer.error, report)
@@ -213,21 +270,23 @@ class Pusher:
     def _throttled(self, session: Session, app_id: str, chunk: list[Claimed], answer: amp.Answer,
                    report: DrainReport) -> tuple[bool, list[list[Claimed]]]:
         """Record daily-quota drops, hold throttled users/devices ~30 s, send everyone else now."""
-        quota = [e for e in chunk if e.user_id in answer.quota_users or e.device_id in answer.quota_devices]
+        details = _details(session, chunk)
+        quota = [e for e in chunk if details[e.id].user_id in answer.quota_users
+                 or details[e.id].device_id in answer.quota_devices]
         if quota:
             self._dead(session, quota, "daily_quota_exceeded", answer.error, report)
         quota_ids = {e.id for e in quota}
         held_users, held_devices = answer.throttled_users, answer.throttled_devices
         named = {chunk[i].id for i in answer.throttled_events if 0 <= i < len(chunk)}
         held = [e for e in chunk if e.id not in quota_ids
-                and (e.id in named or e.user_id in held_users or e.device_id in held_devices)]
+                and (e.id in named or details[e.id].user_id in held_users or details[e.id].device_id in held_devices)]
         held_ids = {e.id for e in held}
         rest = [e for e in chunk if e.id not in quota_ids and e.id not in held_ids]
         if not held and not quota:
             self._retry_later(session, chunk, answer.error, report)  # a 429 naming no one: back off
             return False, []
         pause_until = utcnow() + timedelta(seconds=self.settings.throttle_pause_seconds)
-        self._hand_back(session, held, next_attempt_at=pause_until)
+        self._mark(session, held, next_attempt_at=pause_until)
         self._pause_others(session, app_id, held_users, held_devices, pause_until)
         report.throttled += len(held)
         return True, [rest] if rest else []
@@ -235,32 +294,23 @@ class Pusher:
     # -- recording outcomes ---------------------------------------------------------------------
 
     def _mark(self, session: Session, events: list[Claimed], **values) -> None:
+        """Update claimed events and give up the claim on them (due again at once unless `values` say)."""
+        ids = [e.id for e in events]
+        values.setdefault("next_attempt_at", utcnow())
+        for start in range(0, len(ids), 5000):
+            session.execute(update(TABLE).where(self.claims.mine(ids[start:start + 5000]))
+                            .values(**self.claims.unclaim(), **values))
+
+    def _delete(self, session: Session, events: list[Claimed]) -> None:
         ids = [e.id for e in events]
         for start in range(0, len(ids), 5000):
-            session.execute(
-                update(OutboxEvent.__table__)
-                .where(T.id.in_(ids[start : start + 5000]), T.lease_owner == self.owner)
-                .values(lease_owner=None, lease_expires_at=None, **values)
-            )
+            session.execute(delete(TABLE).where(self.claims.mine(ids[start:start + 5000])))
 
     def _dead(self, session: Session, events: list[Claimed], reason: str, error: str, report: DrainReport) -> None:
         self._mark(session, events, state=DEAD, reason=reason, last_error=error[:2000])
         report.dead += len(events)
         report.reasons[reason] = report.reasons.get(reason, 0) + len(events)
         log.warning("%d event(s) dead-lettered: %s: %s", len(events), reason, error)
-
-    def _hand_back(self, session: Session, events: list[Claimed], *, next_attempt_at: datetime) -> None:
-        """Release without counting an attempt (held or throttled: not the events' fault)."""
-        if events:
-            self._mark(session, events, next_attempt_at=next_attempt_at)
-
-    def _release(self, chunks) -> None:
-        """Release leases on claimed events this drain will not send now (they are due again at once)."""
-        events = [e for chunk in chunks for e in chunk]
-        if events:
-            with self.runtime.session() as session:
-                self._mark(session, events, next_attempt_at=utcnow())
-                session.commit()
 
     def _pause_others(self, session: Session, app_id: str, users: set[str], devices: set[str],
                       until: datetime) -> None:
@@ -270,31 +320,43 @@ class Pusher:
             targets.append(T.user_id.in_(sorted(users)))
         if devices:
             targets.append(T.device_id.in_(sorted(devices)))
-        if not targets:
-            return
-        session.execute(
-            update(OutboxEvent.__table__)
-            .where(T.app_id == app_id, T.state == PENDING, T.next_attempt_at < until, or_(*targets),
-                   or_(T.lease_owner.is_(None), T.lease_expires_at < utcnow()))
-            .values(next_attempt_at=until)
-        )
+        if targets:
+            self.claims.update_free(session, [T.app_id == app_id, T.state == PENDING, T.next_attempt_at < until,
+                                              or_(*targets)], {"next_attempt_at": until})
 
     def _retry_later(self, session: Session, events: list[Claimed], error: str, report: DrainReport) -> None:
         """A failure that may pass (5xx, timeout, connection): back off, or dead-letter past the window."""
         now = utcnow()
         window = timedelta(seconds=self.settings.retry_window_seconds)
-        expired = [e for e in events if e.failing_since is not None and now - e.failing_since >= window]
+        details = _details(session, events)
+        expired = [e for e in events if details[e.id].failing_since is not None
+                   and now - details[e.id].failing_since >= window]
         if expired:
             self._dead(session, expired, "retry_window_exceeded", error, report)
-        by_attempts: dict[tuple[int, datetime], list[Claimed]] = {}
+        expired_ids = {e.id for e in expired}
+        groups: dict[tuple[int, datetime], list[Claimed]] = {}
         for e in events:
-            if e not in expired:
-                by_attempts.setdefault((e.attempts, e.failing_since or now), []).append(e)
-        for (attempts, since), group in by_attempts.items():
+            if e.id not in expired_ids:
+                groups.setdefault((details[e.id].attempts, details[e.id].failing_since or now), []).append(e)
+        for (attempts, since), group in groups.items():
             self._mark(session, group, attempts=attempts + 1, failing_since=since, last_error=error[:2000],
                        next_attempt_at=now + timedelta(seconds=self.backoff(attempts + 1)))
             report.retrying += len(group)
         log.warning("%d event(s) will be retried: %s", len(events) - len(expired), error)
+
+    def _update_app(self, session: Session, app: App, delivered: int, error: str | None, held: bool) -> None:
+        """One write to the app row per batch (its lock is held only until the batch commits)."""
+        now = utcnow()
+        values: dict[str, object] = {}
+        if delivered:
+            values.update(delivered_total=App.delivered_total + delivered, last_delivered_at=now)
+        if error:
+            values.update(last_delivery_error=error[:2000], last_delivery_error_at=now)
+        if held:
+            values.update(delivery_held_reason=f"Amplitude rejected the API key: {error}",
+                          delivery_held_until=now + timedelta(seconds=self.settings.invalid_key_pause_seconds))
+        if values:
+            session.execute(update(App).where(App.id == app.id).values(**values))
 
     def backoff(self, attempt: int) -> float:
         """Seconds before retry number `attempt` (1, 2, ...): exponential, capped, with jitter in [d/2, d]."""
@@ -302,12 +364,18 @@ class Pusher:
         return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
 
 
+def _details(session: Session, events: list[Claimed]) -> dict[int, object]:
+    """user_id, device_id, attempts and failing_since of claimed events, for the failure paths."""
+    ids = [e.id for e in events]
+    found: dict[int, object] = {}
+    for start in range(0, len(ids), 5000):
+        query = select(T.id, T.user_id, T.device_id, T.attempts, T.failing_since).where(T.id.in_(ids[start:start + 5000]))
+        found.update({row.id: row for row in session.execute(query)})
+    return found
+
+
 def _held(app: App) -> bool:
     return app.delivery_held_until is not None and app.delivery_held_until > utcnow()
-
-
-def _note_error(session: Session, app_id: str, error: str, now: datetime) -> None:
-    session.execute(update(App).where(App.id == app_id).values(last_delivery_error=error[:2000], last_delivery_error_at=now))
 
 
 def _halves(chunk: list[Claimed]) -> list[list[Claimed]]:

@@ -5,12 +5,13 @@ from dataclasses import dataclass, field
 
 import orjson
 from marshmallow import ValidationError
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from bridge import mapping
 from bridge.apps.models import App
 from bridge.db import dialect_insert, utcnow
-from bridge.delivery.models import PENDING, SKIPPED, OutboxEvent
+from bridge.delivery.models import PENDING, SKIPPED, EventReceipt, OutboxEvent
 from bridge.intake.schemas import ITEM_SCHEMA, flatten_errors
 from bridge.registry.service import external_ids_for
 
@@ -61,7 +62,7 @@ def ingest(session: Session, app: App, items: list[object]) -> IntakeResult:
 
     if valid:
         rows = _outbox_rows(session, app, list(valid.values()))
-        stored = _insert_new(session, rows)
+        stored = _insert_new(session, app.id, rows)
         result.accepted = sum(1 for state in stored if state == PENDING)
         result.skipped = len(stored) - result.accepted
         result.duplicates += len(rows) - len(stored)
@@ -121,12 +122,22 @@ def _external_ids(session: Session, app_id: str, items: list[dict]) -> dict[str,
     return from_request
 
 
-def _insert_new(session: Session, rows: list[dict]) -> list[str]:
-    """Insert rows whose (app, event id) is new; return the states of the rows actually inserted."""
-    table = OutboxEvent.__table__
+def _insert_new(session: Session, app_id: str, rows: list[dict]) -> list[str]:
+    """Store rows whose event id this app never accepted before; return the stored rows' states.
+
+    The receipt is the idempotency key: concurrent requests with the same event id serialize on it."""
+    receipts = EventReceipt.__table__
+    now = utcnow()
     stmt = (
-        dialect_insert(session, table)
+        dialect_insert(session, receipts)
         .on_conflict_do_nothing(index_elements=["app_id", "source_event_id"])
-        .returning(table.c.state)
+        .returning(receipts.c.source_event_id)
     )
-    return list(session.execute(stmt, rows).scalars())
+    new_ids = set(session.execute(stmt, [{"app_id": app_id, "source_event_id": r["source_event_id"], "created_at": now}
+                                         for r in rows]).scalars())
+    fresh = [r for r in rows if r["source_event_id"] in new_ids]
+    if fresh:
+        # RETURNING makes SQLAlchemy send one multi-row INSERT per 1,000 rows instead of one per row.
+        table = OutboxEvent.__table__
+        session.execute(insert(table).returning(table.c.id), fresh).all()
+    return [r["state"] for r in fresh]
