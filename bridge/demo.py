@@ -6,6 +6,7 @@ thread sends it to a local Amplitude-compatible server, and what that server rec
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 import time
@@ -18,6 +19,7 @@ import orjson
 from werkzeug.serving import make_server
 
 from bridge.amplitude.sink import AmplitudeSink
+from bridge.apps.models import App
 from bridge.apps.service import create_app_record
 from bridge.delivery.stats import delivery_stats
 from bridge.migrate import upgrade
@@ -39,6 +41,7 @@ def run_demo(events_file: Path, timeout: float = 60.0) -> dict[str, object]:
         runtime = install(Runtime(settings))
         with runtime.session() as session:
             app, tokens = create_app_record(session, name="Demo", amplitude_api_key="demo-amplitude-key")
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log lines in the demo's output
         server = make_server("127.0.0.1", 0, create_app(runtime=runtime), threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
@@ -49,7 +52,7 @@ def run_demo(events_file: Path, timeout: float = 60.0) -> dict[str, object]:
             deadline = time.monotonic() + timeout
             while True:
                 with runtime.session() as session:
-                    stats = delivery_stats(session, app)
+                    stats = delivery_stats(session, session.get(App, app.id))
                 if stats["pending"] == 0 or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
