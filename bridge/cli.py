@@ -11,6 +11,7 @@ from bridge import logs
 from bridge.runtime import Runtime, install
 from bridge.settings import ConfigurationError, Settings
 
+
 class Context:
     """Builds the Runtime on first use, so `bridge --help` needs no database."""
 
@@ -29,7 +30,9 @@ class Context:
         if self._runtime is not None:
             self._runtime.close()
 
+
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
 
 def _settings() -> Settings:
     try:
@@ -37,8 +40,10 @@ def _settings() -> Settings:
     except ConfigurationError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
 
+
 def echo_json(value: object) -> None:
     click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
 
 @click.group()
 @click.pass_context
@@ -47,9 +52,11 @@ def main(ctx: click.Context) -> None:
     ctx.obj = Context()
     ctx.call_on_close(ctx.obj.close)
 
+
 @main.group()
 def db() -> None:
     """Database schema (run by the release phase)."""
+
 
 @db.command("upgrade")
 def db_upgrade() -> None:
@@ -59,6 +66,7 @@ def db_upgrade() -> None:
     settings = _settings()
     upgrade(settings.database_url)
     click.echo("database is at the latest revision")
+
 
 @main.command()
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty (tests, one-off catch-up).")
@@ -71,6 +79,7 @@ def worker(ctx: Context, burst: bool) -> None:
     if runtime.settings.job_runner != "rq":
         raise click.ClickException("`bridge worker` needs REDIS_URL; without it, jobs run inside the web process")
     worker_module.run(runtime, burst=burst)
+
 
 @main.command()
 @click.option("--host", default="0.0.0.0", show_default=True)
@@ -85,6 +94,7 @@ def web(host: str, workers: int) -> None:
             "--threads", "8", "--access-logfile", "-", "--graceful-timeout", "25"]
     os.execvp(sys.executable, [sys.executable, "-m", *args])
 
+
 @main.command()
 @pass_ctx
 def sweep(ctx: Context) -> None:
@@ -92,6 +102,7 @@ def sweep(ctx: Context) -> None:
     from bridge.maintenance import sweep as run_sweep
 
     echo_json(run_sweep(ctx.runtime))
+
 
 @main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -101,18 +112,24 @@ def sink(args: tuple[str, ...]) -> None:
 
     sys.exit(sink_main(list(args)))
 
+
 @main.command("config")
 def show_config() -> None:
     """Print the settings in effect (credentials masked)."""
     echo_json(_settings().redacted())
 
+
 def _register_groups() -> None:
     from bridge.apps.cli import apps
     from bridge.delivery.cli import deliveries
     from bridge.demo import demo
+    from bridge.registry.cli import subscriptions
 
     main.add_command(apps)
     main.add_command(deliveries)
     main.add_command(demo)
+    main.add_command(subscriptions)
+
+
 
 _register_groups()

@@ -13,7 +13,7 @@ from bridge.apps.models import App
 from bridge.db import dialect_insert, utcnow
 from bridge.delivery.models import PENDING, SKIPPED, EventReceipt, OutboxEvent
 from bridge.intake.schemas import ITEM_SCHEMA, flatten_errors
-from bridge.registry.service import external_ids_for
+from bridge.registry.service import Observation, external_ids_for, observe_events
 
 UNRESOLVED_USER = "unresolved_user"
 
@@ -62,12 +62,18 @@ def ingest(session: Session, app: App, items: list[object]) -> IntakeResult:
 
     if valid:
         rows = _outbox_rows(session, app, list(valid.values()))
+        observe_events(session, app.id, [_observation(item["event"]) for item in valid.values()])
         stored = _insert_new(session, app.id, rows)
         result.accepted = sum(1 for state in stored if state == PENDING)
         result.skipped = len(stored) - result.accepted
         result.duplicates += len(rows) - len(stored)
     session.commit()
     return result
+
+
+def _observation(event: dict) -> Observation:
+    return Observation(event["subscription_id"], event.get("subscription_device_type"), mapping.real_id(event.get("external_id")),
+                       event["kind"], mapping.epoch_millis(event.get("timestamp"), event.get("datetime")))
 
 
 def _not_an_object():

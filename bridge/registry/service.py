@@ -1,20 +1,74 @@
-"""Reading and updating the channel registry."""
+"""Reading and updating the channel registry.
+
+Two ways in: `upsert_records` merges full or partial records (CSV import, API), `observe_events` keeps
+the registry current from the event stream. Neither commits; the caller owns the transaction.
+"""
 from __future__ import annotations
 
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import String, and_, bindparam, column, func, literal, select, table, text, true, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from bridge.db import UtcDateTime, dialect_insert, is_postgresql, utcnow
 from bridge.registry.models import Subscription
+from bridge.registry.schemas import CHANNEL_OF_TYPE, resolve_type
+
+# The record's columns an import, an API call or an event may set.
+FIELDS = (
+    "channel", "type", "identifier", "external_id", "notification_types", "invalid_identifier", "subscribed",
+    "device_model", "device_os", "language", "timezone", "country", "last_active_at", "source_created_at",
+)
+_field_values = itemgetter(*FIELDS)
+_NEW_RECORD = dict.fromkeys(FIELDS) | {"invalid_identifier": False, "subscribed": False}
+_ID_NAMESPACE = uuid.UUID("5d0c1a52-7f3e-4e0b-9c57-2b1f6f0e8a41")
+_QUERY_CHUNK = 5000  # keys per IN (...) query: well under SQLite's and PostgreSQL's parameter limits
+_TABLE = Subscription.__table__
+_INCOMING = table("registry_incoming", column("subscription_id"), *(column(name) for name in FIELDS))
+
+
+@dataclass
+class UpsertCounts:
+    """What an upsert did to each record it was given: every record counts in exactly one bucket."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    def __iadd__(self, other: UpsertCounts) -> UpsertCounts:
+        self.added += other.added
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        return self
+
+    def as_dict(self) -> dict[str, object]:
+        return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged}
+
+
+class Observation(NamedTuple):
+    """What one event-stream event says about its subscription."""
+
+    subscription_id: str
+    device_type: str | None  # the event's subscription_device_type ("iOS", "Email", ...)
+    external_id: str | None  # already cleaned of placeholders (mapping.real_id)
+    kind: str  # e.g. message.push.received
+    at: float  # event time (any consistent unit): orders a request's events
+
+
+def is_subscribed(notification_types: int | None, invalid_identifier: bool) -> bool:
+    """OneSignal's rule: positive notification_types on a valid identifier."""
+    return notification_types is not None and notification_types > 0 and not invalid_identifier
 
 
 def external_ids_for(session: Session, app_id: str, subscription_ids: Iterable[str]) -> dict[str, str]:
     """External User IDs the registry records for these subscriptions (those without one are left out)."""
-    wanted = sorted(set(subscription_ids))
     found: dict[str, str] = {}
-    for start in range(0, len(wanted), 900):
-        chunk = wanted[start : start + 900]
+    for chunk in _chunks(sorted(set(subscription_ids))):
         rows = session.execute(
             select(Subscription.subscription_id, Subscription.external_id).where(
                 Subscription.app_id == app_id,
@@ -24,3 +78,202 @@ def external_ids_for(session: Session, app_id: str, subscription_ids: Iterable[s
         )
         found.update({sub: ext for sub, ext in rows if ext})
     return found
+
+
+def find_record(session: Session, app_id: str, subscription_id: str) -> Subscription | None:
+    """The app's record for `subscription_id`, if there is one."""
+    return session.scalars(
+        select(Subscription).where(Subscription.app_id == app_id, Subscription.subscription_id == subscription_id)
+    ).first()
+
+
+def upsert_records(session: Session, app_id: str, records: list[dict]) -> UpsertCounts:
+    """Merge `records` (dicts of FIELDS, plus `subscription_id`) into the app's registry, in order.
+
+    A value that is None or left out keeps what the registry holds. `subscribed`, when None, is
+    recomputed from notification_types and invalid_identifier if the record gives either of them.
+    A record without a subscription_id is matched to the app's record with the same channel and
+    identifier, or else gets an id derived from them, so importing it again finds it again.
+    A new record needs `channel` and `type`.
+    """
+    records = _with_subscription_ids(session, app_id, records)
+    current = _stored(session, app_id, {r["subscription_id"] for r in records})
+    counts = UpsertCounts()
+    changed: dict[str, dict] = {}
+    for record in records:
+        key = record["subscription_id"]
+        old = current.get(key)
+        new = _merge(old, record)
+        if old is None:
+            counts.added += 1
+        elif new == old:
+            counts.unchanged += 1
+            continue
+        else:
+            counts.updated += 1
+        current[key] = changed[key] = new
+    _write(session, app_id, changed)
+    return counts
+
+
+def observe_events(session: Session, app_id: str, observations: Iterable[Observation]) -> None:
+    """Keep the registry current from a request's events, in at most two statements.
+
+    Per subscription the newest event decides, and its External User ID (or, if it has none, the
+    newest one among the request's events) replaces the recorded one; an event never blanks it.
+    A subscription the registry lacks is recorded when its device type is known, with
+    `subscribed` true only if an event proves delivery to it (a push received or clicked, an e-mail
+    opened or clicked, ...: see `proves_delivery`); an in-app message proves the app is used, not that
+    push is allowed. Known records keep their channel, type and `subscribed`.
+    """
+    latest: dict[str, Observation] = {}
+    external: dict[str, str] = {}
+    delivered: set[str] = set()
+    for seen in sorted(observations, key=lambda o: o.at):
+        latest[seen.subscription_id] = seen
+        if seen.external_id:
+            external[seen.subscription_id] = seen.external_id
+        if proves_delivery(seen.kind):
+            delivered.add(seen.subscription_id)
+    now = utcnow()
+    rows, updates = [], []
+    for key in sorted(latest):
+        record_type = resolve_type(latest[key].device_type)
+        if record_type is not None:
+            rows.append({"app_id": app_id, "subscription_id": key, "channel": CHANNEL_OF_TYPE[record_type],
+                         "type": record_type, "external_id": external.get(key), "subscribed": key in delivered,
+                         "invalid_identifier": False, "created_at": now, "updated_at": now})
+        elif key in external:
+            updates.append({"sub": key, "ext": external[key], "now": now})
+    if rows:
+        insert = dialect_insert(session, _TABLE)
+        excluded = insert.excluded
+        session.execute(
+            insert.on_conflict_do_update(
+                index_elements=["app_id", "subscription_id"],
+                set_={"external_id": excluded.external_id, "updated_at": excluded.updated_at},
+                where=and_(excluded.external_id.is_not(None), _TABLE.c.external_id.is_distinct_from(excluded.external_id)),
+            ).returning(_TABLE.c.id),  # RETURNING: one multi-row statement instead of one per row
+            rows,
+        ).all()
+    if updates:
+        session.execute(
+            update(_TABLE)
+            .where(_TABLE.c.app_id == app_id, _TABLE.c.subscription_id == bindparam("sub"),
+                   _TABLE.c.external_id.is_distinct_from(bindparam("ext")))
+            .values(external_id=bindparam("ext"), updated_at=bindparam("now")),
+            updates,
+        )
+
+
+def proves_delivery(kind: str) -> bool:
+    """Whether an event of `kind` shows a message reached the subscription: received, displayed,
+    opened or clicked, on the push, e-mail or SMS channel."""
+    _, channel, action = (kind.split(".") + ["", ""])[:3]
+    return channel in ("push", "email", "sms") and action in ("received", "displayed", "opened", "clicked")
+
+
+def _merge(old: dict | None, record: dict) -> dict:
+    merged = dict(_NEW_RECORD if old is None else old)
+    for name in FIELDS:
+        value = record.get(name)
+        if value is not None:
+            merged[name] = value
+    if record.get("subscribed") is None and (
+        record.get("notification_types") is not None or record.get("invalid_identifier") is not None
+    ):
+        merged["subscribed"] = is_subscribed(merged["notification_types"], merged["invalid_identifier"])
+    return merged
+
+
+def _with_subscription_ids(session: Session, app_id: str, records: list[dict]) -> list[dict]:
+    """`records`, those without a subscription_id given the id of their (channel, identifier)."""
+    anonymous = {(r["channel"], r["identifier"]) for r in records if not r.get("subscription_id")}
+    if not anonymous:
+        return records
+    known: dict[tuple[str, str], str] = {}
+    channels = sorted({channel for channel, _ in anonymous})
+    for chunk in _chunks(sorted({identifier for _, identifier in anonymous})):
+        rows = session.execute(
+            select(Subscription.channel, Subscription.identifier, Subscription.subscription_id)
+            .where(Subscription.app_id == app_id, Subscription.channel.in_(channels), Subscription.identifier.in_(chunk))
+            .order_by(Subscription.id)
+        )
+        for channel, identifier, subscription_id in rows:
+            known.setdefault((channel, identifier), subscription_id)
+    return [
+        record if record.get("subscription_id") else {
+            **record,
+            "subscription_id": known.get((record["channel"], record["identifier"]))
+            or str(uuid.uuid5(_ID_NAMESPACE, f"{app_id}:{record['channel']}:{record['identifier']}")),
+        }
+        for record in records
+    ]
+
+
+def _stored(session: Session, app_id: str, subscription_ids: set[str]) -> dict[str, dict]:
+    """The stored FIELDS of these subscriptions, by subscription id."""
+    columns = [_TABLE.c[name] for name in FIELDS]
+    found: dict[str, dict] = {}
+    for chunk in _chunks(sorted(subscription_ids)):
+        if is_postgresql(session):
+            # One unique-index probe per key, whatever the planner believes about the table: after a
+            # bulk load its statistics are stale, and `IN (...)` then turns into a scan of the whole app.
+            keys = func.unnest(bindparam("keys", chunk, type_=ARRAY(String))).table_valued("key").render_derived()
+            probe = select(_TABLE.c.subscription_id, *columns).where(
+                _TABLE.c.app_id == app_id, _TABLE.c.subscription_id == keys.c.key).limit(1).lateral()
+            query = select(probe).select_from(keys).join(probe, true())
+        else:
+            query = select(_TABLE.c.subscription_id, *columns).where(
+                _TABLE.c.app_id == app_id, _TABLE.c.subscription_id.in_(chunk))
+        for row in session.execute(query):
+            found[row[0]] = dict(zip(FIELDS, row[1:], strict=True))
+    return found
+
+
+def _write(session: Session, app_id: str, records: dict[str, dict]) -> None:
+    """Insert or overwrite these full records, in key order (so concurrent writers lock rows alike).
+    PostgreSQL receives them by COPY into a temporary table and merges from there: several times
+    faster than a multi-row INSERT."""
+    if not records:
+        return
+    now = utcnow()
+    keys = sorted(records)
+    insert = dialect_insert(session, _TABLE)
+    if is_postgresql(session):
+        _copy_incoming(session, ((key, *_field_values(records[key])) for key in keys))
+        stamp = bindparam("now", now, UtcDateTime)
+        statement = insert.from_select(
+            ["app_id", "subscription_id", *FIELDS, "created_at", "updated_at"],
+            select(literal(app_id), *_INCOMING.c, stamp.label("created_at"), stamp.label("updated_at")),
+        )
+        parameters = None
+    else:
+        statement = insert
+        parameters = [{"app_id": app_id, "subscription_id": key, **records[key], "created_at": now, "updated_at": now}
+                      for key in keys]
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["app_id", "subscription_id"],
+            set_={name: insert.excluded[name] for name in (*FIELDS, "updated_at")},
+        ),
+        parameters,
+    )
+    if is_postgresql(session):
+        session.execute(text(f"TRUNCATE {_INCOMING.name}"))
+
+
+def _copy_incoming(session: Session, rows: Iterable[tuple]) -> None:
+    """COPY `rows` (subscription_id, then FIELDS) into this connection's temporary incoming table."""
+    cursor = session.connection().connection.driver_connection.cursor()
+    with cursor:
+        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {_INCOMING.name} AS "
+                       f"SELECT subscription_id, {', '.join(FIELDS)} FROM {_TABLE.name} WITH NO DATA")
+        with cursor.copy(f"COPY {_INCOMING.name} (subscription_id, {', '.join(FIELDS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+def _chunks(values: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(values), _QUERY_CHUNK):
+        yield values[start : start + _QUERY_CHUNK]

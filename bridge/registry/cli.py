@@ -1,0 +1,55 @@
+"""`bridge subscriptions ...`: load the channel registry from OneSignal CSV files."""
+from __future__ import annotations
+
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import click
+from sqlalchemy import select
+from tqdm import tqdm
+
+from bridge.apps.models import App
+from bridge.cli import Context, echo_json, pass_ctx
+from bridge.registry.importer import UnreadableFile, import_subscriptions
+
+
+@click.group()
+def subscriptions() -> None:
+    """The channel registry: one record per push token, e-mail address and phone number."""
+
+
+@subscriptions.command("import")
+@click.option("--app", "app_id", required=True, help="The app whose registry receives the records.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@click.option("--errors-file", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Write every rejected row here as CSV: line, reason, then the row as it was.")
+@click.option("--chunk-size", default=5000, show_default=True, type=click.IntRange(1, 100_000),
+              help="Rows merged (and committed) together.")
+@click.option("--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
+@pass_ctx
+def import_file(ctx: Context, app_id: str, file: Path, errors_file: Path | None, chunk_size: int, quiet: bool) -> None:
+    """Import FILE (CSV, or gzipped CSV) in either OneSignal format: the legacy subscriptions export
+    (id, identifier, device_type, notification_types, ...) or the import format (external_id, email,
+    phone_number, subscription_id, subscribed, ...), told apart by the header.
+
+    Importing again updates records and never duplicates them. Prints a JSON summary: added, updated,
+    unchanged, rejected, with the first rejected rows' line numbers and reasons.
+
+    The exit status is 0 even when rows were rejected; it is non-zero only when the file cannot be
+    read or its header is neither format.
+    """
+    with ctx.runtime.session() as session:
+        if session.scalar(select(App.id).where(App.id == app_id)) is None:
+            raise click.ClickException(f"no app with id {app_id}")
+        bar = tqdm(total=file.stat().st_size, unit="B", unit_scale=True, file=sys.stderr,
+                   disable=quiet or not sys.stderr.isatty(), desc=file.name)
+        try:
+            with errors_file.open("w", newline="", encoding="utf-8") if errors_file else nullcontext() as errors_to:
+                summary = import_subscriptions(session, app_id, file, chunk_size=chunk_size, errors_to=errors_to,
+                                               on_progress=lambda done: bar.update(done - bar.n))
+        except UnreadableFile as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            bar.close()
+    echo_json(summary.as_dict())

@@ -1,0 +1,369 @@
+"""Importing channel records from OneSignal CSV files, plain or gzipped, in either of its two formats:
+the legacy subscriptions export (numeric device_type, one row per subscription) and the newer import
+format (one e-mail address or phone number per row, `subscribed` yes/no). The header tells them apart.
+
+The file is streamed and merged into the registry chunk by chunk, one transaction per chunk, so memory
+stays flat whatever the file's size, and importing the same file again changes nothing.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from operator import itemgetter
+from pathlib import Path
+from typing import BinaryIO, NamedTuple, TextIO
+
+from sqlalchemy.orm import Session
+
+from bridge.mapping import real_id
+from bridge.registry.schemas import (
+    CHANNEL_OF_TYPE,
+    LEGACY_DEVICE_TYPES,
+    MAX_LENGTH,
+    clean_identifier,
+    clean_text,
+    parse_int32,
+    parse_time,
+)
+from bridge.registry.service import UpsertCounts, upsert_records
+
+REPORTED_ERRORS = 20  # rejected rows listed in the summary; an errors file gets them all
+_TRUE, _FALSE = frozenset({"t", "true", "yes", "y", "1"}), frozenset({"f", "false", "no", "n", "0"})
+_MEMO_SIZE = 4096
+_TYPE_OF_CHANNEL = {"email": "Email", "sms": "SMS"}
+
+
+class UnreadableFile(Exception):
+    """The file cannot be imported: not UTF-8 CSV (or gzipped CSV), empty, or neither known header."""
+
+
+@dataclass
+class ImportSummary(UpsertCounts):
+    """What an import did: each data row counts once in added, updated, unchanged or rejected."""
+
+    rejected: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    errors: list[dict] = field(default_factory=list)  # the first REPORTED_ERRORS [{"line", "reason"}]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            **super().as_dict(), "rejected": self.rejected, "rows": self.rows, "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows / self.seconds) if self.seconds else None,
+            "errors": self.errors,
+        }
+
+
+def import_subscriptions(
+    session: Session,
+    app_id: str,
+    path: Path,
+    *,
+    chunk_size: int = 5000,
+    errors_to: TextIO | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ImportSummary:
+    """Merge the records of the CSV file at `path` into `app_id`'s registry and say what happened.
+
+    Rows that cannot be imported are rejected with their line number and the reasons, and never stop
+    the others. `errors_to`, if given, receives every rejected row as CSV (line, reason, then the row).
+    `on_progress` is called as chunks are committed, with the bytes of the file read so far. Raises
+    UnreadableFile when the file cannot be read; chunks committed before that stay imported.
+    """
+    started = time.perf_counter()
+    summary = ImportSummary()
+    with _open(path) as (raw, lines), _ChunkWriter(session, app_id, summary, on_progress) as writer:
+        reader = csv.reader(lines)
+        header = _header(path, reader)
+        parse = _row_parser(path, header)
+        errors = csv.writer(errors_to) if errors_to is not None else None
+        if errors:
+            errors.writerow(["line", "reason", *header])
+        chunk: list[dict] = []
+        try:
+            for line, row in _rows(path, reader):
+                summary.rows += 1
+                try:
+                    chunk.append(parse(row))
+                except RowRejected as exc:
+                    summary.rejected += 1
+                    if len(summary.errors) < REPORTED_ERRORS:
+                        summary.errors.append({"line": line, "reason": str(exc)})
+                    if errors:
+                        errors.writerow([line, str(exc), *row])
+                if len(chunk) >= chunk_size:
+                    writer.submit(chunk, raw.tell())
+                    chunk = []
+        except UnreadableFile:
+            writer.submit(chunk, raw.tell())  # the rows read before the unreadable part are imported too
+            raise
+        writer.submit(chunk, raw.tell())
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+class _ChunkWriter:
+    """Merges chunks into the registry, one transaction each, on a thread of its own, so the database
+    works on one chunk while the next is parsed. At most one chunk is in flight."""
+
+    def __init__(self, session: Session, app_id: str, summary: ImportSummary, on_progress: Callable[[int], None] | None):
+        self._session, self._app_id, self._summary, self._on_progress = session, app_id, summary, on_progress
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-import")
+        self._in_flight: tuple[Future[UpsertCounts], int] | None = None
+
+    def submit(self, records: list[dict], position: int) -> None:
+        """Wait for the chunk in flight, then send `records` (read up to byte `position` of the file)."""
+        self._settle()
+        if records:
+            self._in_flight = (self._executor.submit(self._merge, records), position)
+
+    def _merge(self, records: list[dict]) -> UpsertCounts:
+        counts = upsert_records(self._session, self._app_id, records)
+        self._session.commit()
+        return counts
+
+    def _settle(self) -> None:
+        if self._in_flight is None:
+            return
+        future, position = self._in_flight
+        self._in_flight = None
+        self._summary += future.result()
+        if self._on_progress:
+            self._on_progress(position)
+
+    def __enter__(self) -> _ChunkWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        try:
+            if exc_type is None:
+                self._settle()
+        finally:
+            self._executor.shutdown(wait=True)
+
+
+class RowRejected(ValueError):
+    """A row that cannot be imported; the message gives the reasons, field by field."""
+
+
+def _flag(value: str) -> bool | None:
+    """t/f, true/false, yes/no, y/n, 1/0, in any case; None when blank."""
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    if not lowered:
+        return None
+    raise ValueError(f"{value!r} is not yes/no (or true/false)")
+
+
+def _memo(convert: Callable[[str], object]) -> Callable[[str], object]:
+    """`convert`, remembering its results for the first few thousand distinct cells: most columns
+    (device_type, language, device_model, ...) repeat a handful of values a million times."""
+
+    class Memo(dict):
+        def __missing__(self, raw: str) -> object:
+            value = convert(raw)
+            if len(self) < _MEMO_SIZE:
+                self[raw] = value
+            return value
+
+    return Memo().__getitem__
+
+
+def _optional(convert: Callable[[str], object]) -> Callable[[str], object]:
+    return lambda raw: convert(raw) if raw.strip() else None
+
+
+def _required(convert: Callable[[str], object]) -> Callable[[str], object]:
+    def checked(raw: str) -> object:
+        value = convert(raw)
+        if value is None:
+            raise ValueError("required")
+        return value
+
+    return checked
+
+
+def _text(column: str) -> Callable[[str], str | None]:
+    return partial(clean_text, limit=MAX_LENGTH[column])
+
+
+def _external_id(value: str) -> str | None:
+    return real_id(clean_text(value, MAX_LENGTH["external_id"]))
+
+
+def _legacy_type(value: str) -> str:
+    try:
+        return LEGACY_DEVICE_TYPES[int(value)]
+    except (ValueError, KeyError):
+        known = ", ".join(str(n) for n in LEGACY_DEVICE_TYPES)
+        raise ValueError(f"{value!r} is not a known device_type ({known})" if value.strip() else "required") from None
+
+
+def _identifier(column: str, channel: str, value: str) -> str | None:
+    try:
+        return clean_identifier(channel, value)
+    except ValueError as exc:
+        raise ValueError(f"{column}: {exc}") from None
+
+
+def _legacy_finish(record: dict) -> dict:
+    channel = record["channel"] = CHANNEL_OF_TYPE.get(record["type"])
+    if channel in ("email", "sms") and record["identifier"]:
+        record["identifier"] = _identifier("identifier", channel, record["identifier"])
+    return record
+
+
+def _import_finish(record: dict) -> dict:
+    email, phone = record.pop("email"), record.pop("phone_number")
+    if email and phone:
+        raise ValueError("email, phone_number: give one of them per row, not both")
+    if not (email or phone):
+        raise ValueError("email, phone_number: one of them is required")
+    channel, column = ("email", "email") if email else ("sms", "phone_number")
+    record.update(channel=channel, type=_TYPE_OF_CHANNEL[channel], identifier=_identifier(column, channel, email or phone))
+    return record
+
+
+class _Format(NamedTuple):
+    name: str
+    columns: tuple[tuple[str, str, Callable[[str], object]], ...]  # (CSV column, record field, converter)
+    required: frozenset[str]  # the header must hold these
+    finish: Callable[[dict], dict]  # rules across columns; a ValueError's message names the column
+
+
+_time, _int32 = _optional(parse_time), _optional(parse_int32)
+_identifier_text = _text("identifier")
+FORMATS = (
+    _Format(
+        "legacy export",
+        (
+            ("id", "subscription_id", _required(_text("subscription_id"))),
+            ("identifier", "identifier", _identifier_text),
+            ("device_type", "type", _memo(_legacy_type)),
+            ("notification_types", "notification_types", _memo(_int32)),
+            ("invalid_identifier", "invalid_identifier", _memo(_flag)),
+            ("external_user_id", "external_id", _external_id),
+            ("language", "language", _memo(_text("language"))),
+            ("timezone", "timezone", _memo(_text("timezone"))),
+            ("device_os", "device_os", _memo(_text("device_os"))),
+            ("device_model", "device_model", _memo(_text("device_model"))),
+            ("last_active", "last_active_at", _time),
+            ("created_at", "source_created_at", _time),
+        ),
+        frozenset({"id", "device_type"}),
+        _legacy_finish,
+    ),
+    _Format(
+        "import format",
+        (
+            ("external_id", "external_id", _external_id),
+            ("email", "email", _identifier_text),
+            ("phone_number", "phone_number", _identifier_text),
+            ("subscription_id", "subscription_id", _text("subscription_id")),
+            ("subscribed", "subscribed", _memo(_flag)),
+            ("timezone_id", "timezone", _memo(_text("timezone"))),
+            ("country", "country", _memo(_text("country"))),
+            ("language", "language", _memo(_text("language"))),
+        ),
+        frozenset({"email", "phone_number"}),
+        _import_finish,
+    ),
+)
+
+
+def _row_parser(path: Path, header: list[str]) -> Callable[[list[str]], dict]:
+    """The parser of the format `header` belongs to: it turns a row into a record, or raises
+    RowRejected with every reason the row cannot be imported."""
+    names = [name.strip().lower() for name in header]
+    for fmt in FORMATS:
+        if fmt.required <= set(names):
+            return partial(_parse_row, fmt, len(names),
+                           # A column the file lacks reads the empty string appended to every row.
+                           itemgetter(*(names.index(c) if c in names else len(names) for c, _, _ in fmt.columns)),
+                           [(name, convert) for _, name, convert in fmt.columns])
+    expected = "; or ".join(f"the {f.name} ({', '.join(c for c, _, _ in f.columns)}) with at least "
+                            f"{' and '.join(sorted(f.required))}" for f in FORMATS)
+    raise UnreadableFile(f"{path}: unknown header ({', '.join(header)}); expected {expected}")
+
+
+def _parse_row(fmt: _Format, width: int, pick: Callable, converters: list, row: list[str]) -> dict:
+    if len(row) != width:
+        raise RowRejected(f"expected {width} fields as in the header, found {len(row)}")
+    row.append("")
+    cells = pick(row)
+    row.pop()
+    try:
+        return fmt.finish({name: convert(raw) for (name, convert), raw in zip(converters, cells)})
+    except ValueError:
+        raise RowRejected(_reasons(fmt, cells)) from None
+
+
+def _reasons(fmt: _Format, cells: tuple[str, ...]) -> str:
+    """Every reason a row's cells cannot be imported, as "column: reason; ..."."""
+    problems, record = [], {}
+    for (column, name, convert), raw in zip(fmt.columns, cells, strict=True):
+        try:
+            record[name] = convert(raw)
+        except ValueError as exc:
+            problems.append(f"{column}: {exc}")
+            record[name] = None
+    try:
+        fmt.finish(record)
+    except ValueError as exc:
+        problems.append(str(exc))
+    return "; ".join(problems)
+
+
+def _header(path: Path, reader) -> list[str]:
+    for _, row in _rows(path, reader):
+        return row
+    raise UnreadableFile(f"{path}: the file is empty")
+
+
+def _rows(path: Path, reader) -> Iterator[tuple[int, list[str]]]:
+    """(line number where the row starts, row) for each non-blank row; read errors become UnreadableFile."""
+    line = reader.line_num
+    try:
+        for row in reader:
+            start, line = line + 1, reader.line_num
+            if row:
+                yield start, row
+    except UnicodeDecodeError as exc:
+        raise UnreadableFile(f"{path}: line {reader.line_num + 1} is not UTF-8 text ({exc.reason} at byte "
+                             f"{exc.start + 1}); the rows before it were imported") from None
+    except (csv.Error, OSError, EOFError, zlib.error) as exc:
+        raise UnreadableFile(f"{path}: unreadable after line {line} ({exc}); the rows before it were imported") from None
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[tuple[BinaryIO, Iterator[str]]]:
+    """The file at `path` as (raw binary file, its lines of UTF-8 text), gunzipped when it is gzip.
+    Lines are decoded one by one so that a decoding error names its line; the raw file's position is
+    the progress through it."""
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise UnreadableFile(f"{path}: {exc.strerror}") from None
+    with raw:
+        binary = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
+        raw.seek(0)
+        yield raw, _decoded(binary)
+
+
+def _decoded(binary: BinaryIO) -> Iterator[str]:
+    lines = iter(binary)
+    for first in lines:
+        yield first.decode("utf-8-sig")
+        break
+    for line in lines:
+        yield line.decode()

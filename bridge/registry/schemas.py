@@ -1,0 +1,242 @@
+"""What a channel record is made of: types and channels, the rules for identifiers, text and times,
+and the shape of the records the API accepts.
+
+The parsers here are shared by the CSV importer (called per cell, so they are plain functions that
+raise ValueError) and by the API schema (which wraps them in marshmallow fields).
+"""
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+
+from bridge.intake.schemas import flatten_errors
+from bridge.mapping import real_id
+from bridge.registry.models import Subscription
+
+CHANNEL_OF_TYPE: dict[str, str] = {
+    "iOSPush": "push", "AndroidPush": "push", "FireOSPush": "push", "WindowsPhonePush": "push",
+    "ChromeExtensionPush": "push", "ChromePush": "push", "WindowsPush": "push", "SafariPush": "push",
+    "FirefoxPush": "push", "macOSPush": "push", "AlexaPush": "push", "HuaweiPush": "push",
+    "Email": "email", "SMS": "sms",
+}
+
+# The legacy export's numeric device_type.
+LEGACY_DEVICE_TYPES: dict[int, str] = {
+    0: "iOSPush", 1: "AndroidPush", 2: "FireOSPush", 3: "WindowsPhonePush", 4: "ChromeExtensionPush",
+    5: "ChromePush", 6: "WindowsPush", 7: "SafariPush", 8: "FirefoxPush", 9: "macOSPush", 10: "AlexaPush",
+    11: "Email", 13: "HuaweiPush", 14: "SMS",
+}
+
+
+def _alias_key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+# Spellings seen in the event stream ("iOS", "Android", "ChromePush", "Email") and in API calls.
+_TYPE_ALIASES: dict[str, str] = {
+    **{_alias_key(t).removesuffix("push"): t for t in CHANNEL_OF_TYPE},
+    **{_alias_key(t): t for t in CHANNEL_OF_TYPE},
+    "amazon": "FireOSPush", "kindle": "FireOSPush", "chromeweb": "ChromePush", "chromeapp": "ChromeExtensionPush",
+    "safarilegacy": "SafariPush", "safarilegacypush": "SafariPush", "mac": "macOSPush",
+}
+
+MAX_LENGTH: dict[str, int] = {
+    column.name: column.type.length
+    for column in Subscription.__table__.columns
+    if getattr(column.type, "length", None)
+}
+INT32 = (-(2**31), 2**31 - 1)
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
+_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+_PHONE_SEPARATORS = re.compile(r"[\s().\-]")
+_EPOCH = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def resolve_type(name: str | None) -> str | None:
+    """The record type for a type or device-type name in any usual spelling ("iOS", "iospush",
+    "ChromePush", "email"), or None when it is not a known one."""
+    return _TYPE_ALIASES.get(_alias_key(name)) if name else None
+
+
+def clean_text(value: str, limit: int) -> str | None:
+    """`value` stripped; None when empty. ValueError when longer than `limit` or holding a NUL."""
+    value = value.strip()
+    if not value:
+        return None
+    if len(value) > limit:
+        raise ValueError(f"longer than {limit} characters")
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
+    return value
+
+
+def clean_identifier(channel: str, value: str) -> str | None:
+    """The identifier as stored: an e-mail address lowercased, a phone number in E.164 (spaces, dashes,
+    dots and brackets dropped), a push token as given. ValueError names what is wrong with it."""
+    value = clean_text(value, MAX_LENGTH["identifier"])
+    if value is None:
+        return None
+    if channel == "email":
+        if not _EMAIL.fullmatch(value):
+            raise ValueError(f"{value!r} is not an e-mail address")
+        return value.lower()
+    if channel == "sms":
+        phone = _PHONE_SEPARATORS.sub("", value)
+        if not _E164.fullmatch(phone):
+            raise ValueError(f"{value!r} is not an E.164 phone number (+ and 8 to 15 digits)")
+        return phone
+    return value
+
+
+def parse_time(value: str | int | float) -> datetime:
+    """An aware UTC datetime from epoch seconds (milliseconds when that large) or an ISO 8601 /
+    'YYYY-MM-DD HH:MM:SS' text; a time without a zone is taken as UTC."""
+    if isinstance(value, str):
+        text = value.strip().removesuffix(" UTC")
+        if not text.isdigit():
+            parsed = _parse_iso(text)
+            if parsed is not None:
+                return parsed
+            if not _EPOCH.fullmatch(text):
+                raise ValueError(f"{value!r} is not a date-time (ISO 8601) or epoch seconds")
+        value = float(text)
+    seconds = value / 1000 if abs(value) > 1e11 else value
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"{value!r} is out of range for a time") from None
+
+
+def _parse_iso(text: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        # Parsing again with the zone is several times faster than .replace(tzinfo=UTC).
+        return datetime.fromisoformat(f"{text}+00:00") if len(text) > 10 else parsed.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
+
+
+def parse_int32(value: str) -> int:
+    """A 32-bit integer from text."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an integer") from None
+    if not INT32[0] <= number <= INT32[1]:
+        raise ValueError(f"{number} is out of range")
+    return number
+
+
+def _message(exc: ValueError) -> str:
+    text = str(exc)
+    return f"{text[:1].upper()}{text[1:]}."
+
+
+class Text(fields.Field):
+    """A string (or an integer, taken as its digits) no longer than the column it is stored in.
+    Blank means absent, which a required Text refuses."""
+
+    def __init__(self, column: str, *, required: bool = False, **kwargs):
+        defaults = {} if required else {"load_default": None, "allow_none": True}
+        super().__init__(required=required, **defaults, **kwargs)
+        self.limit = MAX_LENGTH[column]
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ValidationError("Must be a string.")
+        try:
+            text = clean_text(value, self.limit)
+        except ValueError as exc:
+            raise ValidationError(_message(exc)) from None
+        if text is None and self.required:
+            raise ValidationError("Must not be blank.")
+        return text
+
+
+class ExternalId(Text):
+    """An External User ID; empty and placeholder values ("null", "anonymous", ...) mean none."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return real_id(super()._deserialize(value, attr, data, **kwargs))
+
+
+class RecordType(fields.Field):
+    """A record type (iOSPush, AndroidPush, ..., Email, SMS), also in the event stream's spellings."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        resolved = resolve_type(value) if isinstance(value, str) else None
+        if resolved is None:
+            raise ValidationError(f"Unknown type {value!r}; expected one of {', '.join(CHANNEL_OF_TYPE)}.")
+        return resolved
+
+
+class Timestamp(fields.Field):
+    """An ISO 8601 date-time or epoch seconds (or milliseconds), as an aware UTC datetime."""
+
+    def __init__(self, **kwargs):
+        super().__init__(load_default=None, allow_none=True, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValidationError("Must be an ISO 8601 date-time or epoch seconds.")
+        try:
+            return parse_time(value)
+        except ValueError as exc:
+            raise ValidationError(_message(exc)) from None
+
+
+class RecordSchema(Schema):
+    """One record of `POST /v1/apps/<app_id>/subscriptions`. A field left out (or null) keeps what
+    the registry holds; `subscribed`, when not given, follows notification_types and invalid_identifier."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    subscription_id = Text("subscription_id", required=True)
+    type = RecordType(required=True)
+    identifier = fields.String(load_default=None, allow_none=True)
+    external_id = ExternalId("external_id")
+    notification_types = fields.Integer(load_default=None, allow_none=True, strict=True, validate=validate.Range(*INT32))
+    invalid_identifier = fields.Boolean(load_default=None, allow_none=True)
+    subscribed = fields.Boolean(load_default=None, allow_none=True)
+    device_model = Text("device_model")
+    device_os = Text("device_os")
+    language = Text("language")
+    timezone = Text("timezone")
+    country = Text("country")
+    last_active_at = Timestamp(data_key="last_active")
+    source_created_at = Timestamp(data_key="created_at")
+
+    @post_load
+    def _channel_and_identifier(self, data, **kwargs):
+        data["channel"] = CHANNEL_OF_TYPE[data["type"]]
+        if data["identifier"] is not None:
+            try:
+                data["identifier"] = clean_identifier(data["channel"], data["identifier"])
+            except ValueError as exc:
+                raise ValidationError(_message(exc), "identifier") from None
+        return data
+
+
+RECORD_SCHEMA = RecordSchema()
+
+
+def load_records(items: list[object]) -> tuple[list[dict], list[dict]]:
+    """The valid records among `items`, and for each invalid one {"index", "errors": {field: message}}."""
+    records, rejected = [], []
+    for index, raw in enumerate(items):
+        try:
+            if not isinstance(raw, dict):
+                raise ValidationError({"_item": ["Each record must be a JSON object."]})
+            records.append(RECORD_SCHEMA.load(raw))
+        except ValidationError as exc:
+            errors = exc.messages if isinstance(exc.messages, dict) else {"_item": exc.messages}
+            rejected.append({"index": index, "errors": flatten_errors(errors)})
+    return records, rejected
