@@ -381,3 +381,15 @@ def test_runs_standalone_until_sigterm():
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0
+
+
+def test_arrival_times_are_kept_per_insert_id_when_asked():
+    import time as _time
+
+    with AmplitudeSink(track_arrivals=True) as sink:
+        before = _time.time()
+        body = {"api_key": "k", "events": [{"event_type": "e", "user_id": "user-1", "insert_id": "a"},
+                                            {"event_type": "e", "user_id": "user-1", "insert_id": "b"}]}
+        assert httpx.post(f"{sink.url}/2/httpapi", json=body).status_code == 200
+        arrivals = httpx.get(f"{sink.url}/_sink/arrivals").json()
+    assert set(arrivals) == {"a", "b"} and all(before <= t <= _time.time() for t in arrivals.values())

@@ -218,11 +218,13 @@ class AmplitudeSink:
     """An Amplitude-compatible ingestion server on a daemon thread; every method is thread-safe."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, api_keys: set[str] | None = None, *,
-                 record_events: bool = True):
-        """`api_keys`: the only keys accepted (None: any). `record_events` False keeps counters only."""
+                 record_events: bool = True, track_arrivals: bool = False):
+        """`api_keys`: the only keys accepted (None: any). `record_events` False keeps counters only.
+        `track_arrivals` keeps the wall-clock time each insert_id was first ingested (latency benchmarks)."""
         self.host, self.port = host, port
         self.api_keys = frozenset(api_keys) if api_keys is not None else None
         self.record_events = record_events
+        self.track_arrivals = track_arrivals
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -230,6 +232,7 @@ class AmplitudeSink:
 
     def _clear(self) -> None:
         self._events: list[tuple[str, dict]] = []
+        self._arrivals: dict[str, float] = {}
         self._seen: set[tuple[str, str, str]] = set()
         self._requests: Counter[int] = Counter()
         self._received = self._ingested = self._duplicates = self._resets = 0
@@ -312,6 +315,11 @@ class AmplitudeSink:
         with self._lock:
             return [event for key, event in self._events if api_key is None or key == api_key]
 
+    def arrivals(self) -> dict[str, float]:
+        """insert_id → wall-clock time it was first ingested (only with track_arrivals)."""
+        with self._lock:
+            return dict(self._arrivals)
+
     def reset(self) -> None:
         """Forget every event, counter, queued fault and throttle setting."""
         with self._lock:
@@ -357,6 +365,7 @@ class AmplitudeSink:
         """Keep each event unless its insert_id was already seen for its device (or user, without device)."""
         keys = [None if (insert_id := event.get("insert_id")) is None
                 else (api_key, event.get("device_id") or event.get("user_id"), insert_id) for event in events]
+        now = time.time()
         with self._lock:
             for key, event in zip(keys, events):
                 if key is not None:
@@ -367,6 +376,8 @@ class AmplitudeSink:
                 self._ingested += 1
                 if self.record_events:
                     self._events.append((api_key, event))
+                if self.track_arrivals and key is not None:
+                    self._arrivals[key[2]] = now
 
 
 class _Server(ThreadingHTTPServer):
@@ -431,6 +442,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if url.path == "/_sink/stats":
             self._send(200, self.server.sink.stats())
+        elif url.path == "/_sink/arrivals":
+            self._send(200, self.server.sink.arrivals())
         elif url.path == "/_sink/events":
             api_key = parse_qs(url.query).get("api_key", [None])[0]
             self._send(200, self.server.sink.events(api_key))
@@ -473,12 +486,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="accept only this key (repeatable; default: accept any key)")
     parser.add_argument("--no-record-events", dest="record_events", action="store_false",
                         help="keep counters only, not the events (long benchmarks)")
+    parser.add_argument("--track-arrivals", action="store_true",
+                        help="keep when each insert_id arrived (GET /_sink/arrivals; latency benchmarks)")
     args = parser.parse_args(argv)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     api_keys = set(args.api_keys) if args.api_keys else None
-    with AmplitudeSink(args.host, args.port, api_keys, record_events=args.record_events) as sink:
+    with AmplitudeSink(args.host, args.port, api_keys, record_events=args.record_events,
+                       track_arrivals=args.track_arrivals) as sink:
         print(sink.url, flush=True)
         stopping.wait()
     return 0
