@@ -67,17 +67,12 @@ def is_subscribed(notification_types: int | None, invalid_identifier: bool) -> b
 
 def external_ids_for(session: Session, app_id: str, subscription_ids: Iterable[str]) -> dict[str, str]:
     """External User IDs the registry records for these subscriptions (those without one are left out)."""
-    found: dict[str, str] = {}
-    for chunk in _chunks(sorted(set(subscription_ids))):
-        rows = session.execute(
-            select(Subscription.subscription_id, Subscription.external_id).where(
-                Subscription.app_id == app_id,
-                Subscription.subscription_id.in_(chunk),
-                Subscription.external_id.is_not(None),
-            )
-        )
-        found.update({sub: ext for sub, ext in rows if ext})
-    return found
+    return {sub: ext for sub, ext in recorded(session, app_id, subscription_ids).items() if ext}
+
+
+def recorded(session: Session, app_id: str, subscription_ids: Iterable[str]) -> dict[str, str | None]:
+    """subscription id → recorded External User ID (None if it has none), for those the registry holds."""
+    return {sub: fields["external_id"] for sub, fields in _stored(session, app_id, set(subscription_ids)).items()}
 
 
 def find_record(session: Session, app_id: str, subscription_id: str) -> Subscription | None:
@@ -136,8 +131,11 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
         if proves_delivery(seen.kind):
             delivered.add(seen.subscription_id)
     now = utcnow()
+    known = recorded(session, app_id, latest)
     rows, updates = [], []
     for key in sorted(latest):
+        if key in known and (key not in external or known[key] == external[key]):
+            continue  # nothing new: most events of a steady stream end here, with no write
         record_type = resolve_type(latest[key].device_type)
         if record_type is not None:
             rows.append({"app_id": app_id, "subscription_id": key, "channel": CHANNEL_OF_TYPE[record_type],
