@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from bridge.cohorts.jobs import schedule_unprocessed
 from bridge.delivery.scheduling import schedule_due
 from bridge.runtime import Runtime, current
 
@@ -16,13 +17,7 @@ log = logging.getLogger(__name__)
 def sweep(runtime: Runtime | None = None) -> dict[str, int]:
     """Queue every piece of due work the database holds; returns how much was queued, by kind."""
     runtime = runtime or current()
-    queued = {"drains": schedule_due(runtime)}
-    try:
-        from bridge.cohorts.jobs import schedule_unprocessed
-    except ModuleNotFoundError:
-        pass
-    else:
-        queued["cohort_batches"] = schedule_unprocessed(runtime)
+    queued = {"drains": schedule_due(runtime), "cohort_batches": schedule_unprocessed(runtime)}
     if any(queued.values()):
         log.info("sweep queued %s", queued)
     return queued

@@ -29,6 +29,7 @@ class Settings:
     # Intake
     max_body_bytes: int
     max_items_per_request: int
+    cohort_max_body_bytes: int
     # Delivery
     batch_size: int
     max_request_bytes: int
@@ -68,6 +69,7 @@ class Settings:
             log_level=(reader.text("LOG_LEVEL") or "INFO").upper(),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
             max_items_per_request=reader.integer("MAX_ITEMS_PER_REQUEST", 1000, low=1),
+            cohort_max_body_bytes=reader.integer("COHORT_MAX_BODY_BYTES", 20 * 1024 * 1024, low=1024),
             batch_size=reader.integer("DELIVERY_BATCH_SIZE", 2000, low=1, high=2000),
             max_request_bytes=reader.integer("DELIVERY_MAX_REQUEST_BYTES", 1_000_000, low=10_000, high=1_000_000),
             gzip_requests=reader.boolean("DELIVERY_GZIP", False),

@@ -49,27 +49,14 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
             session.execute(text("SELECT 1"))
         return {"status": "ok", "database": "ok", "jobs": settings.job_runner}
 
+    from bridge.cohorts.views import bp as cohorts_bp
     from bridge.delivery.views import bp as delivery_bp
     from bridge.intake.views import bp as intake_bp
+    from bridge.registry.views import bp as registry_bp
 
-    app.register_blueprint(intake_bp)
-    app.register_blueprint(delivery_bp)
-    _register_optional_blueprints(app)
+    for blueprint in (intake_bp, delivery_bp, registry_bp, cohorts_bp):
+        app.register_blueprint(blueprint)
 
     if settings.job_runner == "thread":
         runtime.runner.start()  # type: ignore[attr-defined]
     return app
-
-
-def _register_optional_blueprints(app: Flask) -> None:
-    """Blueprints of the inbound features (channel registry, cohorts)."""
-    import importlib
-
-    for module in ("bridge.registry.views", "bridge.cohorts.views"):
-        try:
-            blueprint = importlib.import_module(module).bp
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        app.register_blueprint(blueprint)

@@ -1,0 +1,235 @@
+"""The cohort webhook Amplitude posts to, and the cohort reads of the API.
+
+POST /v1/apps/<app_id>/amplitude/cohorts                 webhook (cohort token): store, queue, answer 200
+GET  /v1/apps/<app_id>/cohorts                           the app's cohorts (paged)
+GET  /v1/apps/<app_id>/cohorts/<cohort_id>               the report, with the 10 latest syncs
+GET  /v1/apps/<app_id>/cohorts/<cohort_id>/syncs         the sync history, newest first (paged)
+GET  /v1/apps/<app_id>/cohorts/<cohort_id>/unmatched     user ids without a channel record (paged)
+GET  /v1/apps/<app_id>/cohorts/<cohort_id>/devices       the resolved audience (paged JSON, or CSV)
+
+Paged reads take `limit` (1–1000, default 100) and `after` (the `next` of the previous page) and
+answer {"items": [...], "next": cursor-or-null}.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import gc
+import io
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import orjson
+from flask import Blueprint, Response, current_app, g, request
+from marshmallow import ValidationError
+
+from bridge.auth import require_token
+from bridge.cohorts import report
+from bridge.cohorts.jobs import schedule_batch
+from bridge.cohorts.models import RECEIVED, Cohort
+from bridge.cohorts.schemas import WEBHOOK_SCHEMA
+from bridge.cohorts.webhook import store_batch
+from bridge.errors import ApiError
+from bridge.intake.schemas import flatten_errors
+from bridge.intake.views import read_json_body
+from bridge.registry.models import CHANNELS
+
+bp = Blueprint("cohorts", __name__)
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+RECENT_SYNCS = 10
+_CSV_FLUSH_ROWS = 1000
+
+
+@bp.post("/v1/apps/<app_id>/amplitude/cohorts")
+@require_token("cohort")
+def receive_batch(app_id: str):
+    """Amplitude's cohort webhook: 200 as soon as the batch is stored; the membership work is queued."""
+    runtime = current_app.extensions["bridge"]
+    request.max_content_length = runtime.settings.cohort_max_body_bytes
+    with _collector_paused():
+        data = _webhook_payload()
+    stored = store_batch(g.db, app_id, data)
+    if stored.state == RECEIVED:
+        schedule_batch(runtime, stored.batch_id)  # after commit; a no-op if its job is already waiting
+    return {
+        "status": "duplicate" if stored.duplicate else "accepted",
+        "batch_id": stored.batch_id,
+        "cohort_id": data["cohort_id"],
+        "message_id": data["message_id"],
+        "users": len(data["users"]),
+        "state": stored.state,
+        "retries": stored.retries,
+    }
+
+
+def _webhook_payload() -> dict:
+    """The validated webhook body. The parsed JSON (two dicts per user) is freed on return; only the
+    user ids are kept."""
+    body = read_json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "The body must be a JSON object (Amplitude's cohort webhook payload).")
+    try:
+        return WEBHOOK_SCHEMA.load(body)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_payload", "The cohort webhook body is invalid; see details.",
+                       flatten_errors(exc.messages)) from None
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Keep the cyclic garbage collector from running while a webhook body is parsed.
+
+    A 10,000-user body is ~20,000 short-lived dicts. Collections triggered while they are alive promote
+    them, and every few requests that sets off a full collection of the process's whole heap (50–150 ms,
+    the ack's tail latency). Paused, they are freed by reference counting before the collector runs.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@bp.get("/v1/apps/<app_id>/cohorts")
+@require_token("api")
+def list_cohorts(app_id: str):
+    (after,) = _cursor((str,)) or (None,)
+    return _paged(report.list_cohorts(g.db, app_id, after=after, limit=_limit()))
+
+
+@bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>")
+@require_token("api")
+def cohort_report(app_id: str, cohort_id: str):
+    cohort = _cohort(app_id, cohort_id)
+    body = report.cohort_report(g.db, cohort)
+    body["recent_syncs"] = report.sync_history(g.db, cohort, before=None, limit=RECENT_SYNCS).items
+    return body
+
+
+@bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/syncs")
+@require_token("api")
+def cohort_syncs(app_id: str, cohort_id: str):
+    cohort = _cohort(app_id, cohort_id)
+    (before,) = _cursor((int,)) or (None,)
+    return _paged(report.sync_history(g.db, cohort, before=before, limit=_limit()))
+
+
+@bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/unmatched")
+@require_token("api")
+def cohort_unmatched(app_id: str, cohort_id: str):
+    cohort = _cohort(app_id, cohort_id)
+    (after,) = _cursor((str,)) or (None,)
+    page = report.unmatched_users(g.db, cohort, after=after, limit=_limit())
+    return {"items": [item["user_id"] for item in page.items], "next": _encode(page.next_key)}
+
+
+@bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/devices")
+@require_token("api")
+def cohort_devices(app_id: str, cohort_id: str):
+    """The resolved audience. `channel=push|email|sms`, `subscribed=true|false`; `format=csv` (or
+    `Accept: text/csv`) streams every matching record as CSV instead of one JSON page."""
+    cohort = _cohort(app_id, cohort_id)
+    channel = request.args.get("channel")
+    if channel is not None and channel not in CHANNELS:
+        raise ApiError(400, "invalid_parameter", f"channel must be one of {', '.join(CHANNELS)}.", {"channel": channel})
+    subscribed = _boolean_arg("subscribed")
+    if _wants_csv():
+        return _csv_response(cohort, channel, subscribed)
+    after = _cursor((str, int))
+    return _paged(report.audience(g.db, cohort, channel=channel, subscribed=subscribed, after=after, limit=_limit()))
+
+
+def _cohort(app_id: str, cohort_id: str) -> Cohort:
+    cohort = g.db.get(Cohort, (app_id, cohort_id))
+    if cohort is None:
+        raise ApiError(404, "cohort_not_found", f"No cohort {cohort_id!r} has been synced to this app.")
+    return cohort
+
+
+def _csv_response(cohort: Cohort, channel: str | None, subscribed: bool | None) -> Response:
+    runtime = current_app.extensions["bridge"]
+
+    def rows():
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(report.AUDIENCE_COLUMNS)
+        with runtime.session() as session:
+            for n, item in enumerate(report.iter_audience(session, cohort, channel=channel, subscribed=subscribed), 1):
+                writer.writerow([_csv_value(item[column]) for column in report.AUDIENCE_COLUMNS])
+                if n % _CSV_FLUSH_ROWS == 0:
+                    yield buffer.getvalue()
+                    buffer.seek(0)
+                    buffer.truncate()
+        yield buffer.getvalue()
+
+    filename = re.sub(r"[^A-Za-z0-9._-]", "_", cohort.cohort_id)
+    return Response(rows(), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="cohort-{filename}-devices.csv"'})
+
+
+def _csv_value(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else value
+
+
+def _wants_csv() -> bool:
+    if "format" in request.args:
+        fmt = request.args["format"]
+        if fmt not in ("json", "csv"):
+            raise ApiError(400, "invalid_parameter", "format must be json or csv.", {"format": fmt})
+        return fmt == "csv"
+    return request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"
+
+
+def _boolean_arg(name: str) -> bool | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise ApiError(400, "invalid_parameter", f"{name} must be true or false.", {name: raw})
+
+
+def _limit() -> int:
+    raw = request.args.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ApiError(400, "invalid_parameter", f"limit must be a whole number from 1 to {MAX_LIMIT}.", {"limit": raw})
+    return int(raw)
+
+
+def _paged(page: report.Page) -> dict[str, object]:
+    return {"items": page.items, "next": _encode(page.next_key)}
+
+
+def _encode(key: tuple | None) -> str | None:
+    """A page key as an opaque, URL-safe cursor."""
+    if key is None:
+        return None
+    return base64.urlsafe_b64encode(orjson.dumps(list(key))).rstrip(b"=").decode()
+
+
+def _cursor(types: tuple[type, ...]) -> tuple | None:
+    """The `after` cursor decoded back to its key (one value per type in `types`), or None if absent."""
+    raw = request.args.get("after")
+    if raw is None:
+        return None
+    try:
+        key = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (binascii.Error, ValueError):
+        key = None
+    if not isinstance(key, list) or len(key) != len(types) or not all(
+        type(value) is kind for value, kind in zip(key, types, strict=True)
+    ):
+        raise ApiError(400, "invalid_cursor", "after must be the 'next' value of a previous page.", {"after": raw})
+    return tuple(key)

@@ -1,0 +1,73 @@
+"""Receiving a cohort webhook: store the batch as it came, once per message_id, and nothing more.
+
+The membership work happens later in `bridge.cohorts.jobs.process_batch`, so the request stays
+within the 1–2 s Amplitude waits before it retries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from bridge.cohorts.models import Cohort, CohortBatch
+from bridge.db import dialect_insert, utcnow
+
+B = CohortBatch.__table__.c
+C = Cohort.__table__.c
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    batch_id: int
+    duplicate: bool  # the message_id was already stored: this delivery is a retry and a no-op
+    state: str
+    retries: int
+
+
+def store_batch(session: Session, app_id: str, body: dict) -> StoredBatch:
+    """Store one validated webhook body (`CohortWebhookSchema`) as a `received` batch, its user ids
+    as a JSON array in `payload`, and make sure its cohort row exists.
+
+    A message_id the app already sent is not stored again: its batch's `retries` goes up by one and
+    the stored batch is returned with `duplicate` set. Commits.
+    """
+    now = utcnow()
+    user_ids = body["users"]
+    inserted = session.execute(
+        dialect_insert(session, CohortBatch.__table__)
+        .values(
+            app_id=app_id,
+            cohort_id=body["cohort_id"],
+            cohort_name=body["cohort_name"],
+            message_id=body["message_id"],
+            in_cohort=body["in_cohort"],
+            computed_time=body["computed_time"],
+            user_count=len(user_ids),
+            payload=orjson.dumps(user_ids).decode(),
+            received_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["app_id", "message_id"])
+        .returning(B.id, B.state, B.retries)
+    ).first()
+    if inserted is None:
+        known = session.execute(
+            update(CohortBatch.__table__)
+            .where(B.app_id == app_id, B.message_id == body["message_id"])
+            .values(retries=B.retries + 1)
+            .returning(B.id, B.state, B.retries)
+        ).one()
+        session.commit()
+        return StoredBatch(known.id, True, known.state, known.retries)
+    # Insert the cohort only when it is missing: even ON CONFLICT DO NOTHING would wait for the row
+    # lock a running batch of this cohort holds (the job keeps the name current).
+    if session.scalar(select(C.cohort_id).where(C.app_id == app_id, C.cohort_id == body["cohort_id"])) is None:
+        session.execute(
+            dialect_insert(session, Cohort.__table__)
+            .values(app_id=app_id, cohort_id=body["cohort_id"], name=body["cohort_name"],
+                    created_at=now, updated_at=now)
+            .on_conflict_do_nothing(index_elements=["app_id", "cohort_id"])
+        )
+    session.commit()
+    return StoredBatch(inserted.id, False, inserted.state, inserted.retries)
