@@ -7,7 +7,8 @@ import time
 
 import orjson
 
-from bench.common import REDIS_URL, Proc, flush_redis, median, scratch_database, sink_stats, start_sink, wait_for_ingested
+from bench.common import (REDIS_URL, Proc, analyze, flush_redis, median, scratch_database, sink_stats, start_sink,
+                          wait_for_ingested)
 from bridge.apps.service import create_app_record
 from bridge.intake.service import ingest
 from bridge.runtime import Runtime
@@ -45,21 +46,21 @@ def fill_outbox(database_url: str, n: int) -> str:
     return app.id
 
 
-def bridge_rate(n: int, workers: int) -> tuple[float, float]:
-    """Events/s from a full outbox to the sink with `workers` processes; and their peak RSS (MB)."""
-    with scratch_database() as database_url:
-        fill_outbox(database_url, n)
+def bridge_rate(template: str, n: int, workers: int) -> tuple[float, float]:
+    """Events/s from a full outbox (a copy of `template`) to the sink with `workers` processes; and
+    their peak RSS (MB)."""
+    with scratch_database("bridge_bench_delivery", template=template) as database_url:
         flush_redis()
         sink, sink_url = start_sink()
         env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "AMPLITUDE_BASE_URL": sink_url,
                "SWEEP_INTERVAL_SECONDS": "0.2", "LOG_LEVEL": "WARNING"}
         procs = [Proc([sys.executable, "-m", "bridge", "worker"], env) for _ in range(workers)]
         try:
-            first, last = wait_for_ingested(sink_url, n)
+            rate = wait_for_ingested(sink_url, n)
         finally:
             rss = max(p.stop() for p in procs)
             sink.stop()
-        return n / (last - first), rss
+        return rate, rss
 
 
 def sdk_rate(n: int, flush_queue_size: int) -> float:
@@ -97,8 +98,12 @@ def _sdk_event(item: dict) -> dict:
 def run(n: int, repeat: int) -> list[tuple[str, str, str]]:
     """Rows (figure, value, note) for the report table."""
     rows = []
-    one = [bridge_rate(n, 1) for _ in range(repeat)]
-    two = [bridge_rate(n, 2) for _ in range(repeat)]
+    template = "bridge_bench_outbox"
+    with scratch_database(template) as database_url:
+        fill_outbox(database_url, n)
+        analyze(database_url)
+        one = [bridge_rate(template, n, 1) for _ in range(repeat)]
+        two = [bridge_rate(template, n, 2) for _ in range(repeat)]
     sdk_default = [sdk_rate(n, 200) for _ in range(repeat)]
     sdk_2000 = [sdk_rate(n, 2000) for _ in range(repeat)]
     r1, r2 = median([r for r, _ in one]), median([r for r, _ in two])

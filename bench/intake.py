@@ -10,7 +10,7 @@ import time
 import httpx
 import orjson
 
-from bench.common import Proc, median, scratch_database
+from bench.common import Analyzer, Proc, median, scratch_database
 from bench.delivery import source_events
 from bridge.apps.service import create_app_record
 from bridge.runtime import Runtime
@@ -55,13 +55,15 @@ def measure(requests: int, clients: int, per_request: int = 100) -> dict[str, fl
                         latencies.append(elapsed)
 
         threads = [threading.Thread(target=client) for _ in range(clients)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - started
-        rss = web.stop()
+        with Analyzer(database_url):
+            started = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - started
+        rss = web.tree_peak_rss_mb()
+        web.stop()
     latencies.sort()
     return {"rate": requests * per_request / wall, "p50": latencies[len(latencies) // 2] * 1000,
             "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000, "rss": rss}
@@ -85,5 +87,5 @@ def run(requests: int, repeat: int) -> list[tuple[str, str, str]]:
          f"{requests:,} requests of 100 events, 4 clients, gunicorn 2 processes x 4 threads"),
         ("intake p50 / p99 per 100-event request (ms)",
          f"{median([r['p50'] for r in runs]):.0f} / {median([r['p99'] for r in runs]):.0f}", ""),
-        ("web peak RSS (MB)", f"{max(r['rss'] for r in runs):.0f}", "the gunicorn master; see notes"),
+        ("web peak RSS, intake (MB)", f"{max(r['rss'] for r in runs):.0f}", "largest gunicorn process"),
     ]

@@ -25,7 +25,8 @@ from bridge.web import create_app
 PG_ADMIN_URL = os.environ.get("BRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REQUIRE_SERVICES = os.environ.get("BRIDGE_REQUIRE_SERVICES") == "1"
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+ROOT_DIR = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT_DIR / "fixtures"
 
 
 def _unavailable(what: str, exc: Exception):

@@ -1,0 +1,117 @@
+"""Cohorts: webhook acknowledgement time for 10,000-user batches (gunicorn, Redis, one worker applying
+them), and the report for a 1,000,000-user cohort over 3,000,000 channel records next to one
+hand-written SQL aggregate on the same tables."""
+from __future__ import annotations
+
+import sys
+import time
+
+import httpx
+import orjson
+import psycopg
+
+from bench.common import REDIS_URL, Proc, analyze, flush_redis, median, scratch_database
+from bench.intake import _free_port, _wait_up
+from bridge.apps.service import create_app_record
+from bridge.cohorts import report
+from bridge.cohorts.models import Cohort
+from bridge.runtime import Runtime
+from bridge.settings import Settings
+
+
+def fill(database_url: str, app_id: str, users: int, records: int) -> None:
+    """`users` cohort members; `records` channel records spread over 1.1 × users External User IDs
+    (so some members have none and some records belong to non-members), 10% of them without an
+    External User ID, one in seven unsubscribed, channels push / email / sms in turn."""
+    with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("INSERT INTO cohorts (app_id, cohort_id, name, created_at, updated_at) "
+                     "VALUES (%s, 'big', 'Churn risk - 14 days inactive', now(), now())", (app_id,))
+        conn.execute("""
+            INSERT INTO cohort_members (app_id, cohort_id, user_id, in_cohort, computed_time, updated_at)
+            SELECT %s, 'big', 'user-' || lpad(g::text, 8, '0'), true, 1763856000, now()
+            FROM generate_series(0, %s - 1) g""", (app_id, users))
+        conn.execute("""
+            INSERT INTO subscriptions (app_id, subscription_id, channel, type, identifier, external_id,
+                                       notification_types, invalid_identifier, subscribed, created_at, updated_at)
+            SELECT %(app)s, md5(g::text)::uuid::text,
+                   (ARRAY['push','email','sms'])[g %% 3 + 1], (ARRAY['AndroidPush','Email','SMS'])[g %% 3 + 1],
+                   'id-' || g,
+                   CASE WHEN g %% 10 = 0 THEN NULL ELSE 'user-' || lpad(((g * 7919) %% %(span)s)::text, 8, '0') END,
+                   CASE WHEN g %% 7 = 0 THEN -2 ELSE 1 END, false, g %% 7 <> 0, now(), now()
+            FROM generate_series(1, %(records)s) g""", {"app": app_id, "span": int(users * 1.1), "records": records})
+    analyze(database_url)
+
+
+def report_times(database_url: str, app_id: str, repeat: int) -> tuple[float, float]:
+    """Median seconds of the bridge's report and of the hand-written aggregate."""
+    runtime = Runtime(Settings.from_env({"DATABASE_URL": database_url, "JOB_RUNNER": "manual"}))
+    ours, theirs = [], []
+    with runtime.session() as session, psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+        cohort = session.get(Cohort, (app_id, "big"))
+        for _ in range(repeat):
+            start = time.perf_counter()
+            report.cohort_report(session, cohort)
+            ours.append(time.perf_counter() - start)
+            session.rollback()
+            start = time.perf_counter()
+            conn.execute(report.EQUIVALENT_SQL, {"app_id": app_id, "cohort_id": "big"}).fetchone()
+            theirs.append(time.perf_counter() - start)
+    runtime.close()
+    return median(ours), median(theirs)
+
+
+def ack_times(database_url: str, app_id: str, token: str, batches: int) -> dict[str, float]:
+    """Post `batches` 10,000-user webhook batches; returns ack p50/p99 (ms) and process peak RSS."""
+    flush_redis()
+    port = _free_port()
+    env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "LOG_LEVEL": "WARNING"}
+    web = Proc([sys.executable, "-m", "gunicorn", "bridge.web:create_app()", "--bind", f"127.0.0.1:{port}",
+                "--workers", "2", "--threads", "4", "--log-level", "warning"], env)
+    worker = Proc([sys.executable, "-m", "bridge", "worker"], env)
+    _wait_up(port)
+    url = f"http://127.0.0.1:{port}/v1/apps/{app_id}/amplitude/cohorts"
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    latencies = []
+    with httpx.Client(timeout=30) as http:
+        for n in range(batches):
+            body = orjson.dumps({
+                "cohort_name": "Weekly buyers", "cohort_id": "acks", "in_cohort": n % 4 != 3,
+                "computed_time": str(1763856000 + n), "message_id": f"bench::{n}",
+                "users": [{"user_id": f"user-{(n * 10_000 + i) % 300_000:08d}",
+                           "user_properties": {"plan": "pro", "country": "DE"}} for i in range(10_000)]})
+            start = time.perf_counter()
+            response = http.post(url, content=body, headers=headers)
+            latencies.append(time.perf_counter() - start)
+            if response.status_code != 200:
+                raise RuntimeError(response.text[:300])
+    deadline = time.monotonic() + 300
+    with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+        while conn.execute("SELECT count(*) FROM cohort_batches WHERE state = 'received'").fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the worker did not apply the batches")
+            time.sleep(0.2)
+            conn.rollback()
+    rss = {"web": web.tree_peak_rss_mb(), "worker": worker.peak_rss_mb()}
+    web.stop()
+    worker.stop()
+    latencies.sort()
+    return {"p50": latencies[len(latencies) // 2] * 1000, "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000, **rss}
+
+
+def run(users: int, records: int, batches: int, repeat: int) -> list[tuple[str, str, str]]:
+    with scratch_database("bridge_bench_cohorts") as database_url:
+        runtime = Runtime(Settings.from_env({"DATABASE_URL": database_url, "JOB_RUNNER": "manual"}))
+        with runtime.session() as session:
+            app, tokens = create_app_record(session, name="bench", amplitude_api_key="bench-key")
+        runtime.close()
+        acks = ack_times(database_url, app.id, tokens.cohort_token, batches)
+        fill(database_url, app.id, users, records)
+        ours, theirs = report_times(database_url, app.id, repeat)
+    return [
+        ("cohort webhook ack, 10,000-user batch: p50 / p99 (ms)", f"{acks['p50']:.0f} / {acks['p99']:.0f}",
+         f"{batches} batches over HTTP, worker applying them meanwhile"),
+        ("cohort report (s)", f"{ours:.2f}", f"{users:,} users, {records:,} channel records"),
+        ("hand-written SQL aggregate (s)", f"{theirs:.2f}", "report.EQUIVALENT_SQL, same tables"),
+        ("report / aggregate", f"{ours / theirs:.2f}x", "target ≤ 2x"),
+        ("web / worker peak RSS, cohorts (MB)", f"{acks['web']:.0f} / {acks['worker']:.0f}", ""),
+    ]
