@@ -113,6 +113,17 @@ def sink(args: tuple[str, ...]) -> None:
     sys.exit(sink_main(list(args)))
 
 
+@main.command()
+@click.option("--older-than-days", default=30, show_default=True, type=click.IntRange(7),
+              help="Keep this much history (at least Amplitude's 7-day insert_id window).")
+@pass_ctx
+def prune(ctx: Context, older_than_days: int) -> None:
+    """Forget old event receipts (the intake's duplicate check) and applied cohort batches' user lists."""
+    from bridge.maintenance import prune as run_prune
+
+    echo_json(run_prune(ctx.runtime, older_than_days))
+
+
 @main.command("config")
 def show_config() -> None:
     """Print the settings in effect (credentials masked)."""

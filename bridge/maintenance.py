@@ -1,4 +1,6 @@
-"""The periodic sweep: re-discovers due work from the database, so nothing depends on the queue alone.
+"""Housekeeping: the periodic sweep, and pruning what is kept only for a while.
+
+The sweep re-discovers due work from the database, so nothing depends on the queue alone.
 
 It runs every SWEEP_INTERVAL_SECONDS in the embedded job thread, and in RQ mode on a thread of every
 `bridge worker` (a Redis lock lets one of them run it per interval).
@@ -6,8 +8,14 @@ It runs every SWEEP_INTERVAL_SECONDS in the embedded job thread, and in RQ mode 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
+
+from sqlalchemy import delete, select, tuple_, update
 
 from bridge.cohorts.jobs import schedule_unprocessed
+from bridge.cohorts.models import PROCESSED, CohortBatch
+from bridge.db import utcnow
+from bridge.delivery.models import EventReceipt
 from bridge.delivery.scheduling import schedule_due
 from bridge.runtime import Runtime, current
 
@@ -21,3 +29,32 @@ def sweep(runtime: Runtime | None = None) -> dict[str, int]:
     if any(queued.values()):
         log.info("sweep queued %s", queued)
     return queued
+
+
+def prune(runtime: Runtime, older_than_days: int, batch: int = 10_000) -> dict[str, int]:
+    """Forget what is older than `older_than_days`, in bounded transactions; returns what was pruned.
+
+    - event receipts: a re-post of an event older than this is accepted again (Amplitude itself
+      drops a repeated insert_id only within 7 days, so keep at least that);
+    - the user-id lists of applied cohort batches (their counts stay in the sync history)."""
+    if older_than_days < 7:
+        raise ValueError("keep at least 7 days: Amplitude deduplicates insert_ids over 7 days")
+    cutoff = utcnow() - timedelta(days=older_than_days)
+    receipts = EventReceipt.__table__.c
+    batches = CohortBatch.__table__.c
+    pruned = {"event_receipts": 0, "cohort_batch_user_lists": 0}
+    with runtime.session() as session:
+        while True:
+            stale = select(receipts.app_id, receipts.source_event_id).where(receipts.created_at < cutoff).limit(batch)
+            done = session.execute(delete(EventReceipt.__table__).where(
+                tuple_(receipts.app_id, receipts.source_event_id).in_(stale)))
+            session.commit()
+            if not done.rowcount:
+                break
+            pruned["event_receipts"] += done.rowcount
+        done = session.execute(update(CohortBatch.__table__).where(
+            batches.state == PROCESSED, batches.received_at < cutoff, batches.payload != "[]").values(payload="[]"))
+        pruned["cohort_batch_user_lists"] = done.rowcount or 0
+        session.commit()
+    log.info("pruned %s", pruned)
+    return pruned
