@@ -10,13 +10,18 @@ import logging
 import threading
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
 
 from bridge.delivery.pusher import shutdown_requested
 from bridge.maintenance import sweep
 from bridge.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+RESTART_PAUSE_SECONDS = 1.0
 
 
 class BridgeWorker(SimpleWorker):
@@ -35,13 +40,18 @@ def _sweep_loop(runtime: Runtime, redis: Redis, stop: threading.Event) -> None:
             # One sweep per interval across every worker process.
             if redis.set("bridge:sweep-lock", 1, nx=True, px=max(1, int(interval * 900))):
                 sweep(runtime)
-        except Exception:  # noqa: BLE001 - Redis or the database may be restarting: try next interval
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # Redis restarting: one line, not a traceback
+            log.warning("sweep skipped, Redis unreachable (%s); retrying in %.1fs", exc, interval)
+        except Exception:  # noqa: BLE001 - e.g. the database restarting: try next interval
             log.exception("sweep failed; retrying in %.1fs", interval)
         stop.wait(interval)
 
 
 def run(runtime: Runtime, *, burst: bool = False) -> None:
-    """Work the queue until stopped (or, with `burst`, until it is empty)."""
+    """Work the queue until stopped (or, with `burst`, until it is empty).
+
+    Losing Redis does not end the process: RQ's loop quits when Redis vanishes while a job is running,
+    so it is started again here (a process manager's restart could be minutes away)."""
     settings = runtime.settings
     redis = Redis.from_url(settings.redis_url)
     stop = threading.Event()
@@ -49,8 +59,21 @@ def run(runtime: Runtime, *, burst: bool = False) -> None:
         sweep(runtime)
     else:
         threading.Thread(target=_sweep_loop, args=(runtime, redis, stop), name="bridge-sweep", daemon=True).start()
-    worker = BridgeWorker([Queue(settings.queue_name, connection=redis)], connection=redis)
     try:
-        worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+        while True:
+            try:
+                worker = BridgeWorker([Queue(settings.queue_name, connection=redis)], connection=redis)
+                worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+            except (RedisConnectionError, RedisTimeoutError) as exc:  # RQ's start-up or teardown
+                if burst:
+                    raise
+                log.warning("Redis unreachable: %s", exc)
+            if burst or shutdown_requested.is_set():
+                return
+            log.warning("the RQ worker stopped without a stop request (Redis restarting?); "
+                        "starting it again in %.0f s", RESTART_PAUSE_SECONDS)
+            shutdown_requested.wait(RESTART_PAUSE_SECONDS)
+    except StopRequested:  # SIGTERM between two runs of RQ's loop
+        return
     finally:
         stop.set()
