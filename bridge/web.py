@@ -1,4 +1,4 @@
-"""The Flask application factory: API, webhooks and health check."""
+"""The Flask application factory: API, webhooks, health check and the OpenAPI document."""
 from __future__ import annotations
 
 import os
@@ -7,11 +7,19 @@ from collections.abc import Mapping
 
 from flask import Flask, g, request
 from sqlalchemy import text
+from werkzeug.routing import BaseConverter
 
 from bridge import logs
 from bridge.errors import register_error_handlers
 from bridge.runtime import Runtime, install
 from bridge.settings import Settings
+
+
+class PathSegment(BaseConverter):
+    """The default `<name>` of a route, except that a segment holding NUL matches nothing (404): no id
+    holds one, and PostgreSQL refuses it in a query."""
+
+    regex = "[^/\x00]+"
 
 
 def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | None = None) -> Flask:
@@ -23,6 +31,7 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
     logs.configure(settings.log_level)
 
     app = Flask(__name__, static_folder=None)
+    app.url_map.converters["default"] = PathSegment
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.extensions["bridge"] = runtime
     register_error_handlers(app)
@@ -52,10 +61,16 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
     from bridge.cohorts.views import bp as cohorts_bp
     from bridge.delivery.views import bp as delivery_bp
     from bridge.intake.views import bp as intake_bp
+    from bridge.openapi import build_document
     from bridge.registry.views import bp as registry_bp
 
     for blueprint in (intake_bp, delivery_bp, registry_bp, cohorts_bp):
         app.register_blueprint(blueprint)
+
+    @app.get("/openapi.json")
+    def openapi_document():
+        """The OpenAPI 3 document of this API; public, like /healthz."""
+        return build_document(settings)
 
     if settings.job_runner == "thread":
         runtime.runner.start()  # type: ignore[attr-defined]

@@ -13,7 +13,9 @@ import httpx
 import orjson
 import pytest
 
-from bridge.amplitude.client import BAD_REQUEST, INVALID_KEY, OK, THROTTLED, TOO_LARGE, TRANSIENT, AmplitudeClient
+from bridge.amplitude.client import (
+    BAD_REQUEST, HIDDEN_KEY, INVALID_KEY, OK, THROTTLED, TOO_LARGE, TRANSIENT, AmplitudeClient,
+)
 from bridge.amplitude.sink import AmplitudeSink
 
 KEY = "app-key-1"
@@ -165,7 +167,7 @@ def test_invalid_api_key_through_the_client():
     with AmplitudeSink(api_keys={KEY}) as sink, amplitude_client() as client:
         answer = client.send(sink.url, "wrong-key", [orjson.dumps(event())])
 
-    assert (answer.outcome, answer.error) == (INVALID_KEY, "Invalid API key: wrong-key")
+    assert (answer.outcome, answer.error) == (INVALID_KEY, f"Invalid API key: {HIDDEN_KEY}")  # never the key itself
 
 
 @contextmanager

@@ -16,6 +16,7 @@ HTTP_API_PATH = "/2/httpapi"
 OK, INVALID_KEY, BAD_REQUEST, TOO_LARGE, THROTTLED, TRANSIENT = (
     "ok", "invalid_key", "bad_request", "too_large", "throttled", "transient"
 )
+HIDDEN_KEY = "<the app's API key>"
 _INDEXED_400_FIELDS = ("events_with_invalid_fields", "events_with_missing_fields", "events_with_invalid_id_lengths")
 
 
@@ -68,7 +69,10 @@ class AmplitudeClient:
             return Answer(TRANSIENT, None, f"timeout: {type(exc).__name__}")
         except httpx.HTTPError as exc:
             return Answer(TRANSIENT, None, f"connection error: {type(exc).__name__}: {exc}")
-        return classify(response.status_code, response.content)
+        answer = classify(response.status_code, response.content)
+        if api_key:  # Amplitude echoes a rejected key ("Invalid API key: <key>"); the error is stored, shown and logged
+            answer.error = answer.error.replace(api_key, HIDDEN_KEY)
+        return answer
 
     def close(self) -> None:
         self.http.close()

@@ -229,7 +229,15 @@ def _cursor(types: tuple[type, ...]) -> tuple | None:
     except (binascii.Error, ValueError):
         key = None
     if not isinstance(key, list) or len(key) != len(types) or not all(
-        type(value) is kind for value, kind in zip(key, types, strict=True)
+        _is_key_part(value, kind) for value, kind in zip(key, types, strict=True)
     ):
         raise ApiError(400, "invalid_cursor", "after must be the 'next' value of a previous page.", {"after": raw})
     return tuple(key)
+
+
+def _is_key_part(value: object, kind: type) -> bool:
+    """True if `value` is of `kind` and fits the column it is compared with: a 64-bit integer, or a
+    string without NUL (which PostgreSQL refuses)."""
+    if type(value) is not kind:
+        return False
+    return -(2**63) <= value < 2**63 if kind is int else "\x00" not in value

@@ -1,15 +1,38 @@
 """The shape of one event-stream item, as the messaging platform posts it."""
 from __future__ import annotations
 
+import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from bridge.mapping import KINDS_REQUIRING_MESSAGE_ID, localized
+from bridge.mapping import KINDS_REQUIRING_MESSAGE_ID, MAPPED_KINDS, localized
 
 _ID = validate.Length(min=1, max=128)
+# event.timestamp is epoch seconds, or milliseconds when that large (mapping.epoch_millis); in either
+# unit it must fall before the year 10000, like event.datetime.
+MAX_EPOCH_MILLIS = 253_402_300_799_999
+MAX_FREE_FORM_BYTES = 16 * 1024  # `data` and `user`: kept as sent, so bounded as a whole
+
+
+def without_nul(value: str) -> None:
+    """Refuse a string holding a NUL character: PostgreSQL cannot store one in a text column."""
+    if "\x00" in value:
+        raise ValidationError("Must not contain NUL characters.")
+
+
+class FreeFormObject(fields.Dict):
+    """A JSON object kept as sent, refused when it is larger than `MAX_FREE_FORM_BYTES` written as JSON:
+    that one bound covers its strings, keys and entries alike."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        if len(orjson.dumps(value)) > MAX_FREE_FORM_BYTES:
+            raise ValidationError(f"Larger than {MAX_FREE_FORM_BYTES:,} bytes as JSON.")
+        return value
 
 
 class LocalizedText(fields.Field):
-    """A string, or an object of language code → string (the `en` text is taken, else the first)."""
+    """A string, or an object of language code → string (the `en` text is taken, else the first).
+    Its length is not limited here: the mapping cuts it to Amplitude's 1,024 characters."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, dict):
@@ -27,13 +50,16 @@ class EventSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    id = fields.String(required=True, validate=_ID)
-    kind = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    timestamp = fields.Float(load_default=None, allow_nan=False, validate=validate.Range(min=0))
+    id = fields.String(required=True, validate=[_ID, without_nul])
+    kind = fields.String(required=True, validate=[validate.Length(min=1, max=64), without_nul], metadata={
+        "description": "One of the mapped kinds listed; any other kind is counted as ignored.",
+        "anyOf": [{"enum": sorted(MAPPED_KINDS)}, {"not": {"enum": sorted(MAPPED_KINDS)}}]})
+    timestamp = fields.Float(load_default=None, allow_nan=False, validate=validate.Range(min=0, max=MAX_EPOCH_MILLIS))
     datetime = fields.AwareDateTime(load_default=None, format="iso", default_timezone=None)
-    subscription_id = fields.String(required=True, validate=_ID)
-    subscription_device_type = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
-    external_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=256))
+    subscription_id = fields.String(required=True, validate=[_ID, without_nul])
+    subscription_device_type = fields.String(load_default=None, allow_none=True,
+                                             validate=[validate.Length(max=64), without_nul])
+    external_id = fields.String(load_default=None, allow_none=True, validate=[validate.Length(max=256), without_nul])
 
     @validates_schema(skip_on_field_errors=False)
     def _has_time(self, data, **kwargs):
@@ -60,8 +86,8 @@ class ItemSchema(Schema):
 
     event = fields.Nested(EventSchema, required=True)
     message = fields.Nested(MessageSchema, required=True)
-    data = fields.Dict(load_default=None, allow_none=True)
-    user = fields.Dict(load_default=None, allow_none=True)
+    data = FreeFormObject(load_default=None, allow_none=True)
+    user = FreeFormObject(load_default=None, allow_none=True)
 
     @validates_schema
     def _message_id_when_needed(self, data, **kwargs):
@@ -85,3 +111,20 @@ def flatten_errors(errors: dict, prefix: str = "") -> dict[str, str]:
         else:
             flat[path] = str(value)
     return flat
+
+
+class RejectedItemSchema(Schema):
+    """An item a request could not take: its position in the array and a message per field."""
+
+    index = fields.Integer(required=True)
+    errors = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+
+
+class IntakeResultSchema(Schema):
+    """The answer to `POST /v1/apps/<app_id>/events`: every item counted in exactly one bucket."""
+
+    accepted = fields.Integer(required=True)
+    skipped = fields.Integer(required=True)
+    duplicates = fields.Integer(required=True)
+    ignored = fields.Integer(required=True)
+    rejected = fields.List(fields.Nested(RejectedItemSchema), required=True)

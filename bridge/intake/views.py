@@ -11,16 +11,43 @@ from bridge.intake.service import ingest
 
 bp = Blueprint("intake", __name__)
 
+# Deepest nesting of arrays and objects a body may have. Real payloads need 4 or 5 levels; a deeper one
+# could exhaust a serializer later (orjson refuses to write more than 254 levels).
+MAX_JSON_DEPTH = 32
+
 
 def read_json_body() -> object:
-    """The request's JSON body, or a 4xx: 415 if it is not declared JSON, 400 if it does not parse."""
+    """The request's JSON body, or a 4xx: 415 if it is not declared JSON, 400 if it does not parse or
+    nests arrays and objects more than MAX_JSON_DEPTH levels deep."""
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "Send the body as JSON with 'Content-Type: application/json'.")
     raw = request.get_data(cache=False)
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}.") from None
+    if _nested_deeper_than(body, MAX_JSON_DEPTH):
+        raise ApiError(400, "too_deeply_nested",
+                       f"The body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep.", {"limit": MAX_JSON_DEPTH})
+    return body
+
+
+def _nested_deeper_than(value: object, limit: int) -> bool:
+    """True if `value` has more than `limit` levels of arrays and objects (a scalar has none).
+    Walks level by level, without recursion, and stops at the first level past the limit."""
+    level = [value] if type(value) in (dict, list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below = []
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                if type(child) is dict or type(child) is list:
+                    below.append(child)
+        level = below
+    return False
 
 
 def read_items(limit: int) -> list[object]:

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
-from bridge.intake.schemas import flatten_errors
+from bridge.intake.schemas import RejectedItemSchema, flatten_errors
 from bridge.mapping import real_id
-from bridge.registry.models import Subscription
+from bridge.registry.models import CHANNELS, Subscription
 
 CHANNEL_OF_TYPE: dict[str, str] = {
     "iOSPush": "push", "AndroidPush": "push", "FireOSPush": "push", "WindowsPhonePush": "push",
@@ -226,6 +226,37 @@ class RecordSchema(Schema):
 
 
 RECORD_SCHEMA = RecordSchema()
+
+
+class UpsertResultSchema(Schema):
+    """The answer to `POST /v1/apps/<app_id>/subscriptions`: every record counted in exactly one bucket."""
+
+    added = fields.Integer(required=True)
+    updated = fields.Integer(required=True)
+    unchanged = fields.Integer(required=True)
+    rejected = fields.List(fields.Nested(RejectedItemSchema), required=True)
+
+
+class SubscriptionSchema(Schema):
+    """A channel record as the API shows it (`bridge.registry.views.describe`)."""
+
+    subscription_id = fields.String(required=True)
+    channel = fields.String(required=True, validate=validate.OneOf(CHANNELS))
+    type = fields.String(required=True, validate=validate.OneOf(list(CHANNEL_OF_TYPE)))
+    identifier = fields.String(required=True, allow_none=True)
+    external_id = fields.String(required=True, allow_none=True)
+    notification_types = fields.Integer(required=True, allow_none=True)
+    invalid_identifier = fields.Boolean(required=True)
+    subscribed = fields.Boolean(required=True)
+    device_model = fields.String(required=True, allow_none=True)
+    device_os = fields.String(required=True, allow_none=True)
+    language = fields.String(required=True, allow_none=True)
+    timezone = fields.String(required=True, allow_none=True)
+    country = fields.String(required=True, allow_none=True)
+    last_active = fields.DateTime(required=True, allow_none=True)
+    created_at = fields.DateTime(required=True, allow_none=True)
+    recorded_at = fields.DateTime(required=True)
+    updated_at = fields.DateTime(required=True)
 
 
 def load_records(items: list[object]) -> tuple[list[dict], list[dict]]:

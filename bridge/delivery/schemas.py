@@ -1,0 +1,33 @@
+"""What `GET /v1/apps/<app_id>/deliveries/stats` answers (`bridge.delivery.stats.delivery_stats`)."""
+from __future__ import annotations
+
+from marshmallow import Schema, fields
+
+
+class ReasonCountsSchema(Schema):
+    total = fields.Integer(required=True)
+    reasons = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+
+
+class LastErrorSchema(Schema):
+    message = fields.String(required=True)
+    at = fields.DateTime(required=True, allow_none=True)
+
+
+class HeldSchema(Schema):
+    reason = fields.String(required=True, allow_none=True)
+    until = fields.DateTime(required=True)
+
+
+class DeliveryStatsSchema(Schema):
+    """Counts per outbox state, what is retrying, the last error, and whether delivery is held."""
+
+    pending = fields.Integer(required=True)
+    retrying = fields.Integer(required=True)
+    oldest_pending_at = fields.DateTime(required=True, allow_none=True)
+    delivered = fields.Integer(required=True)
+    dead = fields.Nested(ReasonCountsSchema, required=True)
+    skipped = fields.Nested(ReasonCountsSchema, required=True)
+    last_error = fields.Nested(LastErrorSchema, required=True, allow_none=True)
+    last_delivered_at = fields.DateTime(required=True, allow_none=True)
+    held = fields.Nested(HeldSchema, required=True, allow_none=True)
