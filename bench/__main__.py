@@ -27,6 +27,15 @@ TARGETS = {
 }
 
 
+class Rows(list):
+    """The table's rows, also printed as each scenario completes (a long run keeps what it measured)."""
+
+    def __iadd__(self, new):
+        for name, value, note in new:
+            print(f"  {name}: {value}  {note}", flush=True)
+        return super().__iadd__(new)
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -45,7 +54,7 @@ def main() -> None:
     repeat = 1 if quick else args.repeat
     chosen = args.only or SCENARIOS
     started = time.time()
-    rows: list[tuple[str, str, str]] = []
+    rows = Rows()
     if "intake" in chosen:
         from bench import intake
 

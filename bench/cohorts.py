@@ -36,7 +36,7 @@ def fill(database_url: str, app_id: str, users: int, records: int) -> None:
             SELECT %(app)s, md5(g::text)::uuid::text,
                    (ARRAY['push','email','sms'])[g %% 3 + 1], (ARRAY['AndroidPush','Email','SMS'])[g %% 3 + 1],
                    'id-' || g,
-                   CASE WHEN g %% 10 = 0 THEN NULL ELSE 'user-' || lpad(((g * 7919) %% %(span)s)::text, 8, '0') END,
+                   CASE WHEN g %% 10 = 0 THEN NULL ELSE 'user-' || lpad(((g::bigint * 7919) %% %(span)s)::text, 8, '0') END,
                    CASE WHEN g %% 7 = 0 THEN -2 ELSE 1 END, false, g %% 7 <> 0, now(), now()
             FROM generate_series(1, %(records)s) g""", {"app": app_id, "span": int(users * 1.1), "records": records})
     analyze(database_url)
