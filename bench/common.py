@@ -47,9 +47,12 @@ def flush_redis() -> None:
 class Proc:
     """A child process whose peak RSS can be read before it is stopped."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, *, read_stdout: bool = False):
+        """Start `args`. Its output is discarded unless `read_stdout` (then it must be read, or the
+        child blocks once the pipe is full)."""
         self.popen = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})},
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                      stdout=subprocess.PIPE if read_stdout else subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, text=True)
 
     def peak_rss_mb(self) -> float:
         return _peak_rss_mb(self.popen.pid)
@@ -129,7 +132,8 @@ class Analyzer:
 
 
 def start_sink() -> tuple[Proc, str]:
-    sink = Proc([sys.executable, "-m", "bridge.amplitude.sink", "--port", "0", "--no-record-events", "--track-arrivals"])
+    sink = Proc([sys.executable, "-m", "bridge.amplitude.sink", "--port", "0", "--no-record-events", "--track-arrivals"],
+                read_stdout=True)
     url = sink.popen.stdout.readline().strip()
     return sink, url
 

@@ -42,7 +42,7 @@ def measure(rows: int) -> tuple[float, float]:
             app, _ = create_app_record(session, name="bench", amplitude_api_key="bench-key")
         runtime.close()
         proc = Proc([sys.executable, "-m", "bridge", "subscriptions", "import", "--app", app.id, str(path), "--quiet"],
-                    {"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"})
+                    {"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}, read_stdout=True)
         out = proc.popen.stdout.read()
         rss = proc.wait_rss_mb()
         summary = json.loads(out)

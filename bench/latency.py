@@ -25,7 +25,8 @@ def measure(rate: int, seconds: int, per_request: int = 100) -> dict[str, float]
             app, tokens = create_app_record(session, name="bench", amplitude_api_key="bench-key")
         runtime.close()
         flush_redis()
-        sink = Proc([sys.executable, "-m", "bridge.amplitude.sink", "--port", "0", "--no-record-events", "--track-arrivals"])
+        sink = Proc([sys.executable, "-m", "bridge.amplitude.sink", "--port", "0", "--no-record-events", "--track-arrivals"],
+                    read_stdout=True)
         sink_url = sink.popen.stdout.readline().strip()
         port = _free_port()
         env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "AMPLITUDE_BASE_URL": sink_url, "LOG_LEVEL": "WARNING"}
