@@ -10,9 +10,7 @@ import httpx
 import orjson
 import psycopg
 
-from bench.common import REDIS_URL, Proc, analyze, flush_redis, median, scratch_database
-from bench.intake import _free_port, _wait_up
-from bridge.apps.service import create_app_record
+from bench.common import REDIS_URL, Proc, analyze, flush_redis, median, new_app, scratch_database, start_web
 from bridge.cohorts import report
 from bridge.cohorts.models import Cohort
 from bridge.runtime import Runtime
@@ -63,13 +61,10 @@ def report_times(database_url: str, app_id: str, repeat: int) -> tuple[float, fl
 def ack_times(database_url: str, app_id: str, token: str, batches: int) -> dict[str, float]:
     """Post `batches` 10,000-user webhook batches; returns ack p50/p99 (ms) and process peak RSS."""
     flush_redis()
-    port = _free_port()
     env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "LOG_LEVEL": "WARNING"}
-    web = Proc([sys.executable, "-m", "gunicorn", "bridge.web:create_app()", "--bind", f"127.0.0.1:{port}",
-                "--workers", "2", "--threads", "4", "--log-level", "warning"], env)
+    web, base = start_web(env)
     worker = Proc([sys.executable, "-m", "bridge", "worker"], env)
-    _wait_up(port)
-    url = f"http://127.0.0.1:{port}/v1/apps/{app_id}/amplitude/cohorts"
+    url = f"{base}/v1/apps/{app_id}/amplitude/cohorts"
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     latencies = []
     with httpx.Client(timeout=30) as http:
@@ -100,13 +95,10 @@ def ack_times(database_url: str, app_id: str, token: str, batches: int) -> dict[
 
 def run(users: int, records: int, batches: int, repeat: int) -> list[tuple[str, str, str]]:
     with scratch_database("bridge_bench_cohorts") as database_url:
-        runtime = Runtime(Settings.from_env({"DATABASE_URL": database_url, "JOB_RUNNER": "manual"}))
-        with runtime.session() as session:
-            app, tokens = create_app_record(session, name="bench", amplitude_api_key="bench-key")
-        runtime.close()
-        acks = ack_times(database_url, app.id, tokens.cohort_token, batches)
-        fill(database_url, app.id, users, records)
-        ours, theirs = report_times(database_url, app.id, repeat)
+        app_id, tokens = new_app(database_url)
+        acks = ack_times(database_url, app_id, tokens.cohort_token, batches)
+        fill(database_url, app_id, users, records)
+        ours, theirs = report_times(database_url, app_id, repeat)
     return [
         ("cohort webhook ack, 10,000-user batch: p50 / p99 (ms)", f"{acks['p50']:.0f} / {acks['p99']:.0f}",
          f"{batches} batches over HTTP, worker applying them meanwhile"),

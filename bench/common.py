@@ -92,6 +92,39 @@ class Proc:
         return peak
 
 
+def new_app(database_url: str):
+    """Create an app in `database_url`; returns (app_id, its plaintext tokens)."""
+    from bridge.apps.service import create_app_record
+    from bridge.runtime import Runtime
+
+    runtime = Runtime(Settings.from_env({"DATABASE_URL": database_url, "JOB_RUNNER": "manual"}))
+    with runtime.session() as session:
+        app, tokens = create_app_record(session, name="bench", amplitude_api_key="bench-key")
+    runtime.close()
+    return app.id, tokens
+
+
+def start_web(env: dict[str, str]) -> tuple[Proc, str]:
+    """gunicorn (2 processes x 4 threads) serving the bridge on a free port; returns it and its base URL."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    web = Proc([sys.executable, "-m", "gunicorn", "bridge.web:create_app()", "--bind", f"127.0.0.1:{port}",
+                "--workers", "2", "--threads", "4", "--log-level", "warning"], env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{url}/healthz", timeout=1)
+            return web, url
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise TimeoutError("gunicorn did not start") from None
+            time.sleep(0.1)
+
+
 def _peak_rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -8,10 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import Proc, scratch_database
-from bridge.apps.service import create_app_record
-from bridge.runtime import Runtime
-from bridge.settings import Settings
+from bench.common import Proc, new_app, scratch_database
 
 HEADER = ["id", "identifier", "session_count", "language", "timezone", "game_version", "device_os", "device_type",
           "device_model", "ad_id", "tags", "last_active", "playtime", "amount_spent", "created_at",
@@ -37,11 +34,8 @@ def measure(rows: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp, scratch_database("bridge_bench_import") as database_url:
         path = Path(tmp) / "players.csv"
         write_csv(path, rows)
-        runtime = Runtime(Settings.from_env({"DATABASE_URL": database_url, "JOB_RUNNER": "manual"}))
-        with runtime.session() as session:
-            app, _ = create_app_record(session, name="bench", amplitude_api_key="bench-key")
-        runtime.close()
-        proc = Proc([sys.executable, "-m", "bridge", "subscriptions", "import", "--app", app.id, str(path), "--quiet"],
+        app_id, _ = new_app(database_url)
+        proc = Proc([sys.executable, "-m", "bridge", "subscriptions", "import", "--app", app_id, str(path), "--quiet"],
                     {"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}, read_stdout=True)
         out = proc.popen.stdout.read()
         rss = proc.wait_rss_mb()

@@ -2,43 +2,25 @@
 with p50 / p99 request latency and the web processes' peak RSS."""
 from __future__ import annotations
 
-import socket
-import sys
 import threading
 import time
 
 import httpx
 import orjson
 
-from bench.common import Analyzer, Proc, median, scratch_database
+from bench.common import Analyzer, median, new_app, scratch_database, start_web
 from bench.delivery import source_events
-from bridge.apps.service import create_app_record
-from bridge.runtime import Runtime
-from bridge.settings import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def measure(requests: int, clients: int, per_request: int = 100) -> dict[str, float]:
     """Post `requests` bodies of `per_request` events from `clients` threads; returns rate and latencies."""
     with scratch_database("bridge_bench_intake") as database_url:
-        runtime = Runtime(Settings.from_env({"DATABASE_URL": database_url, "JOB_RUNNER": "manual"}))
-        with runtime.session() as session:
-            app, tokens = create_app_record(session, name="bench", amplitude_api_key="bench-key")
-        runtime.close()
-        port = _free_port()
-        # REDIS_URL points nowhere on purpose: intake must not depend on the queue (the sweep delivers).
-        env = {"DATABASE_URL": database_url, "JOB_RUNNER": "manual", "LOG_LEVEL": "WARNING"}
-        web = Proc([sys.executable, "-m", "gunicorn", "bridge.web:create_app()", "--bind", f"127.0.0.1:{port}",
-                    "--workers", "2", "--threads", "4", "--log-level", "warning"], env)
-        url = f"http://127.0.0.1:{port}/v1/apps/{app.id}/events"
+        app_id, tokens = new_app(database_url)
+        # No queue at all: intake must not depend on it (the sweep would deliver later).
+        web, base = start_web({"DATABASE_URL": database_url, "JOB_RUNNER": "manual", "LOG_LEVEL": "WARNING"})
+        url = f"{base}/v1/apps/{app_id}/events"
         headers = {"Authorization": f"Bearer {tokens.api_key}", "Content-Type": "application/json"}
         bodies = [orjson.dumps(source_events(per_request, i * per_request)) for i in range(requests)]
-        _wait_up(port)
         latencies: list[float] = []
         lock = threading.Lock()
         next_index = iter(range(requests))
@@ -67,17 +49,6 @@ def measure(requests: int, clients: int, per_request: int = 100) -> dict[str, fl
     latencies.sort()
     return {"rate": requests * per_request / wall, "p50": latencies[len(latencies) // 2] * 1000,
             "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000, "rss": rss}
-
-
-def _wait_up(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise TimeoutError("gunicorn did not start")
 
 
 def run(requests: int, repeat: int) -> list[tuple[str, str, str]]:

@@ -9,32 +9,22 @@ import time
 import httpx
 import orjson
 
-from bench.common import REDIS_URL, Proc, flush_redis, scratch_database
+from bench.common import REDIS_URL, Proc, flush_redis, new_app, scratch_database, start_web
 from bench.delivery import source_events
-from bench.intake import _free_port, _wait_up
-from bridge.apps.service import create_app_record
-from bridge.runtime import Runtime
-from bridge.settings import Settings
 
 
 def measure(rate: int, seconds: int, per_request: int = 100) -> dict[str, float]:
     """Post `rate` events/s for `seconds`; returns median and p99 latency (ms) from 202 to the sink."""
     with scratch_database("bridge_bench_latency") as database_url:
-        runtime = Runtime(Settings.from_env({"DATABASE_URL": database_url, "JOB_RUNNER": "manual"}))
-        with runtime.session() as session:
-            app, tokens = create_app_record(session, name="bench", amplitude_api_key="bench-key")
-        runtime.close()
+        app_id, tokens = new_app(database_url)
         flush_redis()
         sink = Proc([sys.executable, "-m", "bridge.amplitude.sink", "--port", "0", "--no-record-events", "--track-arrivals"],
                     read_stdout=True)
         sink_url = sink.popen.stdout.readline().strip()
-        port = _free_port()
         env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "AMPLITUDE_BASE_URL": sink_url, "LOG_LEVEL": "WARNING"}
-        web = Proc([sys.executable, "-m", "gunicorn", "bridge.web:create_app()", "--bind", f"127.0.0.1:{port}",
-                    "--workers", "2", "--threads", "4", "--log-level", "warning"], env)
+        web, base = start_web(env)
         worker = Proc([sys.executable, "-m", "bridge", "worker"], env)
-        _wait_up(port)
-        url = f"http://127.0.0.1:{port}/v1/apps/{app.id}/events"
+        url = f"{base}/v1/apps/{app_id}/events"
         headers = {"Authorization": f"Bearer {tokens.api_key}", "Content-Type": "application/json"}
         total = rate * seconds // per_request
         bodies = [orjson.dumps(source_events(per_request, i * per_request)) for i in range(total)]
