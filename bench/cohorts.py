@@ -62,8 +62,8 @@ def ack_times(database_url: str, app_id: str, token: str, batches: int) -> dict[
     """Post `batches` 10,000-user webhook batches; returns ack p50/p99 (ms) and process peak RSS."""
     flush_redis()
     env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "LOG_LEVEL": "WARNING"}
+    worker = Proc([sys.executable, "-m", "bridge", "worker"], env)  # booting while gunicorn starts
     web, base = start_web(env)
-    worker = Proc([sys.executable, "-m", "bridge", "worker"], env)
     url = f"{base}/v1/apps/{app_id}/amplitude/cohorts"
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     latencies = []
