@@ -41,7 +41,8 @@ def fill_outbox(database_url: str, n: int) -> str:
     with runtime.session() as session:
         app, _ = create_app_record(session, name="bench", amplitude_api_key="bench-amplitude-key")
         for start in range(0, n, 1000):
-            ingest(session, app, source_events(min(1000, n - start), start))
+            ingest(session, app.id, app.enabled_kinds, source_events(min(1000, n - start), start))
+            session.commit()
     runtime.close()
     return app.id
 

@@ -1,38 +1,106 @@
-"""Bearer-token authentication of the per-app API, checked before the body is read."""
+"""Bearer-token authentication of the per-app API, checked before the body is read.
+
+A valid (app, kind, token) is remembered in the process for `AUTH_CACHE_SECONDS` (and never past the
+token's own expiry), so the event stream's thousands of requests per second do not each read the
+tokens table. A rotated token's grace period is honoured exactly; a revocation (`rotate-token
+--grace-seconds 0`) and a change of the app's enabled kinds reach every process within that delay.
+"""
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from functools import wraps
 
 from flask import current_app, g, request
 
 from bridge import tokens
 from bridge.apps.models import App
-from bridge.apps.service import valid_token_digests
+from bridge.apps.service import valid_tokens
+from bridge.db import utcnow
 from bridge.errors import ApiError
+
+CACHE_MAX_ENTRIES = 10_000
+
+
+@dataclass(frozen=True)
+class AppAccess:
+    """What an authenticated request knows of its app (a snapshot, at most AUTH_CACHE_SECONDS old).
+    Views that show or change the app load it themselves."""
+
+    id: str
+    enabled_kinds: tuple[str, ...] | None
+
+
+class TokenCache:
+    """(app id, token kind, token digest) → AppAccess, for at most `ttl` seconds; least recently used
+    entries are dropped past CACHE_MAX_ENTRIES. Failed checks are never remembered."""
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self._entries: OrderedDict[tuple[str, str, str], tuple[float, AppAccess]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str]) -> AppAccess | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= time.monotonic():
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: tuple[str, str, str], access: AppAccess, token_expires_at: datetime | None) -> None:
+        seconds = self.ttl
+        if token_expires_at is not None:
+            seconds = min(seconds, (token_expires_at - utcnow()).total_seconds())
+        if seconds <= 0:
+            return
+        with self._lock:
+            self._entries[key] = (time.monotonic() + seconds, access)
+            self._entries.move_to_end(key)
+            while len(self._entries) > CACHE_MAX_ENTRIES:
+                self._entries.popitem(last=False)
 
 
 def require_token(kind: str) -> Callable:
     """Decorate a view taking `app_id`: 404 for an unknown app, 401 unless the bearer token is one of
-    that app's valid `kind` tokens. The app is put on `g.app` and the view's session on `g.db`."""
+    that app's valid `kind` tokens. The app's `AppAccess` is put on `g.app` and a session on `g.db`."""
 
     def decorator(view: Callable) -> Callable:
         @wraps(view)
         def wrapped(app_id: str, **kwargs):
             presented = _bearer()
-            db = g.db = current_app.extensions["bridge"].sessions()
-            app = db.get(App, app_id) if len(app_id) <= 36 else None
-            if app is None:
-                raise ApiError(404, "app_not_found", f"No app with id {app_id!r}.")
-            if not presented or not tokens.matches(presented, valid_token_digests(db, app_id, kind)):
-                which = "api_key" if kind == "api" else "cohort_token"
-                raise ApiError(401, "unauthorized", f"Send this app's {which} as 'Authorization: Bearer <token>'.")
-            g.app = app
+            runtime = current_app.extensions["bridge"]
+            g.db = runtime.sessions()
+            g.app = _authenticate(runtime.token_cache, g.db, app_id, kind, presented)
             return view(app_id, **kwargs)
 
         return wrapped
 
     return decorator
+
+
+def _authenticate(cache: TokenCache, db, app_id: str, kind: str, presented: str | None) -> AppAccess:
+    key = (app_id, kind, tokens.digest(presented)) if presented else None
+    if key is not None and (access := cache.get(key)) is not None:
+        return access
+    app = db.get(App, app_id) if len(app_id) <= 36 else None
+    if app is None:
+        raise ApiError(404, "app_not_found", f"No app with id {app_id!r}.")
+    matched = tokens.match(presented, valid_tokens(db, app_id, kind)) if presented else None
+    if matched is None:
+        which = "api_key" if kind == "api" else "cohort_token"
+        raise ApiError(401, "unauthorized", f"Send this app's {which} as 'Authorization: Bearer <token>'.")
+    access = AppAccess(app.id, tuple(app.enabled_kinds) if app.enabled_kinds else None)
+    cache.put(key, access, matched.expires_at)
+    db.rollback()  # end the read: the connection goes back to the pool while the view works
+    return access
 
 
 def _bearer() -> str | None:

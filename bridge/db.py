@@ -63,7 +63,8 @@ def make_engine(url: str, *, null_pool: bool = False) -> Engine:
         return engine
     if null_pool:
         return create_engine(url, poolclass=NullPool)
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800)
+    # A request waits at most 5 s for a free connection, then gets a 503 with Retry-After (errors.py).
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800, pool_timeout=5)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

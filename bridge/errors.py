@@ -5,6 +5,7 @@ import logging
 
 from flask import Flask, jsonify, request
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
@@ -13,23 +14,29 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """An error the client can act on. `code` is stable and machine-readable; `message` is for people."""
 
-    def __init__(self, status: int, code: str, message: str, details: object | None = None):
+    def __init__(self, status: int, code: str, message: str, details: object | None = None, *,
+                 retry_after: int | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.retry_after = retry_after  # seconds, sent as Retry-After (429 and 503)
 
 
-def error_response(status: int, code: str, message: str, details: object | None = None):
+def error_response(status: int, code: str, message: str, details: object | None = None, *,
+                   retry_after: int | None = None):
     body = {"error": code, "message": message, "details": details if details is not None else {}}
-    return jsonify(body), status
+    response = jsonify(body)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response, status
 
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        return error_response(exc.status, exc.code, exc.message, exc.details, retry_after=exc.retry_after)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_exc):
@@ -42,14 +49,17 @@ def register_error_handlers(app: Flask) -> None:
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(exc.code or 500, code, exc.description or exc.name)
 
+    @app.errorhandler(PoolTimeout)
+    def _database_busy(exc: PoolTimeout):
+        log.warning("no database connection free: %s", exc)
+        return error_response(503, "database_busy", "Every database connection is in use; retry shortly.", retry_after=1)
+
     @app.errorhandler(DBAPIError)
     def _database_unavailable(exc: DBAPIError):
         if not exc.connection_invalidated and not _is_connection_error(exc):
             return _unexpected(exc)
         log.warning("database unavailable: %s", exc.orig)
-        response, status = error_response(503, "database_unavailable", "The database is unreachable; retry shortly.")
-        response.headers["Retry-After"] = "5"
-        return response, status
+        return error_response(503, "database_unavailable", "The database is unreachable; retry shortly.", retry_after=5)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -24,6 +24,8 @@ Job = Callable[..., object]
 
 
 class JobRunner:
+    remote = False  # True when enqueueing is a network call (Redis), worth coalescing
+
     def enqueue(self, func: Job, *args: object) -> None:
         raise NotImplementedError
 
@@ -40,6 +42,8 @@ class JobRunner:
 
 
 class RQRunner(JobRunner):
+    remote = True
+
     def __init__(self, runtime: Runtime):
         from redis import Redis
         from rq import Queue

@@ -30,6 +30,10 @@ class Settings:
     max_body_bytes: int
     max_items_per_request: int
     cohort_max_body_bytes: int
+    auth_cache_seconds: float
+    intake_max_queued_events: int
+    intake_max_wait_seconds: float
+    intake_max_backlog: int
     # Delivery
     batch_size: int
     max_request_bytes: int
@@ -42,6 +46,7 @@ class Settings:
     throttle_pause_seconds: int
     invalid_key_pause_seconds: int
     drain_budget_seconds: float
+    linger_seconds: float
     sweep_interval_seconds: float
     queue_name: str
 
@@ -70,6 +75,10 @@ class Settings:
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
             max_items_per_request=reader.integer("MAX_ITEMS_PER_REQUEST", 1000, low=1),
             cohort_max_body_bytes=reader.integer("COHORT_MAX_BODY_BYTES", 20 * 1024 * 1024, low=1024),
+            auth_cache_seconds=reader.number("AUTH_CACHE_SECONDS", 5.0, low=0),
+            intake_max_queued_events=reader.integer("INTAKE_MAX_QUEUED_EVENTS", 20_000, low=1),
+            intake_max_wait_seconds=reader.number("INTAKE_MAX_WAIT_SECONDS", 1.0, low=0.01),
+            intake_max_backlog=reader.integer("INTAKE_MAX_BACKLOG", 1_000_000, low=0),
             batch_size=reader.integer("DELIVERY_BATCH_SIZE", 2000, low=1, high=2000),
             max_request_bytes=reader.integer("DELIVERY_MAX_REQUEST_BYTES", 1_000_000, low=10_000, high=1_000_000),
             gzip_requests=reader.boolean("DELIVERY_GZIP", False),
@@ -81,6 +90,7 @@ class Settings:
             throttle_pause_seconds=reader.integer("DELIVERY_THROTTLE_PAUSE_SECONDS", 30, low=1),
             invalid_key_pause_seconds=reader.integer("DELIVERY_INVALID_KEY_PAUSE_SECONDS", 600, low=1),
             drain_budget_seconds=reader.number("DELIVERY_DRAIN_BUDGET_SECONDS", 20.0, low=0.1),
+            linger_seconds=reader.number("DELIVERY_LINGER_SECONDS", 0.5, low=0),
             sweep_interval_seconds=reader.number("SWEEP_INTERVAL_SECONDS", 5.0, low=0.05),
             queue_name=reader.text("RQ_QUEUE") or "bridge",
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 PREFIXES = {"api": "bapi_", "cohort": "bcoh_"}
 
@@ -16,10 +18,19 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def matches(token: str, stored_digests: list[str]) -> bool:
-    """True if `token` hashes to one of `stored_digests`. Every candidate is compared, in constant time."""
+class StoredToken(Protocol):
+    token_hash: str
+
+
+T = TypeVar("T", bound=StoredToken)
+
+
+def match(token: str, stored: Sequence[T]) -> T | None:
+    """The stored token (anything with a `token_hash`) that `token` hashes to, or None. Every
+    candidate is compared, in constant time."""
     candidate = digest(token)
-    found = False
-    for stored in stored_digests:
-        found |= hmac.compare_digest(candidate, stored)
+    found = None
+    for entry in stored:
+        if hmac.compare_digest(candidate, entry.token_hash):
+            found = entry
     return found

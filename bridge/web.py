@@ -1,18 +1,22 @@
 """The Flask application factory: API, webhooks, health check and the OpenAPI document."""
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Mapping
 
 from flask import Flask, g, request
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from werkzeug.routing import BaseConverter
 
 from bridge import logs
 from bridge.errors import register_error_handlers
 from bridge.runtime import Runtime, install
 from bridge.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class PathSegment(BaseConverter):
@@ -50,7 +54,10 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
     def _close_session(_exc):
         db = g.pop("db", None)
         if db is not None:
-            db.close()
+            try:
+                db.close()
+            except DBAPIError as exc:  # the connection died under the request: it is discarded, the answer stands
+                log.warning("closing the request's database session failed: %s", exc.orig)
 
     @app.get("/healthz")
     def healthz():

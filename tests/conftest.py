@@ -104,6 +104,7 @@ def settings_env(database_url) -> dict[str, str]:
         "JOB_RUNNER": "manual",
         "AMPLITUDE_BASE_URL": "http://127.0.0.1:9",  # discard port: tests that deliver set a sink
         "LOG_LEVEL": "WARNING",
+        "DELIVERY_LINGER_SECONDS": "0",  # drains send what is due at once; tests of the linger set it
     }
 
 

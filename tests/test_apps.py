@@ -67,6 +67,44 @@ def test_rotation_with_no_grace_revokes_at_once(client, runtime, tenant):
     assert client.get(f"/v1/apps/{tenant.app_id}/deliveries/stats", headers=tenant.auth).status_code == 401
 
 
+def test_a_revocation_reaches_a_process_that_saw_the_token_within_the_auth_cache_delay(client, runtime, tenant):
+    url = f"/v1/apps/{tenant.app_id}/deliveries/stats"
+    with freeze_time(utcnow()) as frozen:
+        assert client.get(url, headers=tenant.auth).status_code == 200  # now remembered by this process
+        with runtime.session() as session:
+            rotate_token(session, tenant.app_id, "api", grace_seconds=0)
+        assert client.get(url, headers=tenant.auth).status_code == 200
+        frozen.tick(timedelta(seconds=runtime.settings.auth_cache_seconds))
+        assert client.get(url, headers=tenant.auth).status_code == 401
+
+
+def test_a_remembered_token_still_ends_exactly_with_its_grace_period(client, runtime, tenant):
+    url = f"/v1/apps/{tenant.app_id}/deliveries/stats"
+    with freeze_time(utcnow()) as frozen:
+        with runtime.session() as session:
+            rotate_token(session, tenant.app_id, "api", grace_seconds=2)
+        assert runtime.settings.auth_cache_seconds > 2
+        assert client.get(url, headers=tenant.auth).status_code == 200
+        frozen.tick(timedelta(seconds=2))
+        assert client.get(url, headers=tenant.auth).status_code == 401
+
+
+def test_an_apps_enabled_kinds_reach_the_intake_within_the_auth_cache_delay(client, runtime, tenant):
+    from bridge.apps.service import update_app
+
+    def post(i: int):
+        item = {"event": {"id": f"e{i}", "kind": "message.push.sent", "timestamp": 1763856000, "subscription_id": "s",
+                          "external_id": "u"}, "message": {"id": "m", "name": "n"}}
+        return client.post(f"/v1/apps/{tenant.app_id}/events", json=item, headers=tenant.auth).json
+
+    with freeze_time(utcnow()) as frozen:
+        assert post(1)["accepted"] == 1
+        with runtime.session() as session:
+            update_app(session, session.get(App, tenant.app_id), enabled_kinds=["message.push.clicked"])
+        frozen.tick(timedelta(seconds=runtime.settings.auth_cache_seconds))
+        assert post(2)["ignored"] == 1
+
+
 def test_app_settings_are_validated(runtime):
     with runtime.session() as session:
         with pytest.raises(AppConfigError, match="region"):

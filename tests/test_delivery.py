@@ -1,6 +1,7 @@
 """The pusher against an Amplitude-compatible server: batching, and every documented answer."""
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import timedelta
 
@@ -28,7 +29,7 @@ def settings_env(database_url, sink):
     return {
         "DATABASE_URL": database_url, "JOB_RUNNER": "manual", "AMPLITUDE_BASE_URL": sink.url, "LOG_LEVEL": "ERROR",
         "DELIVERY_BACKOFF_BASE_SECONDS": "2", "DELIVERY_BACKOFF_CAP_SECONDS": "60",
-        "DELIVERY_RETRY_WINDOW_SECONDS": "3600", "AMPLITUDE_TIMEOUT_SECONDS": "2",
+        "DELIVERY_RETRY_WINDOW_SECONDS": "3600", "AMPLITUDE_TIMEOUT_SECONDS": "2", "DELIVERY_LINGER_SECONDS": "0",
     }
 
 
@@ -282,3 +283,49 @@ def test_skipped_events_are_sent_once_the_user_is_known(client, tenant, runtime,
     assert (result.requeued, result.still_unresolved) == (1, 1)
     drain_app(tenant.app_id, runtime=runtime)
     assert [(e["insert_id"], e["user_id"]) for e in sink.events()] == [("evt-0", "user-zero")]
+
+
+class FrozenWait:
+    """The pusher's `wait`: records each wait and moves the frozen clock on instead of sleeping."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        self.clock.tick(timedelta(seconds=seconds))
+        return False
+
+
+def lingering(runtime, seconds: float, batch_size: int = 2000):
+    """A runtime like the test's, whose drains linger `seconds` (and claim `batch_size` events)."""
+    from bridge.runtime import Runtime
+
+    return Runtime(dataclasses.replace(runtime.settings, linger_seconds=seconds, batch_size=batch_size))
+
+
+def test_a_trickle_lingers_so_that_amplitude_gets_one_request_for_many_events(client, tenant, runtime, sink):
+    with freeze_time() as clock:
+        accept(client, tenant, events(3))
+        clock.tick(timedelta(seconds=0.2))
+        accept(client, tenant, events(2, start=3))
+        patient = lingering(runtime, 1.5)
+        wait = FrozenWait(clock)
+        report = Pusher(patient, wait=wait).drain(tenant.app_id)
+        patient.close()
+    assert wait.waits == [pytest.approx(1.3)]  # until the oldest event has been due 1.5 s
+    assert report.delivered == 5 and sink.stats()["requests"] == {200: 1}
+
+
+def test_a_full_batch_or_an_old_event_does_not_linger(client, tenant, runtime, sink):
+    with freeze_time() as clock:
+        accept(client, tenant, events(4))
+        patient = lingering(runtime, 1.5, batch_size=4)
+        wait = FrozenWait(clock)
+        assert Pusher(patient, wait=wait).drain(tenant.app_id).delivered == 4  # a full batch: sent at once
+        accept(client, tenant, events(1, start=4))
+        clock.tick(timedelta(seconds=2))  # already due for longer than the linger
+        assert Pusher(patient, wait=wait).drain(tenant.app_id).delivered == 1
+        patient.close()
+    assert wait.waits == [] and sink.stats()["requests"] == {200: 2}

@@ -87,11 +87,12 @@ def rotate_token(session: Session, app_id: str, kind: str, grace_seconds: int = 
     return token
 
 
-def valid_token_digests(session: Session, app_id: str, kind: str) -> list[str]:
+def valid_tokens(session: Session, app_id: str, kind: str) -> list[AppToken]:
+    """The app's `kind` tokens valid now (several during a rotation's grace period)."""
     now = utcnow()
     return list(
         session.scalars(
-            select(AppToken.token_hash).where(
+            select(AppToken).where(
                 AppToken.app_id == app_id,
                 AppToken.kind == kind,
                 or_(AppToken.expires_at.is_(None), AppToken.expires_at > now),

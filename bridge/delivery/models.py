@@ -14,6 +14,8 @@ from sqlmodel import Field, SQLModel
 from bridge.db import BIGINT_PK, UtcDateTime, utcnow
 
 PENDING, DEAD, SKIPPED = "pending", "dead", "skipped"
+# The reason of events stored without a user to attribute them to (sent by a replay once the registry knows one).
+UNRESOLVED_USER = "unresolved_user"
 
 
 class OutboxEvent(SQLModel, table=True):

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import BigInteger, any_, bindparam, delete, or_, select, update
+from sqlalchemy import BigInteger, any_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -64,9 +64,7 @@ class DrainReport:
 
 def drain_app(app_id: str, runtime: Runtime | None = None) -> DrainReport:
     """Job: deliver `app_id`'s due events until none are due, the time budget ends, or shutdown."""
-    runtime = runtime or current()
-    runtime.runner.forget(drain_key(app_id))
-    return Pusher(runtime).drain(app_id)
+    return Pusher(runtime or current()).drain(app_id)
 
 
 def _due(app_id: str, now: datetime, limit: int):
@@ -91,6 +89,13 @@ class Locks:
     def claim(self, session: Session, app_id: str, limit: int) -> list[Claimed]:
         now = utcnow()
         return _claimed(session.execute(_due(app_id, now, limit).with_for_update(skip_locked=True)))
+
+    def claimable(self, session: Session, app_id: str, limit: int) -> int:
+        """How many of the app's due events (up to `limit`) no other worker holds. Rolls back the locks it takes."""
+        free = _due(app_id, utcnow(), limit).with_only_columns(T.id).with_for_update(skip_locked=True).subquery()
+        count = session.scalar(select(func.count()).select_from(free))
+        session.rollback()
+        return count
 
     def mine(self, ids: list[int]):
         return T.id == any_(bindparam("ids", ids, type_=ARRAY(BigInteger)))  # one array parameter
@@ -131,6 +136,13 @@ class Leases:
         session.commit()
         return claimed
 
+    def claimable(self, session: Session, app_id: str, limit: int) -> int:
+        """How many of the app's due events (up to `limit`) no live lease holds."""
+        now = utcnow()
+        free = (select(T.id).where(T.app_id == app_id, T.state == PENDING, T.next_attempt_at <= now,
+                                   or_(T.lease_expires_at.is_(None), T.lease_expires_at < now)).limit(limit).subquery())
+        return session.scalar(select(func.count()).select_from(free))
+
     def mine(self, ids: list[int]):
         return T.id.in_(ids) & (T.lease_owner == self.owner)
 
@@ -147,18 +159,26 @@ class Leases:
 
 
 class Pusher:
-    def __init__(self, runtime: Runtime, *, rng: random.Random | None = None, clock=time.monotonic):
+    def __init__(self, runtime: Runtime, *, rng: random.Random | None = None, clock=time.monotonic,
+                 wait=shutdown_requested.wait):
+        """`clock` and `wait(seconds)` are time.monotonic and an interruptible sleep; tests replace them."""
         self.runtime = runtime
         self.settings = runtime.settings
         self.rng = rng or random.Random()
         self.clock = clock
+        self.wait = wait
         owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         with runtime.session() as session:
             postgres = is_postgresql(session)
         self.claims = Locks() if postgres else Leases(owner, self.settings.lease_seconds)
 
     def drain(self, app_id: str) -> DrainReport:
+        """Deliver `app_id`'s due events in full batches until none are due, the time budget ends, or
+        shutdown. A partial batch first lingers (see `_linger`)."""
         report = DrainReport()
+        self._linger(app_id)
+        # From here on, events committed after this claim need a drain of their own: let them ask.
+        self.runtime.runner.forget(drain_key(app_id))
         deadline = self.clock() + self.settings.drain_budget_seconds
         while not shutdown_requested.is_set():
             with self.runtime.session() as session:
@@ -181,6 +201,28 @@ class Pusher:
                 schedule_drain(self.runtime, app_id)  # budget spent: continue in a fresh job
                 return report
         return report
+
+    def _linger(self, app_id: str) -> None:
+        """Wait, once per drain, until the app's due events fill a batch or the oldest of them has been
+        due for DELIVERY_LINGER_SECONDS, whichever comes first: a stream of single events then leaves in
+        requests of hundreds of events, as Amplitude asks of its clients, instead of a request per event.
+        Only fresh events linger: when a retried event is due, or another worker holds due events of
+        this app, the drain goes on at once."""
+        linger = self.settings.linger_seconds
+        if linger <= 0:
+            return
+        due = (select(T.next_attempt_at, T.attempts)
+               .where(T.app_id == app_id, T.state == PENDING, T.next_attempt_at <= utcnow())
+               .order_by(T.next_attempt_at, T.id).limit(self.settings.batch_size).subquery())
+        with self.runtime.session() as session:
+            count, oldest, retries = session.execute(
+                select(func.count(), func.min(due.c.next_attempt_at), func.max(due.c.attempts))).one()
+            free = self.claims.claimable(session, app_id, self.settings.batch_size) if count else 0
+        if count == 0 or count >= self.settings.batch_size or retries or free < count:
+            return
+        remaining = linger - (utcnow() - oldest).total_seconds()
+        if remaining > 0:
+            self.wait(min(remaining, linger))
 
     # -- sending --------------------------------------------------------------------------------
 

@@ -10,8 +10,7 @@ from sqlalchemy.orm import Session
 
 from bridge import mapping
 from bridge.db import utcnow
-from bridge.delivery.models import DEAD, PENDING, SKIPPED, OutboxEvent
-from bridge.intake.service import UNRESOLVED_USER
+from bridge.delivery.models import DEAD, PENDING, SKIPPED, UNRESOLVED_USER, OutboxEvent
 from bridge.registry.service import external_ids_for
 
 T = OutboxEvent.__table__.c

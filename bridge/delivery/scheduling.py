@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Iterable
 
 from sqlalchemy import or_, select
 
@@ -32,6 +35,54 @@ def schedule_drain(runtime: Runtime, app_id: str) -> bool:
     except Exception as exc:  # noqa: BLE001 - Redis down or restarting
         log.warning("could not queue a drain of app %s (%s); the sweep will", app_id, exc)
         return False
+
+
+class DrainRequests:
+    """Drains asked for by the intake after each commit, without making it wait on the queue.
+
+    With an in-process runner the drain is queued at once (it is a list append). With RQ, a thread
+    of this process sends the requests, at most one round per `interval` seconds whatever the
+    number of commits, so a stream of thousands of small requests costs Redis a few calls per second
+    per app instead of one per request; the events wait at most `interval` longer for it."""
+
+    def __init__(self, runtime: Runtime, interval: float = 0.05):
+        self.runtime = runtime
+        self.interval = interval
+        self._apps: set[str] = set()
+        self._sending = False
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def ask(self, app_ids: Iterable[str]) -> None:
+        if not self.runtime.runner.remote:
+            for app_id in app_ids:
+                schedule_drain(self.runtime, app_id)
+            return
+        with self._lock:
+            self._apps.update(app_ids)
+            if self._thread is None or not self._thread.is_alive():  # started lazily: after gunicorn's fork
+                self._thread = threading.Thread(target=self._loop, name="bridge-drain-requests", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                apps, self._apps = self._apps, set()
+                self._sending = True
+            for app_id in sorted(apps):
+                schedule_drain(self.runtime, app_id)
+            with self._lock:
+                self._sending = False
+            time.sleep(self.interval)
+
+    def idle(self) -> bool:
+        """True when every drain asked for has been sent to the queue."""
+        with self._lock:
+            return not self._apps and not self._sending
 
 
 def due_app_ids(runtime: Runtime) -> list[str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g
 
+from bridge.apps.models import App
 from bridge.auth import require_token
 from bridge.delivery.stats import delivery_stats
 
@@ -12,4 +13,4 @@ bp = Blueprint("delivery", __name__)
 @bp.get("/v1/apps/<app_id>/deliveries/stats")
 @require_token("api")
 def stats(app_id: str):
-    return delivery_stats(g.db, g.app)
+    return delivery_stats(g.db, g.db.get(App, app_id))

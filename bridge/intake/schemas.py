@@ -97,6 +97,91 @@ class ItemSchema(Schema):
 
 
 ITEM_SCHEMA = ItemSchema()
+_DATETIME = EventSchema._declared_fields["datetime"]
+_LOCALIZED = MessageSchema._declared_fields["title"]
+
+
+def load_item(raw: object) -> dict:
+    """An event-stream item validated and loaded exactly as `ITEM_SCHEMA.load` would (same result, same
+    ValidationError), several times faster for the items that are plainly valid (`fast_load`)."""
+    item = fast_load(raw)
+    return item if item is not None else ITEM_SCHEMA.load(raw)
+
+
+def fast_load(raw: object) -> dict | None:
+    """`ITEM_SCHEMA.load(raw)` for an item whose every field is plainly valid; None for anything
+    else, which then goes through the schema: the schema stays the only source of error messages and
+    of the OpenAPI document. tests/test_intake_schemas.py holds the two equal over generated items."""
+    if type(raw) is not dict:
+        return None
+    event, message = raw.get("event"), raw.get("message")
+    if type(event) is not dict or type(message) is not dict:
+        return None
+    kind = event.get("kind")
+    if not (_text(event.get("id"), 1, 128) and _text(kind, 1, 64) and _text(event.get("subscription_id"), 1, 128)
+            and _optional_text(event.get("subscription_device_type"), 64) and _optional_text(event.get("external_id"), 256)):
+        return None
+    timestamp = event.get("timestamp")
+    if timestamp is not None:
+        if type(timestamp) not in (int, float) or not 0 <= timestamp <= MAX_EPOCH_MILLIS:
+            return None
+        timestamp = float(timestamp)
+    moment = event.get("datetime")
+    if moment is not None:
+        try:
+            moment = _DATETIME.deserialize(moment)
+        except ValidationError:
+            return None
+    elif timestamp is None:
+        return None
+    message_id = message.get("id")
+    if not (_optional_text(message_id, 128) and _text(message.get("name"), 1, 2048)
+            and _optional_text(message.get("template_id"), 128)):
+        return None
+    if message_id is None or message_id == "":
+        if message_id == "" or kind in KINDS_REQUIRING_MESSAGE_ID:
+            return None
+    title, contents = _localized(message.get("title")), _localized(message.get("contents"))
+    data, user = _free_form(raw.get("data")), _free_form(raw.get("user"))
+    if title is _INVALID or contents is _INVALID or data is _INVALID or user is _INVALID:
+        return None
+    return {
+        "event": {"id": event["id"], "kind": kind, "timestamp": timestamp, "datetime": moment,
+                  "subscription_id": event["subscription_id"], "subscription_device_type": event.get("subscription_device_type"),
+                  "external_id": event.get("external_id")},
+        "message": {"id": message_id, "name": message["name"], "title": title, "contents": contents,
+                    "template_id": message.get("template_id")},
+        "data": data,
+        "user": user,
+    }
+
+
+_INVALID = object()
+
+
+def _text(value: object, shortest: int, longest: int) -> bool:
+    return type(value) is str and shortest <= len(value) <= longest and "\x00" not in value
+
+
+def _optional_text(value: object, longest: int) -> bool:
+    return value is None or _text(value, 0, longest)
+
+
+def _localized(value: object) -> object:
+    if value is None or type(value) is str:
+        return value
+    try:
+        return _LOCALIZED.deserialize(value)
+    except ValidationError:
+        return _INVALID
+
+
+def _free_form(value: object) -> object:
+    if value is None:
+        return None
+    if type(value) is not dict or len(orjson.dumps(value)) > MAX_FREE_FORM_BYTES:
+        return _INVALID
+    return dict(value)
 
 
 def flatten_errors(errors: dict, prefix: str = "") -> dict[str, str]:

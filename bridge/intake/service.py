@@ -1,7 +1,17 @@
-"""Accepting event-stream items: validate each, map it, and write it to the outbox in one transaction."""
+"""Accepting event-stream items, in two steps so that many requests can share one transaction.
+
+1. `prepare` (the request's own thread, no database): validate each item, count the invalid, ignored
+   and repeated ones, and map every event whose External User ID the request itself names.
+2. `store` (whoever owns the transaction: the intake's group commit, or `ingest`): resolve the other
+   events' users through the channel registry, keep the registry current, and write receipts and
+   outbox rows; events whose id was accepted before are counted as duplicates. It flushes and never
+   commits: the caller commits, then answers.
+"""
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import orjson
 from marshmallow import ValidationError
@@ -9,13 +19,10 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from bridge import mapping
-from bridge.apps.models import App
-from bridge.db import dialect_insert, utcnow
-from bridge.delivery.models import PENDING, SKIPPED, EventReceipt, OutboxEvent
-from bridge.intake.schemas import ITEM_SCHEMA, flatten_errors
-from bridge.registry.service import Observation, external_ids_for, observe_events
-
-UNRESOLVED_USER = "unresolved_user"
+from bridge.db import dialect_insert, is_postgresql, utcnow
+from bridge.delivery.models import PENDING, SKIPPED, UNRESOLVED_USER, EventReceipt, OutboxEvent
+from bridge.intake.schemas import flatten_errors, load_item
+from bridge.registry.service import Observation, observe_events, recorded
 
 
 @dataclass
@@ -38,11 +45,31 @@ class IntakeResult:
         }
 
 
-def ingest(session: Session, app: App, items: list[object]) -> IntakeResult:
-    """Validate, map and store `items` for `app`, then commit. Invalid items are reported and never
-    block valid ones; an event id seen before is a counted no-op."""
+@dataclass
+class Prepared:
+    """One request's valid events, ready for `store`; `result` already counts everything else."""
+
+    app_id: str
+    events: list[PreparedEvent]
+    result: IntakeResult
+
+    @property
+    def size(self) -> int:
+        return len(self.events)
+
+
+@dataclass(slots=True)
+class PreparedEvent:
+    item: dict  # the validated item (intake.schemas.ItemSchema)
+    user_id: str | None  # from the event, or another event of its subscription in the same request
+    payload: str | None  # the Amplitude event as JSON, once user_id is known
+
+
+def prepare(app_id: str, enabled_kinds: Iterable[str] | None, items: Sequence[object]) -> Prepared:
+    """Validate `items` (decoded JSON values) for an app sending `enabled_kinds` (None: every mapped
+    kind). Invalid items are reported by index with a message per field and never block valid ones."""
     result = IntakeResult()
-    enabled = set(app.enabled_kinds) if app.enabled_kinds else mapping.MAPPED_KINDS
+    enabled = frozenset(enabled_kinds) if enabled_kinds else mapping.MAPPED_KINDS
     valid: dict[str, dict] = {}
     for index, raw in enumerate(items):
         kind = raw.get("event", {}).get("kind") if isinstance(raw, dict) and isinstance(raw.get("event"), dict) else None
@@ -50,7 +77,7 @@ def ingest(session: Session, app: App, items: list[object]) -> IntakeResult:
             result.ignored += 1
             continue
         try:
-            item = ITEM_SCHEMA.load(raw) if isinstance(raw, dict) else _not_an_object()
+            item = load_item(raw) if isinstance(raw, dict) else _not_an_object()
         except ValidationError as exc:
             errors = exc.messages if isinstance(exc.messages, dict) else {"_item": exc.messages}
             result.rejected.append({"index": index, "errors": flatten_errors(errors)})
@@ -60,15 +87,66 @@ def ingest(session: Session, app: App, items: list[object]) -> IntakeResult:
             continue
         valid[item["event"]["id"]] = item
 
-    if valid:
-        rows = _outbox_rows(session, app, list(valid.values()))
-        observe_events(session, app.id, [_observation(item["event"]) for item in valid.values()])
-        stored = _insert_new(session, app.id, rows)
-        result.accepted = sum(1 for state in stored if state == PENDING)
-        result.skipped = len(stored) - result.accepted
-        result.duplicates += len(rows) - len(stored)
-    session.commit()
-    return result
+    named: dict[str, str] = {}  # subscription → External User ID, from this request's own events
+    for item in valid.values():
+        ext = mapping.real_id(item["event"].get("external_id"))
+        if ext:
+            named[item["event"]["subscription_id"]] = ext
+    events = []
+    for item in valid.values():
+        event = item["event"]
+        user_id = mapping.real_id(event.get("external_id")) or named.get(event["subscription_id"])
+        events.append(PreparedEvent(item, user_id, _amplitude_json(item, user_id) if user_id else None))
+    return Prepared(app_id, events, result)
+
+
+def store(session: Session, batch: Sequence[Prepared]) -> None:
+    """Write the events of every request in `batch` (any apps) and complete each one's result.
+
+    An event id accepted before, or earlier in `batch`, counts as a duplicate of the later request.
+    Flushes; the caller commits and only then may answer. The results are completed only once every
+    statement succeeded, so a caller may retry after a failure."""
+    now = utcnow()
+    owners: dict[tuple[str, str], Prepared] = {}
+    repeated: list[Prepared] = []
+    by_app: dict[str, list[PreparedEvent]] = {}
+    for prepared in batch:
+        for ev in prepared.events:
+            key = (prepared.app_id, ev.item["event"]["id"])
+            if key in owners:
+                repeated.append(prepared)
+                continue
+            owners[key] = prepared
+            by_app.setdefault(prepared.app_id, []).append(ev)
+    rows: list[dict] = []
+    for app_id, events in by_app.items():
+        subscriptions = {ev.item["event"]["subscription_id"] for ev in events}
+        known = recorded(session, app_id, subscriptions)
+        observe_events(session, app_id, [_observation(ev.item["event"]) for ev in events], known=known)
+        rows += [_outbox_row(app_id, ev, known, now) for ev in events]
+    stored = _insert_new(session, rows, now)
+    for prepared in repeated:
+        prepared.result.duplicates += 1
+    for key, prepared in owners.items():
+        state = stored.get(key)
+        if state is None:
+            prepared.result.duplicates += 1
+        elif state == PENDING:
+            prepared.result.accepted += 1
+        else:
+            prepared.result.skipped += 1
+
+
+def ingest(session: Session, app_id: str, enabled_kinds: Iterable[str] | None, items: Sequence[object]) -> IntakeResult:
+    """`prepare` and `store` one request's items in `session` (flushed, not committed)."""
+    prepared = prepare(app_id, enabled_kinds, items)
+    if prepared.events:
+        store(session, [prepared])
+    return prepared.result
+
+
+def _amplitude_json(item: dict, user_id: str) -> str:
+    return orjson.dumps(mapping.to_amplitude(item, user_id)).decode()
 
 
 def _observation(event: dict) -> Observation:
@@ -80,70 +158,78 @@ def _not_an_object():
     raise ValidationError({"_item": ["Each event must be a JSON object."]})
 
 
-def _outbox_rows(session: Session, app: App, items: list[dict]) -> list[dict]:
-    known = _external_ids(session, app.id, items)
-    now = utcnow()
-    rows = []
-    for item in items:
-        event = item["event"]
-        user_id = mapping.real_id(event.get("external_id")) or known.get(event["subscription_id"])
-        row = {
-            "app_id": app.id,
-            "source_event_id": event["id"],
-            "kind": event["kind"],
-            "insert_id": mapping.insert_id_for(event["id"]),
-            "user_id": user_id,
-            "device_id": event["subscription_id"],
-            "subscription_device_type": event.get("subscription_device_type"),
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-        }
-        if user_id:
-            row.update(state=PENDING, reason=None, last_error=None,
-                       payload=orjson.dumps(mapping.to_amplitude(item, user_id)).decode())
-        else:
-            # Kept (with the source event) so a replay can send it once the registry knows the user.
-            row.update(state=SKIPPED, reason=UNRESOLVED_USER,
-                       last_error=f"no External User ID on the event and none recorded for subscription {event['subscription_id']}",
-                       payload=orjson.dumps(item, default=str).decode())
-        rows.append(row)
-    return rows
+def _outbox_row(app_id: str, ev: PreparedEvent, known: dict[str, str | None], now: datetime) -> dict:
+    event = ev.item["event"]
+    user_id, payload = ev.user_id, ev.payload
+    if user_id is None:
+        user_id = known.get(event["subscription_id"])  # the registry's External User ID, if it has one
+        payload = _amplitude_json(ev.item, user_id) if user_id else None
+    row = {
+        "app_id": app_id,
+        "source_event_id": event["id"],
+        "kind": event["kind"],
+        "insert_id": mapping.insert_id_for(event["id"]),
+        "user_id": user_id,
+        "device_id": event["subscription_id"],
+        "subscription_device_type": event.get("subscription_device_type"),
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+    if user_id:
+        row.update(state=PENDING, reason=None, last_error=None, payload=payload)
+    else:
+        # Kept (with the source event) so a replay can send it once the registry knows the user.
+        row.update(state=SKIPPED, reason=UNRESOLVED_USER,
+                   last_error=f"no External User ID on the event and none recorded for subscription {event['subscription_id']}",
+                   payload=orjson.dumps(ev.item, default=str).decode())
+    return row
 
 
-def _external_ids(session: Session, app_id: str, items: list[dict]) -> dict[str, str]:
-    """subscription id → External User ID, from this request's own events first, then the registry."""
-    from_request: dict[str, str] = {}
-    missing: set[str] = set()
-    for item in items:
-        event = item["event"]
-        ext = mapping.real_id(event.get("external_id"))
-        if ext:
-            from_request[event["subscription_id"]] = ext
-        else:
-            missing.add(event["subscription_id"])
-    missing -= from_request.keys()
-    if missing:
-        from_request.update(external_ids_for(session, app_id, missing))
-    return from_request
+# PostgreSQL: receipts and outbox rows in one statement (one round trip for a whole group of requests).
+# A row whose receipt already exists is dropped by the join, so it is never stored twice.
+_COLUMNS = ("app_id", "source_event_id", "kind", "state", "reason", "last_error", "insert_id", "user_id",
+            "device_id", "subscription_device_type", "payload")
+_STORE_SQL = f"""
+WITH incoming AS (
+    SELECT * FROM unnest({", ".join(f"%({c})s::text[]" for c in _COLUMNS)}) WITH ORDINALITY
+        AS t({", ".join(_COLUMNS)}, position)
+), fresh AS (
+    INSERT INTO event_receipts (app_id, source_event_id, created_at)
+    SELECT app_id, source_event_id, %(now)s FROM incoming
+    ON CONFLICT (app_id, source_event_id) DO NOTHING
+    RETURNING app_id, source_event_id
+)
+INSERT INTO outbox_events ({", ".join(_COLUMNS)}, attempts, next_attempt_at, created_at)
+SELECT {", ".join(f"i.{c}" for c in _COLUMNS)}, 0, %(now)s, %(now)s
+FROM incoming i JOIN fresh f ON f.app_id = i.app_id AND f.source_event_id = i.source_event_id
+ORDER BY i.position
+RETURNING app_id, source_event_id, state
+"""
 
 
-def _insert_new(session: Session, app_id: str, rows: list[dict]) -> list[str]:
-    """Store rows whose event id this app never accepted before; return the stored rows' states.
+def _insert_new(session: Session, rows: list[dict], now: datetime) -> dict[tuple[str, str], str]:
+    """Store the rows whose (app, event id) was never accepted before; returns their states by key.
 
-    The receipt is the idempotency key: concurrent requests with the same event id serialize on it."""
+    The receipt is the idempotency key: concurrent writers of the same event id serialize on it."""
+    if not rows:
+        return {}
+    if is_postgresql(session):
+        parameters: dict[str, object] = {c: [r[c] for r in rows] for c in _COLUMNS}
+        parameters["now"] = now
+        result = session.connection().exec_driver_sql(_STORE_SQL, parameters)
+        return {(app_id, event_id): state for app_id, event_id, state in result}
     receipts = EventReceipt.__table__
-    now = utcnow()
     stmt = (
         dialect_insert(session, receipts)
         .on_conflict_do_nothing(index_elements=["app_id", "source_event_id"])
-        .returning(receipts.c.source_event_id)
+        .returning(receipts.c.app_id, receipts.c.source_event_id)
     )
-    new_ids = set(session.execute(stmt, [{"app_id": app_id, "source_event_id": r["source_event_id"], "created_at": now}
-                                         for r in rows]).scalars())
-    fresh = [r for r in rows if r["source_event_id"] in new_ids]
+    receipt_rows = [{"app_id": r["app_id"], "source_event_id": r["source_event_id"], "created_at": now} for r in rows]
+    new = {tuple(row) for row in session.execute(stmt, receipt_rows)}
+    fresh = [r for r in rows if (r["app_id"], r["source_event_id"]) in new]
     if fresh:
         # RETURNING makes SQLAlchemy send one multi-row INSERT per 1,000 rows instead of one per row.
         table = OutboxEvent.__table__
         session.execute(insert(table).returning(table.c.id), fresh).all()
-    return [r["state"] for r in fresh]
+    return {(r["app_id"], r["source_event_id"]): r["state"] for r in fresh}

@@ -5,15 +5,34 @@ import orjson
 from flask import Blueprint, current_app, g, request
 
 from bridge.auth import require_token
-from bridge.delivery.scheduling import schedule_drain
+from bridge.delivery.scheduling import DrainRequests
 from bridge.errors import ApiError
-from bridge.intake.service import ingest
+from bridge.intake.backlog import Backlog
+from bridge.intake.committer import GroupCommit, Overloaded
+from bridge.intake.service import Prepared, prepare
 
 bp = Blueprint("intake", __name__)
 
 # Deepest nesting of arrays and objects a body may have. Real payloads need 4 or 5 levels; a deeper one
 # could exhaust a serializer later (orjson refuses to write more than 254 levels).
 MAX_JSON_DEPTH = 32
+
+
+@bp.record_once
+def _set_up(state) -> None:
+    """One group commit and one backlog bound per web process (see committer.py and backlog.py)."""
+    runtime = state.app.extensions["bridge"]
+    settings = runtime.settings
+    drains = DrainRequests(runtime)
+
+    def ask_for_drains(committed: list[Prepared]) -> None:
+        drains.ask({p.app_id for p in committed if p.result.accepted})
+
+    state.app.extensions["bridge.intake"] = (
+        GroupCommit(runtime.sessions, max_queued_events=settings.intake_max_queued_events,
+                    max_wait_seconds=settings.intake_max_wait_seconds, after_commit=ask_for_drains),
+        Backlog(runtime.sessions, settings.intake_max_backlog),
+    )
 
 
 def read_json_body() -> object:
@@ -68,12 +87,22 @@ def read_items(limit: int) -> list[object]:
 @bp.post("/v1/apps/<app_id>/events")
 @require_token("api")
 def post_events(app_id: str):
-    runtime = current_app.extensions["bridge"]
-    items = read_items(runtime.settings.max_items_per_request)
-    result = ingest(g.db, g.app, items)
-    if result.accepted:
-        schedule_drain(runtime, app_id)
-    body = result.as_dict()
-    if result.rejected and len(result.rejected) == len(items):
+    """Answers 202 once the request's events are committed (with those of concurrent requests:
+    committer.py); 429 while the app's backlog is past INTAKE_MAX_BACKLOG; 503 when the process
+    cannot store them in time. Both with Retry-After, and nothing of the request stored."""
+    committer, backlog = current_app.extensions["bridge.intake"]
+    items = read_items(current_app.extensions["bridge"].settings.max_items_per_request)
+    prepared = prepare(app_id, g.app.enabled_kinds, items)
+    if prepared.events:
+        if backlog.full(app_id):
+            raise ApiError(429, "backlog_full", f"More than {backlog.limit:,} of this app's events wait for delivery "
+                           "to Amplitude; retry later.", {"limit": backlog.limit}, retry_after=30)
+        try:
+            committer.submit(prepared)
+        except Overloaded as exc:
+            raise ApiError(503, "overloaded", f"The bridge cannot take events this fast: {exc}",
+                           retry_after=exc.retry_after) from None
+    body = prepared.result.as_dict()
+    if prepared.result.rejected and len(prepared.result.rejected) == len(items):
         raise ApiError(400, "invalid_events", "No item in the request is valid; see details.rejected.", body)
     return body, 202

@@ -111,7 +111,8 @@ def upsert_records(session: Session, app_id: str, records: list[dict]) -> Upsert
     return counts
 
 
-def observe_events(session: Session, app_id: str, observations: Iterable[Observation]) -> None:
+def observe_events(session: Session, app_id: str, observations: Iterable[Observation],
+                   known: dict[str, str | None] | None = None) -> None:
     """Keep the registry current from a request's events, in at most two statements.
 
     Per subscription the newest event decides, and its External User ID (or, if it has none, the
@@ -120,6 +121,8 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
     `subscribed` true only if an event proves delivery to it (a push received or clicked, an e-mail
     opened or clicked, ...: see `proves_delivery`); an in-app message proves the app is used, not that
     push is allowed. Known records keep their channel, type and `subscribed`.
+
+    `known` is what `recorded` answers for (at least) these subscriptions, when the caller has it.
     """
     latest: dict[str, Observation] = {}
     external: dict[str, str] = {}
@@ -131,7 +134,8 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
         if proves_delivery(seen.kind):
             delivered.add(seen.subscription_id)
     now = utcnow()
-    known = recorded(session, app_id, latest)
+    if known is None:
+        known = recorded(session, app_id, latest)
     rows, updates = [], []
     for key in sorted(latest):
         if key in known and (key not in external or known[key] == external[key]):
@@ -211,22 +215,27 @@ def _with_subscription_ids(session: Session, app_id: str, records: list[dict]) -
 
 def _stored(session: Session, app_id: str, subscription_ids: set[str]) -> dict[str, dict]:
     """The stored FIELDS of these subscriptions, by subscription id."""
-    columns = [_TABLE.c[name] for name in FIELDS]
     found: dict[str, dict] = {}
+    query = _PROBE if is_postgresql(session) else _IN_QUERY
     for chunk in _chunks(sorted(subscription_ids)):
-        if is_postgresql(session):
-            # One unique-index probe per key, whatever the planner believes about the table: after a
-            # bulk load its statistics are stale, and `IN (...)` then turns into a scan of the whole app.
-            keys = func.unnest(bindparam("keys", chunk, type_=ARRAY(String))).table_valued("key").render_derived()
-            probe = select(_TABLE.c.subscription_id, *columns).where(
-                _TABLE.c.app_id == app_id, _TABLE.c.subscription_id == keys.c.key).limit(1).lateral()
-            query = select(probe).select_from(keys).join(probe, true())
-        else:
-            query = select(_TABLE.c.subscription_id, *columns).where(
-                _TABLE.c.app_id == app_id, _TABLE.c.subscription_id.in_(chunk))
-        for row in session.execute(query):
+        for row in session.execute(query, {"app_id": app_id, "keys": chunk}):
             found[row[0]] = dict(zip(FIELDS, row[1:], strict=True))
     return found
+
+
+def _probe_query():
+    """PostgreSQL: one unique-index probe per key, whatever the planner believes about the table: after
+    a bulk load its statistics are stale, and `IN (...)` then turns into a scan of the whole app.
+    Built once: building it per call cost more than running it."""
+    keys = func.unnest(bindparam("keys", type_=ARRAY(String))).table_valued("key").render_derived()
+    probe = select(_TABLE.c.subscription_id, *(_TABLE.c[name] for name in FIELDS)).where(
+        _TABLE.c.app_id == bindparam("app_id"), _TABLE.c.subscription_id == keys.c.key).limit(1).lateral()
+    return select(probe).select_from(keys).join(probe, true())
+
+
+_PROBE = _probe_query()
+_IN_QUERY = select(_TABLE.c.subscription_id, *(_TABLE.c[name] for name in FIELDS)).where(
+    _TABLE.c.app_id == bindparam("app_id"), _TABLE.c.subscription_id.in_(bindparam("keys", expanding=True)))
 
 
 def _write(session: Session, app_id: str, records: dict[str, dict]) -> None:

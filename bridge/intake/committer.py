@@ -1,0 +1,167 @@
+"""Group commit: the events of concurrent intake requests written by one transaction.
+
+The platform's event stream posts one event per request, thousands per second. One transaction (and
+one fsync) per request would cap the intake far below that, so each web process shares its commits:
+
+- a request validates its items on its own thread (`service.prepare`), then hands them to the process's
+  `GroupCommit` and waits;
+- the first waiting request finding no writer at work becomes the writer: it takes what is queued (up to
+  `MAX_GROUP_EVENTS` events, oldest first), stores it in one transaction (`service.store`), commits,
+  asks for the drains after the commit, hands every request its own result and steps down; a request
+  still queued then becomes the next writer.
+
+Under a light load a group is one request and nothing waits; under a heavy one the groups grow and the
+commits per second stay few. Every request is answered after the commit that holds its events, so the
+`202` keeps its meaning.
+
+Overload is explicit: a request is refused at once (`Overloaded`, 503) when more than
+`INTAKE_MAX_QUEUED_EVENTS` events already wait in this process, or when its events have waited
+`INTAKE_MAX_WAIT_SECONDS` without a writer taking them; either way nothing of it was stored.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bridge.intake.service import IntakeResult, Prepared, store
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP_EVENTS = 5000  # most events in one transaction: a group is a few milliseconds of database work
+
+
+class Overloaded(Exception):
+    """The request was refused before anything of it was stored; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Ticket:
+    __slots__ = ("prepared", "taken", "done", "error")
+
+    def __init__(self, prepared: Prepared):
+        self.prepared = prepared
+        self.taken = False  # a writer holds it: it will be answered, whatever the clock says
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """One per web process. `submit` blocks until the request's events are committed (or refused)."""
+
+    def __init__(self, sessions: sessionmaker[Session], *, max_queued_events: int, max_wait_seconds: float,
+                 after_commit: Callable[[Sequence[Prepared]], None]):
+        self.sessions = sessions
+        self.max_queued_events = max_queued_events
+        self.max_wait_seconds = max_wait_seconds
+        self.after_commit = after_commit
+        self._cond = threading.Condition()
+        self._queue: deque[_Ticket] = deque()
+        self._queued_events = 0
+        self._writing = False
+
+    def submit(self, prepared: Prepared) -> IntakeResult:
+        """Store `prepared` in a shared transaction; returns its completed result after the commit.
+
+        Raises `Overloaded` (nothing stored), or the database error that failed its transaction."""
+        ticket = _Ticket(prepared)
+        deadline = time.monotonic() + self.max_wait_seconds
+        with self._cond:
+            if self._queued_events and self._queued_events + prepared.size > self.max_queued_events:
+                raise Overloaded(f"{self._queued_events:,} events are already waiting to be stored in this process.")
+            self._queue.append(ticket)
+            self._queued_events += prepared.size
+        while True:
+            with self._cond:
+                # Wait while another request writes, or while a writer holds this request's events.
+                while not ticket.done and (self._writing or ticket.taken):
+                    if ticket.taken:
+                        self._cond.wait()
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self._queue.remove(ticket)
+                        self._queued_events -= prepared.size
+                        raise Overloaded(f"the events waited {self.max_wait_seconds:g} s for the database without being stored.")
+                    self._cond.wait(remaining)
+                if ticket.done:
+                    break
+                self._writing = True  # no writer, and this request still queued: it writes the next group
+                group = self._take()
+            try:
+                self._write(group)
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+        if ticket.error is not None:
+            raise ticket.error
+        return prepared.result
+
+    def _take(self) -> list[_Ticket]:
+        """The oldest queued tickets, up to MAX_GROUP_EVENTS events (always at least one). Holds the lock."""
+        group: list[_Ticket] = []
+        events = 0
+        while self._queue and (not group or events + self._queue[0].prepared.size <= MAX_GROUP_EVENTS):
+            ticket = self._queue.popleft()
+            ticket.taken = True
+            events += ticket.prepared.size
+            group.append(ticket)
+        self._queued_events -= events
+        return group
+
+    def _write(self, group: list[_Ticket]) -> None:
+        """Store and commit `group` in one transaction. If that fails for a reason other than the
+        database being unreachable, each request is tried again alone, so that one request's
+        problem fails that request only."""
+        try:
+            error = self._commit([t.prepared for t in group])
+            if error is not None and len(group) > 1 and not _unreachable(error):
+                log.warning("a group of %d requests failed (%s); storing them one by one", len(group), error)
+                for ticket in group:
+                    ticket.error = self._commit([ticket.prepared])
+            else:
+                for ticket in group:
+                    ticket.error = error
+            committed = [t.prepared for t in group if t.error is None]
+            if committed:
+                try:
+                    self.after_commit(committed)
+                except Exception:  # noqa: BLE001 - the events are committed; the sweep finds them anyway
+                    log.exception("asking for a drain after a commit failed; the sweep will")
+        finally:
+            for ticket in group:  # whatever happened, no request waits for this group any longer
+                ticket.done = True
+
+    def _commit(self, batch: list[Prepared]) -> BaseException | None:
+        """Store and commit `batch`; the error that failed it, if any (never raises). On failure the
+        requests' results are left as they were before."""
+        before = [(p.result.accepted, p.result.skipped, p.result.duplicates) for p in batch]
+        session = self.sessions()
+        try:
+            store(session, batch)
+            session.commit()
+            return None
+        except Exception as exc:  # noqa: BLE001 - handed to the requests, which answer it
+            for prepared, (accepted, skipped, duplicates) in zip(batch, before, strict=True):
+                prepared.result.accepted, prepared.result.skipped, prepared.result.duplicates = accepted, skipped, duplicates
+            return exc
+        finally:
+            try:
+                session.close()  # rolls back what was not committed
+            except DBAPIError as exc:  # the connection died: the pool discards it
+                log.warning("closing a group's session failed: %s", exc.orig)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Errors of the database's reachability rather than of the group's data: trying each request
+    alone would only fail again."""
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)

@@ -1,0 +1,212 @@
+"""The intake at the stream's rate: concurrent requests share one transaction, every request is answered
+after the commit holding its events, one bad request fails alone, overload is a quick 503 or 429 with
+Retry-After, and drains are asked for without a Redis call per request."""
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from freezegun import freeze_time
+from redis import Redis
+from sqlalchemy import func, select
+
+from bridge.delivery.models import EventReceipt, OutboxEvent
+from bridge.delivery.scheduling import DrainRequests, drain_key
+from bridge.intake.committer import GroupCommit, Overloaded
+from bridge.intake.service import prepare
+from bridge.runtime import Runtime
+from bridge.settings import Settings
+
+
+def item(i: int, user: str | None = "user-1") -> dict:
+    return {"event": {"id": f"evt-{i}", "kind": "message.push.sent", "timestamp": 1763856000 + i,
+                      "subscription_id": f"sub-{i % 5}", "subscription_device_type": "iOS", "external_id": user},
+            "message": {"id": "msg-1", "name": "Campaign", "title": "Hi", "contents": "Hello"}}
+
+
+def stored_ids(runtime) -> list[str]:
+    with runtime.session() as session:
+        return sorted(session.scalars(select(OutboxEvent.source_event_id)))
+
+
+class Gate:
+    """An after-commit hook that holds the first writer until opened, so that requests pile up behind it."""
+
+    def __init__(self):
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        self.groups: list[list[str]] = []
+
+    def __call__(self, committed) -> None:
+        self.groups.append([p.events[0].item["event"]["id"] for p in committed])
+        self.entered.set()
+        assert self.opened.wait(10)
+
+
+def committer(runtime, gate, **limits) -> GroupCommit:
+    return GroupCommit(runtime.sessions, max_queued_events=limits.get("max_queued_events", 1000),
+                       max_wait_seconds=limits.get("max_wait_seconds", 10), after_commit=gate)
+
+
+def submit_in_thread(group: GroupCommit, prepared, outcomes: dict) -> threading.Thread:
+    def run():
+        try:
+            outcomes[prepared.events[0].item["event"]["id"]] = group.submit(prepared)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            outcomes[prepared.events[0].item["event"]["id"]] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def wait_until(condition, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def test_requests_waiting_behind_a_commit_share_the_next_one(runtime, tenant):
+    gate = Gate()
+    group = committer(runtime, gate)
+    outcomes: dict = {}
+    first = submit_in_thread(group, prepare(tenant.app_id, None, [item(0)]), outcomes)
+    assert gate.entered.wait(10)
+    assert "evt-0" not in outcomes  # answered only after its commit's after-commit work
+    later = [submit_in_thread(group, prepare(tenant.app_id, None, [item(i)]), outcomes) for i in range(1, 6)]
+    wait_until(lambda: group._queued_events == 5)
+    gate.opened.set()
+    for thread in [first, *later]:
+        thread.join(10)
+    assert [sorted(g) for g in gate.groups] == [["evt-0"], ["evt-1", "evt-2", "evt-3", "evt-4", "evt-5"]]
+    assert all(outcomes[f"evt-{i}"].accepted == 1 for i in range(6))
+    assert stored_ids(runtime) == [f"evt-{i}" for i in range(6)]
+
+
+def test_the_same_event_in_two_requests_of_one_group_is_stored_once(runtime, tenant):
+    prepared = [prepare(tenant.app_id, None, [item(1), item(2)]), prepare(tenant.app_id, None, [item(2), item(3)])]
+    with runtime.session() as session:
+        from bridge.intake.service import store
+
+        store(session, prepared)
+        session.commit()
+    assert [p.result.as_dict() for p in prepared] == [
+        {"accepted": 2, "skipped": 0, "duplicates": 0, "ignored": 0, "rejected": []},
+        {"accepted": 1, "skipped": 0, "duplicates": 1, "ignored": 0, "rejected": []}]
+    with runtime.session() as session:
+        assert session.scalar(select(func.count()).select_from(EventReceipt)) == 3
+    assert stored_ids(runtime) == ["evt-1", "evt-2", "evt-3"]
+
+
+def test_a_request_that_fails_its_group_fails_alone(runtime, tenant):
+    gate = Gate()
+    group = committer(runtime, gate)
+    outcomes: dict = {}
+    first = submit_in_thread(group, prepare(tenant.app_id, None, [item(0)]), outcomes)
+    assert gate.entered.wait(10)
+    good = submit_in_thread(group, prepare(tenant.app_id, None, [item(1)]), outcomes)
+    bad = submit_in_thread(group, prepare("no-such-app", None, [item(2)]), outcomes)  # its outbox row breaks a foreign key
+    wait_until(lambda: group._queued_events == 2)
+    gate.opened.set()
+    for thread in (first, good, bad):
+        thread.join(10)
+    assert outcomes["evt-1"].accepted == 1
+    assert isinstance(outcomes["evt-2"], Exception) and "foreign key" in str(outcomes["evt-2"]).lower()
+    assert stored_ids(runtime) == ["evt-0", "evt-1"]
+    with runtime.session() as session:  # nothing half-written: no receipt without its event
+        assert session.scalar(select(func.count()).select_from(EventReceipt)) == 2
+
+
+def test_past_the_queue_bound_a_request_is_refused_at_once_and_nothing_is_stored(runtime, tenant):
+    gate = Gate()
+    group = committer(runtime, gate, max_queued_events=3)
+    outcomes: dict = {}
+    first = submit_in_thread(group, prepare(tenant.app_id, None, [item(0)]), outcomes)
+    assert gate.entered.wait(10)
+    queued = submit_in_thread(group, prepare(tenant.app_id, None, [item(1), item(2), item(3)]), outcomes)
+    wait_until(lambda: group._queued_events == 3)
+    with pytest.raises(Overloaded, match="already waiting"):
+        group.submit(prepare(tenant.app_id, None, [item(4)]))
+    gate.opened.set()
+    first.join(10)
+    queued.join(10)
+    assert stored_ids(runtime) == ["evt-0", "evt-1", "evt-2", "evt-3"]
+
+
+def test_a_request_no_writer_took_in_time_is_refused_and_never_stored(runtime, tenant):
+    gate = Gate()
+    group = committer(runtime, gate, max_wait_seconds=0.05)
+    outcomes: dict = {}
+    first = submit_in_thread(group, prepare(tenant.app_id, None, [item(0)]), outcomes)
+    assert gate.entered.wait(10)
+    late = submit_in_thread(group, prepare(tenant.app_id, None, [item(1)]), outcomes)
+    late.join(10)
+    assert isinstance(outcomes["evt-1"], Overloaded)
+    gate.opened.set()
+    first.join(10)
+    assert stored_ids(runtime) == ["evt-0"]
+
+
+def test_an_overloaded_intake_answers_503_with_retry_after_in_the_error_shape(app, client, tenant):
+    group = app.extensions["bridge.intake"][0]
+    group.max_queued_events = 1
+    gate = Gate()
+    group.after_commit = gate
+    outcomes: dict = {}
+    first = submit_in_thread(group, prepare(tenant.app_id, None, [item(0)]), outcomes)
+    assert gate.entered.wait(10)
+    queued = submit_in_thread(group, prepare(tenant.app_id, None, [item(1)]), outcomes)
+    wait_until(lambda: group._queued_events == 1)
+    response = client.post(f"/v1/apps/{tenant.app_id}/events", json=item(2), headers=tenant.auth)
+    gate.opened.set()
+    first.join(10)
+    queued.join(10)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.json["error"] == "overloaded" and set(response.json) == {"error", "message", "details"}
+
+
+@pytest.fixture
+def settings_env(settings_env):
+    return {**settings_env, "INTAKE_MAX_BACKLOG": "3"}
+
+
+def test_an_app_past_its_backlog_bound_gets_429_and_the_others_do_not(client, tenant, runtime):
+    from bridge.apps.service import create_app_record
+
+    with runtime.session() as session:
+        other, other_tokens = create_app_record(session, name="Other", amplitude_api_key="amp-other")
+
+    def post(app_id: str, token: str, body):
+        return client.post(f"/v1/apps/{app_id}/events", json=body, headers={"Authorization": f"Bearer {token}"})
+
+    with freeze_time() as clock:
+        assert post(tenant.app_id, tenant.api_key, [item(i) for i in range(4)]).status_code == 202
+        clock.tick(timedelta(seconds=6))  # the next request counts the backlog again
+        refused = post(tenant.app_id, tenant.api_key, [item(9)])
+        assert refused.status_code == 429 and refused.json["error"] == "backlog_full"
+        assert refused.headers["Retry-After"] == "30" and refused.json["details"] == {"limit": 3}
+        assert "evt-9" not in stored_ids(runtime)
+        assert post(other.id, other_tokens.api_key, [item(20)]).status_code == 202
+
+
+@pytest.fixture
+def rq_runtime(database_url, redis_url):
+    rt = Runtime(Settings.from_env({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_LEVEL": "WARNING"}))
+    yield rt
+    rt.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_stream_of_commits_asks_redis_for_a_drain_a_few_times_not_once_per_request(rq_runtime, tenant):
+    redis = Redis.from_url(rq_runtime.settings.redis_url)
+    drains = DrainRequests(rq_runtime, interval=0.2)
+    before = redis.info("commandstats").get("cmdstat_set", {}).get("calls", 0)
+    for _ in range(500):
+        drains.ask([tenant.app_id])
+    wait_until(drains.idle)
+    sets = redis.info("commandstats").get("cmdstat_set", {}).get("calls", 0) - before
+    assert 1 <= sets <= 3 and redis.exists(f"bridge:once:{drain_key(tenant.app_id)}")
+    assert redis.llen(f"rq:queue:{rq_runtime.settings.queue_name}") == 1
