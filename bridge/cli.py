@@ -83,7 +83,8 @@ def worker(ctx: Context, burst: bool) -> None:
 
 @main.command()
 @click.option("--host", default="0.0.0.0", show_default=True)
-@click.option("--workers", default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")), show_default="WEB_CONCURRENCY or 2")
+@click.option("--workers", type=click.IntRange(1), default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")),
+              show_default="WEB_CONCURRENCY or 2")
 def web(host: str, workers: int) -> None:
     """Serve the HTTP API with gunicorn on $PORT."""
     settings = _settings()

@@ -70,10 +70,13 @@ def bridge_cli(env: dict[str, str], *args: str) -> dict:
     return json.loads(done.stdout)
 
 
+BRIDGE = str(Path(sys.executable).parent / "bridge")  # the console script, as the Procfile runs it
+
+
 def start_web(env: dict[str, str], log: Path) -> tuple[Process, str]:
+    """`bridge web`, as the Procfile's web process runs it (2 processes unless WEB_CONCURRENCY says)."""
     port = free_port()
-    web = Process([sys.executable, "-m", "gunicorn", "bridge.web:create_app()", "--bind", f"127.0.0.1:{port}",
-                   "--workers", "2", "--threads", "4"], env, log)
+    web = Process([BRIDGE, "web"], {"WEB_CONCURRENCY": "2", **env, "PORT": str(port)}, log)
     url = f"http://127.0.0.1:{port}"
 
     def healthy():

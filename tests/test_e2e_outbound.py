@@ -8,7 +8,9 @@ by insert_id, with the mapped name and properties, and everything else must be a
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 
 import httpx
 import psycopg
@@ -17,7 +19,7 @@ import pytest
 from bridge import mapping
 from bridge.amplitude.sink import AmplitudeSink
 from conftest import FIXTURES
-from processes import bridge_cli, start_web, start_worker, wait_until
+from processes import BRIDGE, bridge_cli, start_web, start_worker, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -112,3 +114,23 @@ def _resolvable(item: dict, fixture: list[dict]) -> bool:
     return bool(mapping.real_id(item["event"].get("external_id"))) or any(
         mapping.real_id(other["event"].get("external_id")) and other["event"]["subscription_id"] == sub
         for other in fixture)
+
+
+def test_embedded_mode_bridge_web_alone_delivers(tmp_path, sink):
+    """The laptop default: SQLite, no Redis, `bridge web` on its own (one process with the delivery thread)."""
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'bridge.db'}", "REDIS_URL": "", "AMPLITUDE_BASE_URL": sink.url,
+           "LOG_LEVEL": "INFO"}
+    upgraded = subprocess.run([BRIDGE, "db", "upgrade"], env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert upgraded.returncode == 0, upgraded.stderr
+    app = bridge_cli(env, "apps", "create", "--name", "Laptop", "--amplitude-api-key", "amp-e2e-key")
+    web, url = start_web(env, tmp_path / "web.log")
+    try:
+        items = generated(30)
+        answer = httpx.post(f"{url}/v1/apps/{app['app_id']}/events", json=items,
+                            headers={"Authorization": f"Bearer {app['api_key']}"}, timeout=10)
+        assert answer.status_code == 202 and answer.json()["accepted"] == 30
+        wait_until(lambda: len(sink.events()) == 30, 30, "the embedded delivery thread to send every event")
+        assert sorted(e["insert_id"] for e in sink.events()) == sorted(i["event"]["id"] for i in items)
+        assert "embedded mode: one web process" in web.output()
+    finally:
+        web.stop()

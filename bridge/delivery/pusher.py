@@ -195,7 +195,9 @@ class Pusher:
                 report.batches += 1
                 keep_going = self._deliver(session, app, batch, report)
                 session.commit()
-            if not keep_going:
+            if not keep_going or len(batch) < self.settings.batch_size:
+                # A partial batch took all that was due; what came in since asked for a drain of its
+                # own, which lingers for it instead of sending it in dribs now.
                 return report
             if self.clock() >= deadline:
                 schedule_drain(self.runtime, app_id)  # budget spent: continue in a fresh job
