@@ -1,7 +1,9 @@
 """Run the benchmarks and print one table (also written to bench/results/latest.md).
 
 Needs the local PostgreSQL and Redis (BRIDGE_BENCH_POSTGRES_URL / BRIDGE_BENCH_REDIS_URL to point
-elsewhere). Each figure is the median of --repeat runs; comparisons are ratios taken in the same run.
+elsewhere), and wrk for the stream scenarios (installed with apt-get if missing). Each figure is the
+median of --repeat runs; comparisons are ratios taken in the same run. BRIDGE_BENCH_SERVER_TREE=/path
+runs the stream scenarios' server from another checkout, to measure an older commit side by side.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
-SCENARIOS = ("intake", "delivery", "latency", "cohorts", "import")
+SCENARIOS = ("intake", "delivery", "latency", "stream", "cohorts", "import")
 TARGETS = {
     "intake, durable (events/s)": "≥ 10,000",
     "intake p50 / p99 per 100-event request (ms)": "p99 < 100",
@@ -21,6 +23,17 @@ TARGETS = {
     "bridge (best) / SDK defaults": "≥ 5x",
     "bridge (best) / SDK 2,000 batches": "≥ 5x",
     "end to end at 2,000 events/s: p50 / p99 from 202 to sink (ms)": "p99 < 2,000",
+    "single event, recurring subscriptions (requests/s)": "≥ 1,000 (the trickle's rate)",
+    "single event p50 / p90 / p99 (ms)": "p99 < 100",
+    "single event non-2xx answers": "0",
+    "embedded, single event p50 / p99 (ms)": "p99 < 100",
+    "embedded, single event non-2xx answers": "0",
+    "100 new subscriptions per request (events/s)": "≥ 10,000",
+    "100 new subscriptions p50 / p99 per request (ms)": "p99 < 100",
+    "100 new subscriptions non-2xx answers": "0",
+    "trickle: p50 / p99 from 202 to sink (ms)": "p99 < 2,000",
+    "trickle: achieved send rate (events/s)": "≥ 990 (1,000 scheduled)",
+    "trickle non-2xx answers": "0",
     "cohort webhook ack, 10,000-user batch: p50 / p99 (ms)": "p99 < 100",
     "report / aggregate": "≤ 2x",
     "CSV import (rows/s)": "≥ 50,000",
@@ -67,6 +80,10 @@ def main() -> None:
         from bench import latency
 
         rows += latency.run(seconds=2 if quick else 20, repeat=repeat)
+    if "stream" in chosen:
+        from bench import stream
+
+        rows += stream.run(seconds=2 if quick else 20, known=2000 if quick else 50_000, repeat=repeat)
     if "cohorts" in chosen:
         from bench import cohorts
 

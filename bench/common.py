@@ -1,16 +1,22 @@
-"""Shared benchmark plumbing: a scratch PostgreSQL database, subprocesses, and peak RSS."""
+"""Shared benchmark plumbing: a scratch PostgreSQL database, subprocesses, peak RSS and CPU time, and the
+server under test (this checkout, or the one BRIDGE_BENCH_SERVER_TREE names)."""
 from __future__ import annotations
 
+import math
 import os
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import orjson
 import psycopg
 
 from bridge.migrate import upgrade
@@ -19,18 +25,24 @@ from bridge.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("BRIDGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BRIDGE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+# The checkout whose `bridge` package the stream scenarios run as `bridge web` / `bridge worker`, with
+# PYTHONPATH and cwd set to it (an older commit, say, to compare side by side); the harness itself and
+# the sink always come from ROOT.
+SERVER_TREE = Path(os.environ.get("BRIDGE_BENCH_SERVER_TREE") or ROOT).resolve()
 
 
 @contextmanager
-def scratch_database(name: str = "bridge_bench", template: str | None = None):
+def scratch_database(name: str = "bridge_bench", template: str | None = None,
+                     migrate: Callable[[str], None] = upgrade):
     """A freshly migrated PostgreSQL database (SQLAlchemy URL), dropped afterwards; with `template`,
-    a copy of that database instead (how a filled outbox is reused across runs)."""
+    a copy of that database instead (how a filled outbox is reused across runs). `migrate` brings
+    the new database to the latest revision (default: this checkout's migrations, in process)."""
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     url = Settings.from_env({"DATABASE_URL": PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"}).database_url
     if not template:
-        upgrade(url)
+        migrate(url)
     try:
         yield url
     finally:
@@ -47,10 +59,11 @@ def flush_redis() -> None:
 class Proc:
     """A child process whose peak RSS can be read before it is stopped."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, *, read_stdout: bool = False):
-        """Start `args`. Its output is discarded unless `read_stdout` (then it must be read, or the
-        child blocks once the pipe is full)."""
-        self.popen = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})},
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, *, read_stdout: bool = False,
+                 cwd: Path = ROOT):
+        """Start `args` in `cwd`. Its output is discarded unless `read_stdout` (then it must be read, or
+        the child blocks once the pipe is full)."""
+        self.popen = subprocess.Popen(args, cwd=cwd, env={**os.environ, **(env or {})},
                                       stdout=subprocess.PIPE if read_stdout else subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, text=True)
 
@@ -72,12 +85,19 @@ class Proc:
 
     def tree_peak_rss_mb(self) -> float:
         """The largest peak RSS among this process and its children (gunicorn's workers)."""
+        return max(_peak_rss_mb(pid) for pid in self._tree())
+
+    def tree_cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by this process and its live children (gunicorn's workers)."""
+        return sum(_cpu_seconds(pid) for pid in self._tree())
+
+    def _tree(self) -> list[int]:
         pids = [self.popen.pid]
         try:
             pids += [int(p) for p in Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children").read_text().split()]
         except FileNotFoundError:
             pass
-        return max(_peak_rss_mb(pid) for pid in pids)
+        return pids
 
     def stop(self) -> float:
         """Stop (SIGTERM, then SIGKILL) and return the peak RSS in MB."""
@@ -106,23 +126,100 @@ def new_app(database_url: str):
 
 def start_web(env: dict[str, str]) -> tuple[Proc, str]:
     """gunicorn (2 processes x 4 threads) serving the bridge on a free port; returns it and its base URL."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     web = Proc([sys.executable, "-m", "gunicorn", "bridge.web:create_app()", "--bind", f"127.0.0.1:{port}",
                 "--workers", "2", "--threads", "4", "--log-level", "warning"], env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    return web, wait_until_up(f"http://127.0.0.1:{port}", web)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ExitedEarly(RuntimeError):
+    """A server process exited before it answered."""
+
+
+def wait_until_up(url: str, proc: Proc | None = None, timeout: float = 30) -> str:
+    """Wait until the bridge at `url` answers /healthz; returns `url`. ExitedEarly if `proc` exits first."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
             httpx.get(f"{url}/healthz", timeout=1)
-            return web, url
+            return url
         except httpx.HTTPError:
+            if proc is not None and proc.popen.poll() is not None:
+                raise ExitedEarly(f"`{' '.join(proc.popen.args[1:])}` exited with {proc.popen.returncode} "
+                                  "before answering") from None
             if time.monotonic() > deadline:
-                raise TimeoutError("gunicorn did not start") from None
+                raise TimeoutError(f"the bridge at {url} did not start") from None
             time.sleep(0.1)
+
+
+def start_server(args: list[str], env: dict[str, str]) -> Proc:
+    """`python <args>` from SERVER_TREE, importing its `bridge` package (the output discarded)."""
+    return Proc([sys.executable, *args], _server_env(env), cwd=SERVER_TREE)
+
+
+def start_bridge(args: list[str], env: dict[str, str]) -> Proc:
+    """`bridge <args>` from SERVER_TREE, as the Procfile runs it (the output discarded)."""
+    return start_server(["-m", "bridge", *args], env)
+
+
+def run_bridge(args: list[str], env: dict[str, str]) -> str:
+    """Run `bridge <args>` from SERVER_TREE to completion; returns its stdout."""
+    done = subprocess.run([sys.executable, "-m", "bridge", *args], cwd=SERVER_TREE, capture_output=True, text=True,
+                          env={**os.environ, **_server_env(env)})
+    if done.returncode != 0:
+        raise RuntimeError(f"bridge {' '.join(args)} exited with {done.returncode}: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def start_bridge_web(env: dict[str, str], gunicorn_workers: int | None = None) -> tuple[Proc, str]:
+    """`bridge web` from SERVER_TREE (gunicorn, WEB_CONCURRENCY processes x 8 threads, as the Procfile
+    runs it) on a free port; returns it and its base URL. With `gunicorn_workers`, the gunicorn command
+    `bridge web` runs instead, with that many processes."""
+    port = free_port()
+    if gunicorn_workers is None:
+        web = start_bridge(["web", "--host", "127.0.0.1"], {**env, "PORT": str(port)})
+    else:
+        web = start_server(["-m", "gunicorn", "bridge.web:create_app()", "--bind", f"127.0.0.1:{port}", "--workers",
+                            str(gunicorn_workers), "--threads", "8", "--access-logfile", "-", "--graceful-timeout", "25"], env)
+    try:
+        return web, wait_until_up(f"http://127.0.0.1:{port}", web)
+    except BaseException:
+        web.stop()
+        raise
+
+
+def server_upgrade(database_url: str) -> None:
+    """Migrate `database_url` with SERVER_TREE's migrations (`bridge db upgrade`, the release phase)."""
+    run_bridge(["db", "upgrade"], {"DATABASE_URL": database_url})
+
+
+def server_app(database_url: str) -> tuple[str, str]:
+    """Create an app with SERVER_TREE's `bridge apps create`; returns (app_id, api_key)."""
+    created = orjson.loads(run_bridge(["apps", "create", "--name", "bench", "--amplitude-api-key", "bench-key"],
+                                      {"DATABASE_URL": database_url, "JOB_RUNNER": "manual"}))
+    return created["app_id"], created["api_key"]
+
+
+def _server_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with SERVER_TREE alone on PYTHONPATH: its `bridge` wins over the one installed in the venv."""
+    return {**env, "PYTHONPATH": str(SERVER_TREE)}
+
+
+def ensure_wrk() -> str:
+    """The path of wrk (the HTTP load generator), installed with apt-get first if it is missing."""
+    if not shutil.which("wrk"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)  # if it fails, the install says why
+        done = subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], capture_output=True, text=True, env=env)
+        if done.returncode != 0 or not shutil.which("wrk"):
+            raise RuntimeError(f"wrk is missing and `apt-get install wrk` exited with {done.returncode}: {done.stderr[-2000:]}")
+    return shutil.which("wrk")
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -133,6 +230,16 @@ def _peak_rss_mb(pid: int) -> float:
     except FileNotFoundError:
         pass
     return float("nan")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` (0 once it is gone), from /proc/<pid>/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def analyze(database_url: str) -> None:
@@ -194,3 +301,8 @@ def wait_for_ingested(url: str, n: int, timeout: float = 600) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    """The `p`th percentile (0-100) of `ordered`, a sorted list (nearest rank)."""
+    return ordered[max(0, math.ceil(len(ordered) * p / 100) - 1)] if ordered else float("nan")
