@@ -61,10 +61,15 @@ def make_engine(url: str, *, null_pool: bool = False) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    # psycopg prepares a statement run 5 times; PostgreSQL may then plan it once for any parameters, and
+    # that generic plan of the registry's per-key probe scanned the whole table as it grew (seconds per
+    # intake group). Custom plans keep the prepared statements and plan for the values at hand.
+    connect_args = {"options": "-c plan_cache_mode=force_custom_plan"}
     if null_pool:
-        return create_engine(url, poolclass=NullPool)
+        return create_engine(url, poolclass=NullPool, connect_args=connect_args)
     # A request waits at most 5 s for a free connection, then gets a 503 with Retry-After (errors.py).
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800, pool_timeout=5)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800, pool_timeout=5,
+                         connect_args=connect_args)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -186,14 +186,15 @@ def _outbox_row(app_id: str, ev: PreparedEvent, known: dict[str, str | None], no
     return row
 
 
-# PostgreSQL: receipts and outbox rows in one statement (one round trip for a whole group of requests).
-# A row whose receipt already exists is dropped by the join, so it is never stored twice.
+# PostgreSQL: receipts and outbox rows in one statement (one round trip for a whole group of requests),
+# the rows travelling as one JSON parameter. A row whose receipt already exists is dropped by the join,
+# so it is never stored twice.
 _COLUMNS = ("app_id", "source_event_id", "kind", "state", "reason", "last_error", "insert_id", "user_id",
             "device_id", "subscription_device_type", "payload")
 _STORE_SQL = f"""
 WITH incoming AS (
-    SELECT * FROM unnest({", ".join(f"%({c})s::text[]" for c in _COLUMNS)}) WITH ORDINALITY
-        AS t({", ".join(_COLUMNS)}, position)
+    SELECT * FROM ROWS FROM (json_to_recordset(%(rows)s::json) AS ({", ".join(f"{c} text" for c in _COLUMNS)}))
+        WITH ORDINALITY AS t({", ".join(_COLUMNS)}, position)
 ), fresh AS (
     INSERT INTO event_receipts (app_id, source_event_id, created_at)
     SELECT app_id, source_event_id, %(now)s FROM incoming
@@ -215,9 +216,8 @@ def _insert_new(session: Session, rows: list[dict], now: datetime) -> dict[tuple
     if not rows:
         return {}
     if is_postgresql(session):
-        parameters: dict[str, object] = {c: [r[c] for r in rows] for c in _COLUMNS}
-        parameters["now"] = now
-        result = session.connection().exec_driver_sql(_STORE_SQL, parameters)
+        incoming = orjson.dumps([{c: r[c] for c in _COLUMNS} for r in rows]).decode()
+        result = session.connection().exec_driver_sql(_STORE_SQL, {"rows": incoming, "now": now})
         return {(app_id, event_id): state for app_id, event_id, state in result}
     receipts = EventReceipt.__table__
     stmt = (
