@@ -5,10 +5,10 @@ one fsync) per request would cap the intake far below that, so each web process 
 
 - a request validates its items on its own thread (`service.prepare`), then hands them to the process's
   `GroupCommit` and waits;
-- the first waiting request finding no writer at work becomes the writer: it takes what is queued (up to
+- a request arriving while no one writes becomes the writer: it takes what is queued (up to
   `MAX_GROUP_EVENTS` events, oldest first), stores it in one transaction (`service.store`), commits,
-  asks for the drains after the commit, hands every request its own result and steps down; a request
-  still queued then becomes the next writer.
+  asks for the drains after the commit, and wakes every request of the group with its own result;
+  the oldest request still queued is then woken to write the next group.
 
 Under a light load a group is one request and nothing waits; under a heavy one the groups grow and the
 commits per second stay few. Every request is answered after the commit that holds its events, so the
@@ -45,17 +45,21 @@ class Overloaded(Exception):
 
 
 class _Ticket:
-    __slots__ = ("prepared", "taken", "done", "error")
+    __slots__ = ("prepared", "taken", "lead", "done", "error", "wake")
 
     def __init__(self, prepared: Prepared):
         self.prepared = prepared
         self.taken = False  # a writer holds it: it will be answered, whatever the clock says
+        self.lead = False  # its request is to write the next group
         self.done = False
         self.error: BaseException | None = None
+        self.wake = threading.Event()  # set when `lead` or `done` becomes true
 
 
 class GroupCommit:
-    """One per web process. `submit` blocks until the request's events are committed (or refused)."""
+    """One per web process. `submit` blocks until the request's events are committed (or refused).
+
+    Only the requests concerned are woken: those of a finished group, and the next writer."""
 
     def __init__(self, sessions: sessionmaker[Session], *, max_queued_events: int, max_wait_seconds: float,
                  after_commit: Callable[[Sequence[Prepared]], None]):
@@ -63,10 +67,10 @@ class GroupCommit:
         self.max_queued_events = max_queued_events
         self.max_wait_seconds = max_wait_seconds
         self.after_commit = after_commit
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: deque[_Ticket] = deque()
         self._queued_events = 0
-        self._writing = False
+        self._writing = False  # a request is writing a group, or has been told to write the next one
 
     def submit(self, prepared: Prepared) -> IntakeResult:
         """Store `prepared` in a shared transaction; returns its completed result after the commit.
@@ -74,37 +78,46 @@ class GroupCommit:
         Raises `Overloaded` (nothing stored), or the database error that failed its transaction."""
         ticket = _Ticket(prepared)
         deadline = time.monotonic() + self.max_wait_seconds
-        with self._cond:
+        with self._lock:
             if self._queued_events and self._queued_events + prepared.size > self.max_queued_events:
                 raise Overloaded(f"{self._queued_events:,} events are already waiting to be stored in this process.")
             self._queue.append(ticket)
             self._queued_events += prepared.size
-        while True:
-            with self._cond:
-                # Wait while another request writes, or while a writer holds this request's events.
-                while not ticket.done and (self._writing or ticket.taken):
-                    if ticket.taken:
-                        self._cond.wait()
-                        continue
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        self._queue.remove(ticket)
-                        self._queued_events -= prepared.size
-                        raise Overloaded(f"the events waited {self.max_wait_seconds:g} s for the database without being stored.")
-                    self._cond.wait(remaining)
-                if ticket.done:
-                    break
-                self._writing = True  # no writer, and this request still queued: it writes the next group
-                group = self._take()
-            try:
-                self._write(group)
-            finally:
-                with self._cond:
-                    self._writing = False
-                    self._cond.notify_all()
+            if not self._writing:
+                self._writing = ticket.lead = True
+        while not ticket.done:
+            if ticket.lead:
+                ticket.lead = False
+                with self._lock:
+                    group = self._take()
+                try:
+                    self._write(group)
+                finally:
+                    self._hand_over()
+                continue
+            woken = ticket.wake.wait(None if ticket.taken else max(0.0, deadline - time.monotonic()))
+            ticket.wake.clear()
+            if woken or ticket.done or ticket.lead:
+                continue
+            with self._lock:
+                if ticket.taken or ticket.lead or ticket.done:
+                    continue
+                self._queue.remove(ticket)
+                self._queued_events -= prepared.size
+            raise Overloaded(f"the events waited {self.max_wait_seconds:g} s for the database without being stored.")
         if ticket.error is not None:
             raise ticket.error
         return prepared.result
+
+    def _hand_over(self) -> None:
+        """After a group: the oldest queued request writes the next one, or no one writes."""
+        with self._lock:
+            if self._queue:
+                head = self._queue[0]
+                head.lead = True
+                head.wake.set()
+            else:
+                self._writing = False
 
     def _take(self) -> list[_Ticket]:
         """The oldest queued tickets, up to MAX_GROUP_EVENTS events (always at least one). Holds the lock."""
@@ -140,6 +153,7 @@ class GroupCommit:
         finally:
             for ticket in group:  # whatever happened, no request waits for this group any longer
                 ticket.done = True
+                ticket.wake.set()
 
     def _commit(self, batch: list[Prepared]) -> BaseException | None:
         """Store and commit `batch`; the error that failed it, if any (never raises). On failure the
