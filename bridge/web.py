@@ -1,6 +1,7 @@
 """The Flask application factory: API, webhooks, health check and the OpenAPI document."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import uuid
@@ -81,4 +82,7 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
 
     if settings.job_runner == "thread":
         runtime.runner.start()  # type: ignore[attr-defined]
+    # What start-up made (routes, schemas, SQLAlchemy's metadata) lives as long as the process: moved out
+    # of the garbage collector's view, it no longer lengthens the full collections that pause every thread.
+    gc.freeze()
     return app
