@@ -37,6 +37,7 @@ WRK_SCRIPT = Path(__file__).with_name("wrk_events.lua")
 RECORDS_PER_REQUEST = 1000  # the registry API's limit
 TRICKLE_RATE = 1000  # single events per second
 TRICKLE_CONNECTIONS = 16
+PACED_REQUESTS = 100  # 100-event requests per second: 10,000 events/s
 
 
 @dataclass
@@ -124,22 +125,36 @@ def register(bridge: Bridge, known: int) -> None:
                 raise RuntimeError(f"the registry answered {response.status_code}: {response.text[:200]}")
 
 
+WARM_UP_SECONDS = 3  # the same load first, events distinct, figures not kept: a service runs warm
+
+
+def warm_up(seconds: int) -> int:
+    """Seconds of warm-up before a measured run of `seconds` (fresh database connections, prepared
+    statements and caches cost the first second of a cold start up to a few hundred ms per request)."""
+    return min(WARM_UP_SECONDS, seconds)
+
+
 def closed_loop(setup: Callable[[int], AbstractContextManager[Bridge]], known: int, per_request: int,
                 connections: int, seconds: int) -> dict[str, float]:
     """wrk's figures for `seconds` of `per_request`-event POSTs over `connections` (each sends its next
-    request when the last is answered), against a bridge from `setup`; `known` subscriptions are cycled
+    request when the last is answered), after `warm_up` seconds of the same load, against a bridge from `setup`; `known` subscriptions are cycled
     over (0: every event's subscription is new). Also the web tier's CPU time per answered request, and
     a check that the database holds exactly the events answered 2xx."""
     wrk = ensure_wrk()
     threads = min(2, connections)
-    with setup(known) as bridge:
-        stored = stored_events(bridge)
-        cpu = bridge.web.tree_cpu_seconds()
-        done = subprocess.run([wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
+
+    def load(duration: float, prefix: str) -> subprocess.CompletedProcess:
+        return subprocess.run([wrk, "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--timeout", "10s",
                                "-s", str(WRK_SCRIPT), *(arg for name, value in bridge.headers.items()
                                                         for arg in ("-H", f"{name}: {value}")),
-                               bridge.url("events"), "--", str(per_request), str(known), str(threads), ",".join(KINDS)],
-                              capture_output=True, text=True, timeout=seconds + 120)
+                               bridge.url("events"), "--", str(per_request), str(known), str(threads), ",".join(KINDS),
+                               prefix], capture_output=True, text=True, timeout=duration + 120)
+
+    with setup(known) as bridge:
+        load(warm_up(seconds), "warm")
+        stored = stored_events(bridge)
+        cpu = bridge.web.tree_cpu_seconds()
+        done = load(seconds, "wrk")
         cpu = bridge.web.tree_cpu_seconds() - cpu
         if done.returncode != 0:
             raise RuntimeError(f"wrk exited with {done.returncode}: {done.stderr[-2000:]}")
@@ -184,15 +199,8 @@ def trickle(known: int, seconds: int) -> dict[str, float]:
     they took and the time from each 202 to the event's arrival at the sink. A bridge slower than the
     schedule shows as a send rate below TRICKLE_RATE and a long wait from due time to answer."""
     items = source_events(TRICKLE_RATE * seconds)
-    with production(known) as bridge, tempfile.NamedTemporaryFile("wb", suffix=".jsonl") as bodies:
-        bodies.write(b"\n".join(orjson.dumps(item) for item in items))
-        bodies.flush()
-        done = subprocess.run([sys.executable, "-m", "bench.trickle_client", bridge.url("events"), bridge.api_key,
-                               str(TRICKLE_RATE), str(TRICKLE_CONNECTIONS), bodies.name],
-                              cwd=ROOT, capture_output=True, text=True, timeout=seconds + 300)
-        if done.returncode != 0:
-            raise RuntimeError(f"the trickle client exited with {done.returncode}: {done.stderr[-2000:]}")
-        client = orjson.loads(done.stdout)
+    with production(known) as bridge:
+        client = open_loop(bridge, [orjson.dumps(item) for item in items], TRICKLE_RATE, seconds)
         acked = {item["event"]["id"]: at for item, at in zip(items, client["acked"]) if at is not None}
         arrivals = wait_for_arrivals(bridge.sink_url, acked)
         stats = sink_stats(bridge.sink_url)
@@ -200,7 +208,45 @@ def trickle(known: int, seconds: int) -> dict[str, float]:
     latencies = sorted(arrivals[event_id] - at for event_id, at in acked.items() if event_id in arrivals)
     return {"amplitude_requests": requests, "per_request": stats["events_received"] / max(requests, 1),
             "p50": percentile(latencies, 50) * 1000, "p99": percentile(latencies, 99) * 1000,
-            "send_rate": (client["sent"] - 1) / (client["last_sent"] - client["first_sent"]),
+            **_answers(client)}
+
+
+def paced_arrays(seconds: int) -> dict[str, float]:
+    """PACED_REQUESTS 100-event requests/s (10,000 events/s) for `seconds`, every subscription new to
+    the registry, from bench.trickle_client, after `warm_up` seconds of the same: the answers' latency
+    from each request's due time, at the target rate rather than at saturation (the closed loop's)."""
+    warm = PACED_REQUESTS * 100 * warm_up(seconds)
+    items = new_subscription_events(warm + PACED_REQUESTS * 100 * seconds)
+    bodies = [orjson.dumps(items[start:start + 100]) for start in range(0, len(items), 100)]
+    with production(0) as bridge:
+        open_loop(bridge, bodies[:warm // 100], PACED_REQUESTS, warm_up(seconds))
+        return _answers(open_loop(bridge, bodies[warm // 100:], PACED_REQUESTS, seconds))
+
+
+def new_subscription_events(n: int) -> list[dict]:
+    """source_events' items, each with a subscription and an External User ID the registry never saw."""
+    items = source_events(n)
+    for i, item in enumerate(items):
+        item["event"].update(subscription_id=f"0b7c{i:08d}-0e3d-4a1b-9c2f-{i:012d}", external_id=f"new-user-{i:010d}")
+    return items
+
+
+def open_loop(bridge: Bridge, bodies: list[bytes], rate: int, seconds: int) -> dict:
+    """bench.trickle_client's record of posting `bodies` at `rate` per second over TRICKLE_CONNECTIONS."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".jsonl") as file:
+        file.write(b"\n".join(bodies))
+        file.flush()
+        done = subprocess.run([sys.executable, "-m", "bench.trickle_client", bridge.url("events"), bridge.api_key,
+                               str(rate), str(TRICKLE_CONNECTIONS), file.name],
+                              cwd=ROOT, capture_output=True, text=True, timeout=seconds + 300)
+    if done.returncode != 0:
+        raise RuntimeError(f"the trickle client exited with {done.returncode}: {done.stderr[-2000:]}")
+    return orjson.loads(done.stdout)
+
+
+def _answers(client: dict) -> dict[str, float]:
+    """The rate the client kept, its answers' latency from due time (ms), and the non-2xx answers."""
+    return {"send_rate": (client["sent"] - 1) / (client["last_sent"] - client["first_sent"]),
             "answer_p50": percentile(client["latencies"], 50) * 1000, "answer_p99": percentile(client["latencies"], 99) * 1000,
             "non2xx": sum(n for status, n in client["statuses"].items() if not status.startswith("2"))}
 
@@ -224,6 +270,7 @@ def run(seconds: int, known: int, repeat: int) -> list[tuple[str, str, str]]:
     single = [closed_loop(production, known, 1, 16, seconds) for _ in range(repeat)]
     local = [closed_loop(embedded, known, 1, 16, seconds) for _ in range(repeat)]
     new = [closed_loop(production, 0, 100, 4, seconds) for _ in range(repeat)]
+    paced = [paced_arrays(seconds) for _ in range(repeat)]
     steady = [trickle(known, seconds) for _ in range(repeat)]
     return [
         ("single event, recurring subscriptions (requests/s)", f"{_median(single, 'rate'):,.0f}",
@@ -240,6 +287,9 @@ def run(seconds: int, known: int, repeat: int) -> list[tuple[str, str, str]]:
          f"wrk, 4 connections, {seconds} s; 100-event arrays, every subscription new to the registry"),
         ("100 new subscriptions p50 / p99 per request (ms)", _medians(new, "p50", "p99"), ""),
         ("100 new subscriptions non-2xx answers", f"{sum(r['non2xx'] for r in new):,}", _checked(new)),
+        ("100 new subscriptions at 10,000 events/s: p50 / p99 per request (ms)", _medians(paced, "answer_p50", "answer_p99"),
+         f"open loop, {PACED_REQUESTS} requests/s over {TRICKLE_CONNECTIONS} connections, {seconds} s; "
+         f"kept {_median(paced, 'send_rate') * 100:,.0f} events/s; {sum(r['non2xx'] for r in paced):,} non-2xx"),
         ("trickle at 1,000 events/s: Amplitude requests / events per request",
          f"{_median(steady, 'amplitude_requests'):,.0f} / {_median(steady, 'per_request'):,.1f}",
          f"{seconds} s of single events, open loop over {TRICKLE_CONNECTIONS} connections, 1 worker"),

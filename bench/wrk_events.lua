@@ -7,6 +7,7 @@
 --      External User IDs; 0: every event has a subscription (and user) the registry has never seen
 --   3. wrk's thread count (-t)
 --   4. the event kinds, comma-separated (cycled over)
+--   5. (optional) the event ids' prefix, "wrk" by default: a warm-up run takes another one
 -- Headers (Authorization, Content-Type) come from wrk's -H options.
 -- done() prints one JSON line: requests answered and sent, duration, latency percentiles, errors.
 
@@ -25,11 +26,12 @@ function init(args)
   for kind in string.gmatch(args[4], "[^,]+") do
     table.insert(kinds, kind)
   end
+  prefix = args[5] or "wrk"
   sent = 0  -- requests written; done() reads it with thread:get
   events = 0
 end
 
-local ITEM = '{"event":{"id":"wrk-%010d","kind":"%s","timestamp":%d,"subscription_id":"%s",'
+local ITEM = '{"event":{"id":"%s-%010d","kind":"%s","timestamp":%d,"subscription_id":"%s",'
   .. '"subscription_device_type":"%s","external_id":"%s"},'
   .. '"message":{"id":"3f1c2b9e-8d7a-4b6c-9e5f-%012d","name":"Spring sale reminder",'
   .. '"title":{"en":"50%% off today","de":"Heute 50%% Rabatt"},'
@@ -50,7 +52,7 @@ local function item()
     external = string.format("new-user-%010d", n)
   end
   local device = user % 2 == 1 and "AndroidPush" or "iOS"
-  return string.format(ITEM, n, kinds[n % #kinds + 1], 1763856000 + math.floor(n / 100), subscription, device,
+  return string.format(ITEM, prefix, n, kinds[n % #kinds + 1], 1763856000 + math.floor(n / 100), subscription, device,
                        external, n % 20)
 end
 
