@@ -76,9 +76,8 @@ def require_token(kind: str) -> Callable:
         @wraps(view)
         def wrapped(app_id: str, **kwargs):
             presented = _bearer()
-            runtime = current_app.extensions["bridge"]
-            g.db = runtime.sessions()
-            g.app = _authenticate(runtime.token_cache, g.db, app_id, kind, presented)
+            g.db = current_app.extensions["bridge"].sessions()
+            g.app = _authenticate(current_app.extensions["bridge.tokens"], g.db, app_id, kind, presented)
             return view(app_id, **kwargs)
 
         return wrapped

@@ -19,7 +19,6 @@ _current: Runtime | None = None
 class Runtime:
     def __init__(self, settings: Settings):
         from bridge.amplitude.client import AmplitudeClient
-        from bridge.auth import TokenCache
         from bridge.jobs import make_runner
 
         self.settings = settings
@@ -31,7 +30,6 @@ class Runtime:
             gzip_requests=settings.gzip_requests,
         )
         self.runner = make_runner(self)
-        self.token_cache = TokenCache(settings.auth_cache_seconds)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

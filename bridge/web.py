@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.routing import BaseConverter
 
 from bridge import logs
+from bridge.auth import TokenCache
 from bridge.errors import register_error_handlers
 from bridge.runtime import Runtime, install
 from bridge.settings import Settings
@@ -39,6 +40,7 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
     app.url_map.converters["default"] = PathSegment
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.extensions["bridge"] = runtime
+    app.extensions["bridge.tokens"] = TokenCache(settings.auth_cache_seconds)  # see auth.py
     register_error_handlers(app)
 
     @app.before_request
