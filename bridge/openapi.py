@@ -69,7 +69,10 @@ _ERRORS = {
     404: "No such app (`app_not_found`), or no such resource in it.",
     413: "The body is over its byte limit (`payload_too_large`) or holds too many items (`too_many_items`).",
     415: "The body is not sent as JSON (`unsupported_media_type`).",
-    503: "The database is unreachable (`database_unavailable`); retry after `Retry-After` seconds.",
+    429: "The app has more events waiting for Amplitude than INTAKE_MAX_BACKLOG (`backlog_full`); nothing was "
+         "stored; retry after `Retry-After` seconds.",
+    503: "The database is unreachable (`database_unavailable`) or has no free connection (`database_busy`), or the "
+         "web process cannot store events this fast (`overloaded`, nothing stored); retry after `Retry-After` seconds.",
 }
 _AUTHENTICATED = (401, 404, 503)
 _WITH_BODY = (400, 413, 415)
@@ -118,7 +121,7 @@ def _paths(settings: Settings) -> dict[str, tuple[list[dict], dict]]:
         "/healthz": ([], {"get": _operation("Health check", PUBLIC, 200, HealthSchema, (503,))}),
         "/openapi.json": ([], {"get": _operation("This document", PUBLIC, 200, {"type": "object"}, ())}),
         "/v1/apps/{app_id}/events": ([app], {"post": _operation(
-            "Post event-stream items", API_KEY, 202, intake.IntakeResultSchema, _AUTHENTICATED + _WITH_BODY,
+            "Post event-stream items", API_KEY, 202, intake.IntakeResultSchema, _AUTHENTICATED + _WITH_BODY + (429,),
             body=_one_or_many(intake.ItemSchema, settings.max_items_per_request, settings.max_body_bytes))}),
         "/v1/apps/{app_id}/deliveries/stats": ([app], {"get": _operation(
             "Delivery stats", API_KEY, 200, DeliveryStatsSchema, _AUTHENTICATED)}),
