@@ -92,4 +92,5 @@ def start_web(env: dict[str, str], log: Path) -> tuple[Process, str]:
 
 
 def start_worker(env: dict[str, str], log: Path) -> Process:
-    return Process([sys.executable, "-m", "bridge", "worker"], env, log)
+    """`bridge worker`, as the Procfile's worker process runs it."""
+    return Process([BRIDGE, "worker"], env, log)
