@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify, request
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -56,7 +56,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(DBAPIError)
     def _database_unavailable(exc: DBAPIError):
-        if not exc.connection_invalidated and not _is_connection_error(exc):
+        if not database_unreachable(exc):
             return _unexpected(exc)
         log.warning("database unavailable: %s", exc.orig)
         return error_response(503, "database_unavailable", "The database is unreachable; retry shortly.", retry_after=5)
@@ -67,8 +67,6 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(500, "internal_error", "The server hit an unexpected error; it has been logged.")
 
 
-def _is_connection_error(exc: DBAPIError) -> bool:
-    """True for errors that mean the database cannot be reached, rather than a bad statement."""
-    from sqlalchemy.exc import OperationalError
-
-    return isinstance(exc, OperationalError)
+def database_unreachable(exc: BaseException) -> bool:
+    """True for errors that mean the database cannot be reached, rather than a bad statement or bad data."""
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)

@@ -26,9 +26,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from bridge.errors import database_unreachable
 from bridge.intake.service import IntakeResult, Prepared, store
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class GroupCommit:
         problem fails that request only."""
         try:
             error = self._commit([t.prepared for t in group])
-            if error is not None and len(group) > 1 and not _unreachable(error):
+            if error is not None and len(group) > 1 and not database_unreachable(error):
                 log.warning("a group of %d requests failed (%s); storing them one by one", len(group), error)
                 for ticket in group:
                     ticket.error = self._commit([ticket.prepared])
@@ -173,9 +174,3 @@ class GroupCommit:
                 session.close()  # rolls back what was not committed
             except DBAPIError as exc:  # the connection died: the pool discards it
                 log.warning("closing a group's session failed: %s", exc.orig)
-
-
-def _unreachable(exc: BaseException) -> bool:
-    """Errors of the database's reachability rather than of the group's data: trying each request
-    alone would only fail again."""
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
