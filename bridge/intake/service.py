@@ -22,7 +22,7 @@ from bridge import mapping
 from bridge.db import dialect_insert, is_postgresql, utcnow
 from bridge.delivery.models import PENDING, SKIPPED, UNRESOLVED_USER, EventReceipt, OutboxEvent
 from bridge.intake.schemas import flatten_errors, load_item
-from bridge.registry.service import Observation, observe_events, recorded
+from bridge.registry.service import Observation, observe_events, recorded, users_by_time
 
 
 @dataclass
@@ -61,7 +61,8 @@ class Prepared:
 @dataclass(slots=True)
 class PreparedEvent:
     item: dict  # the validated item (intake.schemas.ItemSchema)
-    user_id: str | None  # from the event, or another event of its subscription in the same request
+    observation: Observation  # what it tells the registry
+    user_id: str | None  # from the event, or the newest earlier event of its subscription in the request
     payload: str | None  # the Amplitude event as JSON, once user_id is known
 
 
@@ -87,16 +88,12 @@ def prepare(app_id: str, enabled_kinds: Iterable[str] | None, items: Sequence[ob
             continue
         valid[item["event"]["id"]] = item
 
-    named: dict[str, str] = {}  # subscription → External User ID, from this request's own events
-    for item in valid.values():
-        ext = mapping.real_id(item["event"].get("external_id"))
-        if ext:
-            named[item["event"]["subscription_id"]] = ext
-    events = []
-    for item in valid.values():
-        event = item["event"]
-        user_id = mapping.real_id(event.get("external_id")) or named.get(event["subscription_id"])
-        events.append(PreparedEvent(item, user_id, _amplitude_json(item, user_id) if user_id else None))
+    # An event without an External User ID takes the one of the newest earlier event of its subscription
+    # in this request, by time (registry.users_by_time); with none, `store` asks the registry.
+    items = list(valid.values())
+    observations = [_observation(item["event"]) for item in items]
+    events = [PreparedEvent(item, seen, user_id, _amplitude_json(item, user_id) if user_id else None)
+              for item, seen, user_id in zip(items, observations, users_by_time(observations), strict=True)]
     return Prepared(app_id, events, result)
 
 
@@ -122,7 +119,7 @@ def store(session: Session, batch: Sequence[Prepared]) -> None:
     for app_id, events in by_app.items():
         subscriptions = {ev.item["event"]["subscription_id"] for ev in events}
         known = recorded(session, app_id, subscriptions)
-        observe_events(session, app_id, [_observation(ev.item["event"]) for ev in events], known=known)
+        observe_events(session, app_id, [ev.observation for ev in events], known=known)
         rows += [_outbox_row(app_id, ev, known, now) for ev in events]
     stored = _insert_new(session, rows, now)
     for prepared in repeated:

@@ -6,7 +6,7 @@ the registry current from the event stream. Neither commits; the caller owns the
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import NamedTuple
@@ -59,6 +59,24 @@ class Observation(NamedTuple):
     external_id: str | None  # already cleaned of placeholders (mapping.real_id)
     kind: str  # e.g. message.push.received
     at: float  # event time (any consistent unit): orders a request's events
+
+
+def users_by_time(observations: Sequence[Observation]) -> list[str | None]:
+    """The user each event is attributed to, in the order given: its own External User ID, else that of
+    the newest event of the same subscription at or before its time (by event time, not array order;
+    at equal times the one sent first counts as earlier), else None (the caller then asks the registry).
+
+    The one rule for a shared device: the intake attributes events by it, `observe_events` records the
+    newest user by it, and a replay resolves skipped events through what it recorded.
+    """
+    users: list[str | None] = [None] * len(observations)
+    current: dict[str, str] = {}
+    for position in sorted(range(len(observations)), key=lambda i: observations[i].at):
+        seen = observations[position]
+        if seen.external_id:
+            current[seen.subscription_id] = seen.external_id
+        users[position] = current.get(seen.subscription_id)
+    return users
 
 
 def is_subscribed(notification_types: int | None, invalid_identifier: bool) -> bool:
@@ -116,8 +134,9 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
                    known: dict[str, str | None] | None = None) -> None:
     """Keep the registry current from a request's events, in at most two statements.
 
-    Per subscription the newest event decides, and its External User ID (or, if it has none, the
-    newest one among the request's events) replaces the recorded one; an event never blanks it.
+    Per subscription the newest event decides, and the user it is attributed to (`users_by_time`: its
+    own External User ID, else the newest earlier one by time) replaces the recorded one; an event
+    never blanks it.
     A subscription the registry lacks is recorded when its device type is known, with
     `subscribed` true only if an event proves delivery to it (a push received or clicked, an e-mail
     opened or clicked, ...: see `proves_delivery`); an in-app message proves the app is used, not that
