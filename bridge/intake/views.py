@@ -1,6 +1,9 @@
 """POST /v1/apps/<app_id>/events — the messaging platform's event stream."""
 from __future__ import annotations
 
+import json
+import re
+
 import orjson
 from flask import Blueprint, current_app, g, request
 
@@ -44,11 +47,47 @@ def read_json_body() -> object:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}.") from None
+        body = _repaired(raw, exc)
     if _nested_deeper_than(body, MAX_JSON_DEPTH):
         raise ApiError(400, "too_deeply_nested",
                        f"The body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep.", {"limit": MAX_JSON_DEPTH})
     return body
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _repaired(raw: bytes, error: orjson.JSONDecodeError) -> object:
+    """The body parsed despite broken text, or 400 invalid_json if it is not JSON at all.
+
+    orjson refuses a whole body for one string holding a lone UTF-16 surrogate escape (`"\\ud83c"`, a
+    half emoji cut by a client) or a byte that is not UTF-8. Such text is repaired instead: each broken
+    character becomes U+FFFD, so one broken title does not refuse the other items of the request,
+    nor make the platform resend it forever. Only bodies orjson refuses take this slower path.
+    """
+    try:
+        body = json.loads(raw.decode("utf-8", errors="replace"), parse_constant=_not_json)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {error}.") from None
+    if _nested_deeper_than(body, MAX_JSON_DEPTH):
+        return body  # refused by the caller as too deeply nested; not walked here
+    return _without_lone_surrogates(body)
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _without_lone_surrogates(value: object) -> object:
+    """`value` with every lone surrogate in its strings (keys too) replaced by U+FFFD. json pairs the
+    valid surrogate escapes into one character, so any surrogate left is a lone one."""
+    if type(value) is str:
+        return _SURROGATE.sub("\ufffd", value)
+    if type(value) is list:
+        return [_without_lone_surrogates(item) for item in value]
+    if type(value) is dict:
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _nested_deeper_than(value: object, limit: int) -> bool:
