@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from bridge import times
+
 AMPLITUDE_STRING_LIMIT = 1024  # Amplitude cuts longer strings; cutting here keeps batches small.
 
 # Ids Amplitude rejects as placeholders: such an External User ID is treated as absent.
@@ -81,9 +83,10 @@ def platform_for(device_type: str | None) -> str | None:
 
 
 def epoch_millis(timestamp: float | None, iso: datetime | None) -> int:
-    """Event time in epoch milliseconds from `timestamp` (seconds; milliseconds if that large) or `iso`."""
+    """Event time in epoch milliseconds. `timestamp` (seconds, or milliseconds: `bridge.times`) wins
+    when both are given: it is the platform's own number; `iso` (event.datetime) is used without it."""
     if timestamp is not None:
-        return int(timestamp if timestamp > 1e11 else timestamp * 1000)
+        return times.epoch_millis(timestamp)
     assert iso is not None
     return int(iso.timestamp() * 1000)
 
@@ -127,7 +130,8 @@ def insert_id_for(source_event_id: str) -> str:
 
 
 def _put(props: dict[str, object], key: str, value: object) -> None:
-    if value is None:
+    """Set a property, cut to Amplitude's limit; a missing or blank value is left out, never sent empty."""
+    if value is None or (isinstance(value, str) and (not value or value.isspace())):
         return
     if isinstance(value, str) and len(value) > AMPLITUDE_STRING_LIMIT:
         value = value[:AMPLITUDE_STRING_LIMIT]

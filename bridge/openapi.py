@@ -14,6 +14,8 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
+from bridge import fields as shared
+from bridge import times
 from bridge.cohorts import schemas as cohorts
 from bridge.cohorts.views import MAX_LIMIT
 from bridge.delivery.schemas import DeliveryStatsSchema
@@ -46,13 +48,21 @@ class HealthSchema(Schema):
     jobs = fields.String(required=True)
 
 
+_TIME_RULE = ("Epoch seconds (milliseconds when at least 10^11) or ISO 8601 (no zone means UTC), between "
+              f"{times.EARLIEST:%Y-%m-%d} and one day after the bridge's clock (bridge.times).")
 # JSON Schema of the custom marshmallow fields, which apispec cannot infer.
 _CUSTOM_FIELDS: dict[type, dict] = {
     intake.LocalizedText: {"oneOf": [{"type": "string"},
                                      {"type": "object", "additionalProperties": {"type": "string"}}]},
     registry.RecordType: {"type": "string", "enum": list(registry.CHANNEL_OF_TYPE),
                           "description": "Also accepted in the event stream's spellings (iOS, Android, Email, ...)."},
-    registry.Timestamp: {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]},
+    shared.Timestamp: {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
+                       "description": _TIME_RULE},
+    shared.EpochTime: {"oneOf": [{"type": "number"}, {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}],
+                       "description": _TIME_RULE},
+    shared.DateTimeText: {"type": "string", "format": "date-time", "description": _TIME_RULE},
+    shared.Identifier: {"oneOf": [{"type": "string"}, {"type": "integer"}],
+                        "description": "A whole number is taken as its decimal string."},
     cohorts.EpochSeconds: {"oneOf": [{"type": "integer", "minimum": 0, "maximum": cohorts.MAX_EPOCH_SECONDS},
                                      {"type": "string", "pattern": "^[0-9]+$"}]},
     cohorts.CohortUsers: {"type": "array", "items": {
@@ -105,7 +115,10 @@ def _custom_field(self, field: fields.Field, **kwargs) -> dict:
     """apispec attribute function: the JSON Schema of the field classes apispec has no mapping for."""
     for cls in type(field).__mro__:
         if cls in _CUSTOM_FIELDS:
-            return _CUSTOM_FIELDS[cls]
+            schema = _CUSTOM_FIELDS[cls]
+            if "description" in schema and "description" in field.metadata:
+                return {**schema, "description": f"{field.metadata['description']} {schema['description']}"}
+            return schema
     if isinstance(field, registry.Text):
         return {"type": "string", "maxLength": field.limit}
     return {}

@@ -59,7 +59,7 @@ def test_mapping_row(kind, event_type, message_type, props):
 
 
 def test_in_app_events_without_a_message_id_carry_no_delivery_id():
-    raw = {"event": {"id": "e1", "kind": "message.iam.displayed", "timestamp": 1, "subscription_id": SUB},
+    raw = {"event": {"id": "e1", "kind": "message.iam.displayed", "timestamp": 1763856000, "subscription_id": SUB},
            "message": {"name": "Welcome"}}
     out = mapping.to_amplitude(ITEM_SCHEMA.load(raw), "u1")
     assert out["event_properties"] == {"message_name": "Welcome", "message_type": "in-app"}

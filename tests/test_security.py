@@ -319,7 +319,6 @@ LONG = [
     ("events", lambda b: b["event"].update(id="e" * 129), "event.id"),
     ("events", lambda b: b["event"].update(external_id="u" * 257), "event.external_id"),
     ("events", lambda b: b["event"].update(subscription_device_type="d" * 65), "event.subscription_device_type"),
-    ("events", lambda b: b["message"].update(name="n" * 2049), "message.name"),
     ("subscriptions", lambda b: b.update(subscription_id="s" * 129), "subscription_id"),
     ("subscriptions", lambda b: b.update(device_model="m" * 129), "device_model"),
     ("subscriptions", lambda b: b.update(type="Email", identifier=f"{'a' * 510}@x.io"), "identifier"),

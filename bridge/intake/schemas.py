@@ -2,21 +2,14 @@
 from __future__ import annotations
 
 import orjson
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
+from bridge import times
+from bridge.fields import DateTimeText, EpochTime, Identifier, OptionalText, as_identifier, without_nul
 from bridge.mapping import KINDS_REQUIRING_MESSAGE_ID, MAPPED_KINDS, localized
 
 _ID = validate.Length(min=1, max=128)
-# event.timestamp is epoch seconds, or milliseconds when that large (mapping.epoch_millis); in either
-# unit it must fall before the year 10000, like event.datetime.
-MAX_EPOCH_MILLIS = 253_402_300_799_999
 MAX_FREE_FORM_BYTES = 16 * 1024  # `data` and `user`: kept as sent, so bounded as a whole
-
-
-def without_nul(value: str) -> None:
-    """Refuse a string holding a NUL character: PostgreSQL cannot store one in a text column."""
-    if "\x00" in value:
-        raise ValidationError("Must not contain NUL characters.")
 
 
 class FreeFormObject(fields.Dict):
@@ -32,7 +25,8 @@ class FreeFormObject(fields.Dict):
 
 class LocalizedText(fields.Field):
     """A string, or an object of language code → string (the `en` text is taken, else the first).
-    Its length is not limited here: the mapping cuts it to Amplitude's 1,024 characters."""
+    Blank text (empty or whitespace only) is absent (None). Its length is not limited here: the
+    mapping cuts it to Amplitude's 1,024 characters."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, dict):
@@ -40,30 +34,36 @@ class LocalizedText(fields.Field):
                 return None
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
                 raise ValidationError("Must be a string or an object of language code to string.")
-            return localized(value)
+            return _unless_blank(localized(value))
         if isinstance(value, str):
-            return value
+            return _unless_blank(value)
         raise ValidationError("Must be a string or an object of language code to string.")
+
+
+def _unless_blank(text: str | None) -> str | None:
+    return text if text and not text.isspace() else None
 
 
 class EventSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    id = fields.String(required=True, validate=[_ID, without_nul])
+    id = Identifier(required=True, validate=[_ID, without_nul])
     kind = fields.String(required=True, validate=[validate.Length(min=1, max=64), without_nul], metadata={
         "description": "One of the mapped kinds listed; any other kind is counted as ignored.",
         "anyOf": [{"enum": sorted(MAPPED_KINDS)}, {"not": {"enum": sorted(MAPPED_KINDS)}}]})
-    timestamp = fields.Float(load_default=None, allow_nan=False, validate=validate.Range(min=0, max=MAX_EPOCH_MILLIS))
-    datetime = fields.AwareDateTime(load_default=None, format="iso", default_timezone=None)
-    subscription_id = fields.String(required=True, validate=[_ID, without_nul])
+    timestamp = EpochTime(load_default=None, allow_none=True, metadata={
+        "description": "Epoch seconds (or milliseconds); wins over `datetime` when both are given."})
+    datetime = DateTimeText(load_default=None, allow_none=True, metadata={
+        "description": "ISO 8601; no zone means UTC. Used when `timestamp` is absent."})
+    subscription_id = Identifier(required=True, validate=[_ID, without_nul])
     subscription_device_type = fields.String(load_default=None, allow_none=True,
                                              validate=[validate.Length(max=64), without_nul])
-    external_id = fields.String(load_default=None, allow_none=True, validate=[validate.Length(max=256), without_nul])
+    external_id = Identifier(load_default=None, allow_none=True, validate=[validate.Length(max=256), without_nul])
 
-    @validates_schema(skip_on_field_errors=False)
-    def _has_time(self, data, **kwargs):
-        if data.get("timestamp") is None and data.get("datetime") is None:
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def _has_time(self, data, original, **kwargs):
+        if original.get("timestamp") is None and original.get("datetime") is None:
             raise ValidationError("One of event.timestamp (epoch seconds) or event.datetime (ISO 8601) is required.", "timestamp")
 
 
@@ -71,11 +71,18 @@ class MessageSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    id = fields.String(load_default=None, allow_none=True, validate=_ID)
-    name = fields.String(required=True, validate=validate.Length(min=1, max=2048))
+    id = Identifier(load_default=None, allow_none=True, validate=validate.Length(max=128))
+    name = OptionalText(metadata={"description": "Blank or absent once OneSignal no longer keeps the message "
+                                                 "(30 days); longer than 1,024 characters is cut."})
     title = LocalizedText(load_default=None, allow_none=True)
     contents = LocalizedText(load_default=None, allow_none=True)
-    template_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=128))
+    template_id = Identifier(load_default=None, allow_none=True, validate=validate.Length(max=128))
+
+    @pre_load
+    def _blank_id_is_absent(self, data, **kwargs):
+        if isinstance(data, dict) and data.get("id") == "":
+            return {**data, "id": None}
+        return data
 
 
 class ItemSchema(Schema):
@@ -85,9 +92,16 @@ class ItemSchema(Schema):
         unknown = EXCLUDE
 
     event = fields.Nested(EventSchema, required=True)
-    message = fields.Nested(MessageSchema, required=True)
+    message = fields.Nested(MessageSchema, required=True, metadata={
+        "description": "May be absent, or hold only `id`, for events of messages OneSignal no longer keeps."})
     data = FreeFormObject(load_default=None, allow_none=True)
     user = FreeFormObject(load_default=None, allow_none=True)
+
+    @pre_load
+    def _message_may_be_absent(self, data, **kwargs):
+        if isinstance(data, dict) and data.get("message") is None:
+            return {**data, "message": {}}
+        return data
 
     @validates_schema
     def _message_id_when_needed(self, data, **kwargs):
@@ -97,7 +111,6 @@ class ItemSchema(Schema):
 
 
 ITEM_SCHEMA = ItemSchema()
-_DATETIME = EventSchema._declared_fields["datetime"]
 _LOCALIZED = MessageSchema._declared_fields["title"]
 
 
@@ -123,23 +136,25 @@ def fast_load(raw: object) -> dict | None:
         return None
     timestamp = event.get("timestamp")
     if timestamp is not None:
-        if type(timestamp) not in (int, float) or not 0 <= timestamp <= MAX_EPOCH_MILLIS:
+        if type(timestamp) not in (int, float) or not times.plausible_epoch(timestamp):
             return None
         timestamp = float(timestamp)
     moment = event.get("datetime")
     if moment is not None:
+        if type(moment) is not str:
+            return None
         try:
-            moment = _DATETIME.deserialize(moment)
-        except ValidationError:
+            moment = times.check_moment(times.parse_datetime(moment))
+        except ValueError:
             return None
     elif timestamp is None:
         return None
-    message_id = message.get("id")
-    if not (_optional_text(message_id, 128) and _text(message.get("name"), 1, 2048)
+    message_id, name = message.get("id"), message.get("name")
+    if not (_optional_text(message_id, 128) and (name is None or type(name) is str)
             and _optional_text(message.get("template_id"), 128)):
         return None
-    if message_id is None or message_id == "":
-        if message_id == "" or kind in KINDS_REQUIRING_MESSAGE_ID:
+    if not message_id:
+        if message_id is not None or kind in KINDS_REQUIRING_MESSAGE_ID:
             return None
     title, contents = _localized(message.get("title")), _localized(message.get("contents"))
     data, user = _free_form(raw.get("data")), _free_form(raw.get("user"))
@@ -149,7 +164,7 @@ def fast_load(raw: object) -> dict | None:
         "event": {"id": event["id"], "kind": kind, "timestamp": timestamp, "datetime": moment,
                   "subscription_id": event["subscription_id"], "subscription_device_type": event.get("subscription_device_type"),
                   "external_id": event.get("external_id")},
-        "message": {"id": message_id, "name": message["name"], "title": title, "contents": contents,
+        "message": {"id": message_id, "name": _unless_blank(name), "title": title, "contents": contents,
                     "template_id": message.get("template_id")},
         "data": data,
         "user": user,
@@ -168,8 +183,10 @@ def _optional_text(value: object, longest: int) -> bool:
 
 
 def _localized(value: object) -> object:
-    if value is None or type(value) is str:
-        return value
+    if value is None:
+        return None
+    if type(value) is str:
+        return _unless_blank(value)
     try:
         return _LOCALIZED.deserialize(value)
     except ValidationError:
