@@ -5,12 +5,17 @@ door it can come through: the event stream, the registry API, the CSV import.
 """
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
+from click.testing import CliRunner
 from freezegun import freeze_time
 from sqlalchemy import select
 
 from bridge import times
+from bridge.cli import main
+from bridge.delivery.replay import replay
 from bridge.delivery.models import OutboxEvent
 from bridge.registry.importer import import_subscriptions
 from bridge.registry.service import find_record
@@ -275,8 +280,6 @@ def test_an_event_without_a_user_is_credited_to_the_newest_earlier_user_by_time(
 
 
 def test_a_replay_resolves_a_skipped_event_by_what_the_registry_recorded(client, tenant, runtime):
-    from bridge.delivery.replay import replay
-
     post_events(client, tenant, [item("first", sub="shared", external_id=None, at=T0 + 100, message={"id": "m"})])
     post_events(client, tenant, [item("ana", sub="shared", external_id="u-ana", at=T0 + 500, message={"id": "m"}),
                                  item("ben", sub="shared", external_id="u-ben", at=T0 + 200, message={"id": "m"})])
@@ -284,3 +287,22 @@ def test_a_replay_resolves_a_skipped_event_by_what_the_registry_recorded(client,
         result = replay(session, app_id=tenant.app_id, reason="unresolved_user")
     assert result.requeued == 1
     assert sent(runtime)["first"]["user_id"] == "u-ana"
+
+
+@pytest.mark.parametrize(("since", "requeued"), [
+    ("2025-11-23T00:00:00", 1), ("2025-11-23 00:00:00 UTC", 1), ("2025-11-23T01:00:00+01:00", 1), ("1763856000", 1),
+    ("2100-01-01T00:00:00", None), ("0", None),
+])
+def test_the_replay_command_reads_since_by_the_same_rule(client, tenant, runtime, settings_env, monkeypatch,
+                                                        since, requeued):
+    for key, value in settings_env.items():
+        monkeypatch.setenv(key, value)
+    with freeze_time("2025-11-23 00:00:05"):
+        post_events(client, tenant, [item("first", sub="shared", external_id=None, message={"id": "m"})])
+        post_events(client, tenant, [item("ana", sub="shared", external_id="u-ana", message={"id": "m"})])
+        result = CliRunner().invoke(main, ["deliveries", "replay", "--reason", "unresolved_user", "--since", since])
+    if requeued is None:
+        assert result.exit_code == 2 and "outside the accepted window" in result.output
+    else:
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["requeued"] == requeued

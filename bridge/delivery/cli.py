@@ -1,15 +1,32 @@
 """`bridge deliveries ...`: look at and replay what the outbox holds."""
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import click
+
+from bridge import times
 
 from bridge.apps.models import App
 from bridge.cli import Context, echo_json, pass_ctx
 from bridge.delivery.replay import replay as run_replay
 from bridge.delivery.scheduling import schedule_drain
 from bridge.delivery.stats import delivery_stats
+
+
+class Time(click.ParamType):
+    """A time as the whole bridge reads one (`bridge.times.parse_time`): ISO 8601, no zone meaning UTC,
+    or epoch seconds."""
+
+    name = "time"
+
+    def convert(self, value, param, ctx) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return times.parse_time(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 @click.group()
@@ -31,7 +48,8 @@ def stats(ctx: Context, app_id: str) -> None:
 
 @deliveries.command("replay")
 @click.option("--app", "app_id", help="Only this app's events.")
-@click.option("--since", type=click.DateTime(), help="Only events accepted at or after this time (UTC).")
+@click.option("--since", type=Time(), help="Only events accepted at or after this time (ISO 8601, UTC unless it "
+                                           "names a zone; or epoch seconds).")
 @click.option("--reason", help="Only events dead for this reason (e.g. retry_window_exceeded, amplitude_400); "
                                "'unresolved_user' re-resolves skipped events through the channel registry.")
 @pass_ctx
@@ -39,7 +57,7 @@ def replay(ctx: Context, app_id: str | None, since: datetime | None, reason: str
     """Re-queue dead-lettered events for delivery (same insert_id: never counted twice)."""
     runtime = ctx.runtime
     with runtime.session() as session:
-        result = run_replay(session, app_id=app_id, since=since.replace(tzinfo=UTC) if since else None, reason=reason)
+        result = run_replay(session, app_id=app_id, since=since, reason=reason)
     for queued_app in sorted(result.app_ids):
         schedule_drain(runtime, queued_app)
     echo_json({"requeued": result.requeued, "still_unresolved": result.still_unresolved, "apps": sorted(result.app_ids)})
