@@ -57,7 +57,12 @@ _CUSTOM_FIELDS: dict[type, dict] = {
                                      {"type": "string", "pattern": "^[0-9]+$"}]},
     cohorts.CohortUsers: {"type": "array", "items": {
         "type": "object", "required": ["user_id"],
-        "properties": {"user_id": {"type": "string", "minLength": 1, "maxLength": cohorts.MAX_USER_ID_LENGTH},
+        "description": "An entry without a usable user_id (absent, null, blank, another type, too long, with a NUL, "
+                       "a placeholder; or not an object) does not refuse the batch: it is set aside and counted in "
+                       "the sync record's `unusable_users`.",
+        "properties": {"user_id": {"oneOf": [{"type": "string", "minLength": 1, "maxLength": cohorts.MAX_USER_ID_LENGTH},
+                                             {"type": "integer"}],
+                                   "description": "The External User ID; an integer is read as its decimal string."},
                        "user_properties": {"type": "object", "description": "Accepted and not kept."}}}},
 }
 
