@@ -53,8 +53,11 @@ _CUSTOM_FIELDS: dict[type, dict] = {
     registry.RecordType: {"type": "string", "enum": list(registry.CHANNEL_OF_TYPE),
                           "description": "Also accepted in the event stream's spellings (iOS, Android, Email, ...)."},
     registry.Timestamp: {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]},
-    cohorts.EpochSeconds: {"oneOf": [{"type": "integer", "minimum": 0, "maximum": cohorts.MAX_EPOCH_SECONDS},
-                                     {"type": "string", "pattern": "^[0-9]+$"}]},
+    cohorts.EpochSeconds: {"oneOf": [{"type": "integer", "minimum": cohorts.MIN_COMPUTED_TIME,
+                                      "maximum": cohorts.MAX_COMPUTED_TIME},
+                                     {"type": "string", "pattern": "^[1-9][0-9]{9,10}$"}],
+                           "description": "Epoch seconds, from 2001-09-09 to the year 5138; a value in milliseconds "
+                                          "is refused."},
     cohorts.CohortUsers: {"type": "array", "items": {
         "type": "object", "required": ["user_id"],
         "description": "An entry without a usable user_id (absent, null, blank, another type, too long, with a NUL, "

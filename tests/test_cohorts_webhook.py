@@ -151,6 +151,11 @@ def _with(**changes):
     (_with(in_cohort="yes"), "in_cohort"),
     (_with(computed_time="yesterday"), "computed_time"),
     (_with(computed_time=-5), "computed_time"),
+    (_with(computed_time=999_999_999), "computed_time"),
+    (_with(computed_time="100000000001"), "computed_time"),
+    (_with(computed_time="\u00b2"), "computed_time"),
+    (_with(computed_time="1" * 5000), "computed_time"),
+    (_with(computed_time=True), "computed_time"),
     (_with(users={"user_id": "u"}), "users"),
     (_with(users="u"), "users"),
     (_with(users=None), "users"),
@@ -279,6 +284,39 @@ def test_a_body_that_is_not_an_object_is_400(client, tenant, raw, code):
 def test_computed_time_may_be_a_number(client, runtime, tenant):
     assert post(client, tenant, _with(computed_time=1763942400)).status_code == 200
     assert batches(runtime)[0].computed_time == 1763942400
+
+
+@pytest.mark.parametrize(("computed_time", "unit"), [
+    ("1764201600000", "milliseconds"), (1764201600000, "milliseconds"), (1764201600000000, "microseconds"),
+])
+def test_a_computed_time_in_a_finer_unit_is_400_naming_the_unit(client, runtime, tenant, computed_time, unit):
+    response = post(client, tenant, _with(computed_time=computed_time))
+
+    assert response.status_code == 400
+    assert response.get_json()["details"] == {
+        "computed_time": f"Must be epoch seconds; {int(computed_time)} looks like {unit} (2025-11-27T00:00:00Z)."}
+    assert batches(runtime) == []
+
+
+@pytest.mark.parametrize("computed_time", ["1000000000", 100_000_000_000])
+def test_computed_time_is_accepted_from_2001_to_the_year_5138(client, runtime, tenant, computed_time):
+    assert post(client, tenant, _with(computed_time=computed_time)).status_code == 200
+    assert batches(runtime)[0].computed_time == int(computed_time)
+
+
+def test_a_computed_time_past_2038_is_stored_and_applied(client, runtime, tenant):
+    year_2100 = 4_102_444_800
+    assert post(client, tenant, _with(computed_time=str(year_2100))).status_code == 200
+    runtime.runner.run_pending()
+    older = _with(computed_time=str(year_2100 - 1), in_cohort=False, message_id="older")
+    assert post(client, tenant, older).status_code == 200
+    runtime.runner.run_pending()
+
+    with runtime.session() as session:
+        assert {(m.user_id, m.in_cohort, m.computed_time) for m in session.scalars(select(CohortMember))} == {
+            ("user-001415", True, year_2100), ("user-001617", True, year_2100)}
+    assert [(s["computed_time"], s["stale"]) for s in syncs(client, tenant, "7b2k9xq")] == [
+        (year_2100 - 1, 2), (year_2100, 0)]
 
 
 def test_a_full_batch_larger_than_the_global_body_limit_is_accepted(client, runtime, tenant):

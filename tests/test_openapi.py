@@ -52,7 +52,7 @@ def seeded(client, tenant, runtime):
     the reads have something to show."""
     record = {"subscription_id": SUBSCRIPTION, "type": "iOSPush", "identifier": "token-1", "external_id": "u1"}
     assert client.post(f"/v1/apps/{tenant.app_id}/subscriptions", json=record, headers=tenant.auth).status_code == 200
-    batch = {"cohort_id": COHORT, "cohort_name": "Churn risk", "in_cohort": True, "computed_time": 100,
+    batch = {"cohort_id": COHORT, "cohort_name": "Churn risk", "in_cohort": True, "computed_time": 1763856000,
              "message_id": "m1", "users": [{"user_id": "u1"}, {"user_id": "u2"}, {"user_id": None}]}
     response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=batch, headers=tenant.cohort_auth)
     assert response.status_code == 200

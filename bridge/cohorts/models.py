@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Column, Index, Integer, PrimaryKeyConstraint, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, PrimaryKeyConstraint, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from bridge.db import BIGINT_PK, UtcDateTime, utcnow
@@ -36,7 +36,8 @@ class CohortMember(SQLModel, table=True):
     cohort_id: str = Field(max_length=128)
     user_id: str = Field(max_length=256)
     in_cohort: bool = True
-    computed_time: int = 0  # epoch seconds of the batch that set this state
+    # Epoch seconds of the batch that set this state; 64-bit, as 32 bits end in 2038.
+    computed_time: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 
 
@@ -56,7 +57,7 @@ class CohortBatch(SQLModel, table=True):
     cohort_name: str = Field(default="", max_length=500)
     message_id: str = Field(max_length=256)
     in_cohort: bool
-    computed_time: int  # epoch seconds, as Amplitude sends it
+    computed_time: int = Field(sa_column=Column(BigInteger, nullable=False))  # epoch seconds, as Amplitude sends it
     user_count: int = 0
     payload: str = Field(sa_column=Column(Text, nullable=False))  # the batch's usable user ids, as a JSON array (their properties are not used)
     state: str = Field(default=RECEIVED, max_length=16)

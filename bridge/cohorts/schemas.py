@@ -1,8 +1,10 @@
 """The shape of Amplitude's cohort webhook body, checked before anything is stored."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
@@ -11,7 +13,12 @@ from bridge.intake.schemas import without_nul
 from bridge.mapping import real_id
 
 MAX_USER_ID_LENGTH = 256
-MAX_EPOCH_SECONDS = 2**31 - 1  # the columns are 32-bit integers
+# The plausible computed_time, in epoch seconds: from 2001-09-09T01:46:40Z to 100,000,000,000 (year 5138).
+# Above it a value is read as milliseconds, as the event stream reads timestamps (mapping.epoch_millis),
+# and refused: stored as seconds it would lie millennia ahead, and no later batch could update its users.
+MIN_COMPUTED_TIME = 1_000_000_000
+MAX_COMPUTED_TIME = 100_000_000_000
+_FINER_UNITS = (("milliseconds", 10**3), ("microseconds", 10**6), ("nanoseconds", 10**9))
 MAX_UNUSABLE_EXAMPLES = 20  # unusable entries described per batch; the rest are only counted
 
 # Why an entry of `users` has no usable user_id: the stable codes of the sync record and the report.
@@ -29,14 +36,40 @@ UNUSABLE_REASONS = {
 
 
 class EpochSeconds(fields.Field):
-    """Whole epoch seconds, sent as a string ("1763856000", as Amplitude does) or as a number."""
+    """Whole epoch seconds from MIN_COMPUTED_TIME to MAX_COMPUTED_TIME, sent as a string of digits
+    ("1763856000", as Amplitude does) or as a number (a fraction is dropped). A value that reads as a
+    plausible time in milliseconds, microseconds or nanoseconds is refused with a message naming the unit."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value.strip())
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_EPOCH_SECONDS:
-            return int(value)
-        raise ValidationError("Must be epoch seconds (up to 2038), as a string or a number.")
+        seconds = _whole_number(value)
+        if seconds is None:
+            raise ValidationError("Must be epoch seconds, as a string of digits or a number.")
+        if MIN_COMPUTED_TIME <= seconds <= MAX_COMPUTED_TIME:
+            return seconds
+        for unit, per_second in _FINER_UNITS:
+            if MIN_COMPUTED_TIME <= seconds // per_second <= MAX_COMPUTED_TIME:
+                raise ValidationError(f"Must be epoch seconds; {seconds} looks like {unit} "
+                                      f"({_utc(seconds // per_second)}).")
+        raise ValidationError(f"Must be epoch seconds from {MIN_COMPUTED_TIME} ({_utc(MIN_COMPUTED_TIME)}) "
+                              f"to {MAX_COMPUTED_TIME} ({_utc(MAX_COMPUTED_TIME)}).")
+
+
+def _whole_number(value: object) -> int | None:
+    """`value` as an integer: a JSON number (a fraction dropped), or a string of ASCII digits with optional
+    surrounding whitespace. None for anything else."""
+    if isinstance(value, str):
+        digits = value.strip()
+        if not (digits.isascii() and digits.isdigit()):
+            return None
+        digits = digits.lstrip("0") or "0"
+        return int(digits) if len(digits) <= 30 else 10**30  # far out of range; int() refuses 4,300 digits
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return int(value)
+
+
+def _utc(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
