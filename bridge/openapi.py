@@ -63,11 +63,19 @@ _CUSTOM_FIELDS: dict[type, dict] = {
     shared.DateTimeText: {"type": "string", "format": "date-time", "description": _TIME_RULE},
     shared.Identifier: {"oneOf": [{"type": "string"}, {"type": "integer"}],
                         "description": "A whole number is taken as its decimal string."},
-    cohorts.EpochSeconds: {"oneOf": [{"type": "integer", "minimum": 0, "maximum": cohorts.MAX_EPOCH_SECONDS},
-                                     {"type": "string", "pattern": "^[0-9]+$"}]},
+    cohorts.EpochSeconds: {"oneOf": [{"type": "integer", "minimum": cohorts.MIN_COMPUTED_TIME,
+                                      "maximum": cohorts.MAX_COMPUTED_TIME},
+                                     {"type": "string", "pattern": "^[1-9][0-9]{9,10}$"}],
+                           "description": "Epoch seconds, from 2001-09-09 to the year 5138; a value in milliseconds "
+                                          "is refused."},
     cohorts.CohortUsers: {"type": "array", "items": {
         "type": "object", "required": ["user_id"],
-        "properties": {"user_id": {"type": "string", "minLength": 1, "maxLength": cohorts.MAX_USER_ID_LENGTH},
+        "description": "An entry without a usable user_id (absent, null, blank, another type, too long, with a NUL, "
+                       "a placeholder; or not an object) does not refuse the batch: it is set aside and counted in "
+                       "the sync record's `unusable_users`.",
+        "properties": {"user_id": {"oneOf": [{"type": "string", "minLength": 1, "maxLength": cohorts.MAX_USER_ID_LENGTH},
+                                             {"type": "integer"}],
+                                   "description": "The External User ID; an integer is read as its decimal string."},
                        "user_properties": {"type": "object", "description": "Accepted and not kept."}}}},
 }
 

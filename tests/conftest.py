@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -35,10 +36,9 @@ def _unavailable(what: str, exc: Exception):
     pytest.skip(f"{what} unreachable: {exc}")
 
 
-@pytest.fixture(scope="session")
-def postgresql_url() -> Iterator[str]:
-    """A fresh database on the test PostgreSQL server, migrated to head, dropped at the end."""
-    name = f"bridge_test_{os.getpid()}"
+@contextmanager
+def _postgresql_database(name: str) -> Iterator[str]:
+    """A new, empty database `name` on the test PostgreSQL server, as a URL; dropped on exit."""
     try:
         admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
@@ -46,11 +46,19 @@ def postgresql_url() -> Iterator[str]:
     admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
     admin.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    url = Settings.from_env({"DATABASE_URL": f"{base}/{name}"}).database_url
-    upgrade(url)
-    yield url
-    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    try:
+        yield Settings.from_env({"DATABASE_URL": f"{base}/{name}"}).database_url
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> Iterator[str]:
+    """A fresh database on the test PostgreSQL server, migrated to head, dropped at the end."""
+    with _postgresql_database(f"bridge_test_{os.getpid()}") as url:
+        upgrade(url)
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +86,16 @@ def _truncate(url: str) -> None:
             for name in names:
                 conn.execute(text(f"DELETE FROM {name}"))
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def unmigrated_database_url(request, tmp_path) -> Iterator[str]:
+    """A new, empty database that no migration has run on, for tests of the migrations themselves."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'unmigrated.db'}"
+        return
+    with _postgresql_database(f"bridge_test_{os.getpid()}_unmigrated") as url:
+        yield url
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from bridge.cohorts import membership
 from bridge.cohorts.jobs import process_batch
 from bridge.cohorts.models import Cohort, CohortBatch, CohortMember
+from bridge.cohorts.schemas import BatchUsers
 from bridge.cohorts.webhook import store_batch
 
 COHORT = "7b2k9xq"
@@ -19,7 +20,7 @@ COHORT = "7b2k9xq"
 def store(runtime, tenant, message_id: str, in_cohort: bool, computed_time: int, user_ids: list[str],
           name: str = "Churn risk") -> int:
     body = {"cohort_id": COHORT, "cohort_name": name, "message_id": message_id, "in_cohort": in_cohort,
-            "computed_time": computed_time, "users": user_ids}
+            "computed_time": computed_time, "users": BatchUsers(user_ids)}
     with runtime.session() as session:
         return store_batch(session, tenant.app_id, body).batch_id
 

@@ -12,6 +12,7 @@ from sqlalchemy import insert, update
 from bridge.apps.service import create_app_record
 from bridge.cohorts import report
 from bridge.cohorts.jobs import process_batch
+from bridge.cohorts.schemas import BatchUsers
 from bridge.cohorts.webhook import store_batch
 from bridge.registry.models import Subscription
 
@@ -21,7 +22,7 @@ BASE = "/v1/apps/{}/cohorts"
 
 def sync(runtime, app_id: str, message_id: str, in_cohort: bool, computed_time: int, user_ids, cohort=COHORT):
     body = {"cohort_id": cohort, "cohort_name": "Churn risk", "message_id": message_id, "in_cohort": in_cohort,
-            "computed_time": computed_time, "users": list(user_ids)}
+            "computed_time": computed_time, "users": BatchUsers(list(user_ids))}
     with runtime.session() as session:
         batch_id = store_batch(session, app_id, body).batch_id
     process_batch(batch_id, runtime=runtime)
@@ -135,8 +136,36 @@ def test_a_cohort_where_every_user_has_one_subscribed_record_needs_no_explanatio
     body = get(client, tenant, f"/{COHORT}").get_json()
 
     assert body["explanations"] == [] and body["arithmetic"] == "2 = 2" and body["context"] == []
+    assert (body["unusable_users"], body["unusable_reasons"]) == (0, {})
     assert body["summary"] == ("Amplitude counts 2 users; a messaging segment would count 2 subscribed channel records: "
                                "every user has exactly one channel record, and it is subscribed.")
+
+
+def webhook(client, tenant, message_id: str, in_cohort: bool, users: list) -> None:
+    """Post one batch to the cohort webhook, as Amplitude does."""
+    body = {"cohort_id": COHORT, "cohort_name": "Churn risk", "in_cohort": in_cohort, "computed_time": "1764201600",
+            "message_id": message_id, "users": users}
+    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=body, headers=tenant.cohort_auth)
+    assert response.status_code == 200, response.get_json()
+
+
+def test_entries_without_a_usable_user_id_are_counted_apart_from_the_arithmetic(client, runtime, tenant, dataset):
+    webhook(client, tenant, "enter-2", True, [{"user_id": None}, {"user_id": "u1"}, {"user_id": "null"}])
+    webhook(client, tenant, "exit-2", False, [{"user_id": " "}])
+    before = get(client, tenant, f"/{COHORT}").get_json()
+    runtime.runner.run_pending()
+
+    body = get(client, tenant, f"/{COHORT}").get_json()
+
+    assert before["unusable_users"] == 3  # counted when the batches arrive
+    assert (body["unusable_users"], body["unusable_reasons"]) == (
+        3, {"blank_user_id": 1, "missing_user_id": 1, "placeholder_user_id": 1})
+    assert body["users"]["in_cohort"] == 6 and body["arithmetic"] == "6 - 2 + 3 - 2 = 5"
+    assert body["context"][-1] == (
+        "3 entries Amplitude sent for this cohort had no usable user_id (1 blank_user_id, 1 missing_user_id, "
+        "1 placeholder_user_id) and were not applied, so they are not in in_cohort (Amplitude's own count may "
+        "include them); each sync lists its own.")
+    assert [s["unusable_users"] for s in body["recent_syncs"]] == [1, 2, 0, 0]
 
 
 def test_the_hand_written_aggregate_agrees_with_the_report(runtime, tenant, dataset, database_url):

@@ -151,14 +151,18 @@ def _with(**changes):
     (_with(in_cohort="yes"), "in_cohort"),
     (_with(computed_time="yesterday"), "computed_time"),
     (_with(computed_time=-5), "computed_time"),
+    (_with(computed_time=999_999_999), "computed_time"),
+    (_with(computed_time="100000000001"), "computed_time"),
+    (_with(computed_time="\u00b2"), "computed_time"),
+    (_with(computed_time="1" * 5000), "computed_time"),
+    (_with(computed_time=True), "computed_time"),
     (_with(users={"user_id": "u"}), "users"),
-    (_with(users=[{"user_id": "u"}, {"user_properties": {}}]), "users.1.user_id"),
-    (_with(users=[{"user_id": ""}]), "users.0.user_id"),
-    (_with(users=[{"user_id": 42}]), "users.0.user_id"),
-    (_with(users=["user-1"]), "users.0"),
+    (_with(users="u"), "users"),
+    (_with(users=None), "users"),
     (_with(cohort_id=""), "cohort_id"),
+    (_with(message_id=None), "message_id"),
 ])
-def test_invalid_payloads_are_400_naming_the_field(client, runtime, tenant, body, field):
+def test_a_malformed_envelope_is_400_naming_the_field(client, runtime, tenant, body, field):
     response = post(client, tenant, body)
 
     assert response.status_code == 400
@@ -166,6 +170,107 @@ def test_invalid_payloads_are_400_naming_the_field(client, runtime, tenant, body
     assert error["error"] == "invalid_payload"
     assert field in error["details"], error
     assert batches(runtime) == []
+
+
+# The batch of issue 9: one usable user_id, one integer user_id, and three entries without a usable one.
+TRIAL_ENDING = {"cohort_id": "q8v2mz", "cohort_name": "Trial ending", "in_cohort": True, "computed_time": "1764201600",
+                "message_id": "r7::enter::0",
+                "users": [{"user_id": "acct-7781"}, {"user_id": None}, {"user_id": ""}, {"user_id": 99812},
+                          {"amplitude_id": 551234}]}
+
+
+def syncs(client, tenant, cohort_id: str) -> list[dict]:
+    return client.get(f"/v1/apps/{tenant.app_id}/cohorts/{cohort_id}/syncs", headers=tenant.auth).get_json()["items"]
+
+
+def test_entries_without_a_usable_user_id_are_counted_and_the_others_applied(client, runtime, tenant):
+    response = post(client, tenant, TRIAL_ENDING)
+
+    assert response.status_code == 200
+    ack = response.get_json()
+    assert ack == {"status": "accepted", "batch_id": ack["batch_id"], "cohort_id": "q8v2mz",
+                   "message_id": "r7::enter::0", "users": 5, "unusable_users": 3, "state": RECEIVED, "retries": 0}
+    runtime.runner.run_pending()
+    assert members(runtime) == {"acct-7781": True, "99812": True}
+    [sync] = syncs(client, tenant, "q8v2mz")
+    assert {k: sync[k] for k in ("state", "user_count", "entered", "duplicate_users", "unusable_users",
+                                 "unusable_reasons")} == {
+        "state": PROCESSED, "user_count": 5, "entered": 2, "duplicate_users": 0, "unusable_users": 3,
+        "unusable_reasons": {"missing_user_id": 2, "blank_user_id": 1}}
+    assert sync["unusable_examples"] == [
+        {"index": 1, "field": "users.1.user_id", "reason": "missing_user_id", "message": "user_id is null."},
+        {"index": 2, "field": "users.2.user_id", "reason": "blank_user_id",
+         "message": "user_id is empty or only whitespace."},
+        {"index": 4, "field": "users.4.user_id", "reason": "missing_user_id",
+         "message": "No user_id; the entry has amplitude_id."},
+    ]
+    assert sync["user_count"] == sum(sync[k] for k in ("entered", "left", "already_known", "stale", "duplicate_users",
+                                                       "unusable_users"))
+
+
+def test_a_resent_batch_with_unusable_entries_is_a_duplicate_and_counts_nothing_twice(client, runtime, tenant):
+    first = post(client, tenant, TRIAL_ENDING).get_json()
+    runtime.runner.run_pending()
+    before = syncs(client, tenant, "q8v2mz")
+
+    again = post(client, tenant, TRIAL_ENDING)
+
+    assert again.status_code == 200
+    assert again.get_json() == first | {"status": "duplicate", "state": PROCESSED, "retries": 1}
+    assert runtime.runner.run_pending() == 0
+    assert members(runtime) == {"acct-7781": True, "99812": True}
+    [after] = syncs(client, tenant, "q8v2mz")
+    assert after == before[0] | {"retries": 1}
+    report = client.get(f"/v1/apps/{tenant.app_id}/cohorts/q8v2mz", headers=tenant.auth).get_json()
+    assert (report["unusable_users"], report["unusable_reasons"]) == (3, {"missing_user_id": 2, "blank_user_id": 1})
+
+
+def test_every_kind_of_unusable_entry_is_stored_with_its_reason(client, runtime, tenant):
+    users = [{"user_id": True}, {"user_id": 99812.0}, {"user_id": {"id": 1}}, {"user_id": "x" * 257},
+             {"user_id": "a\x00b"}, {"user_id": " Undefined "}, {"user_id": 0}, "acct-1", None,
+             {"a\x00b": 1, "k" * 50: 2, "c": 3, "d": 4}, {"user_id": "  acct-2\t"}, {"user_id": "x" * 256}]
+
+    assert post(client, tenant, _with(users=users)).get_json()["unusable_users"] == 10
+    runtime.runner.run_pending()
+
+    assert members(runtime) == {"acct-2": True, "x" * 256: True}
+    [sync] = syncs(client, tenant, "7b2k9xq")
+    assert sync["unusable_reasons"] == {"not_an_object": 2, "placeholder_user_id": 2, "wrong_type_user_id": 3,
+                                        "missing_user_id": 1, "nul_in_user_id": 1, "too_long_user_id": 1}
+    assert [(e["field"], e["message"]) for e in sync["unusable_examples"]] == [
+        ("users.0.user_id", "Must be a string or an integer, not a boolean (true)."),
+        ("users.1.user_id", "Must be a string or an integer, not a decimal number (99812.0)."),
+        ("users.2.user_id", 'Must be a string or an integer, not an object ({"id":1}).'),
+        ("users.3.user_id", "user_id is 257 characters long; at most 256 are allowed."),
+        ("users.4.user_id", "user_id contains a NUL character."),
+        ("users.5.user_id", 'user_id "Undefined" is a placeholder, never an External User ID.'),
+        ("users.6.user_id", 'user_id "0" is a placeholder, never an External User ID.'),
+        ("users.7", 'Must be an object with a user_id, not a string ("acct-1").'),
+        ("users.8", "Must be an object with a user_id, not null (null)."),
+        ("users.9.user_id", f"No user_id; the entry has a\x00b, {'k' * 40}, c, ...."),
+    ]
+
+
+def test_only_the_first_examples_are_kept_and_every_entry_is_counted(client, runtime, tenant):
+    users = [{"user_id": ""}] * 30 + [{"user_id": "u1"}]
+
+    ack = post(client, tenant, _with(users=users)).get_json()
+    assert (ack["users"], ack["unusable_users"]) == (31, 30)
+    runtime.runner.run_pending()
+
+    [sync] = syncs(client, tenant, "7b2k9xq")
+    assert (sync["unusable_users"], sync["unusable_reasons"], sync["entered"]) == (30, {"blank_user_id": 30}, 1)
+    assert [e["index"] for e in sync["unusable_examples"]] == list(range(20))
+
+
+def test_a_batch_with_no_usable_user_is_accepted_and_changes_nothing(client, runtime, tenant):
+    assert post(client, tenant, _with(users=[{"user_id": None}])).status_code == 200
+    runtime.runner.run_pending()
+
+    [batch] = batches(runtime)
+    assert (batch.state, batch.payload, batch.user_count, batch.unusable_users, batch.entered) == \
+        (PROCESSED, "[]", 1, 1, 0)
+    assert members(runtime) == {}
 
 
 @pytest.mark.parametrize(("raw", "code"), [(b"[]", "invalid_body"), (b"{not json", "invalid_json")])
@@ -179,6 +284,39 @@ def test_a_body_that_is_not_an_object_is_400(client, tenant, raw, code):
 def test_computed_time_may_be_a_number(client, runtime, tenant):
     assert post(client, tenant, _with(computed_time=1763942400)).status_code == 200
     assert batches(runtime)[0].computed_time == 1763942400
+
+
+@pytest.mark.parametrize(("computed_time", "unit"), [
+    ("1764201600000", "milliseconds"), (1764201600000, "milliseconds"), (1764201600000000, "microseconds"),
+])
+def test_a_computed_time_in_a_finer_unit_is_400_naming_the_unit(client, runtime, tenant, computed_time, unit):
+    response = post(client, tenant, _with(computed_time=computed_time))
+
+    assert response.status_code == 400
+    assert response.get_json()["details"] == {
+        "computed_time": f"Must be epoch seconds; {int(computed_time)} looks like {unit} (2025-11-27T00:00:00Z)."}
+    assert batches(runtime) == []
+
+
+@pytest.mark.parametrize("computed_time", ["1000000000", 100_000_000_000])
+def test_computed_time_is_accepted_from_2001_to_the_year_5138(client, runtime, tenant, computed_time):
+    assert post(client, tenant, _with(computed_time=computed_time)).status_code == 200
+    assert batches(runtime)[0].computed_time == int(computed_time)
+
+
+def test_a_computed_time_past_2038_is_stored_and_applied(client, runtime, tenant):
+    year_2100 = 4_102_444_800
+    assert post(client, tenant, _with(computed_time=str(year_2100))).status_code == 200
+    runtime.runner.run_pending()
+    older = _with(computed_time=str(year_2100 - 1), in_cohort=False, message_id="older")
+    assert post(client, tenant, older).status_code == 200
+    runtime.runner.run_pending()
+
+    with runtime.session() as session:
+        assert {(m.user_id, m.in_cohort, m.computed_time) for m in session.scalars(select(CohortMember))} == {
+            ("user-001415", True, year_2100), ("user-001617", True, year_2100)}
+    assert [(s["computed_time"], s["stale"]) for s in syncs(client, tenant, "7b2k9xq")] == [
+        (year_2100 - 1, 2), (year_2100, 0)]
 
 
 def test_a_full_batch_larger_than_the_global_body_limit_is_accepted(client, runtime, tenant):

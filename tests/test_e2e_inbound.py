@@ -81,6 +81,7 @@ def test_cohort_report_equals_the_truth(env, tmp_path):
         assert httpx.post(f"{url}{base}/events", json=event, headers=api).status_code == 202
 
         first, second = batch("m::enter::0", range(0, 150), True, 1763856000), batch("m::enter::1", range(150, 300), True, 1763856000)
+        first["users"] += [{"user_id": None}, {"amplitude_id": 551234}, {"user_id": "undefined"}]  # set aside
         exits = batch("m2::exit::0", range(0, 30), False, 1763942400)
         stale = batch("m0::enter::0", range(0, 10), True, 1763769600)  # computed a day before the exit
         for body in (first, second, second, exits, stale):  # `second` again: Amplitude retrying
@@ -114,5 +115,6 @@ def test_cohort_report_equals_the_truth(env, tmp_path):
     assert report["devices"]["by_channel"]["sms"] == {"total": sum(1 for i in members if i % 4 == 3),
                                                       "subscribed": sum(1 for i in members if i % 4 == 3)}
     assert report["users"]["in_cohort"] + sum(e["delta"] for e in report["explanations"]) == report["segment_size"]
+    assert (report["unusable_users"], report["unusable_reasons"]) == (3, {"missing_user_id": 2, "placeholder_user_id": 1})
     assert sorted(unmatched) == sorted(f"user-{i:05d}" for i in members if not owned[i])
     assert len(audience_csv.strip().splitlines()) == report["segment_size"] + 1  # header + one line per record

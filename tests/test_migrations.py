@@ -1,13 +1,16 @@
 """One Alembic head, and the migrated schema is exactly what the models declare (on both databases)."""
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select, text, update
 
+from bridge.cohorts.models import CohortBatch, CohortMember
 from bridge.db import metadata
-from bridge.migrate import alembic_config
+from bridge.migrate import alembic_config, upgrade
 
 
 def test_a_single_head():
@@ -18,6 +21,38 @@ def test_a_single_head():
 def test_models_and_migrations_agree(database_url):
     engine = create_engine(database_url)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": False}), metadata)
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
     engine.dispose()
     assert diff == []
+
+
+def test_0004_keeps_stored_cohorts_and_holds_a_computed_time_past_2038(unmigrated_database_url):
+    url = unmigrated_database_url
+    upgrade(url, "0003")
+    engine = create_engine(url)
+    now = datetime(2026, 11, 20, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO apps (id, name, amplitude_api_key, region, created_at, updated_at) "
+                          "VALUES ('a1', 'App', 'amp-key', 'US', :now, :now)"), {"now": now})
+        conn.execute(text(
+            'INSERT INTO cohort_batches (app_id, cohort_id, cohort_name, message_id, in_cohort, computed_time, '
+            'user_count, payload, state, entered, "left", already_known, stale, duplicate_users, retries, received_at) '
+            "VALUES ('a1', 'c1', 'Churn', 'm1', :yes, 1763856000, 1, '[\"u1\"]', 'processed', 1, 0, 0, 0, 0, 0, :now)"),
+            {"yes": True, "now": now})
+        conn.execute(text("INSERT INTO cohort_members (app_id, cohort_id, user_id, in_cohort, computed_time, updated_at) "
+                          "VALUES ('a1', 'c1', 'u1', :yes, 1763856000, :now)"), {"yes": True, "now": now})
+
+    upgrade(url)
+
+    batches, members = CohortBatch.__table__.c, CohortMember.__table__.c
+    year_2100 = 4_102_444_800
+    with engine.begin() as conn:
+        assert conn.execute(select(batches.computed_time, batches.payload, batches.unusable_users,
+                                   batches.unusable_reasons, batches.unusable_examples)).one() == (
+            1763856000, '["u1"]', 0, {}, [])
+        assert conn.execute(select(members.user_id, members.computed_time)).one() == ("u1", 1763856000)
+        conn.execute(update(CohortBatch.__table__).values(computed_time=year_2100))
+        conn.execute(update(CohortMember.__table__).values(computed_time=year_2100))
+    with engine.connect() as conn:
+        assert conn.scalar(select(batches.computed_time)) == conn.scalar(select(members.computed_time)) == year_2100
+    engine.dispose()

@@ -48,11 +48,12 @@ api_schema.app = current_app
 
 @pytest.fixture
 def seeded(client, tenant, runtime):
-    """The tenant with one channel record and one synced cohort, so the reads have something to show."""
+    """The tenant with one channel record and one synced cohort (with an entry without a usable user_id), so
+    the reads have something to show."""
     record = {"subscription_id": SUBSCRIPTION, "type": "iOSPush", "identifier": "token-1", "external_id": "u1"}
     assert client.post(f"/v1/apps/{tenant.app_id}/subscriptions", json=record, headers=tenant.auth).status_code == 200
-    batch = {"cohort_id": COHORT, "cohort_name": "Churn risk", "in_cohort": True, "computed_time": 100,
-             "message_id": "m1", "users": [{"user_id": "u1"}, {"user_id": "u2"}]}
+    batch = {"cohort_id": COHORT, "cohort_name": "Churn risk", "in_cohort": True, "computed_time": 1763856000,
+             "message_id": "m1", "users": [{"user_id": "u1"}, {"user_id": "u2"}, {"user_id": None}]}
     response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=batch, headers=tenant.cohort_auth)
     assert response.status_code == 200
     runtime.runner.run_pending()

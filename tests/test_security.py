@@ -108,7 +108,7 @@ def test_every_route_takes_one_of_its_apps_tokens_and_refuses_the_other(app, cli
 def test_an_apps_own_token_shows_nothing_of_another_apps_data(client, tenant, other, runtime):
     record = {"subscription_id": "sub-a", "type": "Email", "identifier": "a@example.com", "external_id": "u1"}
     assert client.post(f"/v1/apps/{tenant.app_id}/subscriptions", json=record, headers=tenant.auth).status_code == 200
-    batch = {"cohort_id": "vip", "in_cohort": True, "computed_time": 100, "message_id": "m1",
+    batch = {"cohort_id": "vip", "in_cohort": True, "computed_time": 1763856000, "message_id": "m1",
              "users": [{"user_id": "u1"}]}
     assert client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=batch,
                        headers=tenant.cohort_auth).status_code == 200
@@ -264,7 +264,7 @@ BODIES = {
                                        "timestamp": 1763856000, "subscription_id": "s1"},
                              "message": {"id": "m1", "name": "Welcome"}, "data": free}, "api"),
     "subscriptions": (lambda free: {"subscription_id": "s1", "type": "iOSPush", "extra": free}, "api"),
-    "amplitude/cohorts": (lambda free: {"cohort_id": "c", "in_cohort": True, "computed_time": 1,
+    "amplitude/cohorts": (lambda free: {"cohort_id": "c", "in_cohort": True, "computed_time": 1763856000,
                                         "message_id": f"m-{uuid.uuid4().hex}",
                                         "users": [{"user_id": "u1", "user_properties": free}]}, "cohort"),
 }
@@ -324,8 +324,7 @@ LONG = [
     ("subscriptions", lambda b: b.update(type="Email", identifier=f"{'a' * 510}@x.io"), "identifier"),
     ("amplitude/cohorts", lambda b: b.update(cohort_id="c" * 129), "cohort_id"),
     ("amplitude/cohorts", lambda b: b.update(cohort_name="n" * 501), "cohort_name"),
-    ("amplitude/cohorts", lambda b: b["users"][0].update(user_id="u" * 257), "users.0.user_id"),
-]
+]  # A cohort user_id too long is set aside and counted, not refused (tests/test_cohorts_webhook.py).
 
 
 @pytest.mark.parametrize(("route", "lengthen", "field"), LONG, ids=[f"{r}:{f}" for r, _, f in LONG])

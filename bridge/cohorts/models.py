@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, Integer, PrimaryKeyConstraint, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, PrimaryKeyConstraint, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from bridge.db import BIGINT_PK, UtcDateTime, utcnow
@@ -36,7 +36,8 @@ class CohortMember(SQLModel, table=True):
     cohort_id: str = Field(max_length=128)
     user_id: str = Field(max_length=256)
     in_cohort: bool = True
-    computed_time: int = 0  # epoch seconds of the batch that set this state
+    # Epoch seconds of the batch that set this state; 64-bit, as 32 bits end in 2038.
+    computed_time: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 
 
@@ -56,15 +57,22 @@ class CohortBatch(SQLModel, table=True):
     cohort_name: str = Field(default="", max_length=500)
     message_id: str = Field(max_length=256)
     in_cohort: bool
-    computed_time: int  # epoch seconds, as Amplitude sends it
+    computed_time: int = Field(sa_column=Column(BigInteger, nullable=False))  # epoch seconds, as Amplitude sends it
     user_count: int = 0
-    payload: str = Field(sa_column=Column(Text, nullable=False))  # the batch's user ids, as a JSON array (their properties are not used)
+    payload: str = Field(sa_column=Column(Text, nullable=False))  # the batch's usable user ids, as a JSON array (their properties are not used)
     state: str = Field(default=RECEIVED, max_length=16)
     entered: int = 0
     left: int = 0
     already_known: int = 0
     stale: int = 0  # users whose newer state this (older) batch did not undo
     duplicate_users: int = 0  # the same user_id more than once in this batch
+    # Entries of `users` without a usable user_id (schemas.usable_user_id), set aside on receipt: how many,
+    # how many per reason, and the first few described.
+    unusable_users: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    unusable_reasons: dict[str, int] = Field(default_factory=dict,
+                                             sa_column=Column(JSON, nullable=False, server_default="{}"))
+    unusable_examples: list[dict] = Field(default_factory=list,
+                                          sa_column=Column(JSON, nullable=False, server_default="[]"))
     retries: int = 0  # times Amplitude re-sent this message_id (acknowledged as no-ops)
     attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))  # failed runs
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -8,6 +8,7 @@ User ID equals their Amplitude user_id.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,7 @@ from sqlalchemy import and_, exists, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from bridge.cohorts.models import Cohort, CohortBatch, CohortMember
+from bridge.cohorts.schemas import reason_counts
 from bridge.db import is_postgresql
 from bridge.registry.models import CHANNELS, Subscription
 
@@ -91,6 +93,7 @@ def cohort_report(session: Session, cohort: Cohort) -> dict[str, object]:
         "by_channel": {c: {"total": n[f"{c}_total"], "subscribed": n[f"{c}_subscribed"]} for c in CHANNELS},
     }
     explanations = _explanations(users, devices)
+    unusable = unusable_entries(session, cohort)
     return {
         "cohort_id": cohort.cohort_id,
         "cohort_name": cohort.name,
@@ -102,7 +105,9 @@ def cohort_report(session: Session, cohort: Cohort) -> dict[str, object]:
         "explanations": explanations,
         "arithmetic": _arithmetic(users["in_cohort"], explanations, devices["subscribed"]),
         "summary": _summary(users["in_cohort"], explanations, devices["subscribed"]),
-        "context": _context(users, n["app_records_without_external_id"]),
+        "context": _context(users, n["app_records_without_external_id"]) + _unusable_context(unusable),
+        "unusable_users": sum(unusable.values()),
+        "unusable_reasons": unusable,
     }
 
 
@@ -151,6 +156,27 @@ def _context(users: dict[str, int], without_external_id: int) -> list[str]:
     return notes
 
 
+def unusable_entries(session: Session, cohort: Cohort) -> dict[str, int]:
+    """The entries without a usable user_id in all of the cohort's batches, per reason (the most frequent
+    first). They were set aside on receipt, so they are in no membership number."""
+    reasons: Counter[str] = Counter()
+    for batch_reasons in session.scalars(select(B.unusable_reasons).where(
+            B.app_id == cohort.app_id, B.cohort_id == cohort.cohort_id, B.unusable_users > 0)):
+        reasons.update(batch_reasons)
+    return reason_counts(reasons)
+
+
+def _unusable_context(reasons: dict[str, int]) -> list[str]:
+    """The note on entries Amplitude sent that could not be applied, apart from the arithmetic."""
+    total = sum(reasons.values())
+    if not total:
+        return []
+    listed = ", ".join(f"{n:,} {reason}" for reason, n in reasons.items())
+    return [f"{_count(total, 'entry', 'entries')} Amplitude sent for this cohort had no usable user_id ({listed}) "
+            f"and {'was' if total == 1 else 'were'} not applied, so {'it is' if total == 1 else 'they are'} not "
+            "in in_cohort (Amplitude's own count may include them); each sync lists its own."]
+
+
 def _count(n: int, one: str, many: str) -> str:
     return f"{n:,} {one if n == 1 else many}"
 
@@ -190,7 +216,8 @@ def sync_history(session: Session, cohort: Cohort, *, before: int | None, limit:
     """The cohort's webhook batches, newest first, with what each did to the membership."""
     query = select(
         B.id.label("batch_id"), B.message_id, B.in_cohort, B.computed_time, B.user_count, B.state,
-        B.entered, B.left, B.already_known, B.stale, B.duplicate_users, B.retries, B.error,
+        B.entered, B.left, B.already_known, B.stale, B.duplicate_users, B.unusable_users, B.unusable_reasons,
+        B.unusable_examples, B.retries, B.error,
         B.received_at, B.processed_at,
     ).where(B.app_id == cohort.app_id, B.cohort_id == cohort.cohort_id)
     if before is not None:

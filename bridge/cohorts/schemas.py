@@ -1,28 +1,153 @@
 """The shape of Amplitude's cohort webhook body, checked before anything is stored."""
 from __future__ import annotations
 
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from bridge.intake.schemas import without_nul
+from bridge.mapping import real_id
 
 MAX_USER_ID_LENGTH = 256
-MAX_EPOCH_SECONDS = 2**31 - 1  # the columns are 32-bit integers
+# The plausible computed_time, in epoch seconds: from 2001-09-09T01:46:40Z to 100,000,000,000 (year 5138).
+# Above it a value is read as milliseconds, as the event stream reads timestamps (mapping.epoch_millis),
+# and refused: stored as seconds it would lie millennia ahead, and no later batch could update its users.
+MIN_COMPUTED_TIME = 1_000_000_000
+MAX_COMPUTED_TIME = 100_000_000_000
+_FINER_UNITS = (("milliseconds", 10**3), ("microseconds", 10**6), ("nanoseconds", 10**9))
+MAX_UNUSABLE_EXAMPLES = 20  # unusable entries described per batch; the rest are only counted
+
+# Why an entry of `users` has no usable user_id: the stable codes of the sync record and the report.
+UNUSABLE_REASONS = {
+    "not_an_object": "the entry is not a JSON object",
+    "missing_user_id": "user_id is absent or null",
+    "blank_user_id": "user_id is empty or only whitespace",
+    "wrong_type_user_id": "user_id is neither a string nor an integer: a boolean, a decimal number, an object or "
+                          "an array",
+    "too_long_user_id": f"user_id is longer than {MAX_USER_ID_LENGTH} characters once stripped",
+    "nul_in_user_id": "user_id contains a NUL character",
+    "placeholder_user_id": "user_id is a placeholder such as null, undefined, anonymous or 0, which the channel "
+                           "registry never stores as an External User ID",
+}
 
 
 class EpochSeconds(fields.Field):
-    """Whole epoch seconds, sent as a string ("1763856000", as Amplitude does) or as a number."""
+    """Whole epoch seconds from MIN_COMPUTED_TIME to MAX_COMPUTED_TIME, sent as a string of digits
+    ("1763856000", as Amplitude does) or as a number (a fraction is dropped). A value that reads as a
+    plausible time in milliseconds, microseconds or nanoseconds is refused with a message naming the unit."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value.strip())
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_EPOCH_SECONDS:
-            return int(value)
-        raise ValidationError("Must be epoch seconds (up to 2038), as a string or a number.")
+        seconds = _whole_number(value)
+        if seconds is None:
+            raise ValidationError("Must be epoch seconds, as a string of digits or a number.")
+        if MIN_COMPUTED_TIME <= seconds <= MAX_COMPUTED_TIME:
+            return seconds
+        for unit, per_second in _FINER_UNITS:
+            if MIN_COMPUTED_TIME <= seconds // per_second <= MAX_COMPUTED_TIME:
+                raise ValidationError(f"Must be epoch seconds; {seconds} looks like {unit} "
+                                      f"({_utc(seconds // per_second)}).")
+        raise ValidationError(f"Must be epoch seconds from {MIN_COMPUTED_TIME} ({_utc(MIN_COMPUTED_TIME)}) "
+                              f"to {MAX_COMPUTED_TIME} ({_utc(MAX_COMPUTED_TIME)}).")
+
+
+def _whole_number(value: object) -> int | None:
+    """`value` as an integer: a JSON number (a fraction dropped), or a string of ASCII digits with optional
+    surrounding whitespace. None for anything else."""
+    if isinstance(value, str):
+        digits = value.strip()
+        if not (digits.isascii() and digits.isdigit()):
+            return None
+        digits = digits.lstrip("0") or "0"
+        return int(digits) if len(digits) <= 30 else 10**30  # far out of range; int() refuses 4,300 digits
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return int(value)
+
+
+def _utc(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """Why one entry of `users` has no usable user_id: a code of UNUSABLE_REASONS, and a message for people
+    that says what was sent."""
+
+    reason: str
+    message: str
+
+
+def usable_user_id(entry: object) -> str | Unusable:
+    """The user id of one `users` entry, stripped as the channel registry stores External User IDs (an
+    integer as its decimal string), or why it has none a channel record could match."""
+    if not isinstance(entry, dict):
+        return Unusable("not_an_object", f"Must be an object with a user_id, not {_described(entry)}.")
+    value = entry.get("user_id")
+    if value is None:
+        if "user_id" in entry:
+            return Unusable("missing_user_id", "user_id is null.")
+        keys = ", ".join(key[:40] for key in list(entry)[:3]) + (", ..." if len(entry) > 3 else "")
+        return Unusable("missing_user_id", f"No user_id; the entry has {keys or 'no keys'}.")
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    elif not isinstance(value, str):
+        return Unusable("wrong_type_user_id", f"Must be a string or an integer, not {_described(value)}.")
+    value = value.strip()
+    if not value:
+        return Unusable("blank_user_id", "user_id is empty or only whitespace.")
+    if len(value) > MAX_USER_ID_LENGTH:
+        return Unusable("too_long_user_id", f"user_id is {len(value):,} characters long; at most "
+                                            f"{MAX_USER_ID_LENGTH} are allowed.")
+    if "\x00" in value:
+        return Unusable("nul_in_user_id", "user_id contains a NUL character.")
+    if real_id(value) is None:
+        return Unusable("placeholder_user_id",
+                        f"user_id {orjson.dumps(value).decode()} is a placeholder, never an External User ID.")
+    return value
+
+
+def _described(value: object) -> str:
+    """What a JSON value is, with its first characters: 'a boolean (true)', 'an array ([1,2])'."""
+    kind = ("a boolean" if isinstance(value, bool) else "a decimal number" if isinstance(value, float)
+            else "a string" if isinstance(value, str) else "an array" if isinstance(value, list)
+            else "an object" if isinstance(value, dict) else "a number" if isinstance(value, int) else "null")
+    text = orjson.dumps(value).decode()
+    return f"{kind} ({text[:40]}{'...' if len(text) > 40 else ''})"
+
+
+def reason_counts(counts: Counter[str]) -> dict[str, int]:
+    """Counts per reason as the API shows them: the most frequent first, then by name."""
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+@dataclass
+class BatchUsers:
+    """The `users` array as loaded: the usable user ids in the order sent (repeats kept), and the entries
+    set aside because they have no usable user_id, counted per reason with the first few described."""
+
+    user_ids: list[str]
+    unusable_reasons: dict[str, int] = field(default_factory=dict)  # reason → entries
+    unusable_examples: list[dict[str, object]] = field(default_factory=list)  # {"index", "field", "reason", "message"}
+
+    @property
+    def unusable(self) -> int:
+        """Entries set aside."""
+        return sum(self.unusable_reasons.values())
+
+    @property
+    def sent(self) -> int:
+        """Entries in the array, usable or not."""
+        return len(self.user_ids) + self.unusable
 
 
 class CohortUsers(fields.Field):
-    """The `users` array: objects with a non-empty string `user_id`, loaded as the list of those ids in
-    the order sent (repeats kept). Their `user_properties` are not kept: nothing here uses them.
+    """The `users` array, loaded as `BatchUsers`. Only the array itself is required: an entry without a
+    usable user_id (see `usable_user_id`) is set aside and counted, so it cannot refuse the users beside
+    it. Their `user_properties` are not kept: nothing here uses them.
 
     Checked in one plain loop rather than one nested schema per user: a batch holds up to 10,000
     users and the whole request must be acknowledged within Amplitude's 1–2 s.
@@ -32,22 +157,19 @@ class CohortUsers(fields.Field):
         if not isinstance(value, list):
             raise ValidationError("Must be an array of objects with a user_id.")
         user_ids: list[str] = []
-        errors: dict[int, dict[str, list[str]]] = {}
-        for index, user in enumerate(value):
-            user_id = user.get("user_id") if isinstance(user, dict) else None
-            if not isinstance(user, dict):
-                errors[index] = {"_schema": ["Must be an object with a user_id."]}
-            elif not isinstance(user_id, str) or not user_id or "\x00" in user_id:
-                errors[index] = {"user_id": ["Must be a non-empty string without NUL characters."]}
-            elif len(user_id) > MAX_USER_ID_LENGTH:
-                errors[index] = {"user_id": [f"Longer than {MAX_USER_ID_LENGTH} characters."]}
-            else:
+        reasons: Counter[str] = Counter()
+        examples: list[dict[str, object]] = []
+        for index, entry in enumerate(value):
+            user_id = usable_user_id(entry)
+            if isinstance(user_id, str):
                 user_ids.append(user_id)
-            if len(errors) >= 20:
-                break
-        if errors:
-            raise ValidationError(errors)
-        return user_ids
+                continue
+            reasons[user_id.reason] += 1
+            if len(examples) < MAX_UNUSABLE_EXAMPLES:
+                path = f"users.{index}" if user_id.reason == "not_an_object" else f"users.{index}.user_id"
+                examples.append({"index": index, "field": path, "reason": user_id.reason,
+                                 "message": user_id.message})
+        return BatchUsers(user_ids, reason_counts(reasons), examples)
 
 
 class CohortWebhookSchema(Schema):
@@ -70,6 +192,24 @@ WEBHOOK_SCHEMA = CohortWebhookSchema()
 # -- what the cohort endpoints answer (documented in the OpenAPI document) ---------------------------
 
 
+_REASON_CODES = ", ".join(f"`{code}` ({meaning})" for code, meaning in UNUSABLE_REASONS.items())
+
+
+def _unusable_reasons(whose: str) -> fields.Dict:
+    return fields.Dict(keys=fields.String(validate=validate.OneOf(list(UNUSABLE_REASONS))), values=fields.Integer(),
+                       required=True, metadata={"description": f"{whose}, per reason, the most frequent first: "
+                                                               f"{_REASON_CODES}."})
+
+
+class UnusableExampleSchema(Schema):
+    """One entry of `users` that had no usable user_id, as Amplitude sent it."""
+
+    index = fields.Integer(required=True, metadata={"description": "Its position in the batch's `users` array."})
+    field = fields.String(required=True, metadata={"description": "Where in the body, e.g. `users.3.user_id`."})
+    reason = fields.String(required=True, validate=validate.OneOf(list(UNUSABLE_REASONS)))
+    message = fields.String(required=True, metadata={"description": "What was wrong, with what was sent."})
+
+
 class WebhookAckSchema(Schema):
     """The webhook's answer: the batch as stored, or as found when Amplitude re-sent a message_id."""
 
@@ -77,7 +217,9 @@ class WebhookAckSchema(Schema):
     batch_id = fields.Integer(required=True)
     cohort_id = fields.String(required=True)
     message_id = fields.String(required=True)
-    users = fields.Integer(required=True)
+    users = fields.Integer(required=True, metadata={"description": "Entries of `users` in this body."})
+    unusable_users = fields.Integer(required=True, metadata={
+        "description": "Of those, entries without a usable user_id: set aside (see the sync record), not applied."})
     state = fields.String(required=True)
     retries = fields.Integer(required=True)
 
@@ -93,19 +235,26 @@ class CohortSummarySchema(Schema):
 
 
 class SyncSchema(Schema):
-    """One webhook batch of a cohort and what it did to the membership."""
+    """One webhook batch of a cohort and what it did to the membership. Once it is processed, every entry
+    of its `users` is counted once: user_count = entered + left + already_known + stale + duplicate_users
+    + unusable_users."""
 
     batch_id = fields.Integer(required=True)
     message_id = fields.String(required=True)
     in_cohort = fields.Boolean(required=True)
     computed_time = fields.Integer(required=True)
-    user_count = fields.Integer(required=True)
+    user_count = fields.Integer(required=True, metadata={"description": "Entries of `users` Amplitude sent."})
     state = fields.String(required=True)
     entered = fields.Integer(required=True)
     left = fields.Integer(required=True)
     already_known = fields.Integer(required=True)
     stale = fields.Integer(required=True)
     duplicate_users = fields.Integer(required=True)
+    unusable_users = fields.Integer(required=True, metadata={
+        "description": "Entries without a usable user_id, set aside when the batch arrived and never applied."})
+    unusable_reasons = _unusable_reasons("The unusable entries")
+    unusable_examples = fields.List(fields.Nested(UnusableExampleSchema), required=True, metadata={
+        "description": f"The first {MAX_UNUSABLE_EXAMPLES} unusable entries, in the order sent."})
     retries = fields.Integer(required=True)
     error = fields.String(required=True, allow_none=True)
     received_at = fields.DateTime(required=True)
@@ -162,6 +311,10 @@ class CohortReportSchema(Schema):
     arithmetic = fields.String(required=True)
     summary = fields.String(required=True)
     context = fields.List(fields.String(), required=True)
+    unusable_users = fields.Integer(required=True, metadata={
+        "description": "Entries without a usable user_id in all of this cohort's batches. They were never applied, "
+                       "so they are in none of the other numbers; `context` says so when there are any."})
+    unusable_reasons = _unusable_reasons("The same entries")
     recent_syncs = fields.List(fields.Nested(SyncSchema), required=True)
 
 

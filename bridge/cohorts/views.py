@@ -47,7 +47,11 @@ _CSV_FLUSH_ROWS = 1000
 @bp.post("/v1/apps/<app_id>/amplitude/cohorts")
 @require_token("cohort")
 def receive_batch(app_id: str):
-    """Amplitude's cohort webhook: 200 as soon as the batch is stored; the membership work is queued."""
+    """Amplitude's cohort webhook: 200 as soon as the batch is stored; the membership work is queued.
+
+    Answers `WebhookAckSchema`. Entries of `users` without a usable user_id are set aside and counted
+    (`unusable_users`), never a reason to refuse the batch; only a malformed envelope is a 400
+    `invalid_payload` naming the fields, and then nothing is stored."""
     runtime = current_app.extensions["bridge"]
     request.max_content_length = runtime.settings.cohort_max_body_bytes
     with _collector_paused():
@@ -60,15 +64,16 @@ def receive_batch(app_id: str):
         "batch_id": stored.batch_id,
         "cohort_id": data["cohort_id"],
         "message_id": data["message_id"],
-        "users": len(data["users"]),
+        "users": data["users"].sent,
+        "unusable_users": data["users"].unusable,
         "state": stored.state,
         "retries": stored.retries,
     }
 
 
 def _webhook_payload() -> dict:
-    """The validated webhook body. The parsed JSON (two dicts per user) is freed on return; only the
-    user ids are kept."""
+    """The validated webhook body, `users` loaded as `BatchUsers`. The parsed JSON (two dicts per user)
+    is freed on return; only the user ids are kept."""
     body = read_json_body()
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "The body must be a JSON object (Amplitude's cohort webhook payload).")

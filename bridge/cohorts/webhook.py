@@ -27,14 +27,15 @@ class StoredBatch:
 
 
 def store_batch(session: Session, app_id: str, body: dict) -> StoredBatch:
-    """Store one validated webhook body (`CohortWebhookSchema`) as a `received` batch, its user ids
-    as a JSON array in `payload`, and make sure its cohort row exists.
+    """Store one validated webhook body (`CohortWebhookSchema`, `users` loaded as `BatchUsers`) as a
+    `received` batch: its usable user ids as a JSON array in `payload`, its unusable entries counted
+    per reason with their examples. Make sure its cohort row exists.
 
     A message_id the app already sent is not stored again: its batch's `retries` goes up by one and
     the stored batch is returned with `duplicate` set. Commits.
     """
     now = utcnow()
-    user_ids = body["users"]
+    users = body["users"]
     inserted = session.execute(
         dialect_insert(session, CohortBatch.__table__)
         .values(
@@ -44,8 +45,11 @@ def store_batch(session: Session, app_id: str, body: dict) -> StoredBatch:
             message_id=body["message_id"],
             in_cohort=body["in_cohort"],
             computed_time=body["computed_time"],
-            user_count=len(user_ids),
-            payload=orjson.dumps(user_ids).decode(),
+            user_count=users.sent,
+            payload=orjson.dumps(users.user_ids).decode(),
+            unusable_users=users.unusable,
+            unusable_reasons=users.unusable_reasons,
+            unusable_examples=users.unusable_examples,
             received_at=now,
         )
         .on_conflict_do_nothing(index_elements=["app_id", "message_id"])
