@@ -51,6 +51,18 @@ class OptionalText(fields.String):
         return text if text.strip() else None
 
 
+class DisplayName(fields.String):
+    """A name shown to people and never matched on (a cohort's name): cut to `limit` characters rather
+    than refused, a NUL character replaced by U+FFFD, so a long or odd name never refuses what it names."""
+
+    def __init__(self, limit: int, **kwargs):
+        super().__init__(**kwargs)
+        self.limit = limit
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return super()._deserialize(value, attr, data, **kwargs)[: self.limit].replace("\x00", "\ufffd")
+
+
 class EpochTime(fields.Field):
     """A time in epoch seconds (or milliseconds), as a JSON number or its digits as a string, inside
     the window of `bridge.times`; loaded as the number sent (a float)."""

@@ -63,11 +63,9 @@ _CUSTOM_FIELDS: dict[type, dict] = {
     shared.DateTimeText: {"type": "string", "format": "date-time", "description": _TIME_RULE},
     shared.Identifier: {"oneOf": [{"type": "string"}, {"type": "integer"}],
                         "description": "A whole number is taken as its decimal string."},
-    cohorts.EpochSeconds: {"oneOf": [{"type": "integer", "minimum": cohorts.MIN_COMPUTED_TIME,
-                                      "maximum": cohorts.MAX_COMPUTED_TIME},
-                                     {"type": "string", "pattern": "^[1-9][0-9]{9,10}$"}],
-                           "description": "Epoch seconds, from 2001-09-09 to the year 5138; a value in milliseconds "
-                                          "is refused."},
+    cohorts.EpochSeconds: {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": "^[0-9]+$"}],
+                           "description": f"Whole epoch seconds, between {times.EARLIEST:%Y-%m-%d} and one day after "
+                                          "the bridge's clock; a value in milliseconds is refused, naming the unit."},
     cohorts.CohortUsers: {"type": "array", "items": {
         "type": "object", "required": ["user_id"],
         "description": "An entry without a usable user_id (absent, null, blank, another type, too long, with a NUL, "
@@ -129,6 +127,8 @@ def _custom_field(self, field: fields.Field, **kwargs) -> dict:
             return schema
     if isinstance(field, registry.Text):
         return {"type": "string", "maxLength": field.limit}
+    if isinstance(field, shared.DisplayName):
+        return {"description": f"Longer than {field.limit:,} characters is cut, not refused."}
     return {}
 
 

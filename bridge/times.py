@@ -54,16 +54,34 @@ def check_epoch(number: float, *, now: datetime | None = None) -> float:
     ValueError naming the unit it looks like or the date it reads as."""
     if now is None and plausible_epoch(number):
         return number
+    return _refuse(number, ("seconds", "milliseconds"), "send epoch seconds (or milliseconds)", now)
+
+
+def check_epoch_seconds(number: float, *, now: datetime | None = None) -> float:
+    """`number` if it is a plausible time in whole epoch seconds (inside the window); else ValueError
+    naming the unit it looks like (`1764201600000 looks like milliseconds (2025-11-27T00:00:00Z)`) or
+    the date it reads as."""
+    if now is None and _EARLIEST_SECONDS <= number <= time.time() + _MARGIN_SECONDS:
+        return number
+    return _refuse(number, ("seconds",), "send epoch seconds", now)
+
+
+def _refuse(number: float, accepted: tuple[str, ...], advice: str, now: datetime | None) -> float:
     if not math.isfinite(number):
         raise ValueError(f"{number!r} is not a time")
     unit = likely_unit(number)
-    if unit not in ("seconds", "milliseconds"):
-        raise ValueError(f"{_number(number)} looks like {unit}; send epoch seconds (or milliseconds)")
-    moment = _from_millis(epoch_millis(number))
-    if moment is None or not _inside(moment, now):
-        where = f"the year {_year(number, unit)}" if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = _from_millis(epoch_millis(number) if unit in ("seconds", "milliseconds") else
+                          number / (1e3 if unit == "microseconds" else 1e6))
+    if unit in accepted:
+        if moment is not None and _inside(moment, now):
+            return number
+        where = f"the year {_year(number, unit)}" if moment is None else f"{moment:%Y-%m-%dT%H:%M:%SZ}"
         raise ValueError(f"{_number(number)} as epoch {unit} is {where}, {_WINDOW}")
-    return number
+    if unit != "seconds" and moment is not None and _inside(moment, now):
+        raise ValueError(f"{_number(number)} looks like {unit} ({moment:%Y-%m-%dT%H:%M:%SZ}); {advice}")
+    seconds = _from_millis(number * 1000)
+    where = f"the year {_year(number, 'seconds')}" if seconds is None else f"{seconds:%Y-%m-%dT%H:%M:%SZ}"
+    raise ValueError(f"{_number(number)} as epoch seconds is {where}, {_WINDOW}")
 
 
 def check_moment(moment: datetime, *, now: datetime | None = None) -> datetime:

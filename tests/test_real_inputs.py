@@ -122,8 +122,8 @@ def test_a_numeric_external_user_id_is_its_decimal_string_everywhere(client, ten
         "after the bridge's clock)."),
     (99999999999, "99999999999 as epoch seconds is 5138-11-16T09:46:39Z, outside the accepted window "
                   "(2000-01-01 to one day after the bridge's clock)."),
-    (T0 * 1_000_000, "1763856000000000 looks like microseconds; send epoch seconds (or milliseconds)."),
-    (T0 * 1_000_000_000, "1763856000000000000 looks like nanoseconds; send epoch seconds (or milliseconds)."),
+    (T0 * 1_000_000, "1763856000000000 looks like microseconds (2025-11-23T00:00:00Z); send epoch seconds (or milliseconds)."),
+    (T0 * 1_000_000_000, "1763856000000000000 looks like nanoseconds (2025-11-23T00:00:00Z); send epoch seconds (or milliseconds)."),
     (-T0, "-1763856000 as epoch seconds is 1914-02-09T00:00:00Z, outside the accepted window (2000-01-01 to one day "
           "after the bridge's clock)."),
     ("soon", "Must be epoch seconds (or milliseconds) as a number."),
@@ -166,7 +166,7 @@ def test_the_registry_api_refuses_the_same_implausible_times_per_record(client, 
     assert errors_of(response) == {
         0: {field: "0 as epoch seconds is 1970-01-01T00:00:00Z, outside the accepted window (2000-01-01 to one day "
                    "after the bridge's clock)."},
-        1: {field: "1763856000000000 looks like microseconds; send epoch seconds (or milliseconds)."},
+        1: {field: "1763856000000000 looks like microseconds (2025-11-23T00:00:00Z); send epoch seconds (or milliseconds)."},
         2: {field: "1999-12-31T23:59:59+00:00 is outside the accepted window (2000-01-01 to one day after the "
                    "bridge's clock)."},
     }
@@ -184,7 +184,7 @@ def test_the_csv_import_rejects_the_row_with_an_implausible_time(runtime, tenant
     assert [e["reason"] for e in summary.errors] == [
         "last_active: 0 as epoch seconds is 1970-01-01T00:00:00Z, outside the accepted window (2000-01-01 to one "
         "day after the bridge's clock)",
-        "last_active: 1763856000000000 looks like microseconds; send epoch seconds (or milliseconds)",
+        "last_active: 1763856000000000 looks like microseconds (2025-11-23T00:00:00Z); send epoch seconds (or milliseconds)",
     ]
 
 

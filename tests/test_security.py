@@ -323,7 +323,6 @@ LONG = [
     ("subscriptions", lambda b: b.update(device_model="m" * 129), "device_model"),
     ("subscriptions", lambda b: b.update(type="Email", identifier=f"{'a' * 510}@x.io"), "identifier"),
     ("amplitude/cohorts", lambda b: b.update(cohort_id="c" * 129), "cohort_id"),
-    ("amplitude/cohorts", lambda b: b.update(cohort_name="n" * 501), "cohort_name"),
 ]  # A cohort user_id too long is set aside and counted, not refused (tests/test_cohorts_webhook.py).
 
 

@@ -4,21 +4,15 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from bridge.intake.schemas import without_nul
+from bridge import times
+from bridge.fields import DisplayName, sentence, without_nul
 from bridge.mapping import real_id
 
 MAX_USER_ID_LENGTH = 256
-# The plausible computed_time, in epoch seconds: from 2001-09-09T01:46:40Z to 100,000,000,000 (year 5138).
-# Above it a value is read as milliseconds, as the event stream reads timestamps (mapping.epoch_millis),
-# and refused: stored as seconds it would lie millennia ahead, and no later batch could update its users.
-MIN_COMPUTED_TIME = 1_000_000_000
-MAX_COMPUTED_TIME = 100_000_000_000
-_FINER_UNITS = (("milliseconds", 10**3), ("microseconds", 10**6), ("nanoseconds", 10**9))
 MAX_UNUSABLE_EXAMPLES = 20  # unusable entries described per batch; the rest are only counted
 
 # Why an entry of `users` has no usable user_id: the stable codes of the sync record and the report.
@@ -36,22 +30,19 @@ UNUSABLE_REASONS = {
 
 
 class EpochSeconds(fields.Field):
-    """Whole epoch seconds from MIN_COMPUTED_TIME to MAX_COMPUTED_TIME, sent as a string of digits
-    ("1763856000", as Amplitude does) or as a number (a fraction is dropped). A value that reads as a
-    plausible time in milliseconds, microseconds or nanoseconds is refused with a message naming the unit."""
+    """Whole epoch seconds inside the bridge's window (`bridge.times`: 2000-01-01 to one day after its
+    clock), sent as a string of digits ("1763856000", as Amplitude does) or as a number (a fraction is
+    dropped). A value in a finer unit is refused with a message naming it: stored as seconds it would lie
+    millennia ahead, and no later batch could update its users."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         seconds = _whole_number(value)
         if seconds is None:
             raise ValidationError("Must be epoch seconds, as a string of digits or a number.")
-        if MIN_COMPUTED_TIME <= seconds <= MAX_COMPUTED_TIME:
-            return seconds
-        for unit, per_second in _FINER_UNITS:
-            if MIN_COMPUTED_TIME <= seconds // per_second <= MAX_COMPUTED_TIME:
-                raise ValidationError(f"Must be epoch seconds; {seconds} looks like {unit} "
-                                      f"({_utc(seconds // per_second)}).")
-        raise ValidationError(f"Must be epoch seconds from {MIN_COMPUTED_TIME} ({_utc(MIN_COMPUTED_TIME)}) "
-                              f"to {MAX_COMPUTED_TIME} ({_utc(MAX_COMPUTED_TIME)}).")
+        try:
+            return int(times.check_epoch_seconds(seconds))
+        except ValueError as exc:
+            raise ValidationError(sentence(exc)) from None
 
 
 def _whole_number(value: object) -> int | None:
@@ -66,10 +57,6 @@ def _whole_number(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return int(value)
-
-
-def _utc(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -179,7 +166,7 @@ class CohortWebhookSchema(Schema):
         unknown = EXCLUDE
 
     cohort_id = fields.String(required=True, validate=[validate.Length(min=1, max=128), without_nul])
-    cohort_name = fields.String(load_default="", validate=[validate.Length(max=500), without_nul])
+    cohort_name = DisplayName(500, load_default="")
     in_cohort = fields.Boolean(required=True, truthy={True}, falsy={False})
     computed_time = EpochSeconds(required=True)
     message_id = fields.String(required=True, validate=[validate.Length(min=1, max=256), without_nul])
