@@ -61,6 +61,24 @@ def sqlite_url(tmp_path_factory) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
+def unmigrated_database_url(request, tmp_path) -> Iterator[str]:
+    """A new, empty database that no migration has touched: SQLite, then PostgreSQL (dropped at the end)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'unmigrated.db'}"
+        return
+    name = f"bridge_test_{os.getpid()}_unmigrated"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        _unavailable("PostgreSQL", exc)
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    admin.execute(f'CREATE DATABASE "{name}"')
+    yield Settings.from_env({"DATABASE_URL": f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"}).database_url
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request) -> Iterator[str]:
     """Each test using this runs twice: on the embedded SQLite and on PostgreSQL. Tables start empty."""
     url = request.getfixturevalue(f"{request.param}_url")

@@ -140,7 +140,7 @@ def test_import_format_matches_existing_records_by_identifier_and_reimports_unch
     assert (by_identifier["bo@example.com"].type, by_identifier["bo@example.com"].subscribed) == ("Email", True)
     assert (by_identifier["+4915112345678"].external_id, by_identifier["+4915112345678"].channel) == ("user-000789", "sms")
     assert by_identifier["cy@example.com"].subscribed is False
-    assert by_identifier["ed@example.com"].subscribed is False  # `subscribed` left empty: not assumed
+    assert by_identifier["ed@example.com"].subscribed is None  # `subscribed` left empty: unknown, not assumed
     assert by_identifier["anon@example.com"].external_id is None
 
     assert counts(run_import(cli, tenant, IMPORT)) == (0, 0, 14, 5)

@@ -120,7 +120,7 @@ class AudienceRecordSchema(Schema):
     channel = fields.String(required=True)
     type = fields.String(required=True)
     identifier = fields.String(required=True, allow_none=True)
-    subscribed = fields.Boolean(required=True)
+    subscribed = fields.Boolean(required=True, allow_none=True, metadata={"description": "null: unknown"})
 
 
 def _counts(name: str, *keys: str) -> type[Schema]:

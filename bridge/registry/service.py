@@ -26,7 +26,7 @@ FIELDS = (
     "device_model", "device_os", "language", "timezone", "country", "last_active_at", "source_created_at",
 )
 _field_values = itemgetter(*FIELDS)
-_NEW_RECORD = dict.fromkeys(FIELDS) | {"invalid_identifier": False, "subscribed": False}
+_NEW_RECORD = dict.fromkeys(FIELDS) | {"invalid_identifier": False}  # subscribed None: unknown
 _ID_NAMESPACE = uuid.UUID("5d0c1a52-7f3e-4e0b-9c57-2b1f6f0e8a41")
 _QUERY_CHUNK = 5000  # keys per IN (...) query: well under SQLite's and PostgreSQL's parameter limits
 _TABLE = Subscription.__table__
@@ -61,9 +61,12 @@ class Observation(NamedTuple):
     at: float  # event time (any consistent unit): orders a request's events
 
 
-def is_subscribed(notification_types: int | None, invalid_identifier: bool) -> bool:
-    """OneSignal's rule: positive notification_types on a valid identifier."""
-    return notification_types is not None and notification_types > 0 and not invalid_identifier
+def is_subscribed(notification_types: int | None, invalid_identifier: bool) -> bool | None:
+    """OneSignal's rule: unsubscribed when the identifier is invalid or notification_types is 0 or
+    negative, subscribed when it is positive; None (unknown) when notification_types is not known."""
+    if invalid_identifier:
+        return False
+    return None if notification_types is None else notification_types > 0
 
 
 def external_ids_for(session: Session, app_id: str, subscription_ids: Iterable[str]) -> dict[str, str]:
@@ -87,7 +90,9 @@ def upsert_records(session: Session, app_id: str, records: list[dict]) -> Upsert
     """Merge `records` (dicts of FIELDS, plus `subscription_id`) into the app's registry, in order.
 
     A value that is None or left out keeps what the registry holds. `subscribed`, when None, is
-    recomputed from notification_types and invalid_identifier if the record gives either of them.
+    recomputed from notification_types and invalid_identifier if the record gives either of them
+    (`is_subscribed`). A new record that says nothing of its state has an unknown one (`subscribed`
+    None), never a guessed false.
     A record without a subscription_id is matched to the app's record with the same channel and
     identifier, or else gets an id derived from them, so importing it again finds it again.
     A new record needs `channel` and `type`.
@@ -119,9 +124,9 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
     Per subscription the newest event decides, and its External User ID (or, if it has none, the
     newest one among the request's events) replaces the recorded one; an event never blanks it.
     A subscription the registry lacks is recorded when its device type is known, with
-    `subscribed` true only if an event proves delivery to it (a push received or clicked, an e-mail
-    opened or clicked, ...: see `proves_delivery`); an in-app message proves the app is used, not that
-    push is allowed. Known records keep their channel, type and `subscribed`.
+    `subscribed` true if an event proves delivery to it (a push received or clicked, an e-mail
+    opened or clicked, ...: see `proves_delivery`), else unknown (None): an in-app message proves the
+    app is used, not that push is allowed. Known records keep their channel, type and `subscribed`.
 
     `known` is what `recorded` answers for (at least) these subscriptions, when the caller has it.
     """
@@ -144,7 +149,7 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
         record_type = resolve_type(latest[key].device_type)
         if record_type is not None:
             rows.append({"app_id": app_id, "subscription_id": key, "channel": CHANNEL_OF_TYPE[record_type],
-                         "type": record_type, "external_id": external.get(key), "subscribed": key in delivered,
+                         "type": record_type, "external_id": external.get(key), "subscribed": key in delivered or None,
                          "invalid_identifier": False})
         elif key in external:
             updates.append({"sub": key, "ext": external[key], "now": now})
