@@ -59,6 +59,7 @@ def test_legacy_export_imports_good_rows_and_reports_bad_ones_by_line(cli, tenan
     assert counts(summary) == (LEGACY_GOOD_ROWS, 0, 0, 6)
     assert summary["rows"] == LEGACY_GOOD_ROWS + 6
     assert summary["errors"] == LEGACY_REJECTED  # line 66-67 is one record over two lines: numbering follows the file
+    assert summary["warnings"] == []
     stored = records(runtime, tenant)
     assert len(stored) == LEGACY_GOOD_ROWS
 
@@ -146,6 +147,80 @@ def test_import_format_matches_existing_records_by_identifier_and_reimports_unch
     assert counts(run_import(cli, tenant, IMPORT)) == (0, 0, 14, 5)
     with runtime.session() as session:
         assert session.scalar(select(func.count()).select_from(Subscription)) == LEGACY_GOOD_ROWS + 11
+
+
+def import_text(cli, tenant, tmp_path, text: str) -> tuple[dict, str]:
+    """Import `text` as a CSV file; the JSON summary and what was written to stderr."""
+    path = tmp_path / "players.csv"
+    path.write_text(text)
+    result = cli.invoke(main, ["subscriptions", "import", "--app", tenant.app_id, str(path)])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), result.stderr
+
+
+def states(runtime, tenant) -> dict[str, bool | None]:
+    return {key: record.subscribed for key, record in records(runtime, tenant).items()}
+
+
+def test_a_legacy_export_without_notification_types_leaves_the_state_unknown_and_says_so(cli, tenant, runtime, tmp_path):
+    summary, stderr = import_text(cli, tenant, tmp_path, "id,device_type,identifier,invalid_identifier\n"
+                                                         "s-1,1,tok-a,f\n"
+                                                         "s-2,1,tok-b,t\n"
+                                                         "s-3,11,c@example.com,f\n")
+    assert states(runtime, tenant) == {"s-1": None, "s-2": False, "s-3": None}  # an invalid identifier is unsubscribed
+    message = "The file has no notification_types column: the subscription state of 2 records is unknown (not unsubscribed)."
+    assert summary["warnings"] == [{"column": "notification_types", "rows": 2, "message": message}]
+    assert f"Warning: {message}" in stderr
+
+    # A state an earlier file gave is kept, and no longer counted as unknown.
+    import_text(cli, tenant, tmp_path, "id,device_type,notification_types\ns-1,1,1\n")
+    summary, _ = import_text(cli, tenant, tmp_path, "id,device_type,identifier,invalid_identifier\n"
+                                                    "s-1,1,tok-a,f\n"
+                                                    "s-3,11,c@example.com,f\n")
+    assert states(runtime, tenant) == {"s-1": True, "s-2": False, "s-3": None}
+    assert [(w["column"], w["rows"]) for w in summary["warnings"]] == [("notification_types", 1)]
+    assert "1 record is unknown" in summary["warnings"][0]["message"]
+
+
+def test_a_legacy_export_without_invalid_identifier_cannot_tell_a_positive_notification_types(cli, tenant, runtime, tmp_path):
+    summary, _ = import_text(cli, tenant, tmp_path, "id,device_type,notification_types\n"
+                                                    "s-1,1,1\n"
+                                                    "s-2,1,-2\n"
+                                                    "s-3,1,0\n")
+    assert states(runtime, tenant) == {"s-1": None, "s-2": False, "s-3": False}
+    assert summary["warnings"] == [{
+        "column": "invalid_identifier", "rows": 1,
+        "message": "The file has no invalid_identifier column: the subscription state of 1 record is unknown "
+                   "(a positive notification_types means subscribed only on a valid identifier)."}]
+
+    # With the column, the same records are known, and a re-import without it makes s-1 unknown again.
+    summary, _ = import_text(cli, tenant, tmp_path, "id,device_type,notification_types,invalid_identifier\n"
+                                                    "s-1,1,1,f\n")
+    assert states(runtime, tenant)["s-1"] is True and summary["warnings"] == []
+    import_text(cli, tenant, tmp_path, "id,device_type,notification_types\ns-1,1,1\n")
+    assert states(runtime, tenant)["s-1"] is None
+
+
+def test_an_import_file_without_subscribed_leaves_new_records_unknown_and_keeps_known_states(cli, tenant, runtime,
+                                                                                            tmp_path):
+    import_text(cli, tenant, tmp_path, "external_id,email,phone_number,subscribed\nuser-1,a@example.com,,no\n")
+    summary, _ = import_text(cli, tenant, tmp_path, "external_id,email,phone_number,country\n"
+                                                    "user-1,a@example.com,,DE\n"
+                                                    "user-2,b@example.com,,FR\n"
+                                                    "user-2,,+4915112345678,FR\n")
+    by_identifier = {r.identifier: r for r in records(runtime, tenant).values()}
+    assert {identifier: r.subscribed for identifier, r in by_identifier.items()} == {
+        "a@example.com": False, "b@example.com": None, "+4915112345678": None}
+    assert by_identifier["a@example.com"].country == "DE"
+    assert summary["warnings"] == [{
+        "column": "subscribed", "rows": 2,
+        "message": "The file has no subscribed column: the subscription state of 2 records is unknown (not unsubscribed)."}]
+
+
+def test_a_missing_column_that_leaves_no_state_unknown_is_not_warned_about(cli, tenant, runtime, tmp_path):
+    summary, stderr = import_text(cli, tenant, tmp_path, "id,device_type,notification_types\ns-1,1,-2\ns-2,0,0\n")
+    assert states(runtime, tenant) == {"s-1": False, "s-2": False}
+    assert summary["warnings"] == [] and "Warning" not in stderr
 
 
 def test_a_repeated_subscription_is_one_record_and_the_later_row_wins(cli, tenant, runtime, tmp_path):

@@ -27,6 +27,9 @@ FIELDS = (
 )
 _field_values = itemgetter(*FIELDS)
 _NEW_RECORD = dict.fromkeys(FIELDS) | {"invalid_identifier": False}  # subscribed None: unknown
+# `subscribed` = UNKNOWN in a record: its source cannot tell the state, which becomes unknown whatever
+# the registry held (None means "not given" instead).
+UNKNOWN = "unknown"
 _ID_NAMESPACE = uuid.UUID("5d0c1a52-7f3e-4e0b-9c57-2b1f6f0e8a41")
 _QUERY_CHUNK = 5000  # keys per IN (...) query: well under SQLite's and PostgreSQL's parameter limits
 _TABLE = Subscription.__table__
@@ -35,16 +38,20 @@ _INCOMING = table("registry_incoming", column("subscription_id"), *(column(name)
 
 @dataclass
 class UpsertCounts:
-    """What an upsert did to each record it was given: every record counts in exactly one bucket."""
+    """What an upsert did to each record it was given: every record counts in exactly one bucket of
+    added, updated and unchanged. `unknown_state` counts, across the buckets, the records left with an
+    unknown subscription state; it is not part of `as_dict` (the API's answer)."""
 
     added: int = 0
     updated: int = 0
     unchanged: int = 0
+    unknown_state: int = 0
 
     def __iadd__(self, other: UpsertCounts) -> UpsertCounts:
         self.added += other.added
         self.updated += other.updated
         self.unchanged += other.unchanged
+        self.unknown_state += other.unknown_state
         return self
 
     def as_dict(self) -> dict[str, object]:
@@ -91,8 +98,8 @@ def upsert_records(session: Session, app_id: str, records: list[dict]) -> Upsert
 
     A value that is None or left out keeps what the registry holds. `subscribed`, when None, is
     recomputed from notification_types and invalid_identifier if the record gives either of them
-    (`is_subscribed`). A new record that says nothing of its state has an unknown one (`subscribed`
-    None), never a guessed false.
+    (`is_subscribed`); UNKNOWN makes it unknown. A new record that says nothing of its state has an
+    unknown one (`subscribed` None), never a guessed false.
     A record without a subscription_id is matched to the app's record with the same channel and
     identifier, or else gets an id derived from them, so importing it again finds it again.
     A new record needs `channel` and `type`.
@@ -105,6 +112,8 @@ def upsert_records(session: Session, app_id: str, records: list[dict]) -> Upsert
         key = record["subscription_id"]
         old = current.get(key)
         new = _merge(old, record)
+        if new["subscribed"] is None:
+            counts.unknown_state += 1
         if old is None:
             counts.added += 1
         elif new == old:
@@ -203,10 +212,13 @@ def _merge(old: dict | None, record: dict) -> dict:
         value = record.get(name)
         if value is not None:
             merged[name] = value
-    if record.get("subscribed") is None and (
+    subscribed = record.get("subscribed")
+    if subscribed is None and (
         record.get("notification_types") is not None or record.get("invalid_identifier") is not None
     ):
         merged["subscribed"] = is_subscribed(merged["notification_types"], merged["invalid_identifier"])
+    elif subscribed == UNKNOWN:
+        merged["subscribed"] = None
     return merged
 
 
