@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import uuid
 
 import psycopg
@@ -13,7 +14,9 @@ from bridge.apps.service import create_app_record
 from bridge.cohorts import report
 from bridge.cohorts.jobs import process_batch
 from bridge.cohorts.webhook import store_batch
+from bridge.registry.importer import import_subscriptions
 from bridge.registry.models import Subscription
+from conftest import FIXTURES
 
 COHORT = "7b2k9xq"
 BASE = "/v1/apps/{}/cohorts"
@@ -190,6 +193,29 @@ def test_the_audience_lists_unknown_states_as_null_and_filters_them_apart(client
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert [(r["external_id"], r["subscribed"]) for r in rows] == [
         ("u1", "true"), ("u2", ""), ("u2", "false"), ("u3", "false"), ("u4", ""), ("u4", ""), ("u5", "true"), ("u5", "")]
+
+
+def test_an_export_without_notification_types_is_reported_as_unknown_not_unsubscribed(client, runtime, tenant):
+    with runtime.session() as session:
+        import_subscriptions(session, tenant.app_id, FIXTURES / "subscriptions-legacy-no-notification-types.csv")
+    body = json.loads((FIXTURES / "cohort-initial-sync.json").read_text())
+    sync(runtime, tenant.app_id, body["message_id"], True, 100, [u["user_id"] for u in body["users"]])
+
+    report = get(client, tenant, f"/{COHORT}").get_json()
+
+    assert report["users"] | {"in_cohort": 5, "matched": 3, "with_no_subscribed_record": 3,
+                              "with_only_unsubscribed_records": 0,
+                              "with_unknown_state_and_no_subscribed_record": 3} == report["users"]
+    assert (report["devices"]["total"], report["devices"]["subscribed"], report["devices"]["unsubscribed"],
+            report["devices"]["unknown"]) == (5, 0, 1, 4)
+    assert report["segment_size"] == 0 and report["segment_size_range"] == {"min": 0, "max": 4}
+    assert report["arithmetic"] == "5 - 2 + 2 - 1 - 4 = 0"
+    assert report["explanations"][-1]["text"] == (
+        "4 records have an unknown subscription state (no source said whether they are subscribed) and are not in "
+        "the segment, which could be up to 4")
+    assert report["context"][0] == ("3 matched users have no subscribed record but at least one of unknown state: "
+                                    "whether a message would reach them is unknown.")
+    assert not any("only unsubscribed" in note or "no message would reach" in note for note in report["context"])
 
 
 def test_numbers_are_written_with_thousands_separators(client, runtime, tenant):

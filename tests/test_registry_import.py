@@ -18,6 +18,7 @@ from bridge.registry.models import Subscription
 from conftest import FIXTURES
 
 LEGACY = FIXTURES / "subscriptions-legacy.csv"
+LEGACY_NO_NOTIFICATION_TYPES = FIXTURES / "subscriptions-legacy-no-notification-types.csv"
 IMPORT = FIXTURES / "subscriptions-import.csv"
 LEGACY_GOOD_ROWS = 67
 LEGACY_REJECTED = [
@@ -180,6 +181,44 @@ def test_a_legacy_export_without_notification_types_leaves_the_state_unknown_and
     assert states(runtime, tenant) == {"s-1": True, "s-2": False, "s-3": None}
     assert [(w["column"], w["rows"]) for w in summary["warnings"]] == [("notification_types", 1)]
     assert "1 record is unknown" in summary["warnings"][0]["message"]
+
+
+def test_the_documented_export_without_notification_types_keeps_country_and_timezone_and_no_state(cli, tenant, runtime):
+    """OneSignal's default columns plus the extra fields external_user_id, country and timezone_id."""
+    summary = run_import(cli, tenant, LEGACY_NO_NOTIFICATION_TYPES)
+
+    assert counts(summary) == (8, 0, 0, 0)
+    assert summary["warnings"] == [{
+        "column": "notification_types", "rows": 7,
+        "message": "The file has no notification_types column: the subscription state of 7 records is unknown "
+                   "(not unsubscribed)."}]
+    stored = records(runtime, tenant)
+    assert sorted(r.subscribed is None for r in stored.values()) == [False] + [True] * 7
+    invalid = stored["c4d2e0f8-6a1b-4c3d-9e5f-7a8b9c0d1e23"]
+    assert (invalid.invalid_identifier, invalid.subscribed) == (True, False)
+    assert {key: (r.country, r.timezone) for key, r in stored.items() if r.external_id} == {
+        "3a0c2f6e-1d4b-4e8a-9c7f-5b2d1e0a9f31": ("US", "America/New_York"),
+        "7b5e3d1c-9a8f-4b6d-8e2c-1f0a3b5d7c92": ("US", "America/New_York"),
+        "c4d2e0f8-6a1b-4c3d-9e5f-7a8b9c0d1e23": ("DE", "Europe/Berlin"),
+        "e8f6a4b2-0c9d-4e7f-8a1b-2c3d4e5f6a74": ("US", "America/Chicago"),
+        "1f3e5d7c-9b0a-4c2e-8d4f-6a8b0c2e4f65": ("FR", "3600"),  # no timezone_id: the offset in seconds
+        "5a7c9e1b-3d5f-4a7c-9e1b-3d5f7a9c1e86": ("BR", "America/Sao_Paulo"),
+    }
+
+
+
+def test_exporting_again_with_notification_types_makes_the_states_known(cli, tenant, runtime, tmp_path):
+    run_import(cli, tenant, LEGACY_NO_NOTIFICATION_TYPES)
+    header, *rows = LEGACY_NO_NOTIFICATION_TYPES.read_text().splitlines()
+    again = tmp_path / "with-notification-types.csv"
+    again.write_text("\n".join([f"{header},notification_types", *(f"{row},1" for row in rows)]) + "\n")
+
+    summary = run_import(cli, tenant, again)
+
+    assert counts(summary) == (0, 8, 0, 0) and summary["warnings"] == []
+    stored = records(runtime, tenant)
+    assert sorted(r.subscribed for r in stored.values()) == [False] + [True] * 7  # the invalid identifier stays off
+    assert stored["1f3e5d7c-9b0a-4c2e-8d4f-6a8b0c2e4f65"].country == "FR"
 
 
 def test_a_legacy_export_without_invalid_identifier_cannot_tell_a_positive_notification_types(cli, tenant, runtime, tmp_path):

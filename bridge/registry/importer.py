@@ -2,6 +2,11 @@
 the legacy subscriptions export (numeric device_type, one row per subscription) and the newer import
 format (one e-mail address or phone number per row, `subscribed` yes/no). The header tells them apart.
 
+The legacy export's default columns hold `timezone`, a UTC offset in seconds ("-18000"); its extra
+fields (notification_types, external_user_id, country, timezone_id, ...) are there only when asked
+for. A record's timezone is timezone_id (an IANA name, "Europe/Berlin") when the row has one, else the
+offset as given.
+
 The file is streamed and merged into the registry chunk by chunk, one transaction per chunk, so memory
 stays flat whatever the file's size, and importing the same file again changes nothing.
 """
@@ -234,6 +239,9 @@ def _identifier(column: str, channel: str, value: str) -> str | None:
 
 
 def _legacy_finish(record: dict) -> dict:
+    zone = record.pop("timezone_id")
+    if zone:  # the IANA name (an extra field of the export) says more than the default column's UTC offset
+        record["timezone"] = zone
     channel = record["channel"] = CHANNEL_OF_TYPE.get(record["type"])
     if channel in ("email", "sms") and record["identifier"]:
         record["identifier"] = _identifier("identifier", channel, record["identifier"])
@@ -288,6 +296,8 @@ FORMATS = (
             ("external_user_id", "external_id", _external_id),
             ("language", "language", _memo(_text("language"))),
             ("timezone", "timezone", _memo(_text("timezone"))),
+            ("timezone_id", "timezone_id", _memo(_text("timezone"))),
+            ("country", "country", _memo(_text("country"))),
             ("device_os", "device_os", _memo(_text("device_os"))),
             ("device_model", "device_model", _memo(_text("device_model"))),
             ("last_active", "last_active_at", _time),
