@@ -168,7 +168,8 @@ def _paths(settings: Settings) -> dict[str, tuple[list[dict], dict]]:
         "/v1/apps/{app_id}/cohorts/{cohort_id}/devices": (cohort, {"get": _operation(
             "A cohort's resolved audience", API_KEY, 200, cohorts.AudiencePageSchema, _AUTHENTICATED + (400,),
             query=[limit, after, _query("channel", {"type": "string", "enum": list(CHANNELS)}),
-                   _query("subscribed", {"type": "boolean"}),
+                   _query("subscribed", {"type": "string", "enum": ["true", "false", "unknown"]},
+                          "One subscription state: true, false (unsubscribed only) or unknown."),
                    _query("format", {"type": "string", "enum": ["json", "csv"]},
                           "csv (or 'Accept: text/csv') streams every matching record as CSV.")],
             csv=True)}),

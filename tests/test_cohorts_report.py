@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import uuid
 
 import psycopg
@@ -14,7 +15,9 @@ from bridge.cohorts import report
 from bridge.cohorts.jobs import process_batch
 from bridge.cohorts.schemas import BatchUsers
 from bridge.cohorts.webhook import store_batch
+from bridge.registry.importer import import_subscriptions
 from bridge.registry.models import Subscription
+from conftest import FIXTURES
 
 COHORT = "7b2k9xq"
 BASE = "/v1/apps/{}/cohorts"
@@ -28,8 +31,8 @@ def sync(runtime, app_id: str, message_id: str, in_cohort: bool, computed_time: 
     process_batch(batch_id, runtime=runtime)
 
 
-def add_records(runtime, app_id: str, *records: tuple[str | None, str, bool]):
-    """Channel records as (external_id, channel, subscribed)."""
+def add_records(runtime, app_id: str, *records: tuple[str | None, str, bool | None]):
+    """Channel records as (external_id, channel, subscribed); subscribed None is an unknown state."""
     types = {"push": "iOSPush", "email": "Email", "sms": "SMS"}
     rows = []
     for external_id, channel, subscribed in records:
@@ -74,13 +77,15 @@ def test_report_counts_every_number(client, tenant, dataset):
 
     assert body["cohort_id"] == COHORT and body["cohort_name"] == "Churn risk"
     assert body["users"] == {"in_cohort": 6, "matched": 4, "unmatched": 2, "with_multiple_devices": 2,
-                             "with_no_subscribed_record": 1}
+                             "with_no_subscribed_record": 1, "with_only_unsubscribed_records": 1,
+                             "with_unknown_state_and_no_subscribed_record": 0}
     assert body["devices"] == {
-        "total": 7, "subscribed": 5, "unsubscribed": 2, "extra_from_multiple_devices": 3,
-        "by_channel": {"push": {"total": 3, "subscribed": 2}, "email": {"total": 3, "subscribed": 3},
-                       "sms": {"total": 1, "subscribed": 0}},
+        "total": 7, "subscribed": 5, "unsubscribed": 2, "unknown": 0, "extra_from_multiple_devices": 3,
+        "by_channel": {"push": {"total": 3, "subscribed": 2, "unsubscribed": 1, "unknown": 0},
+                       "email": {"total": 3, "subscribed": 3, "unsubscribed": 0, "unknown": 0},
+                       "sms": {"total": 1, "subscribed": 0, "unsubscribed": 1, "unknown": 0}},
     }
-    assert body["segment_size"] == 5
+    assert body["segment_size"] == 5 and body["segment_size_range"] == {"min": 5, "max": 5}
 
 
 def test_explanations_name_each_cause_and_add_up(client, tenant, dataset):
@@ -116,6 +121,102 @@ def test_the_report_follows_the_channel_records_without_a_new_sync(client, runti
     assert body["users"] | {"matched": 5, "unmatched": 1, "with_no_subscribed_record": 2} == body["users"]
     assert (body["devices"]["total"], body["devices"]["subscribed"], body["segment_size"]) == (8, 5, 5)
     assert body["arithmetic"] == "6 - 1 + 3 - 3 = 5"
+
+
+@pytest.fixture
+def unknown_states(runtime, tenant):
+    """u1 one subscribed push; u2 a push of unknown state and an unsubscribed e-mail; u3 only an
+    unsubscribed SMS; u4 two pushes of unknown state; u5 a subscribed e-mail and an SMS of unknown state."""
+    sync(runtime, tenant.app_id, "enter", True, 100, ["u1", "u2", "u3", "u4", "u5"])
+    add_records(runtime, tenant.app_id,
+                ("u1", "push", True),
+                ("u2", "push", None), ("u2", "email", False),
+                ("u3", "sms", False),
+                ("u4", "push", None), ("u4", "push", None),
+                ("u5", "email", True), ("u5", "sms", None))
+
+
+def test_records_of_unknown_state_are_counted_apart_and_bound_the_segment(client, tenant, unknown_states):
+    body = get(client, tenant, f"/{COHORT}").get_json()
+
+    assert body["users"] == {"in_cohort": 5, "matched": 5, "unmatched": 0, "with_multiple_devices": 3,
+                             "with_no_subscribed_record": 3, "with_only_unsubscribed_records": 1,
+                             "with_unknown_state_and_no_subscribed_record": 2}
+    assert body["devices"] == {
+        "total": 8, "subscribed": 2, "unsubscribed": 2, "unknown": 4, "extra_from_multiple_devices": 3,
+        "by_channel": {"push": {"total": 4, "subscribed": 1, "unsubscribed": 0, "unknown": 3},
+                       "email": {"total": 2, "subscribed": 1, "unsubscribed": 1, "unknown": 0},
+                       "sms": {"total": 2, "subscribed": 0, "unsubscribed": 1, "unknown": 1}},
+    }
+    assert body["segment_size"] == 2 and body["segment_size_range"] == {"min": 2, "max": 6}
+
+
+def test_records_of_unknown_state_are_explained_and_never_called_unsubscribed(client, runtime, tenant, unknown_states):
+    body = get(client, tenant, f"/{COHORT}").get_json()
+
+    assert body["explanations"] == [
+        {"cause": "users_with_multiple_devices", "delta": 3, "text": "3 users have more than one device (+3 records)"},
+        {"cause": "unsubscribed_records", "delta": -2, "text": "2 records are unsubscribed and not in the segment"},
+        {"cause": "records_with_unknown_subscription_state", "delta": -4,
+         "text": "4 records have an unknown subscription state (no source said whether they are subscribed) and are "
+                 "not in the segment, which could be up to 6"},
+    ]
+    assert body["arithmetic"] == "5 + 3 - 2 - 4 = 2"
+    assert body["users"]["in_cohort"] + sum(e["delta"] for e in body["explanations"]) == body["segment_size"]
+    assert body["context"] == [
+        "1 matched user has only unsubscribed records, so no message would reach them.",
+        "2 matched users have no subscribed record but at least one of unknown state: "
+        "whether a message would reach them is unknown.",
+    ]
+
+    with runtime.session() as session:  # the state of all but u5's SMS becomes known
+        session.execute(update(Subscription).where(Subscription.app_id == tenant.app_id, Subscription.channel == "push",
+                                                   Subscription.subscribed.is_(None)).values(subscribed=False))
+        session.commit()
+    body = get(client, tenant, f"/{COHORT}").get_json()
+    assert body["explanations"][-1]["text"] == ("1 record has an unknown subscription state (no source said whether "
+                                                "it is subscribed) and is not in the segment, which could be up to 3")
+    assert body["arithmetic"] == "5 + 3 - 5 - 1 = 2"
+    assert body["context"] == ["3 matched users have only unsubscribed records, so no message would reach them."]
+
+
+def test_the_audience_lists_unknown_states_as_null_and_filters_them_apart(client, tenant, unknown_states):
+    states = [(r["external_id"], r["channel"], r["subscribed"]) for r in walk(client, tenant, f"/{COHORT}/devices")]
+    assert states == [("u1", "push", True), ("u2", "push", None), ("u2", "email", False), ("u3", "sms", False),
+                      ("u4", "push", None), ("u4", "push", None), ("u5", "email", True), ("u5", "sms", None)]
+    unsubscribed = walk(client, tenant, f"/{COHORT}/devices", subscribed="false")
+    assert [(r["external_id"], r["channel"]) for r in unsubscribed] == [("u2", "email"), ("u3", "sms")]
+    unknown = walk(client, tenant, f"/{COHORT}/devices", subscribed="unknown", limit=2)
+    assert [(r["external_id"], r["channel"]) for r in unknown] == [("u2", "push"), ("u4", "push"), ("u4", "push"),
+                                                                   ("u5", "sms")]
+
+    response = get(client, tenant, f"/{COHORT}/devices", format="csv")
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert [(r["external_id"], r["subscribed"]) for r in rows] == [
+        ("u1", "true"), ("u2", ""), ("u2", "false"), ("u3", "false"), ("u4", ""), ("u4", ""), ("u5", "true"), ("u5", "")]
+
+
+def test_an_export_without_notification_types_is_reported_as_unknown_not_unsubscribed(client, runtime, tenant):
+    with runtime.session() as session:
+        import_subscriptions(session, tenant.app_id, FIXTURES / "subscriptions-legacy-no-notification-types.csv")
+    body = json.loads((FIXTURES / "cohort-initial-sync.json").read_text())
+    sync(runtime, tenant.app_id, body["message_id"], True, 100, [u["user_id"] for u in body["users"]])
+
+    report = get(client, tenant, f"/{COHORT}").get_json()
+
+    assert report["users"] | {"in_cohort": 5, "matched": 3, "with_no_subscribed_record": 3,
+                              "with_only_unsubscribed_records": 0,
+                              "with_unknown_state_and_no_subscribed_record": 3} == report["users"]
+    assert (report["devices"]["total"], report["devices"]["subscribed"], report["devices"]["unsubscribed"],
+            report["devices"]["unknown"]) == (5, 0, 1, 4)
+    assert report["segment_size"] == 0 and report["segment_size_range"] == {"min": 0, "max": 4}
+    assert report["arithmetic"] == "5 - 2 + 2 - 1 - 4 = 0"
+    assert report["explanations"][-1]["text"] == (
+        "4 records have an unknown subscription state (no source said whether they are subscribed) and are not in "
+        "the segment, which could be up to 4")
+    assert report["context"][0] == ("3 matched users have no subscribed record but at least one of unknown state: "
+                                    "whether a message would reach them is unknown.")
+    assert not any("only unsubscribed" in note or "no message would reach" in note for note in report["context"])
 
 
 def test_numbers_are_written_with_thousands_separators(client, runtime, tenant):

@@ -112,8 +112,10 @@ def test_cohort_report_equals_the_truth(env, tmp_path):
     assert report["devices"]["total"] == sum(owned.values())
     assert report["devices"]["subscribed"] == report["segment_size"] == sum(subscribed.values()) + 1  # user 32's push proved delivery
     assert report["devices"]["unsubscribed"] == sum(1 for i in members if i % 4 == 2)
+    assert report["devices"]["unknown"] == 0  # every imported row gave notification_types; user 32's push proved delivery
     assert report["devices"]["by_channel"]["sms"] == {"total": sum(1 for i in members if i % 4 == 3),
-                                                      "subscribed": sum(1 for i in members if i % 4 == 3)}
+                                                      "subscribed": sum(1 for i in members if i % 4 == 3),
+                                                      "unsubscribed": 0, "unknown": 0}
     assert report["users"]["in_cohort"] + sum(e["delta"] for e in report["explanations"]) == report["segment_size"]
     assert (report["unusable_users"], report["unusable_reasons"]) == (3, {"missing_user_id": 2, "placeholder_user_id": 1})
     assert sorted(unmatched) == sorted(f"user-{i:05d}" for i in members if not owned[i])

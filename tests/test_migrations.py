@@ -1,8 +1,10 @@
-"""One Alembic head, and the migrated schema is exactly what the models declare (on both databases)."""
+"""One Alembic head, the migrated schema exactly what the models declare, and migrations that keep the data
+they find (on both databases)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -11,6 +13,8 @@ from sqlalchemy import create_engine, select, text, update
 from bridge.cohorts.models import CohortBatch, CohortMember
 from bridge.db import metadata
 from bridge.migrate import alembic_config, upgrade
+
+NOW = datetime(2026, 11, 24, 9, tzinfo=UTC)
 
 
 def test_a_single_head():
@@ -56,3 +60,35 @@ def test_0004_keeps_stored_cohorts_and_holds_a_computed_time_past_2038(unmigrate
     with engine.connect() as conn:
         assert conn.scalar(select(batches.computed_time)) == conn.scalar(select(members.computed_time)) == year_2100
     engine.dispose()
+
+
+def test_the_unknown_subscription_state_keeps_existing_values_and_downgrades_to_unsubscribed(unmigrated_database_url):
+    """0005 makes subscriptions.subscribed nullable (NULL = unknown) without rewriting a stored value;
+    going back down stores the unknown states as false, what they meant before."""
+    url = unmigrated_database_url
+    config = alembic_config(url)
+    before = ScriptDirectory.from_config(config).get_revision("0005").down_revision
+    command.upgrade(config, "0003")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO apps (id, name, amplitude_api_key, region, created_at, updated_at) "
+                          "VALUES ('app-1', 'Shop', 'key', 'us', :now, :now)"), {"now": NOW})
+        conn.execute(text("INSERT INTO subscriptions (app_id, subscription_id, channel, type, invalid_identifier, "
+                          "subscribed, created_at, updated_at) VALUES "
+                          "('app-1', 'sub-yes', 'push', 'iOSPush', false, true, :now, :now), "
+                          "('app-1', 'sub-no', 'push', 'iOSPush', false, false, :now, :now)"), {"now": NOW})
+    command.upgrade(config, "0005")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO subscriptions (app_id, subscription_id, channel, type, invalid_identifier, "
+                          "subscribed, created_at, updated_at) VALUES "
+                          "('app-1', 'sub-unknown', 'push', 'iOSPush', false, NULL, :now, :now)"), {"now": NOW})
+        assert stored_states(conn) == {"sub-yes": True, "sub-no": False, "sub-unknown": None}
+    command.downgrade(config, before)
+    with engine.connect() as conn:
+        assert stored_states(conn) == {"sub-yes": True, "sub-no": False, "sub-unknown": False}
+    engine.dispose()
+
+
+def stored_states(conn) -> dict[str, bool | None]:
+    rows = conn.execute(text("SELECT subscription_id, subscribed FROM subscriptions"))
+    return {sub: None if state is None else bool(state) for sub, state in rows}

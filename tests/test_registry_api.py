@@ -74,6 +74,24 @@ def test_an_upsert_merges_what_it_is_given_and_counts_what_changed(client, tenan
         assert session.scalar(select(func.count()).select_from(Subscription)) == 1
 
 
+def test_the_subscription_state_is_unknown_until_something_says_it(client, tenant):
+    post(client, tenant, [
+        {"subscription_id": "sub-new", "type": "AndroidPush", "identifier": "fcm-1"},
+        {"subscription_id": "sub-invalid", "type": "AndroidPush", "invalid_identifier": True},
+        {"subscription_id": "sub-valid", "type": "AndroidPush", "invalid_identifier": False},
+        {"subscription_id": "sub-never", "type": "AndroidPush", "notification_types": 0},
+    ])
+    states = {s: get(client, tenant, s).json["subscribed"] for s in ("sub-new", "sub-invalid", "sub-valid", "sub-never")}
+    assert states == {"sub-new": None, "sub-invalid": False, "sub-valid": None, "sub-never": False}
+
+    post(client, tenant, {"subscription_id": "sub-new", "type": "AndroidPush", "external_id": "user-1"})
+    assert get(client, tenant, "sub-new").json["subscribed"] is None  # nothing said yet
+    post(client, tenant, {"subscription_id": "sub-new", "type": "AndroidPush", "notification_types": 1})
+    assert get(client, tenant, "sub-new").json["subscribed"] is True
+    post(client, tenant, {"subscription_id": "sub-valid", "type": "AndroidPush", "subscribed": False})
+    assert get(client, tenant, "sub-valid").json["subscribed"] is False
+
+
 def test_a_request_with_no_valid_record_is_a_400_with_the_same_details(client, tenant):
     response = post(client, tenant, [{"subscription_id": "x"}, {"subscription_id": " ", "type": "SMS"}])
     assert response.status_code == 400

@@ -45,7 +45,7 @@ def test_a_learned_external_id_attributes_later_events_without_one(client, tenan
     assert record(runtime, "sub-1").external_id == "user-123"  # an event without one never blanks it
 
 
-def test_new_records_are_subscribed_only_when_an_event_proves_delivery(client, tenant, runtime):
+def test_new_records_are_subscribed_when_an_event_proves_delivery_and_else_of_unknown_state(client, tenant, runtime):
     send(client, tenant,
          event("e1", "message.push.sent", "sub-sent", None, device="AndroidPush"),
          event("e2", "message.iam.displayed", "sub-iam", None, device="Android"),
@@ -53,10 +53,10 @@ def test_new_records_are_subscribed_only_when_an_event_proves_delivery(client, t
          event("e4", "message.sms.sent", "sub-sms", "user-9", device="SMS"))
     created = {s: record(runtime, s) for s in ("sub-sent", "sub-iam", "sub-mail", "sub-sms")}
     assert {s: (r.type, r.channel, r.subscribed) for s, r in created.items()} == {
-        "sub-sent": ("AndroidPush", "push", False),
-        "sub-iam": ("AndroidPush", "push", False),  # the app is in use; push may still be off
+        "sub-sent": ("AndroidPush", "push", None),  # sent is not received: unknown, not unsubscribed
+        "sub-iam": ("AndroidPush", "push", None),  # the app is in use; push may still be off
         "sub-mail": ("Email", "email", True),
-        "sub-sms": ("SMS", "sms", False),
+        "sub-sms": ("SMS", "sms", None),
     }
     assert created["sub-sent"].external_id is None and created["sub-mail"].external_id == "user-9"
 

@@ -18,6 +18,7 @@ from bridge.registry.models import Subscription
 from conftest import FIXTURES
 
 LEGACY = FIXTURES / "subscriptions-legacy.csv"
+LEGACY_NO_NOTIFICATION_TYPES = FIXTURES / "subscriptions-legacy-no-notification-types.csv"
 IMPORT = FIXTURES / "subscriptions-import.csv"
 LEGACY_GOOD_ROWS = 67
 LEGACY_REJECTED = [
@@ -59,6 +60,7 @@ def test_legacy_export_imports_good_rows_and_reports_bad_ones_by_line(cli, tenan
     assert counts(summary) == (LEGACY_GOOD_ROWS, 0, 0, 6)
     assert summary["rows"] == LEGACY_GOOD_ROWS + 6
     assert summary["errors"] == LEGACY_REJECTED  # line 66-67 is one record over two lines: numbering follows the file
+    assert summary["warnings"] == []
     stored = records(runtime, tenant)
     assert len(stored) == LEGACY_GOOD_ROWS
 
@@ -140,12 +142,124 @@ def test_import_format_matches_existing_records_by_identifier_and_reimports_unch
     assert (by_identifier["bo@example.com"].type, by_identifier["bo@example.com"].subscribed) == ("Email", True)
     assert (by_identifier["+4915112345678"].external_id, by_identifier["+4915112345678"].channel) == ("user-000789", "sms")
     assert by_identifier["cy@example.com"].subscribed is False
-    assert by_identifier["ed@example.com"].subscribed is False  # `subscribed` left empty: not assumed
+    assert by_identifier["ed@example.com"].subscribed is None  # `subscribed` left empty: unknown, not assumed
     assert by_identifier["anon@example.com"].external_id is None
 
     assert counts(run_import(cli, tenant, IMPORT)) == (0, 0, 14, 5)
     with runtime.session() as session:
         assert session.scalar(select(func.count()).select_from(Subscription)) == LEGACY_GOOD_ROWS + 11
+
+
+def import_text(cli, tenant, tmp_path, text: str) -> tuple[dict, str]:
+    """Import `text` as a CSV file; the JSON summary and what was written to stderr."""
+    path = tmp_path / "players.csv"
+    path.write_text(text)
+    result = cli.invoke(main, ["subscriptions", "import", "--app", tenant.app_id, str(path)])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), result.stderr
+
+
+def states(runtime, tenant) -> dict[str, bool | None]:
+    return {key: record.subscribed for key, record in records(runtime, tenant).items()}
+
+
+def test_a_legacy_export_without_notification_types_leaves_the_state_unknown_and_says_so(cli, tenant, runtime, tmp_path):
+    summary, stderr = import_text(cli, tenant, tmp_path, "id,device_type,identifier,invalid_identifier\n"
+                                                         "s-1,1,tok-a,f\n"
+                                                         "s-2,1,tok-b,t\n"
+                                                         "s-3,11,c@example.com,f\n")
+    assert states(runtime, tenant) == {"s-1": None, "s-2": False, "s-3": None}  # an invalid identifier is unsubscribed
+    message = "The file has no notification_types column: the subscription state of 2 records is unknown (not unsubscribed)."
+    assert summary["warnings"] == [{"column": "notification_types", "rows": 2, "message": message}]
+    assert f"Warning: {message}" in stderr
+
+    # A state an earlier file gave is kept, and no longer counted as unknown.
+    import_text(cli, tenant, tmp_path, "id,device_type,notification_types\ns-1,1,1\n")
+    summary, _ = import_text(cli, tenant, tmp_path, "id,device_type,identifier,invalid_identifier\n"
+                                                    "s-1,1,tok-a,f\n"
+                                                    "s-3,11,c@example.com,f\n")
+    assert states(runtime, tenant) == {"s-1": True, "s-2": False, "s-3": None}
+    assert [(w["column"], w["rows"]) for w in summary["warnings"]] == [("notification_types", 1)]
+    assert "1 record is unknown" in summary["warnings"][0]["message"]
+
+
+def test_the_documented_export_without_notification_types_keeps_country_and_timezone_and_no_state(cli, tenant, runtime):
+    """OneSignal's default columns plus the extra fields external_user_id, country and timezone_id."""
+    summary = run_import(cli, tenant, LEGACY_NO_NOTIFICATION_TYPES)
+
+    assert counts(summary) == (8, 0, 0, 0)
+    assert summary["warnings"] == [{
+        "column": "notification_types", "rows": 7,
+        "message": "The file has no notification_types column: the subscription state of 7 records is unknown "
+                   "(not unsubscribed)."}]
+    stored = records(runtime, tenant)
+    assert sorted(r.subscribed is None for r in stored.values()) == [False] + [True] * 7
+    invalid = stored["c4d2e0f8-6a1b-4c3d-9e5f-7a8b9c0d1e23"]
+    assert (invalid.invalid_identifier, invalid.subscribed) == (True, False)
+    assert {key: (r.country, r.timezone) for key, r in stored.items() if r.external_id} == {
+        "3a0c2f6e-1d4b-4e8a-9c7f-5b2d1e0a9f31": ("US", "America/New_York"),
+        "7b5e3d1c-9a8f-4b6d-8e2c-1f0a3b5d7c92": ("US", "America/New_York"),
+        "c4d2e0f8-6a1b-4c3d-9e5f-7a8b9c0d1e23": ("DE", "Europe/Berlin"),
+        "e8f6a4b2-0c9d-4e7f-8a1b-2c3d4e5f6a74": ("US", "America/Chicago"),
+        "1f3e5d7c-9b0a-4c2e-8d4f-6a8b0c2e4f65": ("FR", "3600"),  # no timezone_id: the offset in seconds
+        "5a7c9e1b-3d5f-4a7c-9e1b-3d5f7a9c1e86": ("BR", "America/Sao_Paulo"),
+    }
+
+
+
+def test_exporting_again_with_notification_types_makes_the_states_known(cli, tenant, runtime, tmp_path):
+    run_import(cli, tenant, LEGACY_NO_NOTIFICATION_TYPES)
+    header, *rows = LEGACY_NO_NOTIFICATION_TYPES.read_text().splitlines()
+    again = tmp_path / "with-notification-types.csv"
+    again.write_text("\n".join([f"{header},notification_types", *(f"{row},1" for row in rows)]) + "\n")
+
+    summary = run_import(cli, tenant, again)
+
+    assert counts(summary) == (0, 8, 0, 0) and summary["warnings"] == []
+    stored = records(runtime, tenant)
+    assert sorted(r.subscribed for r in stored.values()) == [False] + [True] * 7  # the invalid identifier stays off
+    assert stored["1f3e5d7c-9b0a-4c2e-8d4f-6a8b0c2e4f65"].country == "FR"
+
+
+def test_a_legacy_export_without_invalid_identifier_cannot_tell_a_positive_notification_types(cli, tenant, runtime, tmp_path):
+    summary, _ = import_text(cli, tenant, tmp_path, "id,device_type,notification_types\n"
+                                                    "s-1,1,1\n"
+                                                    "s-2,1,-2\n"
+                                                    "s-3,1,0\n")
+    assert states(runtime, tenant) == {"s-1": None, "s-2": False, "s-3": False}
+    assert summary["warnings"] == [{
+        "column": "invalid_identifier", "rows": 1,
+        "message": "The file has no invalid_identifier column: the subscription state of 1 record is unknown "
+                   "(a positive notification_types means subscribed only on a valid identifier)."}]
+
+    # With the column, the same records are known, and a re-import without it makes s-1 unknown again.
+    summary, _ = import_text(cli, tenant, tmp_path, "id,device_type,notification_types,invalid_identifier\n"
+                                                    "s-1,1,1,f\n")
+    assert states(runtime, tenant)["s-1"] is True and summary["warnings"] == []
+    import_text(cli, tenant, tmp_path, "id,device_type,notification_types\ns-1,1,1\n")
+    assert states(runtime, tenant)["s-1"] is None
+
+
+def test_an_import_file_without_subscribed_leaves_new_records_unknown_and_keeps_known_states(cli, tenant, runtime,
+                                                                                            tmp_path):
+    import_text(cli, tenant, tmp_path, "external_id,email,phone_number,subscribed\nuser-1,a@example.com,,no\n")
+    summary, _ = import_text(cli, tenant, tmp_path, "external_id,email,phone_number,country\n"
+                                                    "user-1,a@example.com,,DE\n"
+                                                    "user-2,b@example.com,,FR\n"
+                                                    "user-2,,+4915112345678,FR\n")
+    by_identifier = {r.identifier: r for r in records(runtime, tenant).values()}
+    assert {identifier: r.subscribed for identifier, r in by_identifier.items()} == {
+        "a@example.com": False, "b@example.com": None, "+4915112345678": None}
+    assert by_identifier["a@example.com"].country == "DE"
+    assert summary["warnings"] == [{
+        "column": "subscribed", "rows": 2,
+        "message": "The file has no subscribed column: the subscription state of 2 records is unknown (not unsubscribed)."}]
+
+
+def test_a_missing_column_that_leaves_no_state_unknown_is_not_warned_about(cli, tenant, runtime, tmp_path):
+    summary, stderr = import_text(cli, tenant, tmp_path, "id,device_type,notification_types\ns-1,1,-2\ns-2,0,0\n")
+    assert states(runtime, tenant) == {"s-1": False, "s-2": False}
+    assert summary["warnings"] == [] and "Warning" not in stderr
 
 
 def test_a_repeated_subscription_is_one_record_and_the_later_row_wins(cli, tenant, runtime, tmp_path):

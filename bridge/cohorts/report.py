@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from sqlalchemy import and_, exists, func, or_, select, text
 from sqlalchemy.orm import Session
@@ -30,7 +31,8 @@ C = Cohort.__table__.c
 # pass over the join, whatever the cohort's size.
 _CHANNEL_SUMS = ",\n".join(
     f"SUM(CASE WHEN s.channel = '{c}' THEN 1 ELSE 0 END) AS {c}_total,\n"
-    f"SUM(CASE WHEN s.channel = '{c}' AND s.subscribed THEN 1 ELSE 0 END) AS {c}_subscribed"
+    f"SUM(CASE WHEN s.channel = '{c}' AND s.subscribed THEN 1 ELSE 0 END) AS {c}_subscribed,\n"
+    f"SUM(CASE WHEN s.channel = '{c}' AND s.subscribed IS NULL THEN 1 ELSE 0 END) AS {c}_unknown"
     for c in CHANNELS
 )
 REPORT_SQL = text(f"""
@@ -38,6 +40,7 @@ WITH per_user AS (
     SELECT m.user_id,
            COUNT(s.id) AS records,
            SUM(CASE WHEN s.subscribed THEN 1 ELSE 0 END) AS subscribed,
+           SUM(CASE WHEN s.id IS NOT NULL AND s.subscribed IS NULL THEN 1 ELSE 0 END) AS unknown_state,
            {_CHANNEL_SUMS}
     FROM cohort_members m
     LEFT JOIN subscriptions s ON s.app_id = m.app_id AND s.external_id = m.user_id
@@ -48,10 +51,12 @@ SELECT COUNT(*) AS in_cohort,
        COALESCE(SUM(CASE WHEN records > 0 THEN 1 ELSE 0 END), 0) AS matched,
        COALESCE(SUM(CASE WHEN records > 1 THEN 1 ELSE 0 END), 0) AS with_multiple_devices,
        COALESCE(SUM(CASE WHEN records > 0 AND subscribed = 0 THEN 1 ELSE 0 END), 0) AS with_no_subscribed_record,
+       COALESCE(SUM(CASE WHEN subscribed = 0 AND unknown_state > 0 THEN 1 ELSE 0 END), 0) AS maybe_reachable,
        COALESCE(SUM(records), 0) AS devices_total,
        COALESCE(SUM(subscribed), 0) AS devices_subscribed,
-       {", ".join(f"COALESCE(SUM({c}_total), 0) AS {c}_total, COALESCE(SUM({c}_subscribed), 0) AS {c}_subscribed"
-                  for c in CHANNELS)},
+       COALESCE(SUM(unknown_state), 0) AS devices_unknown,
+       {", ".join(f"COALESCE(SUM({c}_{n}), 0) AS {c}_{n}"
+                  for c in CHANNELS for n in ("total", "subscribed", "unknown"))},
        (SELECT COUNT(*) FROM subscriptions x
          WHERE x.app_id = :app_id AND (x.external_id IS NULL OR x.external_id = '')) AS app_records_without_external_id
 FROM per_user
@@ -71,8 +76,10 @@ WHERE m.app_id = %(app_id)s AND m.cohort_id = %(cohort_id)s AND m.in_cohort
 
 
 def cohort_report(session: Session, cohort: Cohort) -> dict[str, object]:
-    """The report of one cohort: users, their channel records, the segment size, and explanations of
-    every difference between the two that add up (in_cohort − unmatched + extra − unsubscribed)."""
+    """The report of one cohort: users, their channel records (subscribed, unsubscribed, or of unknown
+    state), the segment size (the subscribed records) and the range it could span if the unknown
+    ones were subscribed, and explanations of every difference that add up
+    (in_cohort − unmatched + extra − unsubscribed − unknown = segment_size)."""
     if is_postgresql(session):
         # Compiling this many aggregate expressions costs more than it saves (~15% of a 1M-user report).
         session.execute(text("SET LOCAL jit = off"))
@@ -84,13 +91,13 @@ def cohort_report(session: Session, cohort: Cohort) -> dict[str, object]:
         "unmatched": n["in_cohort"] - n["matched"],
         "with_multiple_devices": n["with_multiple_devices"],
         "with_no_subscribed_record": n["with_no_subscribed_record"],
+        "with_only_unsubscribed_records": n["with_no_subscribed_record"] - n["maybe_reachable"],
+        "with_unknown_state_and_no_subscribed_record": n["maybe_reachable"],
     }
     devices = {
-        "total": n["devices_total"],
-        "subscribed": n["devices_subscribed"],
-        "unsubscribed": n["devices_total"] - n["devices_subscribed"],
+        **_states(n["devices_total"], n["devices_subscribed"], n["devices_unknown"]),
         "extra_from_multiple_devices": n["devices_total"] - n["matched"],
-        "by_channel": {c: {"total": n[f"{c}_total"], "subscribed": n[f"{c}_subscribed"]} for c in CHANNELS},
+        "by_channel": {c: _states(n[f"{c}_total"], n[f"{c}_subscribed"], n[f"{c}_unknown"]) for c in CHANNELS},
     }
     explanations = _explanations(users, devices)
     unusable = unusable_entries(session, cohort)
@@ -102,6 +109,7 @@ def cohort_report(session: Session, cohort: Cohort) -> dict[str, object]:
         "users": users,
         "devices": devices,
         "segment_size": devices["subscribed"],
+        "segment_size_range": {"min": devices["subscribed"], "max": devices["subscribed"] + devices["unknown"]},
         "explanations": explanations,
         "arithmetic": _arithmetic(users["in_cohort"], explanations, devices["subscribed"]),
         "summary": _summary(users["in_cohort"], explanations, devices["subscribed"]),
@@ -109,6 +117,10 @@ def cohort_report(session: Session, cohort: Cohort) -> dict[str, object]:
         "unusable_users": sum(unusable.values()),
         "unusable_reasons": unusable,
     }
+
+
+def _states(total: int, subscribed: int, unknown: int) -> dict[str, int]:
+    return {"total": total, "subscribed": subscribed, "unsubscribed": total - subscribed - unknown, "unknown": unknown}
 
 
 def _explanations(users: dict[str, int], devices: dict[str, int]) -> list[dict[str, object]]:
@@ -126,6 +138,13 @@ def _explanations(users: dict[str, int], devices: dict[str, int]) -> list[dict[s
         causes.append({"cause": "unsubscribed_records", "delta": -devices["unsubscribed"],
                        "text": f"{_count(devices['unsubscribed'], 'record is', 'records are')} unsubscribed "
                                "and not in the segment"})
+    if devices["unknown"]:
+        one = devices["unknown"] == 1
+        causes.append({"cause": "records_with_unknown_subscription_state", "delta": -devices["unknown"],
+                       "text": f"{_count(devices['unknown'], 'record has', 'records have')} an unknown subscription "
+                               f"state (no source said whether {'it is' if one else 'they are'} subscribed) and "
+                               f"{'is' if one else 'are'} not in the segment, which could be up to "
+                               f"{devices['subscribed'] + devices['unknown']:,}"})
     return causes
 
 
@@ -147,9 +166,12 @@ def _summary(start: int, causes: list[dict[str, object]], end: int) -> str:
 def _context(users: dict[str, int], without_external_id: int) -> list[str]:
     """Facts that explain the numbers without being a step between them."""
     notes = []
-    if users["with_no_subscribed_record"]:
-        notes.append(f"{_count(users['with_no_subscribed_record'], 'matched user has', 'matched users have')} "
+    if users["with_only_unsubscribed_records"]:
+        notes.append(f"{_count(users['with_only_unsubscribed_records'], 'matched user has', 'matched users have')} "
                      "only unsubscribed records, so no message would reach them.")
+    if maybe_reachable := users["with_unknown_state_and_no_subscribed_record"]:
+        notes.append(f"{_count(maybe_reachable, 'matched user has', 'matched users have')} no subscribed record but at "
+                     "least one of unknown state: whether a message would reach them is unknown.")
     if without_external_id:
         notes.append(f"{_count(without_external_id, 'channel record', 'channel records')} of this app "
                      "have no External User ID and can never match a cohort user.")
@@ -239,12 +261,15 @@ def unmatched_users(session: Session, cohort: Cohort, *, after: str | None, limi
 
 
 AUDIENCE_COLUMNS = ("subscription_id", "external_id", "channel", "type", "identifier", "subscribed")
+UNKNOWN = "unknown"  # the audience filter's value for records whose subscription state is unknown
+State = bool | Literal["unknown"] | None
 
 
-def audience(session: Session, cohort: Cohort, *, channel: str | None = None, subscribed: bool | None = None,
+def audience(session: Session, cohort: Cohort, *, channel: str | None = None, subscribed: State = None,
              after: tuple[str, int] | None = None, limit: int) -> Page:
     """The channel records of the cohort's users (the resolved audience), ordered by user then record,
-    optionally only one channel and/or only (un)subscribed records."""
+    optionally only one channel and/or one subscription state: True (subscribed), False
+    (unsubscribed) or UNKNOWN (`subscribed` None); None lists every state."""
     query = (
         select(*(S[name] for name in AUDIENCE_COLUMNS), S.id)
         .join_from(CohortMember.__table__, Subscription.__table__,
@@ -253,7 +278,9 @@ def audience(session: Session, cohort: Cohort, *, channel: str | None = None, su
     )
     if channel is not None:
         query = query.where(S.channel == channel)
-    if subscribed is not None:
+    if subscribed == UNKNOWN:
+        query = query.where(S.subscribed.is_(None))
+    elif subscribed is not None:
         query = query.where(S.subscribed == subscribed)
     if after is not None:
         user_id, record_id = after
@@ -265,7 +292,7 @@ def audience(session: Session, cohort: Cohort, *, channel: str | None = None, su
     return page
 
 
-def iter_audience(session: Session, cohort: Cohort, *, channel: str | None = None, subscribed: bool | None = None,
+def iter_audience(session: Session, cohort: Cohort, *, channel: str | None = None, subscribed: State = None,
                   page_size: int = 1000) -> Iterator[dict[str, object]]:
     """Every record `audience` lists, page after page, holding one page in memory at a time."""
     after = None

@@ -256,7 +256,7 @@ class AudienceRecordSchema(Schema):
     channel = fields.String(required=True)
     type = fields.String(required=True)
     identifier = fields.String(required=True, allow_none=True)
-    subscribed = fields.Boolean(required=True)
+    subscribed = fields.Boolean(required=True, allow_none=True, metadata={"description": "null: unknown"})
 
 
 def _counts(name: str, *keys: str) -> type[Schema]:
@@ -273,14 +273,15 @@ class ExplanationSchema(Schema):
 
 
 class DeviceCountsSchema(Schema):
-    """The cohort users' channel records, in all and per channel."""
+    """The cohort users' channel records, in all and per channel; total = subscribed + unsubscribed + unknown."""
 
     total = fields.Integer(required=True)
     subscribed = fields.Integer(required=True)
     unsubscribed = fields.Integer(required=True)
+    unknown = fields.Integer(required=True, metadata={"description": "records whose subscription state is unknown"})
     extra_from_multiple_devices = fields.Integer(required=True)
-    by_channel = fields.Dict(keys=fields.String(), required=True,
-                             values=fields.Nested(_counts("ChannelCounts", "total", "subscribed")))
+    by_channel = fields.Dict(keys=fields.String(), required=True, values=fields.Nested(
+        _counts("ChannelCounts", "total", "subscribed", "unsubscribed", "unknown")))
 
 
 class CohortReportSchema(Schema):
@@ -291,9 +292,12 @@ class CohortReportSchema(Schema):
     created_at = fields.DateTime(required=True)
     updated_at = fields.DateTime(required=True)
     users = fields.Nested(_counts("UserCounts", "in_cohort", "matched", "unmatched", "with_multiple_devices",
-                                  "with_no_subscribed_record"), required=True)
+                                  "with_no_subscribed_record", "with_only_unsubscribed_records",
+                                  "with_unknown_state_and_no_subscribed_record"), required=True)
     devices = fields.Nested(DeviceCountsSchema, required=True)
-    segment_size = fields.Integer(required=True)
+    segment_size = fields.Integer(required=True, metadata={"description": "the subscribed records"})
+    segment_size_range = fields.Nested(_counts("SegmentSizeRange", "min", "max"), required=True, metadata={
+        "description": "min: the subscribed records; max: if every record of unknown state were subscribed"})
     explanations = fields.List(fields.Nested(ExplanationSchema), required=True)
     arithmetic = fields.String(required=True)
     summary = fields.String(required=True)

@@ -137,13 +137,14 @@ def cohort_unmatched(app_id: str, cohort_id: str):
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/devices")
 @require_token("api")
 def cohort_devices(app_id: str, cohort_id: str):
-    """The resolved audience. `channel=push|email|sms`, `subscribed=true|false`; `format=csv` (or
-    `Accept: text/csv`) streams every matching record as CSV instead of one JSON page."""
+    """The resolved audience. `channel=push|email|sms`, `subscribed=true|false|unknown` (false lists only
+    unsubscribed records, never those of unknown state); `format=csv` (or `Accept: text/csv`) streams
+    every matching record as CSV instead of one JSON page, an unknown state as an empty cell."""
     cohort = _cohort(app_id, cohort_id)
     channel = request.args.get("channel")
     if channel is not None and channel not in CHANNELS:
         raise ApiError(400, "invalid_parameter", f"channel must be one of {', '.join(CHANNELS)}.", {"channel": channel})
-    subscribed = _boolean_arg("subscribed")
+    subscribed = _state_arg("subscribed")
     if _wants_csv():
         return _csv_response(cohort, channel, subscribed)
     after = _cursor((str, int))
@@ -157,7 +158,7 @@ def _cohort(app_id: str, cohort_id: str) -> Cohort:
     return cohort
 
 
-def _csv_response(cohort: Cohort, channel: str | None, subscribed: bool | None) -> Response:
+def _csv_response(cohort: Cohort, channel: str | None, subscribed: report.State) -> Response:
     runtime = current_app.extensions["bridge"]
 
     def rows():
@@ -193,7 +194,7 @@ def _wants_csv() -> bool:
     return request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"
 
 
-def _boolean_arg(name: str) -> bool | None:
+def _state_arg(name: str) -> report.State:
     raw = request.args.get(name)
     if raw is None:
         return None
@@ -201,7 +202,9 @@ def _boolean_arg(name: str) -> bool | None:
         return True
     if raw.lower() in ("false", "0"):
         return False
-    raise ApiError(400, "invalid_parameter", f"{name} must be true or false.", {name: raw})
+    if raw.lower() == report.UNKNOWN:
+        return report.UNKNOWN
+    raise ApiError(400, "invalid_parameter", f"{name} must be true, false or unknown.", {name: raw})
 
 
 def _limit() -> int:

@@ -34,7 +34,8 @@ def import_file(ctx: Context, app_id: str, file: Path, errors_file: Path | None,
     phone_number, subscription_id, subscribed, ...), told apart by the header.
 
     Importing again updates records and never duplicates them. Prints a JSON summary: added, updated,
-    unchanged, rejected, with the first rejected rows' line numbers and reasons.
+    unchanged, rejected, with the first rejected rows' line numbers and reasons, and warnings naming a
+    missing column that leaves records with an unknown subscription state (also written to stderr).
 
     The exit status is 0 even when rows were rejected; it is non-zero only when the file cannot be
     read or its header is neither format.
@@ -52,4 +53,6 @@ def import_file(ctx: Context, app_id: str, file: Path, errors_file: Path | None,
             raise click.ClickException(str(exc)) from None
         finally:
             bar.close()
+    for warning in summary.warnings:
+        click.echo(f"Warning: {warning['message']}", err=True)
     echo_json(summary.as_dict())

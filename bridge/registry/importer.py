@@ -2,6 +2,11 @@
 the legacy subscriptions export (numeric device_type, one row per subscription) and the newer import
 format (one e-mail address or phone number per row, `subscribed` yes/no). The header tells them apart.
 
+The legacy export's default columns hold `timezone`, a UTC offset in seconds ("-18000"); its extra
+fields (notification_types, external_user_id, country, timezone_id, ...) are there only when asked
+for. A record's timezone is timezone_id (an IANA name, "Europe/Berlin") when the row has one, else the
+offset as given.
+
 The file is streamed and merged into the registry chunk by chunk, one transaction per chunk, so memory
 stays flat whatever the file's size, and importing the same file again changes nothing.
 """
@@ -32,7 +37,7 @@ from bridge.registry.schemas import (
     parse_int32,
     parse_time,
 )
-from bridge.registry.service import UpsertCounts, upsert_records
+from bridge.registry.service import UNKNOWN, UpsertCounts, upsert_records
 
 REPORTED_ERRORS = 20  # rejected rows listed in the summary; an errors file gets them all
 _TRUE, _FALSE = frozenset({"t", "true", "yes", "y", "1"}), frozenset({"f", "false", "no", "n", "0"})
@@ -46,18 +51,24 @@ class UnreadableFile(Exception):
 
 @dataclass
 class ImportSummary(UpsertCounts):
-    """What an import did: each data row counts once in added, updated, unchanged or rejected."""
+    """What an import did: each data row counts once in added, updated, unchanged or rejected.
+
+    `warnings` name each column the file lacks whose absence leaves records with an unknown
+    subscription state: [{"column", "rows": how many of the file's records are left unknown,
+    "message"}]. A column whose absence changes no record's state is not warned about.
+    """
 
     rejected: int = 0
     rows: int = 0
     seconds: float = 0.0
     errors: list[dict] = field(default_factory=list)  # the first REPORTED_ERRORS [{"line", "reason"}]
+    warnings: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return {
             **super().as_dict(), "rejected": self.rejected, "rows": self.rows, "seconds": round(self.seconds, 3),
             "rows_per_second": round(self.rows / self.seconds) if self.seconds else None,
-            "errors": self.errors,
+            "errors": self.errors, "warnings": self.warnings,
         }
 
 
@@ -73,7 +84,9 @@ def import_subscriptions(
     """Merge the records of the CSV file at `path` into `app_id`'s registry and say what happened.
 
     Rows that cannot be imported are rejected with their line number and the reasons, and never stop
-    the others. `errors_to`, if given, receives every rejected row as CSV (line, reason, then the row).
+    the others. A record whose subscription state the file does not give gets an unknown state (not
+    unsubscribed), and when a whole column is missing for it the summary warns (ImportSummary.warnings).
+    `errors_to`, if given, receives every rejected row as CSV (line, reason, then the row).
     `on_progress` is called as chunks are committed, with the bytes of the file read so far. Raises
     UnreadableFile when the file cannot be read; chunks committed before that stay imported.
     """
@@ -82,7 +95,7 @@ def import_subscriptions(
     with _open(path) as (raw, lines), _ChunkWriter(session, app_id, summary, on_progress) as writer:
         reader = csv.reader(lines)
         header = _header(path, reader)
-        parse = _row_parser(path, header)
+        parse, missing = _row_parser(path, header)
         errors = csv.writer(errors_to) if errors_to is not None else None
         if errors:
             errors.writerow(["line", "reason", *header])
@@ -105,8 +118,17 @@ def import_subscriptions(
             writer.submit(chunk, raw.tell())  # the rows read before the unreadable part are imported too
             raise
         writer.submit(chunk, raw.tell())
+    if summary.unknown_state:
+        summary.warnings = [_missing_column_warning(column, summary.unknown_state) for column in missing]
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _missing_column_warning(column: str, rows: int) -> dict[str, object]:
+    records = f"{rows:,} record{'' if rows == 1 else 's'}"
+    return {"column": column, "rows": rows,
+            "message": f"The file has no {column} column: the subscription state of {records} is unknown "
+                       f"({_WHY_UNKNOWN[column]})."}
 
 
 class _ChunkWriter:
@@ -217,6 +239,9 @@ def _identifier(column: str, channel: str, value: str) -> str | None:
 
 
 def _legacy_finish(record: dict) -> dict:
+    zone = record.pop("timezone_id")
+    if zone:  # the IANA name (an extra field of the export) says more than the default column's UTC offset
+        record["timezone"] = zone
     channel = record["channel"] = CHANNEL_OF_TYPE.get(record["type"])
     if channel in ("email", "sms") and record["identifier"]:
         record["identifier"] = _identifier("identifier", channel, record["identifier"])
@@ -234,11 +259,27 @@ def _import_finish(record: dict) -> dict:
     return record
 
 
+def _validity_unknown(finish: Callable[[dict], dict]) -> Callable[[dict], dict]:
+    """`finish`, for a legacy file without invalid_identifier: a positive notification_types then
+    cannot tell a subscribed record from one whose identifier is invalid, so its state is unknown."""
+
+    def finished(record: dict) -> dict:
+        record = finish(record)
+        if (record["notification_types"] or 0) > 0:
+            record["subscribed"] = UNKNOWN
+        return record
+
+    return finished
+
+
 class _Format(NamedTuple):
     name: str
     columns: tuple[tuple[str, str, Callable[[str], object]], ...]  # (CSV column, record field, converter)
     required: frozenset[str]  # the header must hold these
     finish: Callable[[dict], dict]  # rules across columns; a ValueError's message names the column
+    # The columns the subscription state comes from, the main one first. When several are missing, the
+    # first leaves the states unknown on its own: the summary warns about that one.
+    state_columns: tuple[str, ...]
 
 
 _time, _int32 = _optional(parse_time), _optional(parse_int32)
@@ -255,6 +296,8 @@ FORMATS = (
             ("external_user_id", "external_id", _external_id),
             ("language", "language", _memo(_text("language"))),
             ("timezone", "timezone", _memo(_text("timezone"))),
+            ("timezone_id", "timezone_id", _memo(_text("timezone"))),
+            ("country", "country", _memo(_text("country"))),
             ("device_os", "device_os", _memo(_text("device_os"))),
             ("device_model", "device_model", _memo(_text("device_model"))),
             ("last_active", "last_active_at", _time),
@@ -262,6 +305,7 @@ FORMATS = (
         ),
         frozenset({"id", "device_type"}),
         _legacy_finish,
+        ("notification_types", "invalid_identifier"),
     ),
     _Format(
         "import format",
@@ -277,20 +321,30 @@ FORMATS = (
         ),
         frozenset({"email", "phone_number"}),
         _import_finish,
+        ("subscribed",),
     ),
 )
+_WHY_UNKNOWN = {
+    "notification_types": "not unsubscribed",
+    "invalid_identifier": "a positive notification_types means subscribed only on a valid identifier",
+    "subscribed": "not unsubscribed",
+}
 
 
-def _row_parser(path: Path, header: list[str]) -> Callable[[list[str]], dict]:
+def _row_parser(path: Path, header: list[str]) -> tuple[Callable[[list[str]], dict], tuple[str, ...]]:
     """The parser of the format `header` belongs to: it turns a row into a record, or raises
-    RowRejected with every reason the row cannot be imported."""
+    RowRejected with every reason the row cannot be imported. With it, the state column to warn about
+    if the header lacks one (see _Format.state_columns)."""
     names = [name.strip().lower() for name in header]
     for fmt in FORMATS:
         if fmt.required <= set(names):
+            missing = tuple(column for column in fmt.state_columns if column not in names)
+            if missing == ("invalid_identifier",):
+                fmt = fmt._replace(finish=_validity_unknown(fmt.finish))
             return partial(_parse_row, fmt, len(names),
                            # A column the file lacks reads the empty string appended to every row.
                            itemgetter(*(names.index(c) if c in names else len(names) for c, _, _ in fmt.columns)),
-                           [(name, convert) for _, name, convert in fmt.columns])
+                           [(name, convert) for _, name, convert in fmt.columns]), missing[:1]
     expected = "; or ".join(f"the {f.name} ({', '.join(c for c, _, _ in f.columns)}) with at least "
                             f"{' and '.join(sorted(f.required))}" for f in FORMATS)
     raise UnreadableFile(f"{path}: unknown header ({', '.join(header)}); expected {expected}")

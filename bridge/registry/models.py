@@ -28,7 +28,7 @@ class Subscription(SQLModel, table=True):
     external_id: str | None = Field(default=None, max_length=256)
     notification_types: int | None = None
     invalid_identifier: bool = False
-    subscribed: bool = False
+    subscribed: bool | None = None  # None: unknown, nothing imported or observed says it
     device_model: str | None = Field(default=None, max_length=128)
     device_os: str | None = Field(default=None, max_length=64)
     language: str | None = Field(default=None, max_length=16)

@@ -143,7 +143,9 @@ class RecordType(fields.Field):
 
 class RecordSchema(Schema):
     """One record of `POST /v1/apps/<app_id>/subscriptions`. A field left out (or null) keeps what
-    the registry holds; `subscribed`, when not given, follows notification_types and invalid_identifier."""
+    the registry holds; `subscribed`, when not given, follows notification_types and invalid_identifier
+    (unsubscribed if the identifier is invalid or notification_types is 0 or negative, subscribed if it
+    is positive). A new record given none of the three has an unknown subscription state (null)."""
 
     class Meta:
         unknown = EXCLUDE
@@ -196,7 +198,8 @@ class SubscriptionSchema(Schema):
     external_id = fields.String(required=True, allow_none=True)
     notification_types = fields.Integer(required=True, allow_none=True)
     invalid_identifier = fields.Boolean(required=True)
-    subscribed = fields.Boolean(required=True)
+    subscribed = fields.Boolean(required=True, allow_none=True,
+                                metadata={"description": "null: unknown, nothing imported or observed says it"})
     device_model = fields.String(required=True, allow_none=True)
     device_os = fields.String(required=True, allow_none=True)
     language = fields.String(required=True, allow_none=True)

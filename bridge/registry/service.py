@@ -26,7 +26,10 @@ FIELDS = (
     "device_model", "device_os", "language", "timezone", "country", "last_active_at", "source_created_at",
 )
 _field_values = itemgetter(*FIELDS)
-_NEW_RECORD = dict.fromkeys(FIELDS) | {"invalid_identifier": False, "subscribed": False}
+_NEW_RECORD = dict.fromkeys(FIELDS) | {"invalid_identifier": False}  # subscribed None: unknown
+# `subscribed` = UNKNOWN in a record: its source cannot tell the state, which becomes unknown whatever
+# the registry held (None means "not given" instead).
+UNKNOWN = "unknown"
 _ID_NAMESPACE = uuid.UUID("5d0c1a52-7f3e-4e0b-9c57-2b1f6f0e8a41")
 _QUERY_CHUNK = 5000  # keys per IN (...) query: well under SQLite's and PostgreSQL's parameter limits
 _TABLE = Subscription.__table__
@@ -35,16 +38,20 @@ _INCOMING = table("registry_incoming", column("subscription_id"), *(column(name)
 
 @dataclass
 class UpsertCounts:
-    """What an upsert did to each record it was given: every record counts in exactly one bucket."""
+    """What an upsert did to each record it was given: every record counts in exactly one bucket of
+    added, updated and unchanged. `unknown_state` counts, across the buckets, the records left with an
+    unknown subscription state; it is not part of `as_dict` (the API's answer)."""
 
     added: int = 0
     updated: int = 0
     unchanged: int = 0
+    unknown_state: int = 0
 
     def __iadd__(self, other: UpsertCounts) -> UpsertCounts:
         self.added += other.added
         self.updated += other.updated
         self.unchanged += other.unchanged
+        self.unknown_state += other.unknown_state
         return self
 
     def as_dict(self) -> dict[str, object]:
@@ -79,9 +86,12 @@ def users_by_time(observations: Sequence[Observation]) -> list[str | None]:
     return users
 
 
-def is_subscribed(notification_types: int | None, invalid_identifier: bool) -> bool:
-    """OneSignal's rule: positive notification_types on a valid identifier."""
-    return notification_types is not None and notification_types > 0 and not invalid_identifier
+def is_subscribed(notification_types: int | None, invalid_identifier: bool) -> bool | None:
+    """OneSignal's rule: unsubscribed when the identifier is invalid or notification_types is 0 or
+    negative, subscribed when it is positive; None (unknown) when notification_types is not known."""
+    if invalid_identifier:
+        return False
+    return None if notification_types is None else notification_types > 0
 
 
 def external_ids_for(session: Session, app_id: str, subscription_ids: Iterable[str]) -> dict[str, str]:
@@ -105,7 +115,9 @@ def upsert_records(session: Session, app_id: str, records: list[dict]) -> Upsert
     """Merge `records` (dicts of FIELDS, plus `subscription_id`) into the app's registry, in order.
 
     A value that is None or left out keeps what the registry holds. `subscribed`, when None, is
-    recomputed from notification_types and invalid_identifier if the record gives either of them.
+    recomputed from notification_types and invalid_identifier if the record gives either of them
+    (`is_subscribed`); UNKNOWN makes it unknown. A new record that says nothing of its state has an
+    unknown one (`subscribed` None), never a guessed false.
     A record without a subscription_id is matched to the app's record with the same channel and
     identifier, or else gets an id derived from them, so importing it again finds it again.
     A new record needs `channel` and `type`.
@@ -118,6 +130,8 @@ def upsert_records(session: Session, app_id: str, records: list[dict]) -> Upsert
         key = record["subscription_id"]
         old = current.get(key)
         new = _merge(old, record)
+        if new["subscribed"] is None:
+            counts.unknown_state += 1
         if old is None:
             counts.added += 1
         elif new == old:
@@ -138,9 +152,9 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
     own External User ID, else the newest earlier one by time) replaces the recorded one; an event
     never blanks it.
     A subscription the registry lacks is recorded when its device type is known, with
-    `subscribed` true only if an event proves delivery to it (a push received or clicked, an e-mail
-    opened or clicked, ...: see `proves_delivery`); an in-app message proves the app is used, not that
-    push is allowed. Known records keep their channel, type and `subscribed`.
+    `subscribed` true if an event proves delivery to it (a push received or clicked, an e-mail
+    opened or clicked, ...: see `proves_delivery`), else unknown (None): an in-app message proves the
+    app is used, not that push is allowed. Known records keep their channel, type and `subscribed`.
 
     `known` is what `recorded` answers for (at least) these subscriptions, when the caller has it.
     """
@@ -163,7 +177,7 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
         record_type = resolve_type(latest[key].device_type)
         if record_type is not None:
             rows.append({"app_id": app_id, "subscription_id": key, "channel": CHANNEL_OF_TYPE[record_type],
-                         "type": record_type, "external_id": external.get(key), "subscribed": key in delivered,
+                         "type": record_type, "external_id": external.get(key), "subscribed": key in delivered or None,
                          "invalid_identifier": False})
         elif key in external:
             updates.append({"sub": key, "ext": external[key], "now": now})
@@ -217,10 +231,13 @@ def _merge(old: dict | None, record: dict) -> dict:
         value = record.get(name)
         if value is not None:
             merged[name] = value
-    if record.get("subscribed") is None and (
+    subscribed = record.get("subscribed")
+    if subscribed is None and (
         record.get("notification_types") is not None or record.get("invalid_identifier") is not None
     ):
         merged["subscribed"] = is_subscribed(merged["notification_types"], merged["invalid_identifier"])
+    elif subscribed == UNKNOWN:
+        merged["subscribed"] = None
     return merged
 
 

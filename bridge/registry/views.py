@@ -40,7 +40,8 @@ def get_subscription(app_id: str, subscription_id: str):
 
 
 def describe(record: Subscription) -> dict[str, object]:
-    """A record as the API shows it: the fields it accepts, plus when the bridge recorded and last changed it."""
+    """A record as the API shows it (SubscriptionSchema): the fields it accepts, plus when the bridge
+    recorded and last changed it. `subscribed` is true, false, or None when the state is unknown."""
     return {
         "subscription_id": record.subscription_id, "channel": record.channel, "type": record.type,
         "identifier": record.identifier, "external_id": record.external_id,
