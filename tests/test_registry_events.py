@@ -82,3 +82,22 @@ def test_an_unknown_device_type_updates_a_known_record_but_creates_none(client, 
     assert (record(runtime, "sub-1").type, record(runtime, "sub-1").external_id) == ("SafariPush", "user-1")
     assert record(runtime, "sub-2") is None
     assert outbox_user(runtime, "e2") == ("user-2", "pending")
+
+
+def test_an_event_that_proves_delivery_turns_an_unknown_state_subscribed_and_never_overrides_a_known_one(
+        client, tenant, runtime):
+    response = client.post(f"/v1/apps/{tenant.app_id}/subscriptions", headers=tenant.auth, json=[
+        {"subscription_id": "unknown", "type": "iOSPush", "external_id": "user-1"},
+        {"subscription_id": "unknown-odd", "type": "iOSPush"},
+        {"subscription_id": "off", "type": "iOSPush", "notification_types": -2},
+        {"subscription_id": "still-unknown", "type": "iOSPush"}])
+    assert response.json["added"] == 4
+    send(client, tenant,
+         event("e1", "message.push.received", "unknown", None),
+         event("e2", "message.push.clicked", "unknown-odd", "user-2", device="SmartFridge"),
+         event("e3", "message.push.received", "off", None),
+         event("e4", "message.iam.displayed", "still-unknown", None))
+    states = {s: (record(runtime, s).subscribed, record(runtime, s).external_id)
+              for s in ("unknown", "unknown-odd", "off", "still-unknown")}
+    assert states == {"unknown": (True, "user-1"), "unknown-odd": (True, "user-2"), "off": (False, None),
+                      "still-unknown": (None, None)}

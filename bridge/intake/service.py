@@ -22,7 +22,7 @@ from bridge import mapping
 from bridge.db import dialect_insert, is_postgresql, utcnow
 from bridge.delivery.models import PENDING, SKIPPED, UNRESOLVED_USER, EventReceipt, OutboxEvent
 from bridge.intake.schemas import flatten_errors, load_item
-from bridge.registry.service import Observation, observe_events, recorded, users_by_time
+from bridge.registry.service import Observation, Recorded, observe_events, recorded, users_by_time
 
 
 @dataclass
@@ -155,11 +155,12 @@ def _not_an_object():
     raise ValidationError({"_item": ["Each event must be a JSON object."]})
 
 
-def _outbox_row(app_id: str, ev: PreparedEvent, known: dict[str, str | None], now: datetime) -> dict:
+def _outbox_row(app_id: str, ev: PreparedEvent, known: dict[str, Recorded], now: datetime) -> dict:
     event = ev.item["event"]
     user_id, payload = ev.user_id, ev.payload
     if user_id is None:
-        user_id = known.get(event["subscription_id"])  # the registry's External User ID, if it has one
+        held = known.get(event["subscription_id"])
+        user_id = held.external_id if held else None  # the registry's External User ID, if it has one
         payload = _amplitude_json(ev.item, user_id) if user_id else None
     row = {
         "app_id": app_id,

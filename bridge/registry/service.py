@@ -12,7 +12,7 @@ from operator import itemgetter
 from typing import NamedTuple
 
 import orjson
-from sqlalchemy import String, and_, bindparam, column, func, literal, select, table, text, true, update
+from sqlalchemy import Boolean, String, and_, bindparam, column, func, literal, or_, select, table, text, true, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -94,14 +94,23 @@ def is_subscribed(notification_types: int | None, invalid_identifier: bool) -> b
     return None if notification_types is None else notification_types > 0
 
 
+class Recorded(NamedTuple):
+    """What the registry holds of one subscription that an event may change."""
+
+    external_id: str | None
+    subscribed: bool | None  # None: unknown
+
+
 def external_ids_for(session: Session, app_id: str, subscription_ids: Iterable[str]) -> dict[str, str]:
     """External User IDs the registry records for these subscriptions (those without one are left out)."""
-    return {sub: ext for sub, ext in recorded(session, app_id, subscription_ids).items() if ext}
+    return {sub: known.external_id for sub, known in recorded(session, app_id, subscription_ids).items()
+            if known.external_id}
 
 
-def recorded(session: Session, app_id: str, subscription_ids: Iterable[str]) -> dict[str, str | None]:
-    """subscription id → recorded External User ID (None if it has none), for those the registry holds."""
-    return {sub: fields["external_id"] for sub, fields in _stored(session, app_id, set(subscription_ids)).items()}
+def recorded(session: Session, app_id: str, subscription_ids: Iterable[str]) -> dict[str, Recorded]:
+    """subscription id → its recorded External User ID and subscription state, for those the registry holds."""
+    return {sub: Recorded(fields["external_id"], fields["subscribed"])
+            for sub, fields in _stored(session, app_id, set(subscription_ids)).items()}
 
 
 def find_record(session: Session, app_id: str, subscription_id: str) -> Subscription | None:
@@ -145,7 +154,7 @@ def upsert_records(session: Session, app_id: str, records: list[dict]) -> Upsert
 
 
 def observe_events(session: Session, app_id: str, observations: Iterable[Observation],
-                   known: dict[str, str | None] | None = None) -> None:
+                   known: dict[str, Recorded] | None = None) -> None:
     """Keep the registry current from a request's events, in at most two statements.
 
     Per subscription the newest event decides, and the user it is attributed to (`users_by_time`: its
@@ -154,7 +163,9 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
     A subscription the registry lacks is recorded when its device type is known, with
     `subscribed` true if an event proves delivery to it (a push received or clicked, an e-mail
     opened or clicked, ...: see `proves_delivery`), else unknown (None): an in-app message proves the
-    app is used, not that push is allowed. Known records keep their channel, type and `subscribed`.
+    app is used, not that push is allowed. Known records keep their channel and type; their
+    `subscribed` changes only from unknown to true, when an event proves delivery (an import without
+    notification_types leaves it unknown, and the stream then tells).
 
     `known` is what `recorded` answers for (at least) these subscriptions, when the caller has it.
     """
@@ -172,15 +183,18 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
         known = recorded(session, app_id, latest)
     rows, updates = [], []
     for key in sorted(latest):
-        if key in known and (key not in external or known[key] == external[key]):
+        held = known.get(key)
+        proof = key in delivered or None
+        if held is not None and external.get(key, held.external_id) == held.external_id and not (
+                proof and held.subscribed is None):
             continue  # nothing new: most events of a steady stream end here, with no write
         record_type = resolve_type(latest[key].device_type)
         if record_type is not None:
             rows.append({"app_id": app_id, "subscription_id": key, "channel": CHANNEL_OF_TYPE[record_type],
-                         "type": record_type, "external_id": external.get(key), "subscribed": key in delivered or None,
+                         "type": record_type, "external_id": external.get(key), "subscribed": proof,
                          "invalid_identifier": False})
-        elif key in external:
-            updates.append({"sub": key, "ext": external[key], "now": now})
+        elif held is not None:
+            updates.append({"sub": key, "ext": external.get(key), "proof": proof, "now": now})
     if rows and is_postgresql(session):
         # One statement whose rows travel as one JSON parameter: far less Python per row than a
         # multi-row INSERT's parameters.
@@ -191,17 +205,23 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
         session.execute(
             insert.on_conflict_do_update(
                 index_elements=["app_id", "subscription_id"],
-                set_={"external_id": excluded.external_id, "updated_at": excluded.updated_at},
-                where=and_(excluded.external_id.is_not(None), _TABLE.c.external_id.is_distinct_from(excluded.external_id)),
+                set_={"external_id": func.coalesce(excluded.external_id, _TABLE.c.external_id),
+                      "subscribed": func.coalesce(_TABLE.c.subscribed, excluded.subscribed),
+                      "updated_at": excluded.updated_at},
+                where=or_(and_(excluded.external_id.is_not(None), _TABLE.c.external_id.is_distinct_from(excluded.external_id)),
+                          and_(_TABLE.c.subscribed.is_(None), excluded.subscribed.is_not(None))),
             ).returning(_TABLE.c.id),  # RETURNING: one multi-row statement instead of one per row
             [{**row, "created_at": now, "updated_at": now} for row in rows],
         ).all()
-    if updates:
+    if updates:  # known records of a device type the registry cannot name: only the two facts change
+        ext, proof = bindparam("ext", type_=String), bindparam("proof", type_=Boolean)
         session.execute(
             update(_TABLE)
             .where(_TABLE.c.app_id == app_id, _TABLE.c.subscription_id == bindparam("sub"),
-                   _TABLE.c.external_id.is_distinct_from(bindparam("ext")))
-            .values(external_id=bindparam("ext"), updated_at=bindparam("now")),
+                   or_(and_(ext.is_not(None), _TABLE.c.external_id.is_distinct_from(ext)),
+                       and_(_TABLE.c.subscribed.is_(None), proof.is_not(None))))
+            .values(external_id=func.coalesce(ext, _TABLE.c.external_id),
+                    subscribed=func.coalesce(_TABLE.c.subscribed, proof), updated_at=bindparam("now")),
             updates,
         )
 
@@ -213,8 +233,11 @@ SELECT app_id, subscription_id, channel, type, external_id, subscribed, invalid_
 FROM json_to_recordset(%(rows)s::json) AS r(app_id text, subscription_id text, channel text, type text,
                                              external_id text, subscribed boolean, invalid_identifier boolean)
 ORDER BY subscription_id
-ON CONFLICT (app_id, subscription_id) DO UPDATE SET external_id = excluded.external_id, updated_at = excluded.updated_at
-WHERE excluded.external_id IS NOT NULL AND {_TABLE.name}.external_id IS DISTINCT FROM excluded.external_id
+ON CONFLICT (app_id, subscription_id) DO UPDATE
+SET external_id = COALESCE(excluded.external_id, {_TABLE.name}.external_id),
+    subscribed = COALESCE({_TABLE.name}.subscribed, excluded.subscribed), updated_at = excluded.updated_at
+WHERE (excluded.external_id IS NOT NULL AND {_TABLE.name}.external_id IS DISTINCT FROM excluded.external_id)
+   OR ({_TABLE.name}.subscribed IS NULL AND excluded.subscribed IS NOT NULL)
 """
 
 
