@@ -101,3 +101,25 @@ def test_an_event_that_proves_delivery_turns_an_unknown_state_subscribed_and_nev
               for s in ("unknown", "unknown-odd", "off", "still-unknown")}
     assert states == {"unknown": (True, "user-1"), "unknown-odd": (True, "user-2"), "off": (False, None),
                       "still-unknown": (None, None)}
+
+
+def test_a_late_event_older_than_the_one_that_named_the_user_does_not_replace_it(client, tenant, runtime):
+    client.post(f"/v1/apps/{tenant.app_id}/subscriptions", headers=tenant.auth,
+                json=[{"subscription_id": "odd", "type": "iOSPush"}])  # known, of a type events cannot name
+    send(client, tenant, event("e1", "message.push.received", "shared", "u-ana", at=500),
+         event("e2", "message.push.received", "odd", "u-ana", device="SmartFridge", at=500))
+    send(client, tenant, event("e3", "message.push.clicked", "shared", "u-ben", at=200),  # a retried request
+         event("e4", "message.push.clicked", "odd", "u-ben", device="SmartFridge", at=200))
+    assert (record(runtime, "shared").external_id, record(runtime, "odd").external_id) == ("u-ana", "u-ana")
+    send(client, tenant, event("e5", "message.push.clicked", "odd", "u-carl", device="SmartFridge", at=900))
+    assert record(runtime, "odd").external_id == "u-carl"
+
+    send(client, tenant, event("e6", "message.push.clicked", "shared", "u-carl", at=900))
+    assert (record(runtime, "shared").external_id, record(runtime, "shared").external_id_at) == ("u-carl", (T0 + 900) * 1000)
+    # An import or the API always sets the user; events then compete with the newest event seen.
+    client.post(f"/v1/apps/{tenant.app_id}/subscriptions", headers=tenant.auth,
+                json=[{"subscription_id": "shared", "type": "iOSPush", "external_id": "u-dave"}])
+    send(client, tenant, event("e7", "message.push.clicked", "shared", "u-eve", at=800))
+    assert record(runtime, "shared").external_id == "u-dave"
+    send(client, tenant, event("e8", "message.push.clicked", "shared", "u-frank", at=1000))
+    assert record(runtime, "shared").external_id == "u-frank"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from bridge.db import BIGINT_PK, UtcDateTime, utcnow
@@ -26,6 +26,9 @@ class Subscription(SQLModel, table=True):
     type: str = Field(max_length=32)  # iOSPush, AndroidPush, ChromePush, ..., Email, SMS
     identifier: str | None = Field(default=None, max_length=512)  # push token, e-mail, E.164 phone
     external_id: str | None = Field(default=None, max_length=256)
+    # Event time (epoch ms) of the newest event that named an External User ID here; None until one did.
+    # An older event arriving later does not replace the user (an import or the API always does).
+    external_id_at: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     notification_types: int | None = None
     invalid_identifier: bool = False
     subscribed: bool | None = None  # None: unknown, nothing imported or observed says it

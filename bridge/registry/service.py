@@ -12,7 +12,7 @@ from operator import itemgetter
 from typing import NamedTuple
 
 import orjson
-from sqlalchemy import Boolean, String, and_, bindparam, column, func, literal, or_, select, table, text, true, update
+from sqlalchemy import BigInteger, Boolean, String, and_, bindparam, case, column, func, literal, or_, select, table, text, true, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -65,7 +65,7 @@ class Observation(NamedTuple):
     device_type: str | None  # the event's subscription_device_type ("iOS", "Email", ...)
     external_id: str | None  # already cleaned of placeholders (mapping.real_id)
     kind: str  # e.g. message.push.received
-    at: float  # event time (any consistent unit): orders a request's events
+    at: float  # event time in epoch milliseconds: orders events, and dates the user it names
 
 
 def users_by_time(observations: Sequence[Observation]) -> list[str | None]:
@@ -170,12 +170,12 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
     `known` is what `recorded` answers for (at least) these subscriptions, when the caller has it.
     """
     latest: dict[str, Observation] = {}
-    external: dict[str, str] = {}
+    external: dict[str, tuple[str, float]] = {}  # the newest External User ID, and its event's time
     delivered: set[str] = set()
     for seen in sorted(observations, key=lambda o: o.at):
         latest[seen.subscription_id] = seen
         if seen.external_id:
-            external[seen.subscription_id] = seen.external_id
+            external[seen.subscription_id] = (seen.external_id, seen.at)
         if proves_delivery(seen.kind):
             delivered.add(seen.subscription_id)
     now = utcnow()
@@ -185,16 +185,17 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
     for key in sorted(latest):
         held = known.get(key)
         proof = key in delivered or None
-        if held is not None and external.get(key, held.external_id) == held.external_id and not (
-                proof and held.subscribed is None):
+        ext, ext_at = external.get(key, (None, None))
+        if held is not None and (ext is None or ext == held.external_id) and not (proof and held.subscribed is None):
             continue  # nothing new: most events of a steady stream end here, with no write
+        ext_at = None if ext_at is None else int(ext_at)
         record_type = resolve_type(latest[key].device_type)
         if record_type is not None:
             rows.append({"app_id": app_id, "subscription_id": key, "channel": CHANNEL_OF_TYPE[record_type],
-                         "type": record_type, "external_id": external.get(key), "subscribed": proof,
+                         "type": record_type, "external_id": ext, "external_id_at": ext_at, "subscribed": proof,
                          "invalid_identifier": False})
         elif held is not None:
-            updates.append({"sub": key, "ext": external.get(key), "proof": proof, "now": now})
+            updates.append({"sub": key, "ext": ext, "ext_at": ext_at, "proof": proof, "now": now})
     if rows and is_postgresql(session):
         # One statement whose rows travel as one JSON parameter: far less Python per row than a
         # multi-row INSERT's parameters.
@@ -202,42 +203,57 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
     elif rows:
         insert = dialect_insert(session, _TABLE)
         excluded = insert.excluded
+        newer = _names_newer_user(excluded.external_id, excluded.external_id_at)
         session.execute(
             insert.on_conflict_do_update(
                 index_elements=["app_id", "subscription_id"],
-                set_={"external_id": func.coalesce(excluded.external_id, _TABLE.c.external_id),
+                set_={"external_id": case((newer, excluded.external_id), else_=_TABLE.c.external_id),
+                      "external_id_at": case((newer, excluded.external_id_at), else_=_TABLE.c.external_id_at),
                       "subscribed": func.coalesce(_TABLE.c.subscribed, excluded.subscribed),
                       "updated_at": excluded.updated_at},
-                where=or_(and_(excluded.external_id.is_not(None), _TABLE.c.external_id.is_distinct_from(excluded.external_id)),
-                          and_(_TABLE.c.subscribed.is_(None), excluded.subscribed.is_not(None))),
+                where=or_(newer, and_(_TABLE.c.subscribed.is_(None), excluded.subscribed.is_not(None))),
             ).returning(_TABLE.c.id),  # RETURNING: one multi-row statement instead of one per row
             [{**row, "created_at": now, "updated_at": now} for row in rows],
         ).all()
     if updates:  # known records of a device type the registry cannot name: only the two facts change
-        ext, proof = bindparam("ext", type_=String), bindparam("proof", type_=Boolean)
+        ext, ext_at = bindparam("ext", type_=String), bindparam("ext_at", type_=BigInteger)
+        proof = bindparam("proof", type_=Boolean)
+        newer = _names_newer_user(ext, ext_at)
         session.execute(
             update(_TABLE)
             .where(_TABLE.c.app_id == app_id, _TABLE.c.subscription_id == bindparam("sub"),
-                   or_(and_(ext.is_not(None), _TABLE.c.external_id.is_distinct_from(ext)),
-                       and_(_TABLE.c.subscribed.is_(None), proof.is_not(None))))
-            .values(external_id=func.coalesce(ext, _TABLE.c.external_id),
+                   or_(newer, and_(_TABLE.c.subscribed.is_(None), proof.is_not(None))))
+            .values(external_id=case((newer, ext), else_=_TABLE.c.external_id),
+                    external_id_at=case((newer, ext_at), else_=_TABLE.c.external_id_at),
                     subscribed=func.coalesce(_TABLE.c.subscribed, proof), updated_at=bindparam("now")),
             updates,
         )
 
 
+def _names_newer_user(ext, ext_at):
+    """SQL: the incoming External User ID `ext` (of an event at `ext_at`, epoch ms) replaces the stored
+    one: it is given, differs, and its event is no older than the one that named the stored user."""
+    return and_(ext.is_not(None), _TABLE.c.external_id.is_distinct_from(ext),
+                or_(_TABLE.c.external_id_at.is_(None), ext_at >= _TABLE.c.external_id_at))
+
+
+_T = _TABLE.name
+_NEWER = (f"excluded.external_id IS NOT NULL AND {_T}.external_id IS DISTINCT FROM excluded.external_id "
+          f"AND ({_T}.external_id_at IS NULL OR excluded.external_id_at >= {_T}.external_id_at)")
 _OBSERVED_SQL = f"""
-INSERT INTO {_TABLE.name} (app_id, subscription_id, channel, type, external_id, subscribed, invalid_identifier,
-                           created_at, updated_at)
-SELECT app_id, subscription_id, channel, type, external_id, subscribed, invalid_identifier, %(now)s, %(now)s
+INSERT INTO {_T} (app_id, subscription_id, channel, type, external_id, external_id_at, subscribed, invalid_identifier,
+                  created_at, updated_at)
+SELECT app_id, subscription_id, channel, type, external_id, external_id_at, subscribed, invalid_identifier,
+       %(now)s, %(now)s
 FROM json_to_recordset(%(rows)s::json) AS r(app_id text, subscription_id text, channel text, type text,
-                                             external_id text, subscribed boolean, invalid_identifier boolean)
+                                             external_id text, external_id_at bigint, subscribed boolean,
+                                             invalid_identifier boolean)
 ORDER BY subscription_id
 ON CONFLICT (app_id, subscription_id) DO UPDATE
-SET external_id = COALESCE(excluded.external_id, {_TABLE.name}.external_id),
-    subscribed = COALESCE({_TABLE.name}.subscribed, excluded.subscribed), updated_at = excluded.updated_at
-WHERE (excluded.external_id IS NOT NULL AND {_TABLE.name}.external_id IS DISTINCT FROM excluded.external_id)
-   OR ({_TABLE.name}.subscribed IS NULL AND excluded.subscribed IS NOT NULL)
+SET external_id = CASE WHEN {_NEWER} THEN excluded.external_id ELSE {_T}.external_id END,
+    external_id_at = CASE WHEN {_NEWER} THEN excluded.external_id_at ELSE {_T}.external_id_at END,
+    subscribed = COALESCE({_T}.subscribed, excluded.subscribed), updated_at = excluded.updated_at
+WHERE ({_NEWER}) OR ({_T}.subscribed IS NULL AND excluded.subscribed IS NOT NULL)
 """
 
 
