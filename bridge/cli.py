@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import TextIO
 
 import click
 
@@ -13,16 +14,20 @@ from bridge.settings import ConfigurationError, Settings
 
 
 class Context:
-    """Builds the Runtime on first use, so `bridge --help` needs no database."""
+    """Builds the Runtime on first use, so `bridge --help` needs no database.
+
+    A one-off command's stdout is its result (JSON, for `| jq` and scripts), so its logs go to stderr;
+    a long-running process (`bridge worker`) sets `log_stream` to stdout."""
 
     def __init__(self):
         self._runtime: Runtime | None = None
+        self.log_stream: TextIO = sys.stderr
 
     @property
     def runtime(self) -> Runtime:
         if self._runtime is None:
             settings = _settings()
-            logs.configure(settings.log_level)
+            logs.configure(settings.log_level, self.log_stream)
             self._runtime = install(Runtime(settings))
         return self._runtime
 
@@ -75,6 +80,7 @@ def worker(ctx: Context, burst: bool) -> None:
     """Run an RQ worker: drains outboxes to Amplitude, applies cohort batches, runs the sweep."""
     from bridge import worker as worker_module
 
+    ctx.log_stream = sys.stdout
     runtime = ctx.runtime
     if runtime.settings.job_runner != "rq":
         raise click.ClickException("`bridge worker` needs REDIS_URL; without it, jobs run inside the web process")

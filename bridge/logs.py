@@ -1,8 +1,10 @@
-"""Logging to stdout, with the request id (web) or the job id (worker) on every line."""
+"""Logging to stdout (stderr for a one-off command), with the request id (web) or the job id (worker) on
+every line."""
 from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 from flask import g, has_request_context
 
@@ -27,13 +29,14 @@ def _context() -> str:
     return f"job={job.id}" if job is not None else "-"
 
 
-def configure(level: str = "INFO") -> None:
-    """Send every log line to stdout in one format. Safe to call more than once."""
+def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Send every log line to `stream` (default: stdout) in one format. Safe to call more than once: the
+    first call chooses the stream."""
     root = logging.getLogger()
     if any(getattr(h, "_bridge", False) for h in root.handlers):
         root.setLevel(level)
         return
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler._bridge = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter(_FORMAT))
     handler.addFilter(_ContextFilter())
