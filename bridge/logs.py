@@ -6,8 +6,6 @@ import logging
 import sys
 from typing import TextIO
 
-from flask import g, has_request_context
-
 _FORMAT = "%(asctime)s %(levelname)s %(name)s [%(context)s] %(message)s"
 
 
@@ -18,6 +16,8 @@ class _ContextFilter(logging.Filter):
 
 
 def _context() -> str:
+    from flask import g, has_request_context  # here: a one-off command need not import flask at all
+
     if has_request_context():
         return f"req={getattr(g, 'request_id', '-')}"
     try:
