@@ -4,25 +4,36 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
 from bridge import logs
-from bridge.runtime import Runtime, install
 from bridge.settings import ConfigurationError, Settings
+
+if TYPE_CHECKING:
+    from bridge.runtime import Runtime
 
 
 class Context:
-    """Builds the Runtime on first use, so `bridge --help` needs no database."""
+    """Builds the Runtime on first use, so `bridge --help` needs no database (and a command that does not
+    use it, such as `bridge config`, does not import it).
+
+    A one-off command's stdout is its result (JSON, for `| jq` and scripts), so its logs go to stderr;
+    a long-running process (`bridge worker`) sets `log_stream` to stdout."""
 
     def __init__(self):
         self._runtime: Runtime | None = None
+        self.log_stream: TextIO = sys.stderr
 
     @property
     def runtime(self) -> Runtime:
         if self._runtime is None:
+            from bridge.runtime import Runtime, install
+
             settings = _settings()
-            logs.configure(settings.log_level)
+            logs.configure(settings.log_level, self.log_stream)
             self._runtime = install(Runtime(settings))
         return self._runtime
 
@@ -75,6 +86,7 @@ def worker(ctx: Context, burst: bool) -> None:
     """Run an RQ worker: drains outboxes to Amplitude, applies cohort batches, runs the sweep."""
     from bridge import worker as worker_module
 
+    ctx.log_stream = sys.stdout
     runtime = ctx.runtime
     if runtime.settings.job_runner != "rq":
         raise click.ClickException("`bridge worker` needs REDIS_URL; without it, jobs run inside the web process")
@@ -115,6 +127,16 @@ def sink(args: tuple[str, ...]) -> None:
 
 
 @main.command()
+@click.option("--events", "events_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Event-stream JSON, an array of event objects  [default: fixtures/onesignal-events.json]")
+def demo(events_file: Path | None) -> None:
+    """Replay fixture events through the real pipeline into a local Amplitude-compatible server."""
+    from bridge.demo import DEFAULT_EVENTS, print_demo
+
+    print_demo(events_file or DEFAULT_EVENTS)
+
+
+@main.command()
 @click.option("--older-than-days", default=30, show_default=True, type=click.IntRange(7),
               help="Keep this much history (at least Amplitude's 7-day insert_id window).")
 @pass_ctx
@@ -134,12 +156,10 @@ def show_config() -> None:
 def _register_groups() -> None:
     from bridge.apps.cli import apps
     from bridge.delivery.cli import deliveries
-    from bridge.demo import demo
     from bridge.registry.cli import subscriptions
 
     main.add_command(apps)
     main.add_command(deliveries)
-    main.add_command(demo)
     main.add_command(subscriptions)
 
 

@@ -62,11 +62,8 @@ def run_demo(events_file: Path, timeout: float = 60.0) -> dict[str, object]:
         return {"first_post": first, "second_post": again, "stats": stats, "sink": sink.stats(), "received": sink.events()}
 
 
-@click.command("demo")
-@click.option("--events", "events_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=DEFAULT_EVENTS, show_default=True, help="Event-stream JSON (an array of event objects).")
-def demo(events_file: Path) -> None:
-    """Replay fixture events through the real pipeline into a local Amplitude-compatible server."""
+def print_demo(events_file: Path) -> None:
+    """Run the demo and print what the local Amplitude-compatible server received, next to the bridge's stats."""
     out = run_demo(events_file)
     first, again, stats, sink = out["first_post"], out["second_post"], out["stats"], out["sink"]
     click.echo(f"Posted {sum(len(v) if isinstance(v, list) else v for v in first.values())} events to the bridge: "

@@ -92,6 +92,25 @@ def test_requests_stay_under_one_megabyte(client, tenant, runtime, sink):
     assert states(runtime) == {"delivered": 2000}
 
 
+def test_between_the_requests_of_a_batch_every_event_is_seen_waiting_or_delivered(client, tenant, runtime, sink,
+                                                                                   monkeypatch):
+    """On SQLite each request's outcome commits on its own: the app's delivered total commits with it, so a
+    reader (the stats, `bin/demo`) never finds delivered events gone from the outbox but not yet counted."""
+    accept(client, tenant, events(2000, contents="x" * 1000))  # three requests under 1 MB
+    accounted_for = []
+    send = runtime.amplitude.send
+
+    def send_after_a_look(*args):
+        counts = states(runtime)
+        accounted_for.append(counts.get("pending", 0) + counts.get("delivered", 0))
+        return send(*args)
+
+    monkeypatch.setattr(runtime.amplitude, "send", send_after_a_look)
+    runtime.runner.run_pending()
+    assert len(accounted_for) >= 3 and set(accounted_for) == {2000}
+    assert states(runtime) == {"delivered": 2000}
+
+
 def test_400_drops_only_the_events_amplitude_names(client, tenant, runtime, sink):
     accept(client, tenant, events(6))
     sink.add_faults([{"status": 400, "body": {"code": 400, "error": "Invalid field values on some events",

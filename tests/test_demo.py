@@ -1,16 +1,17 @@
-"""`bridge demo` runs the whole pipeline on the embedded default (SQLite, in-process delivery thread)."""
+"""`bin/demo`, the README's first command, run as written: it installs the bridge into .venv, then runs
+the whole pipeline on the embedded default (SQLite, in-process delivery thread)."""
 from __future__ import annotations
 
-from click.testing import CliRunner
+import subprocess
 
-from bridge.cli import main
+from processes import ROOT
 
 
 def test_the_demo_delivers_every_resolvable_fixture_event_once():
-    result = CliRunner().invoke(main, ["demo"])
-    assert result.exit_code == 0, result.output
-    assert "40 accepted, 4 skipped (no External User ID), 2 ignored" in result.output
-    assert "44 duplicates, 0 accepted" in result.output
-    assert "Bridge stats: 40 delivered, 0 pending, 0 dead" in result.output
-    assert "Sink: 40 events ingested, 40 unique insert_ids" in result.output
-    assert "In-App Message Clicked" in result.output and "SMS Pending Delivery" in result.output
+    done = subprocess.run(["bin/demo"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "40 accepted, 4 skipped (no External User ID), 2 ignored" in done.stdout
+    assert "44 duplicates, 0 accepted" in done.stdout
+    assert "Bridge stats: 40 delivered, 0 pending, 0 dead" in done.stdout
+    assert "Sink: 40 events ingested, 40 unique insert_ids" in done.stdout
+    assert "In-App Message Clicked" in done.stdout and "SMS Pending Delivery" in done.stdout

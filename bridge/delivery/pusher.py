@@ -233,21 +233,21 @@ class Pusher:
         False if the app should stop draining for now."""
         base_url = amplitude_base_url(app, self.settings.amplitude_base_url)
         work = deque(self._split_by_size(app.amplitude_api_key, batch))
-        delivered_before = report.delivered
-        error: str | None = None
         keep_going = True
         while work:
             chunk = work.popleft()
             answer = self.runtime.amplitude.send(base_url, app.amplitude_api_key, [c.payload for c in chunk])
-            if answer.outcome != amp.OK:
-                error = answer.error
+            delivered_before = report.delivered
             keep_going, more = self._record(session, app, chunk, answer, report)
+            # The app's counters are written with the outcome they count: on SQLite each request's outcome
+            # commits on its own, and a delivered event must never be gone from the outbox yet uncounted.
+            self._update_app(session, app, report.delivered - delivered_before,
+                             None if answer.outcome == amp.OK else answer.error, report.held)
             self.claims.checkpoint(session)
             if not keep_going:
                 self._mark(session, [e for c in work for e in c])  # not sent: due again at once
                 break
             work.extendleft(reversed(more))
-        self._update_app(session, app, report.delivered - delivered_before, error, report.held)
         return keep_going
 
     def _split_by_size(self, api_key: str, batch: list[Claimed]) -> list[list[Claimed]]:
@@ -389,7 +389,8 @@ class Pusher:
         log.warning("%d event(s) will be retried: %s", len(events) - len(expired), error)
 
     def _update_app(self, session: Session, app: App, delivered: int, error: str | None, held: bool) -> None:
-        """One write to the app row per batch (its lock is held only until the batch commits)."""
+        """One write to the app row per Amplitude request, in the transaction recording its outcome (on
+        PostgreSQL the row's lock is held only until the batch commits)."""
         now = utcnow()
         values: dict[str, object] = {}
         if delivered:
