@@ -68,7 +68,7 @@ class EpochTime(fields.Field):
     the window of `bridge.times`; loaded as the number sent (a float)."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+        if isinstance(value, str) and value.isascii() and value.strip().replace(".", "", 1).isdigit():
             value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValidationError("Must be epoch seconds (or milliseconds) as a number.")

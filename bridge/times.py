@@ -31,6 +31,10 @@ _UNITS = ((1e11, "seconds"), (1e14, "milliseconds"), (1e17, "microseconds"), (fl
 _EPOCH_TEXT = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
+class NotADateTime(ValueError):
+    """Text that is not an ISO 8601 date-time at all (as opposed to one outside the window)."""
+
+
 def likely_unit(number: float) -> str:
     """The epoch unit a positive number most likely is: seconds, milliseconds, microseconds or nanoseconds."""
     return next(unit for bound, unit in _UNITS if abs(number) < bound)
@@ -99,11 +103,16 @@ def parse_datetime(text: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(body)
     except ValueError:
-        raise ValueError(f"{text!r} is not an ISO 8601 date-time") from None
+        raise NotADateTime(f"{text!r} is not an ISO 8601 date-time") from None
     if parsed.tzinfo is None:
         # Parsing again with the zone is several times faster than .replace(tzinfo=UTC).
         return datetime.fromisoformat(f"{body}+00:00") if len(body) > 10 else parsed.replace(tzinfo=UTC)
-    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
+    if parsed.tzinfo is UTC:
+        return parsed
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-14:00 is past the last date Python can hold in UTC
+        raise ValueError(f"{text!r} is {_WINDOW}") from None
 
 
 def parse_time(value: str | int | float, *, now: datetime | None = None) -> datetime:
@@ -114,7 +123,7 @@ def parse_time(value: str | int | float, *, now: datetime | None = None) -> date
         if not _EPOCH_TEXT.fullmatch(text):
             try:
                 moment = parse_datetime(value)
-            except ValueError:
+            except NotADateTime:
                 raise ValueError(f"{value!r} is not a date-time (ISO 8601) or epoch seconds") from None
             return check_moment(moment, now=now)
         value = float(text)

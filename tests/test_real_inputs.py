@@ -306,3 +306,35 @@ def test_the_replay_command_reads_since_by_the_same_rule(client, tenant, runtime
     else:
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["requeued"] == requeued
+
+
+# -- digits and dates that are not what they look like ---------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+def test_a_date_past_what_utc_can_hold_is_a_field_error_not_a_500(client, tenant, value):
+    raw = item("e1", at=None, message={"id": "m"})
+    raw["event"]["datetime"] = value
+    response = post_events(client, tenant, [raw, item("e2", message={"id": "m"})])
+    assert response.status_code == 202
+    assert errors_of(response) == {0: {"event.datetime": f"{value!r} is outside the accepted window (2000-01-01 "
+                                                         "to one day after the bridge's clock)."}}
+    response = client.post(f"/v1/apps/{tenant.app_id}/subscriptions", headers=tenant.auth,
+                           json=[{"subscription_id": "a", "type": "iOSPush", "last_active": value}])
+    assert response.status_code == 400 and "outside the accepted window" in response.json["details"]["rejected"][0]["errors"]["last_active"]
+
+
+@pytest.mark.parametrize("digits", ["¹", "١٧٦٣٨٥٦٠٠٠"])
+def test_digits_other_than_ascii_are_refused_as_numbers(client, tenant, runtime, tmp_path, digits):
+    response = post_events(client, tenant, [item("e1", at=digits, message={"id": "m"}), item("e2", message={"id": "m"})])
+    assert errors_of(response) == {0: {"event.timestamp": "Must be epoch seconds (or milliseconds) as a number."}}
+    path = tmp_path / "export.csv"
+    path.write_text(f"id,identifier,device_type,notification_types\ns1,tok1,{digits[0]},{digits}\n")
+    with runtime.session() as session:
+        summary = import_subscriptions(session, tenant.app_id, path)
+    assert summary.rejected == 1 and "device_type" in summary.errors[0]["reason"] and "notification_types" in summary.errors[0]["reason"]
+    client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth, json={
+        "cohort_id": "c1", "cohort_name": "C", "in_cohort": True, "computed_time": "1763856000",
+        "message_id": "m1", "users": [{"user_id": "u1"}]})
+    response = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/syncs?limit={digits}", headers=tenant.auth)
+    assert (response.status_code, response.json["error"]) == (400, "invalid_parameter")

@@ -225,7 +225,7 @@ def _external_id(value: str) -> str | None:
 
 def _legacy_type(value: str) -> str:
     try:
-        return LEGACY_DEVICE_TYPES[int(value)]
+        return LEGACY_DEVICE_TYPES[int(value) if value.isascii() else -1]
     except (ValueError, KeyError):
         known = ", ".join(str(n) for n in LEGACY_DEVICE_TYPES)
         raise ValueError(f"{value!r} is not a known device_type ({known})" if value.strip() else "required") from None

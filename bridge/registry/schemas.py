@@ -91,8 +91,10 @@ def clean_identifier(channel: str, value: str) -> str | None:
 
 
 def parse_int32(value: str) -> int:
-    """A 32-bit integer from text."""
+    """A 32-bit integer from text in ASCII digits (int() would also take "١٠" as 10)."""
     try:
+        if not value.isascii():
+            raise ValueError
         number = int(value)
     except ValueError:
         raise ValueError(f"{value!r} is not an integer") from None
