@@ -35,6 +35,7 @@ from bridge.errors import ApiError
 from bridge.intake.schemas import flatten_errors
 from bridge.intake.views import read_json_body
 from bridge.registry.models import CHANNELS
+from bridge.spreadsheet import safe_row
 
 bp = Blueprint("cohorts", __name__)
 
@@ -167,7 +168,7 @@ def _csv_response(cohort: Cohort, channel: str | None, subscribed: report.State)
         writer.writerow(report.AUDIENCE_COLUMNS)
         with runtime.session() as session:
             for n, item in enumerate(report.iter_audience(session, cohort, channel=channel, subscribed=subscribed), 1):
-                writer.writerow([_csv_value(item[column]) for column in report.AUDIENCE_COLUMNS])
+                writer.writerow(safe_row(_csv_value(item[column]) for column in report.AUDIENCE_COLUMNS))
                 if n % _CSV_FLUSH_ROWS == 0:
                     yield buffer.getvalue()
                     buffer.seek(0)

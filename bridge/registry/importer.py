@@ -38,6 +38,7 @@ from bridge.registry.schemas import (
     parse_time,
 )
 from bridge.registry.service import UNKNOWN, UpsertCounts, upsert_records
+from bridge.spreadsheet import safe_row
 
 REPORTED_ERRORS = 20  # rejected rows listed in the summary; an errors file gets them all
 _TRUE, _FALSE = frozenset({"t", "true", "yes", "y", "1"}), frozenset({"f", "false", "no", "n", "0"})
@@ -98,7 +99,7 @@ def import_subscriptions(
         parse, missing = _row_parser(path, header)
         errors = csv.writer(errors_to) if errors_to is not None else None
         if errors:
-            errors.writerow(["line", "reason", *header])
+            errors.writerow(safe_row(["line", "reason", *header]))
         chunk: list[dict] = []
         try:
             for line, row in _rows(path, reader):
@@ -110,7 +111,7 @@ def import_subscriptions(
                     if len(summary.errors) < REPORTED_ERRORS:
                         summary.errors.append({"line": line, "reason": str(exc)})
                     if errors:
-                        errors.writerow([line, str(exc), *row])
+                        errors.writerow(safe_row([line, str(exc), *row]))
                 if len(chunk) >= chunk_size:
                     writer.submit(chunk, raw.tell())
                     chunk = []
