@@ -93,6 +93,11 @@ def worker(ctx: Context, burst: bool) -> None:
     worker_module.run(runtime, burst=burst)
 
 
+# gunicorn's default access-log format without `%(u)s`, the HTTP Basic user: a token sent that way by
+# mistake would otherwise be written to the log in clear.
+ACCESS_LOG_FORMAT = '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
+
 @main.command()
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")),
@@ -104,7 +109,8 @@ def web(host: str, workers: int) -> None:
         click.echo("embedded mode: one web process runs the delivery thread", err=True)
         workers = 1
     args = ["gunicorn", "bridge.web:create_app()", "--bind", f"{host}:{settings.port}", "--workers", str(workers),
-            "--threads", "8", "--access-logfile", "-", "--graceful-timeout", "25"]
+            "--threads", "8", "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
+            "--graceful-timeout", "25"]
     os.execvp(sys.executable, [sys.executable, "-m", *args])
 
 

@@ -129,8 +129,12 @@ def test_embedded_mode_bridge_web_alone_delivers(tmp_path, sink):
         answer = httpx.post(f"{url}/v1/apps/{app['app_id']}/events", json=items,
                             headers={"Authorization": f"Bearer {app['api_key']}"}, timeout=10)
         assert answer.status_code == 202 and answer.json()["accepted"] == 30
+        # A token sent as the HTTP Basic user by mistake is refused, and never written to the access log.
+        basic = httpx.get(f"{url}/v1/apps/{app['app_id']}/deliveries/stats", auth=(app["api_key"], ""), timeout=10)
+        assert basic.status_code == 401
         wait_until(lambda: len(sink.events()) == 30, 30, "the embedded delivery thread to send every event")
         assert sorted(e["insert_id"] for e in sink.events()) == sorted(i["event"]["id"] for i in items)
         assert "embedded mode: one web process" in web.output()
+        assert "/deliveries/stats" in web.output() and app["api_key"] not in web.output()
     finally:
         web.stop()
