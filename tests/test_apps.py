@@ -116,3 +116,11 @@ def test_app_settings_are_validated(runtime):
 
 def test_healthz_needs_no_token(client):
     assert client.get("/healthz").json["status"] == "ok"
+
+
+@pytest.mark.parametrize("grace", ["99999999999999", "-1"])
+def test_an_absurd_grace_period_is_a_usage_error_not_a_traceback(cli, tenant, grace):
+    result = cli.invoke(main, ["apps", "rotate-token", tenant.app_id, "--kind", "api", "--grace-seconds", grace])
+    assert result.exit_code == 2
+    assert "--grace-seconds" in result.output and "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -76,7 +76,8 @@ def update(ctx: Context, app_id: str, name, amplitude_api_key, region, kinds) ->
 @apps.command("rotate-token")
 @click.argument("app_id")
 @click.option("--kind", type=click.Choice(TOKEN_KINDS), required=True)
-@click.option("--grace-seconds", default=86400, show_default=True, help="How long the current tokens stay valid.")
+@click.option("--grace-seconds", type=click.IntRange(0, 366 * 86400), default=86400, show_default=True,
+              help="How long the current tokens stay valid (at most a year).")
 @pass_ctx
 def rotate(ctx: Context, app_id: str, kind: str, grace_seconds: int) -> None:
     """Issue a new token; the current ones keep working for the grace period, then expire."""
