@@ -8,12 +8,20 @@ from __future__ import annotations
 from marshmallow import ValidationError, fields
 
 from bridge import times
+from bridge.text import has_unprintable
 
 
 def without_nul(value: str) -> None:
     """Refuse a string holding a NUL character: PostgreSQL cannot store one in a text column."""
     if "\x00" in value:
         raise ValidationError("Must not contain NUL characters.")
+
+
+def printable(value: str) -> None:
+    """Refuse an id holding a control character (C0, C1, DEL; NUL among them, which PostgreSQL cannot
+    store) or a bidirectional mark: bridge.text."""
+    if has_unprintable(value):
+        raise ValidationError("Must not contain control characters or bidirectional marks.")
 
 
 def as_identifier(value: object) -> str | None:

@@ -7,10 +7,9 @@ import re
 import sys
 from typing import TextIO
 
+from bridge.text import UNPRINTABLE
+
 _FORMAT = "%(asctime)s %(levelname)s %(name)s [%(context)s] %(message)s"
-# C0 and C1 control characters (newlines and ANSI escapes among them), DEL, and the bidirectional
-# overrides and isolates: what a value could use to forge a log line or rewrite the operator's terminal.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def _escaped(match: re.Match) -> str:
@@ -24,7 +23,7 @@ class SafeFormatter(logging.Formatter):
     A traceback, which the formatter appends itself, keeps its lines."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = _UNPRINTABLE.sub(_escaped, record.message)
+        record.message = UNPRINTABLE.sub(_escaped, record.message)
         return super().formatMessage(record)
 
 

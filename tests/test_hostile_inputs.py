@@ -66,3 +66,43 @@ def test_a_value_cannot_forge_a_log_line_or_rewrite_the_terminal(caplog):
         logger.removeHandler(handler)
     assert stream.getvalue() == ("WARNING cohort c1\\x0a2026-11-29 INFO bridge.auth [req=admin] token OK"
                                  "\\x1b[2J\\u202e\\x85 failed\n")
+
+
+@pytest.mark.parametrize("bad", ["u1\n2026-11-29 INFO forged", "u1\x1b[2J", "u1\u202egnp.exe", "u1\x85x"])
+def test_ids_with_control_characters_or_bidi_marks_are_refused_at_every_door(client, tenant, runtime, tmp_path, bad):
+    message = "Must not contain control characters or bidirectional marks."
+    good = {"event": {"id": "ok", "kind": "message.push.clicked", "timestamp": 1763856000, "subscription_id": "s",
+                      "external_id": "u"}, "message": {"id": "m"}}
+    items = []
+    for field in ("id", "subscription_id", "external_id"):
+        items.append({**good, "event": {**good["event"], "id": f"e-{field}", field: bad}})
+    items.append({**good, "message": {"id": bad}})
+    response = client.post(f"/v1/apps/{tenant.app_id}/events", json=[good, *items], headers=tenant.auth)
+    assert response.json["accepted"] == 1
+    assert {r["index"]: r["errors"] for r in response.json["rejected"]} == {
+        1: {"event.id": message}, 2: {"event.subscription_id": message}, 3: {"event.external_id": message},
+        4: {"message.id": message}}
+
+    response = client.post(f"/v1/apps/{tenant.app_id}/subscriptions", headers=tenant.auth, json=[
+        {"subscription_id": bad, "type": "iOSPush"}, {"subscription_id": "a", "type": "iOSPush", "external_id": bad},
+        {"subscription_id": "b", "type": "iOSPush", "identifier": bad}, {"subscription_id": "c", "type": "iOSPush"}])
+    assert response.json["added"] == 1
+    assert [sorted(r["errors"]) for r in response.json["rejected"]] == [["subscription_id"], ["external_id"],
+                                                                        ["identifier"]]
+
+    path = tmp_path / "export.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([["id", "identifier", "device_type", "external_user_id"],
+                                 [bad, "tok", "0", "u"], ["s2", bad, "0", "u"], ["s3", "tok", "0", bad], ["s4", "t", "0", "u"]])
+    with runtime.session() as session:
+        summary = import_subscriptions(session, tenant.app_id, path)
+    assert (summary.added, summary.rejected) == (1, 3)
+
+    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth, json={
+        "cohort_id": "c1", "cohort_name": "C", "in_cohort": True, "computed_time": "1763856000", "message_id": "m1",
+        "users": [{"user_id": "u2"}, {"user_id": bad}]})
+    assert (response.status_code, response.json["unusable_users"]) == (200, 1)
+    refused = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth, json={
+        "cohort_id": bad, "cohort_name": "C", "in_cohort": True, "computed_time": "1763856000", "message_id": "m2",
+        "users": [{"user_id": "u2"}]})
+    assert (refused.status_code, refused.json["details"]) == (400, {"cohort_id": message})

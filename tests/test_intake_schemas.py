@@ -13,6 +13,7 @@ from marshmallow import ValidationError
 
 from bridge.intake.schemas import ITEM_SCHEMA, fast_load, load_item
 from bridge.mapping import MAPPED_KINDS
+from bridge.text import has_unprintable
 ROOT_DIR = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT_DIR / "fixtures"
 REFERENCE = ROOT_DIR.parent / "shared" / "reference" / "onesignal-event-stream.json"
@@ -47,9 +48,9 @@ def drop_missing(value):
 
 def valid_items() -> st.SearchStrategy:
     """Items as the stream sends them, valid by construction."""
-    clean = st.text(max_size=30).filter(lambda v: "\x00" not in v)
+    clean = st.text(max_size=30).filter(lambda v: not has_unprintable(v))
     event = st.fixed_dictionaries({
-        "id": ids.filter(lambda v: 0 < len(v) <= 128 and "\x00" not in v),
+        "id": ids.filter(lambda v: 0 < len(v) <= 128 and not has_unprintable(v)),
         "kind": st.sampled_from(sorted(MAPPED_KINDS)),
         "subscription_id": st.uuids().map(str),
         "subscription_device_type": st.sampled_from(["iOS", "Email", None]),
@@ -60,7 +61,7 @@ def valid_items() -> st.SearchStrategy:
                  "datetime": st.sampled_from(["2025-11-23T00:02:03Z", "2025-11-23T00:02:03+02:00"])}).filter(
         lambda e: "timestamp" in e or "datetime" in e)
     message = st.fixed_dictionaries({
-        "id": ids.filter(lambda v: 0 < len(v) <= 128 and "\x00" not in v),
+        "id": ids.filter(lambda v: 0 < len(v) <= 128 and not has_unprintable(v)),
         "name": st.text(min_size=1, max_size=30),
     }, optional={"title": st.one_of(st.none(), clean, st.just({"en": "Hi", "de": "Hallo"})),
                  "contents": st.one_of(st.none(), clean, st.just({"fr": "Salut"})),

@@ -9,7 +9,8 @@ import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from bridge import times
-from bridge.fields import DisplayName, sentence, without_nul
+from bridge.fields import DisplayName, printable, sentence
+from bridge.text import has_unprintable
 from bridge.mapping import real_id
 
 MAX_USER_ID_LENGTH = 256
@@ -24,6 +25,8 @@ UNUSABLE_REASONS = {
                           "an array",
     "too_long_user_id": f"user_id is longer than {MAX_USER_ID_LENGTH} characters once stripped",
     "nul_in_user_id": "user_id contains a NUL character",
+    "control_character_in_user_id": "user_id contains another control character or a bidirectional mark, which "
+                                    "no External User ID of the channel registry holds",
     "placeholder_user_id": "user_id is a placeholder such as null, undefined, anonymous or 0, which the channel "
                            "registry never stores as an External User ID",
 }
@@ -91,6 +94,9 @@ def usable_user_id(entry: object) -> str | Unusable:
                                             f"{MAX_USER_ID_LENGTH} are allowed.")
     if "\x00" in value:
         return Unusable("nul_in_user_id", "user_id contains a NUL character.")
+    if has_unprintable(value):
+        return Unusable("control_character_in_user_id",
+                        f"user_id {orjson.dumps(value).decode()[:80]} contains a control character or a bidirectional mark.")
     if real_id(value) is None:
         return Unusable("placeholder_user_id",
                         f"user_id {orjson.dumps(value).decode()} is a placeholder, never an External User ID.")
@@ -165,11 +171,11 @@ class CohortWebhookSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    cohort_id = fields.String(required=True, validate=[validate.Length(min=1, max=128), without_nul])
+    cohort_id = fields.String(required=True, validate=[validate.Length(min=1, max=128), printable])
     cohort_name = DisplayName(500, load_default="")
     in_cohort = fields.Boolean(required=True, truthy={True}, falsy={False})
     computed_time = EpochSeconds(required=True)
-    message_id = fields.String(required=True, validate=[validate.Length(min=1, max=256), without_nul])
+    message_id = fields.String(required=True, validate=[validate.Length(min=1, max=256), printable])
     users = CohortUsers(required=True)
 
 

@@ -5,7 +5,8 @@ import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from bridge import times
-from bridge.fields import DateTimeText, EpochTime, Identifier, OptionalText, as_identifier, without_nul
+from bridge.fields import DateTimeText, EpochTime, Identifier, OptionalText, printable, without_nul
+from bridge.text import has_unprintable
 from bridge.mapping import KINDS_REQUIRING_MESSAGE_ID, MAPPED_KINDS, localized
 
 _ID = validate.Length(min=1, max=128)
@@ -48,7 +49,7 @@ class EventSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    id = Identifier(required=True, validate=[_ID, without_nul])
+    id = Identifier(required=True, validate=[_ID, printable])
     kind = fields.String(required=True, validate=[validate.Length(min=1, max=64), without_nul], metadata={
         "description": "One of the mapped kinds listed; any other kind is counted as ignored.",
         "anyOf": [{"enum": sorted(MAPPED_KINDS)}, {"not": {"enum": sorted(MAPPED_KINDS)}}]})
@@ -56,10 +57,10 @@ class EventSchema(Schema):
         "description": "Epoch seconds (or milliseconds); wins over `datetime` when both are given."})
     datetime = DateTimeText(load_default=None, allow_none=True, metadata={
         "description": "ISO 8601; no zone means UTC. Used when `timestamp` is absent."})
-    subscription_id = Identifier(required=True, validate=[_ID, without_nul])
+    subscription_id = Identifier(required=True, validate=[_ID, printable])
     subscription_device_type = fields.String(load_default=None, allow_none=True,
                                              validate=[validate.Length(max=64), without_nul])
-    external_id = Identifier(load_default=None, allow_none=True, validate=[validate.Length(max=256), without_nul])
+    external_id = Identifier(load_default=None, allow_none=True, validate=[validate.Length(max=256), printable])
 
     @validates_schema(skip_on_field_errors=False, pass_original=True)
     def _has_time(self, data, original, **kwargs):
@@ -71,12 +72,12 @@ class MessageSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    id = Identifier(load_default=None, allow_none=True, validate=validate.Length(max=128))
+    id = Identifier(load_default=None, allow_none=True, validate=[validate.Length(max=128), printable])
     name = OptionalText(metadata={"description": "Blank or absent once OneSignal no longer keeps the message "
                                                  "(30 days); longer than 1,024 characters is cut."})
     title = LocalizedText(load_default=None, allow_none=True)
     contents = LocalizedText(load_default=None, allow_none=True)
-    template_id = Identifier(load_default=None, allow_none=True, validate=validate.Length(max=128))
+    template_id = Identifier(load_default=None, allow_none=True, validate=[validate.Length(max=128), printable])
 
     @pre_load
     def _blank_id_is_absent(self, data, **kwargs):
@@ -175,7 +176,7 @@ _INVALID = object()
 
 
 def _text(value: object, shortest: int, longest: int) -> bool:
-    return type(value) is str and shortest <= len(value) <= longest and "\x00" not in value
+    return type(value) is str and shortest <= len(value) <= longest and not has_unprintable(value)
 
 
 def _optional_text(value: object, longest: int) -> bool:

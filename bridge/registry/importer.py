@@ -33,6 +33,7 @@ from bridge.registry.schemas import (
     LEGACY_DEVICE_TYPES,
     MAX_LENGTH,
     clean_identifier,
+    clean_id,
     clean_text,
     parse_int32,
     parse_time,
@@ -220,8 +221,12 @@ def _text(column: str) -> Callable[[str], str | None]:
     return partial(clean_text, limit=MAX_LENGTH[column])
 
 
+def _id(column: str) -> Callable[[str], str | None]:
+    return partial(clean_id, limit=MAX_LENGTH[column])
+
+
 def _external_id(value: str) -> str | None:
-    return real_id(clean_text(value, MAX_LENGTH["external_id"]))
+    return real_id(clean_id(value, MAX_LENGTH["external_id"]))
 
 
 def _legacy_type(value: str) -> str:
@@ -284,12 +289,12 @@ class _Format(NamedTuple):
 
 
 _time, _int32 = _optional(parse_time), _optional(parse_int32)
-_identifier_text = _text("identifier")
+_identifier_text = _id("identifier")
 FORMATS = (
     _Format(
         "legacy export",
         (
-            ("id", "subscription_id", _required(_text("subscription_id"))),
+            ("id", "subscription_id", _required(_id("subscription_id"))),
             ("identifier", "identifier", _identifier_text),
             ("device_type", "type", _memo(_legacy_type)),
             ("notification_types", "notification_types", _memo(_int32)),
@@ -314,7 +319,7 @@ FORMATS = (
             ("external_id", "external_id", _external_id),
             ("email", "email", _identifier_text),
             ("phone_number", "phone_number", _identifier_text),
-            ("subscription_id", "subscription_id", _text("subscription_id")),
+            ("subscription_id", "subscription_id", _id("subscription_id")),
             ("subscribed", "subscribed", _memo(_flag)),
             ("timezone_id", "timezone", _memo(_text("timezone"))),
             ("country", "country", _memo(_text("country"))),

@@ -10,6 +10,7 @@ import re
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
 from bridge.fields import Timestamp, sentence
+from bridge.text import has_unprintable
 from bridge.intake.schemas import RejectedItemSchema, flatten_errors
 from bridge.times import parse_time  # noqa: F401 - the CSV importer's time parser: the bridge's one rule
 from bridge.mapping import real_id
@@ -72,10 +73,19 @@ def clean_text(value: str, limit: int) -> str | None:
     return value
 
 
+def clean_id(value: str, limit: int) -> str | None:
+    """`clean_text` for an id (subscription id, External User ID, identifier): ValueError also when it
+    holds a control character or a bidirectional mark (bridge.text)."""
+    value = clean_text(value, limit)
+    if value is not None and has_unprintable(value):
+        raise ValueError("contains a control character or a bidirectional mark")
+    return value
+
+
 def clean_identifier(channel: str, value: str) -> str | None:
     """The identifier as stored: an e-mail address lowercased, a phone number in E.164 (spaces, dashes,
     dots and brackets dropped), a push token as given. ValueError names what is wrong with it."""
-    value = clean_text(value, MAX_LENGTH["identifier"])
+    value = clean_id(value, MAX_LENGTH["identifier"])
     if value is None:
         return None
     if channel == "email":
@@ -107,10 +117,11 @@ class Text(fields.Field):
     """A string (or an integer, taken as its digits) no longer than the column it is stored in.
     Blank means absent, which a required Text refuses."""
 
-    def __init__(self, column: str, *, required: bool = False, **kwargs):
+    def __init__(self, column: str, *, required: bool = False, is_id: bool = False, **kwargs):
         defaults = {} if required else {"load_default": None, "allow_none": True}
         super().__init__(required=required, **defaults, **kwargs)
         self.limit = MAX_LENGTH[column]
+        self.clean = clean_id if is_id else clean_text
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, int) and not isinstance(value, bool):
@@ -118,7 +129,7 @@ class Text(fields.Field):
         if not isinstance(value, str):
             raise ValidationError("Must be a string.")
         try:
-            text = clean_text(value, self.limit)
+            text = self.clean(value, self.limit)
         except ValueError as exc:
             raise ValidationError(sentence(exc)) from None
         if text is None and self.required:
@@ -152,10 +163,10 @@ class RecordSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    subscription_id = Text("subscription_id", required=True)
+    subscription_id = Text("subscription_id", required=True, is_id=True)
     type = RecordType(required=True)
     identifier = fields.String(load_default=None, allow_none=True)
-    external_id = ExternalId("external_id")
+    external_id = ExternalId("external_id", is_id=True)
     notification_types = fields.Integer(load_default=None, allow_none=True, strict=True, validate=validate.Range(*INT32))
     invalid_identifier = fields.Boolean(load_default=None, allow_none=True)
     subscribed = fields.Boolean(load_default=None, allow_none=True)

@@ -1,0 +1,13 @@
+"""Characters that have no place in an identifier or a log line: C0 and C1 control characters (NUL,
+newlines, ANSI escapes among them), DEL, and the Unicode bidirectional marks, overrides and isolates.
+They can forge a log line, rewrite a terminal, or make an id look like another one."""
+from __future__ import annotations
+
+import re
+
+UNPRINTABLE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069]")
+
+
+def has_unprintable(value: str) -> bool:
+    """Whether `value` holds one of the characters above."""
+    return UNPRINTABLE.search(value) is not None
