@@ -52,10 +52,13 @@ def make_engine(url: str, *, null_pool: bool = False) -> Engine:
     """An engine for `url`. SQLite is made durable and concurrent-friendly (WAL, full sync, busy wait).
 
     `null_pool` opens a connection per use and keeps none: for one-shot commands such as migrations.
+    SQL parameters are hidden in database errors (`hide_parameters`): they hold user ids and
+    identifiers, and those errors reach the logs and RQ's failed-job records.
     """
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
+            hide_parameters=True,
             connect_args={"check_same_thread": False, "timeout": 30},
             **({"poolclass": NullPool} if null_pool else {}),
         )
@@ -66,10 +69,10 @@ def make_engine(url: str, *, null_pool: bool = False) -> Engine:
     # intake group). Custom plans keep the prepared statements and plan for the values at hand.
     connect_args = {"options": "-c plan_cache_mode=force_custom_plan"}
     if null_pool:
-        return create_engine(url, poolclass=NullPool, connect_args=connect_args)
+        return create_engine(url, poolclass=NullPool, connect_args=connect_args, hide_parameters=True)
     # A request waits at most 5 s for a free connection, then gets a 503 with Retry-After (errors.py).
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800, pool_timeout=5,
-                         connect_args=connect_args)
+                         connect_args=connect_args, hide_parameters=True)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -124,14 +124,29 @@ def _base_url(value: str) -> str | None:
         return None
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(f"AMPLITUDE_BASE_URL must be an http(s) URL, got {value!r}")
+        raise ConfigurationError(f"AMPLITUDE_BASE_URL must be an http(s) URL, got {_mask_url(value)!r}")
     return value.rstrip("/")
 
 
+# Query parameters that carry a secret in a connection URL (libpq's `password`, and the usual others).
+_SECRET_PARAMETERS = frozenset({"password", "passwd", "pass", "pwd", "sslpassword", "secret", "token", "api_key",
+                                "apikey", "key"})
+
+
 def _mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
+    """`url` with its password (`user:***@`) and every secret-carrying query parameter (`password=***`)
+    masked, for logs, errors and `bridge config`."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL urlsplit can read (a bad port, say): show nothing after the scheme
+        return url.partition("://")[0] + "://***"
+    if password:
+        url = url.replace(f":{password}@", ":***@", 1)
+    if parts.query:
+        masked = "&".join(f"{name}=***" if name.lower() in _SECRET_PARAMETERS else f"{name}={value}" if sep else name
+                          for name, sep, value in (pair.partition("=") for pair in parts.query.split("&")))
+        url = url.replace(f"?{parts.query}", f"?{masked}", 1)
     return url
 
 

@@ -7,8 +7,13 @@ import io
 import logging
 
 import pytest
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 
 from bridge import logs
+from bridge.db import utcnow
+from bridge.registry.models import Subscription
+from bridge.settings import ConfigurationError, Settings
 from bridge.registry.importer import import_subscriptions
 from bridge.spreadsheet import safe_cell
 
@@ -106,3 +111,25 @@ def test_ids_with_control_characters_or_bidi_marks_are_refused_at_every_door(cli
         "cohort_id": bad, "cohort_name": "C", "in_cohort": True, "computed_time": "1763856000", "message_id": "m2",
         "users": [{"user_id": "u2"}]})
     assert (refused.status_code, refused.json["details"]) == (400, {"cohort_id": message})
+
+
+def test_every_credential_in_a_url_is_masked_in_config_and_errors():
+    settings = Settings.from_env({
+        "DATABASE_URL": "postgres://bridge:pw1@db.example:5432/bridge?password=pw2&sslmode=require&sslpassword=pw3",
+        "REDIS_URL": "redis://:pw4@cache.example:6379/0"})
+    shown = str(settings.redacted())
+    assert not any(secret in shown for secret in ("pw1", "pw2", "pw3", "pw4"))
+    assert "sslmode=require" in shown and "password=***" in shown
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env({"AMPLITUDE_BASE_URL": "ftp://user:pw5@amplitude.example"})
+    assert "pw5" not in str(refused.value) and "ftp://user:***@amplitude.example" in str(refused.value)
+
+
+def test_database_errors_do_not_carry_the_values_of_their_parameters(runtime, tenant):
+    with runtime.session() as session, pytest.raises(IntegrityError) as failed:
+        session.execute(insert(Subscription.__table__), [
+            {"app_id": tenant.app_id, "subscription_id": "s1", "channel": "push", "type": "iOSPush",
+             "external_id": "private-user-4711", "invalid_identifier": False, "created_at": utcnow(),
+             "updated_at": utcnow()}] * 2)
+    assert "private-user-4711" not in str(failed.value)
+    assert "hidden" in str(failed.value)
