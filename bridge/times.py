@@ -49,48 +49,47 @@ def epoch_millis(number: float) -> int:
 def plausible_epoch(number: float) -> bool:
     """Whether `number` is an epoch time inside the window, in seconds or in milliseconds (the two
     ranges do not overlap, and `MILLIS_FROM` lies between them). Cheap: no datetime is built."""
-    latest = time.time() + _MARGIN_SECONDS
+    latest = _latest_seconds()
     return _EARLIEST_SECONDS <= number <= latest or _EARLIEST_SECONDS * 1000 <= number <= latest * 1000
 
 
-def check_epoch(number: float, *, now: datetime | None = None) -> float:
+def check_epoch(number: float) -> float:
     """`number` if it is a plausible epoch time (seconds or milliseconds, inside the window); else
     ValueError naming the unit it looks like or the date it reads as."""
-    if now is None and plausible_epoch(number):
+    if plausible_epoch(number):
         return number
-    return _refuse(number, ("seconds", "milliseconds"), "send epoch seconds (or milliseconds)", now)
+    raise _refused(number, ("seconds", "milliseconds"), "send epoch seconds (or milliseconds)")
 
 
-def check_epoch_seconds(number: float, *, now: datetime | None = None) -> float:
+def check_epoch_seconds(number: float) -> float:
     """`number` if it is a plausible time in whole epoch seconds (inside the window); else ValueError
     naming the unit it looks like (`1764201600000 looks like milliseconds (2025-11-27T00:00:00Z)`) or
     the date it reads as."""
-    if now is None and _EARLIEST_SECONDS <= number <= time.time() + _MARGIN_SECONDS:
+    if _EARLIEST_SECONDS <= number <= _latest_seconds():
         return number
-    return _refuse(number, ("seconds",), "send epoch seconds", now)
+    raise _refused(number, ("seconds",), "send epoch seconds")
 
 
-def _refuse(number: float, accepted: tuple[str, ...], advice: str, now: datetime | None) -> float:
+def _refused(number: float, accepted: tuple[str, ...], advice: str) -> ValueError:
+    """Why an epoch number outside the window is refused: the finer unit it looks like, when read in
+    that unit it falls inside the window; else the date it reads as."""
     if not math.isfinite(number):
-        raise ValueError(f"{number!r} is not a time")
+        return ValueError(f"{number!r} is not a time")
     unit = likely_unit(number)
-    moment = _from_millis(epoch_millis(number) if unit in ("seconds", "milliseconds") else
-                          number / (1e3 if unit == "microseconds" else 1e6))
-    if unit in accepted:
-        if moment is not None and _inside(moment, now):
-            return number
-        where = f"the year {_year(number, unit)}" if moment is None else f"{moment:%Y-%m-%dT%H:%M:%SZ}"
-        raise ValueError(f"{_number(number)} as epoch {unit} is {where}, {_WINDOW}")
-    if unit != "seconds" and moment is not None and _inside(moment, now):
-        raise ValueError(f"{_number(number)} looks like {unit} ({moment:%Y-%m-%dT%H:%M:%SZ}); {advice}")
-    seconds = _from_millis(number * 1000)
-    where = f"the year {_year(number, 'seconds')}" if seconds is None else f"{seconds:%Y-%m-%dT%H:%M:%SZ}"
-    raise ValueError(f"{_number(number)} as epoch seconds is {where}, {_WINDOW}")
+    if unit not in accepted:
+        divisor = {"milliseconds": 1, "microseconds": 1e3, "nanoseconds": 1e6}.get(unit)
+        moment = _from_millis(number / divisor) if divisor else None
+        if moment is not None and _inside(moment):
+            return ValueError(f"{_number(number)} looks like {unit} ({moment:%Y-%m-%dT%H:%M:%SZ}); {advice}")
+    read_as = unit if unit in accepted else "seconds"
+    moment = _from_millis(epoch_millis(number) if read_as == unit else number * 1000)
+    where = f"the year {_year(number, read_as)}" if moment is None else f"{moment:%Y-%m-%dT%H:%M:%SZ}"
+    return ValueError(f"{_number(number)} as epoch {read_as} is {where}, {_WINDOW}")
 
 
-def check_moment(moment: datetime, *, now: datetime | None = None) -> datetime:
+def check_moment(moment: datetime) -> datetime:
     """`moment` if it falls inside the window; else ValueError."""
-    if not _inside(moment, now):
+    if not _inside(moment):
         raise ValueError(f"{moment.isoformat()} is {_WINDOW}")
     return moment
 
@@ -115,7 +114,7 @@ def parse_datetime(text: str) -> datetime:
         raise ValueError(f"{text!r} is {_WINDOW}") from None
 
 
-def parse_time(value: str | int | float, *, now: datetime | None = None) -> datetime:
+def parse_time(value: str | int | float) -> datetime:
     """An aware UTC datetime inside the window, from an epoch number (or its digits as text) or
     date-time text. ValueError says why not."""
     if isinstance(value, str):
@@ -125,16 +124,20 @@ def parse_time(value: str | int | float, *, now: datetime | None = None) -> date
                 moment = parse_datetime(value)
             except NotADateTime:
                 raise ValueError(f"{value!r} is not a date-time (ISO 8601) or epoch seconds") from None
-            return check_moment(moment, now=now)
+            return check_moment(moment)
         value = float(text)
-    check_epoch(value, now=now)
+    check_epoch(value)
     moment = _from_millis(epoch_millis(value))
     assert moment is not None
     return moment
 
 
-def _inside(moment: datetime, now: datetime | None) -> bool:
-    return EARLIEST <= moment <= (now or datetime.now(UTC)) + FUTURE_MARGIN
+def _latest_seconds() -> float:
+    return time.time() + _MARGIN_SECONDS
+
+
+def _inside(moment: datetime) -> bool:
+    return _EARLIEST_SECONDS <= moment.timestamp() <= _latest_seconds()
 
 
 def _from_millis(millis: int) -> datetime | None:

@@ -9,9 +9,9 @@ import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from bridge import times
-from bridge.fields import DisplayName, printable, sentence
-from bridge.text import has_unprintable
+from bridge.fields import DisplayName, as_identifier, printable, sentence
 from bridge.mapping import real_id
+from bridge.text import has_unprintable
 
 MAX_USER_ID_LENGTH = 256
 MAX_UNUSABLE_EXAMPLES = 20  # unusable entries described per batch; the rest are only counted
@@ -82,11 +82,10 @@ def usable_user_id(entry: object) -> str | Unusable:
             return Unusable("missing_user_id", "user_id is null.")
         keys = ", ".join(key[:40] for key in list(entry)[:3]) + (", ..." if len(entry) > 3 else "")
         return Unusable("missing_user_id", f"No user_id; the entry has {keys or 'no keys'}.")
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    elif not isinstance(value, str):
+    text = as_identifier(value)
+    if text is None:
         return Unusable("wrong_type_user_id", f"Must be a string or an integer, not {_described(value)}.")
-    value = value.strip()
+    value = text.strip()
     if not value:
         return Unusable("blank_user_id", "user_id is empty or only whitespace.")
     if len(value) > MAX_USER_ID_LENGTH:

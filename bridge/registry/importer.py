@@ -32,14 +32,14 @@ from bridge.registry.schemas import (
     CHANNEL_OF_TYPE,
     LEGACY_DEVICE_TYPES,
     MAX_LENGTH,
-    clean_identifier,
     clean_id,
+    clean_identifier,
     clean_text,
     parse_int32,
-    parse_time,
 )
 from bridge.registry.service import UNKNOWN, UpsertCounts, upsert_records
 from bridge.spreadsheet import safe_row
+from bridge.times import parse_time
 
 REPORTED_ERRORS = 20  # rejected rows listed in the summary; an errors file gets them all
 _TRUE, _FALSE = frozenset({"t", "true", "yes", "y", "1"}), frozenset({"f", "false", "no", "n", "0"})

@@ -1,5 +1,5 @@
-"""What a channel record is made of: types and channels, the rules for identifiers, text and times,
-and the shape of the records the API accepts.
+"""What a channel record is made of: types and channels, the rules for identifiers and text, and the
+shape of the records the API accepts (times follow the bridge's one rule, `bridge.times`).
 
 The parsers here are shared by the CSV importer (called per cell, so they are plain functions that
 raise ValueError) and by the API schema (which wraps them in marshmallow fields).
@@ -7,12 +7,12 @@ raise ValueError) and by the API schema (which wraps them in marshmallow fields)
 from __future__ import annotations
 
 import re
+
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
 from bridge.fields import Timestamp, sentence
 from bridge.text import has_unprintable
 from bridge.intake.schemas import RejectedItemSchema, flatten_errors
-from bridge.times import parse_time  # noqa: F401 - the CSV importer's time parser: the bridge's one rule
 from bridge.mapping import real_id
 from bridge.registry.models import CHANNELS, Subscription
 

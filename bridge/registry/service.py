@@ -157,9 +157,9 @@ def observe_events(session: Session, app_id: str, observations: Iterable[Observa
                    known: dict[str, Recorded] | None = None) -> None:
     """Keep the registry current from a request's events, in at most two statements.
 
-    Per subscription the newest event decides, and the user it is attributed to (`users_by_time`: its
-    own External User ID, else the newest earlier one by time) replaces the recorded one; an event
-    never blanks it.
+    Per subscription the newest event that names an External User ID (`users_by_time`'s rule) replaces
+    the recorded one, unless the recorded one was named by a newer event (`external_id_at`, so a late
+    retry cannot undo it); an event never blanks it.
     A subscription the registry lacks is recorded when its device type is known, with
     `subscribed` true if an event proves delivery to it (a push received or clicked, an e-mail
     opened or clicked, ...: see `proves_delivery`), else unknown (None): an in-app message proves the
