@@ -78,17 +78,22 @@ def start_web(env: dict[str, str], log: Path) -> tuple[Process, str]:
     port = free_port()
     web = Process([BRIDGE, "web"], {"WEB_CONCURRENCY": "2", **env, "PORT": str(port)}, log)
     url = f"http://127.0.0.1:{port}"
+    wait_until_answering(web, f"{url}/healthz", "the web process")
+    return web, url
 
-    def healthy():
-        if web.popen.poll() is not None:
-            raise AssertionError(f"web exited:\n{web.output()}")
+
+def wait_until_answering(process: Process, url: str, what: str, timeout: float = 30) -> None:
+    """Poll `url` until it answers 200; fail at once, with its output, if `process` exits meanwhile."""
+
+    def answers():
+        if process.popen.poll() is not None:
+            raise AssertionError(f"{what} exited:\n{process.output()}")
         try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            return httpx.get(url, timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
-    wait_until(healthy, 30, "the web process to answer /healthz")
-    return web, url
+    wait_until(answers, timeout, f"{what} to answer {url}")
 
 
 def start_worker(env: dict[str, str], log: Path) -> Process:

@@ -42,7 +42,7 @@ from bridge.mapping import MAPPED_KINDS
 from bridge.migrate import alembic_config
 from bridge.registry.models import Subscription
 from bridge.settings import normalize_database_url
-from processes import BRIDGE, ROOT, Process, free_port, wait_until
+from processes import BRIDGE, ROOT, Process, free_port, wait_until_answering
 
 README = ROOT / "README.md"
 PROCFILE = ROOT / "Procfile"
@@ -372,17 +372,8 @@ def test_the_sink_serves_until_terminated(tmp_path):
     args = [BRIDGE if word == "bridge" else str(port) if word == "18080" else word for word in shlex.split(SINK)]
     sink = Process(args, {}, tmp_path / "sink.log")
     url = f"http://127.0.0.1:{port}"
-
-    def answers():
-        if sink.popen.poll() is not None:
-            raise AssertionError(f"the sink exited:\n{sink.output()}")
-        try:
-            return httpx.get(f"{url}/_sink/stats", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until(answers, 30, "the sink to answer")
+        wait_until_answering(sink, f"{url}/_sink/stats", "the sink")
         batch = {"api_key": "KEY", "events": [{"event_type": "Push Clicked", "user_id": "user-1", "insert_id": "readme-1"}]}
         assert httpx.post(f"{url}/2/httpapi", json=batch).status_code == 200
         assert httpx.post(f"{url}/_sink/faults", json=[{"status": 503}]).status_code == 200  # fault injection
