@@ -2,7 +2,7 @@
 
 Drains share one FIFO queue; a drain of a big backlog hands the worker back after
 DELIVERY_DRAIN_BUDGET_SECONDS and queues itself again behind what came in meanwhile, so another app's
-drain waits about one budget per worker, not for the backlog. Time is frozen here: every Amplitude
+drain waits about one budget, not for the backlog. Time is frozen here: every Amplitude
 request moves the clock on as a real round trip would (`bin/bench --only fairness` measures it live).
 """
 from __future__ import annotations

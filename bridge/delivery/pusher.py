@@ -201,7 +201,7 @@ class Pusher:
                 return report
             if self.clock() >= deadline:
                 # Budget spent: continue in a fresh job, queued behind the drains other apps asked for
-                # meanwhile, so a backlog holds up another app's events for about one budget per worker.
+                # meanwhile, so a backlog holds up another app's events for about one budget.
                 schedule_drain(self.runtime, app_id)
                 return report
         return report
