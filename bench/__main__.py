@@ -3,7 +3,8 @@
 Needs the local PostgreSQL and Redis (BRIDGE_BENCH_POSTGRES_URL / BRIDGE_BENCH_REDIS_URL to point
 elsewhere), and wrk for the stream scenarios (installed with apt-get if missing). Each figure is the
 median of --repeat runs; comparisons are ratios taken in the same run. BRIDGE_BENCH_SERVER_TREE=/path
-runs the stream scenarios' server from another checkout, to measure an older commit side by side.
+runs the stream and fairness scenarios' server from another checkout, to measure an older commit side by side.
+BRIDGE_BENCH_QUICK=1 is --quick: how the tests run a command the README shows, as written, on tiny sizes.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run: checks the suite still works")
     args = parser.parse_args()
-    quick = args.quick
+    quick = args.quick or os.environ.get("BRIDGE_BENCH_QUICK") == "1"
     repeat = 1 if quick else args.repeat
     chosen = args.only or SCENARIOS
     started = time.time()

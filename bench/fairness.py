@@ -139,11 +139,14 @@ def measure(backlog: int, cohort_users: int, rate: int, seconds: int, workers: i
     lost = len(acked) - len(latencies)
     start, end = client["first_sent"], max(acked.values())
     a_arrivals = [at for key, at in arrivals.items() if key.startswith(BACKLOG_PREFIX) and start <= at <= end]
-    a_span = (max(a_arrivals) if a_arrivals else end) - start  # A's backlog may run out before B's trickle ends
+    a_span = max(a_arrivals) - start if a_arrivals else 0.0  # A's backlog may run out before B's trickle ends
+    backlog_end = max(a_arrivals) if a_arrivals else start
+    contended = [arrivals[event_id] - at for event_id, at in acked.items() if event_id in arrivals and at <= backlog_end]
     non2xx = sum(n for status, n in client["statuses"].items() if not status.startswith("2"))
     return {"p50": percentile(latencies, 50) * 1000, "p95": percentile(latencies, 95) * 1000,
             "p99": percentile(latencies, 99) * 1000, "max": (latencies[-1] if latencies else float("nan")) * 1000,
-            "late": lost, "a_rate": len(a_arrivals) / max(a_span, 1e-9), "non2xx": non2xx,
+            "late": lost, "a_seconds": a_span, "contended": len(contended),
+            "contended_max": max(contended, default=float("nan")) * 1000, "a_rate": len(a_arrivals) / max(a_span, 1e-9), "non2xx": non2xx,
             "cohort_posted": cohort.get("ok", 0), "cohort_refused": cohort.get("other", 0), "cohort_applied": applied}
 
 
@@ -182,5 +185,8 @@ def run(backlog: int, cohort_users: int, rate: int, seconds: int, repeat: int) -
                      + (f"; {late:,} of B's events had not arrived at the end" if late else "")
                      + (f"; {sum(r['non2xx'] for r in runs)} non-2xx" if any(r["non2xx"] for r in runs) else "")))
         rows.append((f"fairness, {label}: app A delivered meanwhile (events/s)",
-                     f"{median([r['a_rate'] for r in runs]):,.0f}", "A's events arrived at the sink from B's first event to A's last in B's trickle"))
+                     f"{median([r['a_rate'] for r in runs]):,.0f}",
+                     f"A's events at the sink from B's first event to A's last in B's trickle "
+                     f"({median([r['a_seconds'] for r in runs]):,.0f} s); B's events answered in that span: "
+                     f"{median([r['contended'] for r in runs]):,.0f}, the slowest {median([r['contended_max'] for r in runs]):,.0f} ms"))
     return rows
