@@ -159,13 +159,14 @@ class Leases:
 
 
 class Pusher:
-    def __init__(self, runtime: Runtime, *, rng: random.Random | None = None, clock=time.monotonic,
+    def __init__(self, runtime: Runtime, *, rng: random.Random | None = None, clock=None,
                  wait=shutdown_requested.wait):
-        """`clock` and `wait(seconds)` are time.monotonic and an interruptible sleep; tests replace them."""
+        """`clock` and `wait(seconds)` are time.monotonic and an interruptible sleep; tests replace them.
+        time.monotonic is looked up here, not at import, so a test's frozen clock (freezegun) applies."""
         self.runtime = runtime
         self.settings = runtime.settings
         self.rng = rng or random.Random()
-        self.clock = clock
+        self.clock = clock or time.monotonic
         self.wait = wait
         owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         with runtime.session() as session:
