@@ -24,10 +24,10 @@ import httpx
 import orjson
 import psycopg
 
-from bench.common import (REDIS_URL, Proc, analyze, flush_redis, percentile, run_bridge, scratch_database, server_upgrade,
-                          sink_stats, start_bridge, start_bridge_web, start_sink)
+from bench.common import (REDIS_URL, Proc, analyze, flush_redis, median, percentile, run_bridge, scratch_database,
+                          server_upgrade, sink_stats, start_bridge, start_bridge_web, start_sink)
 from bench.delivery import source_events
-from bench.stream import open_loop
+from bench.stream import Bridge, open_loop
 
 WORKERS = 2
 COHORT_BATCH = 10_000  # users per webhook batch, as Amplitude batches a cohort sync
@@ -125,8 +125,8 @@ def measure(backlog: int, cohort_users: int, rate: int, seconds: int, workers: i
             poster = threading.Thread(target=lambda: cohort.update(cohort_sync(
                 f"{base}/v1/apps/{big['app_id']}/amplitude/cohorts", big["cohort_token"], cohort_users, stop_cohort)))
             poster.start()
-            bridge_b = _Small(base, small)
-            client = open_loop(bridge_b, [orjson.dumps(item) for item in items], rate, seconds)
+            client = open_loop(Bridge(base, small["app_id"], small["api_key"], database_url, web, sink_url),
+                               [orjson.dumps(item) for item in items], rate, seconds)
             stop_cohort.set()
             poster.join()
             applied = _applied_batches(database_url)
@@ -139,8 +139,8 @@ def measure(backlog: int, cohort_users: int, rate: int, seconds: int, workers: i
     lost = len(acked) - len(latencies)
     start, end = client["first_sent"], max(acked.values())
     a_arrivals = [at for key, at in arrivals.items() if key.startswith(BACKLOG_PREFIX) and start <= at <= end]
-    a_span = max(a_arrivals) - start if a_arrivals else 0.0  # A's backlog may run out before B's trickle ends
-    backlog_end = max(a_arrivals) if a_arrivals else start
+    backlog_end = max(a_arrivals, default=start)  # A's backlog may run out before B's trickle ends
+    a_span = backlog_end - start
     contended = [arrivals[event_id] - at for event_id, at in acked.items() if event_id in arrivals and at <= backlog_end]
     non2xx = sum(n for status, n in client["statuses"].items() if not status.startswith("2"))
     return {"p50": percentile(latencies, 50) * 1000, "p95": percentile(latencies, 95) * 1000,
@@ -150,16 +150,6 @@ def measure(backlog: int, cohort_users: int, rate: int, seconds: int, workers: i
             "cohort_posted": cohort.get("ok", 0), "cohort_refused": cohort.get("other", 0), "cohort_applied": applied}
 
 
-class _Small:
-    """What bench.stream.open_loop needs of a bridge: app B's events URL and its api key."""
-
-    def __init__(self, base: str, app: dict):
-        self.base, self.app_id, self.api_key = base, app["app_id"], app["api_key"]
-
-    def url(self, resource: str) -> str:
-        return f"{self.base}/v1/apps/{self.app_id}/{resource}"
-
-
 def _applied_batches(database_url: str) -> int:
     with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
         return conn.execute("SELECT count(*) FROM cohort_batches WHERE state <> 'received'").fetchone()[0]
@@ -167,8 +157,6 @@ def _applied_batches(database_url: str) -> int:
 
 def run(backlog: int, cohort_users: int, rate: int, seconds: int, repeat: int) -> list[tuple[str, str, str]]:
     """Rows (figure, value, note): B's latency and A's rate with A's cohort sync in flight, then without it."""
-    from bench.common import median
-
     rows = []
     for users, label in ((cohort_users, "with A's cohort sync"), (0, "cohort sync off")):
         runs = [measure(backlog, users, rate, seconds) for _ in range(repeat)]
