@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from bridge.cohorts.membership import BatchCounts, apply_batch
 from bridge.cohorts.models import FAILED, PROCESSED, RECEIVED, Cohort, CohortBatch
 from bridge.db import utcnow
+from bridge.jobs import COHORTS
 from bridge.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def batch_key(batch_id: int) -> str:
 
 def schedule_batch(runtime: Runtime, batch_id: int) -> bool:
     """Queue `process_batch(batch_id)` unless it is already waiting. True if queued."""
-    return runtime.runner.enqueue_once(batch_key(batch_id), _BATCH_KEY_TTL, process_batch, batch_id)
+    return runtime.runner.enqueue_once(COHORTS, batch_key(batch_id), _BATCH_KEY_TTL, process_batch, batch_id)
 
 
 def process_batch(batch_id: int, runtime: Runtime | None = None) -> BatchCounts | None:

