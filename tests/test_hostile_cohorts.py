@@ -8,13 +8,14 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, text
 
 import bridge.runtime
 from bridge import worker
 from bridge.amplitude.sink import AmplitudeSink
 from bridge.apps.models import App
 from bridge.apps.service import create_app_record
+from bridge.cohorts.membership import apply_batch
 from bridge.cohorts.models import CohortBatch
 from bridge.runtime import Runtime
 from bridge.settings import Settings
@@ -86,3 +87,35 @@ def test_a_drain_runs_before_cohort_batches_queued_ahead_of_it(rq_runtime, sink)
         batches = session.execute(select(CohortBatch.state, CohortBatch.processed_at)).all()
     assert [state for state, _ in batches] == ["processed"] * 3
     assert delivered_at < min(processed_at for _, processed_at in batches)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_membership_lookups_send_one_array_parameter_and_use_the_primary_key(runtime, tenant):
+    """`IN (…5,000 parameters…)` cost PostgreSQL a parse and a plan of thousands of parameters per chunk;
+    the lookup is `user_id = ANY(:array)`, an index probe per id."""
+    with runtime.session() as session:
+        apply_batch(session, tenant.app_id, "c1", True, 100, [f"user-{i:06d}" for i in range(20_000)])
+        session.commit()
+        session.execute(text("ANALYZE cohort_members"))
+        session.commit()
+    lookups: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT") and "FROM cohort_members" in statement:
+            lookups.append((statement, parameters))
+
+    event.listen(runtime.engine, "before_cursor_execute", record)
+    try:
+        with runtime.session() as session:
+            counts = apply_batch(session, tenant.app_id, "c1", False, 200, ["user-000007", "user-019999", "nobody"])
+            session.commit()
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", record)
+    assert (counts.left, counts.already_known) == (2, 1)
+    [(statement, parameters)] = lookups
+    assert "= ANY (" in statement and " IN " not in statement
+    arrays = [value for value in parameters.values() if isinstance(value, list)]
+    assert arrays == [["user-000007", "user-019999", "nobody"]] and len(parameters) == 3
+    with runtime.engine.connect() as conn:
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {statement}", parameters))
+    assert "Index Scan using pk_cohort_members" in plan and "user_id)::text = ANY" in plan, plan
