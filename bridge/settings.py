@@ -49,6 +49,7 @@ class Settings:
     linger_seconds: float
     sweep_interval_seconds: float
     queue_name: str
+    job_statement_timeout_seconds: float
 
     @property
     def is_sqlite(self) -> bool:
@@ -93,6 +94,9 @@ class Settings:
             linger_seconds=reader.number("DELIVERY_LINGER_SECONDS", 0.5, low=0),
             sweep_interval_seconds=reader.number("SWEEP_INTERVAL_SECONDS", 5.0, low=0.05),
             queue_name=reader.text("RQ_QUEUE") or "bridge",
+            # Well under RQ's 600 s job timeout: a runaway statement is cancelled by PostgreSQL, and the
+            # job records why, instead of RQ killing the job mid-query.
+            job_statement_timeout_seconds=reader.number("JOB_STATEMENT_TIMEOUT_SECONDS", 60.0, low=0.1, high=500),
         )
         if settings.backoff_cap_seconds < settings.backoff_base_seconds:
             raise ConfigurationError("DELIVERY_BACKOFF_CAP_SECONDS must be >= DELIVERY_BACKOFF_BASE_SECONDS")
@@ -157,7 +161,7 @@ class _Reader:
     def text(self, name: str) -> str:
         return (self.env.get(name) or "").strip()
 
-    def number(self, name: str, default: float, *, low: float | None = None) -> float:
+    def number(self, name: str, default: float, *, low: float | None = None, high: float | None = None) -> float:
         raw = self.text(name)
         if not raw:
             return default
@@ -167,6 +171,8 @@ class _Reader:
             raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
         if low is not None and value < low:
             raise ConfigurationError(f"{name} must be >= {low}, got {raw!r}")
+        if high is not None and value > high:
+            raise ConfigurationError(f"{name} must be <= {high}, got {raw!r}")
         return value
 
     def integer(self, name: str, default: int, *, low: int | None = None, high: int | None = None) -> int:

@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import event, select, text
+from sqlalchemy.exc import OperationalError
 
 import bridge.runtime
 from bridge import worker
 from bridge.amplitude.sink import AmplitudeSink
 from bridge.apps.models import App
 from bridge.apps.service import create_app_record
+from bridge.cohorts import jobs
 from bridge.cohorts.membership import apply_batch
 from bridge.cohorts.models import CohortBatch
+from bridge.delivery.models import OutboxEvent
+from bridge.delivery.pusher import drain_app
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
@@ -119,3 +125,71 @@ def test_membership_lookups_send_one_array_parameter_and_use_the_primary_key(run
     with runtime.engine.connect() as conn:
         plan = "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {statement}", parameters))
     assert "Index Scan using pk_cohort_members" in plan and "user_id)::text = ANY" in plan, plan
+
+
+@pytest.fixture
+def settings_env(settings_env):
+    return {**settings_env, "JOB_STATEMENT_TIMEOUT_SECONDS": "0.3"}
+
+
+@contextmanager
+def row_locked(runtime: Runtime, table: str, where: str, **params):
+    """Hold a row lock from another connection, as a long transaction of someone else would."""
+    with runtime.engine.connect() as conn:
+        assert conn.execute(text(f"SELECT 1 FROM {table} WHERE {where} FOR UPDATE"), params).all()
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
+def in_thread(func, *args, seconds: float = 10, **kwargs):
+    """`func(*args, **kwargs)`'s result or exception, failing if it takes over `seconds`."""
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(func, *args, **kwargs).result(timeout=seconds)
+    finally:
+        pool.shutdown(wait=False)  # a call still blocked ends when the test lets go of its lock
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_job_statements_run_under_a_statement_timeout_in_every_transaction(runtime):
+    with runtime.job_session() as session:
+        for _ in range(2):  # the timeout is set again in the next transaction
+            started = time.monotonic()
+            with pytest.raises(OperationalError, match="statement timeout"):
+                session.execute(text("SELECT pg_sleep(5)"))
+            assert time.monotonic() - started < 2
+            session.rollback()
+    with runtime.session() as session:  # other sessions (requests) are not limited
+        assert session.execute(text("SHOW statement_timeout")).scalar() == "0"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_blocked_cohort_batch_is_cancelled_counted_each_run_and_fails_after_the_last(client, runtime, tenant):
+    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_body("c1", 3),
+                           headers=tenant.cohort_auth)
+    batch_id = response.json["batch_id"]
+    with row_locked(runtime, "cohorts", "app_id = :app_id", app_id=tenant.app_id):
+        for attempt in range(1, jobs.MAX_ATTEMPTS + 1):
+            with pytest.raises(OperationalError, match="statement timeout"):
+                in_thread(jobs.process_batch, batch_id, runtime=runtime)
+            with runtime.session() as session:
+                batch = session.get(CohortBatch, batch_id)
+            assert batch.attempts == attempt and "canceling statement due to statement timeout" in batch.error
+            assert batch.state == ("failed" if attempt == jobs.MAX_ATTEMPTS else "received")
+    assert jobs.process_batch(batch_id, runtime=runtime) is None  # failed: never run again
+    syncs = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/syncs", headers=tenant.auth).json["items"]
+    assert syncs[0]["state"] == "failed" and "statement timeout" in syncs[0]["error"]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_blocked_delivery_statement_is_cancelled(client, runtime, tenant):
+    """The pusher records Amplitude's answer on the app row; a lock held on it elsewhere cancels the
+    drain's statement after the timeout instead of holding the worker."""
+    assert client.post(f"/v1/apps/{tenant.app_id}/events", json=push_event("e1"), headers=tenant.auth).status_code == 202
+    with row_locked(runtime, "apps", "id = :app_id", app_id=tenant.app_id):
+        with pytest.raises(OperationalError, match="statement timeout"):
+            in_thread(drain_app, tenant.app_id, runtime=runtime)
+    with runtime.session() as session:
+        assert [e.state for e in session.scalars(select(OutboxEvent))] == ["pending"]  # kept for the next drain
