@@ -12,6 +12,12 @@ from urllib.parse import urlsplit
 
 DEFAULT_DATABASE_URL = "sqlite:///bridge.db"
 JOB_RUNNERS = ("rq", "thread", "manual")
+# The most bytes one entry of a cohort webhook's `users` needs: a user_id of 256 characters (the
+# longest usable one, cohorts.schemas.MAX_USER_ID_LENGTH) of up to 4 UTF-8 bytes each, and 64 bytes of
+# JSON around it (`{"user_id": "", "user_properties": {}},` is 41). Plus the envelope: cohort_id,
+# message_id, cohort_name and the rest, 4 KiB. The default body limit is what the user cap needs.
+COHORT_USER_ENTRY_BYTES = 256 * 4 + 64
+COHORT_ENVELOPE_BYTES = 4096
 
 
 class ConfigurationError(RuntimeError):
@@ -30,6 +36,8 @@ class Settings:
     max_body_bytes: int
     max_items_per_request: int
     cohort_max_body_bytes: int
+    cohort_max_users_per_batch: int
+    cohort_max_concurrent_bodies: int
     auth_cache_seconds: float
     intake_max_queued_events: int
     intake_max_wait_seconds: float
@@ -66,6 +74,8 @@ class Settings:
             raise ConfigurationError(f"JOB_RUNNER must be one of {', '.join(JOB_RUNNERS)}, got {runner!r}")
         if runner == "rq" and not redis_url:
             raise ConfigurationError("JOB_RUNNER=rq needs REDIS_URL")
+        # Amplitude sends a cohort in batches of up to 10,000 users.
+        cohort_users = reader.integer("COHORT_MAX_USERS_PER_BATCH", 10_000, low=1, high=100_000)
         settings = cls(
             database_url=normalize_database_url(reader.text("DATABASE_URL") or DEFAULT_DATABASE_URL),
             redis_url=redis_url,
@@ -75,7 +85,10 @@ class Settings:
             log_level=(reader.text("LOG_LEVEL") or "INFO").upper(),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
             max_items_per_request=reader.integer("MAX_ITEMS_PER_REQUEST", 1000, low=1),
-            cohort_max_body_bytes=reader.integer("COHORT_MAX_BODY_BYTES", 20 * 1024 * 1024, low=1024),
+            cohort_max_body_bytes=reader.integer("COHORT_MAX_BODY_BYTES", cohort_users * COHORT_USER_ENTRY_BYTES
+                                                 + COHORT_ENVELOPE_BYTES, low=1024),
+            cohort_max_users_per_batch=cohort_users,
+            cohort_max_concurrent_bodies=reader.integer("COHORT_MAX_CONCURRENT_BODIES", 2, low=1, high=64),
             auth_cache_seconds=reader.number("AUTH_CACHE_SECONDS", 5.0, low=0),
             intake_max_queued_events=reader.integer("INTAKE_MAX_QUEUED_EVENTS", 20_000, low=1),
             intake_max_wait_seconds=reader.number("INTAKE_MAX_WAIT_SECONDS", 1.0, low=0.01),

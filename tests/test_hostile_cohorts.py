@@ -4,11 +4,14 @@ and a batch whose run is cut short still counts that run, so it cannot restart f
 (Each test failed before its protection.)"""
 from __future__ import annotations
 
+import io
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import orjson
 import pytest
 from sqlalchemy import event, select, text
 from sqlalchemy.exc import OperationalError
@@ -20,7 +23,7 @@ from bridge.apps.models import App
 from bridge.apps.service import create_app_record
 from bridge.cohorts import jobs
 from bridge.cohorts.membership import apply_batch
-from bridge.cohorts.models import CohortBatch
+from bridge.cohorts.models import Cohort, CohortBatch
 from bridge.delivery.models import OutboxEvent
 from bridge.delivery.pusher import drain_app
 from bridge.runtime import Runtime
@@ -193,3 +196,102 @@ def test_a_blocked_delivery_statement_is_cancelled(client, runtime, tenant):
             in_thread(drain_app, tenant.app_id, runtime=runtime)
     with runtime.session() as session:
         assert [e.state for e in session.scalars(select(OutboxEvent))] == ["pending"]  # kept for the next drain
+
+
+def stored(runtime) -> tuple[int, int]:
+    with runtime.session() as session:
+        return (len(session.scalars(select(CohortBatch.id)).all()), len(session.scalars(select(Cohort.cohort_id)).all()))
+
+
+def test_a_batch_over_the_user_cap_is_refused_with_a_413_and_nothing_is_stored(client, runtime, tenant):
+    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_body("c1", 10_001),
+                           headers=tenant.cohort_auth)
+    assert response.status_code == 413
+    assert response.json["error"] == "too_many_users"
+    assert response.json["details"] == {"field": "users", "limit": 10_000, "received": 10_001}
+    assert "10,001 users; at most 10,000" in response.json["message"]
+    assert stored(runtime) == (0, 0) and runtime.runner.pending == []
+    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_body("c1", 10_000),
+                           headers=tenant.cohort_auth)
+    assert response.status_code == 200 and response.json["users"] == 10_000
+
+
+def test_the_body_limit_fits_a_full_batch_of_the_longest_ids_and_no_more(client, runtime, tenant):
+    """10,000 user ids of 256 four-byte characters, each with a little room for its properties, pass;
+    a body one byte over the limit (10,884,096 bytes by default) is refused before it is read."""
+    limit = runtime.settings.cohort_max_body_bytes
+    assert limit == 10_000 * (256 * 4 + 64) + 4096
+    body = cohort_body("c1", 0)
+    body["users"] = [{"user_id": f"{i:06d}" + "\U0001F600" * 250, "user_properties": {}} for i in range(10_000)]
+    raw = orjson.dumps(body)
+    raw = raw[:-1] + b',"pad":"' + b"x" * (limit - len(raw) - 9) + b'"}'
+    assert len(raw) == limit
+    headers = {**tenant.cohort_auth, "Content-Type": "application/json"}
+    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", data=raw, headers=headers)
+    assert response.status_code == 200 and response.json["users"] == 10_000
+    over = raw[:-2] + b'x"}'
+    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", data=over, headers=headers)
+    assert response.status_code == 413 and response.json["details"] == {"limit_bytes": limit}
+    assert stored(runtime) == (1, 1)
+
+
+class SlowBody(io.RawIOBase):
+    """A request body whose bytes arrive only once `go` is set, as from a slow client; `reading` is set
+    when the server starts reading it."""
+
+    def __init__(self, data: bytes, go: threading.Event):
+        self.data = io.BytesIO(data)
+        self.go = go
+        self.reading = threading.Event()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.data.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.data.tell()
+
+    def readinto(self, buffer) -> int:
+        self.reading.set()
+        self.go.wait(10)
+        return self.data.readinto(buffer)
+
+
+def test_large_bodies_beyond_the_concurrent_limit_are_answered_503_at_once(app, runtime, tenant):
+    """Two large bodies being read hold the process's two slots (COHORT_MAX_CONCURRENT_BODIES); a third
+    is answered 503 with Retry-After without being read, a small body still goes through, and the two
+    slow ones end normally."""
+    url = f"/v1/apps/{tenant.app_id}/amplitude/cohorts"
+    headers = {**tenant.cohort_auth, "Content-Type": "application/json"}
+    big = [orjson.dumps({**cohort_body(f"big{n}", 0), "users": [{"user_id": f"{i:06d}" + "x" * 120} for i in range(10_000)]})
+           for n in range(3)]
+    assert all(len(raw) > 1024 * 1024 for raw in big)
+    go = threading.Event()
+    bodies = [SlowBody(raw, go) for raw in big[:2]]
+    pool = ThreadPoolExecutor(2)
+    slow = [pool.submit(app.test_client().post, url, input_stream=body, content_length=len(raw), headers=headers)
+            for body, raw in zip(bodies, big, strict=False)]
+    try:
+        for body in bodies:
+            assert body.reading.wait(10)
+        client = app.test_client()
+        started = time.monotonic()
+        response = client.post(url, data=big[2], headers=headers)
+        assert response.status_code == 503 and response.json["error"] == "overloaded"
+        assert response.headers["Retry-After"] == "2" and time.monotonic() - started < 1
+        small = client.post(url, json=cohort_body("small", 10), headers=tenant.cohort_auth)
+        assert small.status_code == 200
+    finally:
+        go.set()
+        answers = [future.result(timeout=30) for future in slow]
+        pool.shutdown()
+    assert [answer.status_code for answer in answers] == [200, 200]
+    with runtime.session() as session:
+        assert sorted(session.scalars(select(CohortBatch.cohort_id))) == ["big0", "big1", "small"]
+    response = app.test_client().post(url, data=big[2], headers=headers)  # the retry, once slots are free
+    assert response.status_code == 200
