@@ -5,14 +5,18 @@ and a batch whose run is cut short still counts that run, so it cannot restart f
 from __future__ import annotations
 
 import io
+import signal
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import timedelta
 
+import httpx
 import orjson
 import pytest
+from freezegun import freeze_time
 from sqlalchemy import event, select, text
 from sqlalchemy.exc import OperationalError
 
@@ -29,6 +33,8 @@ from bridge.delivery.pusher import drain_app
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
+from conftest import _truncate
+from processes import BRIDGE, Process, start_web
 
 pytestmark = pytest.mark.hostile
 
@@ -295,3 +301,68 @@ def test_large_bodies_beyond_the_concurrent_limit_are_answered_503_at_once(app, 
         assert sorted(session.scalars(select(CohortBatch.cohort_id))) == ["big0", "big1", "small"]
     response = app.test_client().post(url, data=big[2], headers=headers)  # the retry, once slots are free
     assert response.status_code == 200
+
+
+@pytest.mark.e2e
+def test_a_worker_kept_for_delivery_delivers_while_cohort_work_is_stuck_and_a_killed_run_counts(
+        postgresql_url, redis_url, sink, tmp_path):
+    """Real processes: `bridge web`, `bridge worker --queues cohorts` and `bridge worker --queues delivery`.
+    A cohort batch stuck on a lock holds the cohorts worker; another app's event still reaches Amplitude.
+    Then the cohorts worker is SIGKILLed mid-batch: that run is counted, its claim keeps the sweep off
+    the batch, and once the claim has lapsed the batch is applied, once."""
+    _truncate(postgresql_url)
+    env = {"DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url, "AMPLITUDE_BASE_URL": sink.url,
+           "SWEEP_INTERVAL_SECONDS": "0.3", "DELIVERY_LINGER_SECONDS": "0", "LOG_LEVEL": "INFO"}
+    runtime = Runtime(Settings.from_env({**env, "JOB_RUNNER": "manual"}))
+    cohort_app, cohort_tokens = new_app(runtime, "cohorts")
+    stream_app, stream_tokens = new_app(runtime, "stream")
+    hook = {"Authorization": f"Bearer {cohort_tokens.cohort_token}"}
+    web, url = start_web(env, tmp_path / "web.log")
+    cohort_worker = Process([BRIDGE, "worker", "--queues", "cohorts"], env, tmp_path / "cohorts.log")
+    delivery_worker = Process([BRIDGE, "worker", "--queues", "delivery"], env, tmp_path / "delivery.log")
+
+    def batch(batch_id: int) -> CohortBatch:
+        with runtime.session() as session:
+            return session.get(CohortBatch, batch_id)
+
+    try:
+        first = httpx.post(f"{url}/v1/apps/{cohort_app.id}/amplitude/cohorts", json=cohort_body("c1", 10, "m1"),
+                           headers=hook).json()["batch_id"]
+        processes_wait(lambda: batch(first).state == "processed", 30, "the first batch", cohort_worker)
+        with row_locked(runtime, "cohorts", "app_id = :app_id", app_id=cohort_app.id):
+            stuck = httpx.post(f"{url}/v1/apps/{cohort_app.id}/amplitude/cohorts", json=cohort_body("c1", 10, "m2"),
+                               headers=hook).json()["batch_id"]
+            processes_wait(lambda: batch(stuck).attempts == 1, 30, "the second batch's claim", cohort_worker)
+            response = httpx.post(f"{url}/v1/apps/{stream_app.id}/events", json=push_event("e1"),
+                                  headers={"Authorization": f"Bearer {stream_tokens.api_key}"})
+            assert response.status_code == 202
+            processes_wait(lambda: [e["insert_id"] for e in sink.events()] == ["e1"], 30, "the event at Amplitude",
+                           delivery_worker)
+            assert (batch(stuck).state, batch(stuck).attempts) == ("received", 1)  # still stuck meanwhile
+            cohort_worker.signal(signal.SIGKILL)
+            cohort_worker.wait(10)
+        claimed = batch(stuck)
+        assert (claimed.state, claimed.attempts) == ("received", 1)  # the killed run counts
+        assert jobs.schedule_unprocessed(runtime) == 0  # its claim is live: the sweep leaves it alone
+        with freeze_time(claimed.claimed_at + jobs.CLAIM_LEASE + timedelta(seconds=1)):
+            assert jobs.schedule_unprocessed(runtime) == 1
+            runtime.runner.run_pending()
+        applied = batch(stuck)
+        assert (applied.state, applied.attempts, applied.entered + applied.already_known) == ("processed", 2, 10)
+    finally:
+        for process in (web, cohort_worker, delivery_worker):
+            process.stop()
+        runtime.close()
+
+
+def processes_wait(condition, seconds: float, what: str, process: Process) -> None:
+    """Poll `condition`; fail naming `what`, with `process`'s output, if it exits or time runs out."""
+    def ready():
+        if process.popen.poll() is not None:
+            raise AssertionError(f"{what}: the process exited:\n{process.output()}")
+        return condition()
+
+    try:
+        wait_until(ready, seconds)
+    except AssertionError as exc:
+        raise AssertionError(f"{what}: {exc}\n{process.output()[-3000:]}") from None
