@@ -308,8 +308,8 @@ def test_a_worker_kept_for_delivery_delivers_while_cohort_work_is_stuck_and_a_ki
         postgresql_url, redis_url, sink, tmp_path):
     """Real processes: `bridge web`, `bridge worker --queues cohorts` and `bridge worker --queues delivery`.
     A cohort batch stuck on a lock holds the cohorts worker; another app's event still reaches Amplitude.
-    Then the cohorts worker is SIGKILLed mid-batch: that run is counted, its claim keeps the sweep off
-    the batch, and once the claim has lapsed the batch is applied, once."""
+    While that run lives, nothing starts the batch again; once it is SIGKILLed, the run is counted, and
+    the batch is claimed again after CLAIM_GRACE and applied, once."""
     _truncate(postgresql_url)
     env = {"DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url, "AMPLITUDE_BASE_URL": sink.url,
            "SWEEP_INTERVAL_SECONDS": "0.3", "DELIVERY_LINGER_SECONDS": "0", "LOG_LEVEL": "INFO"}
@@ -338,14 +338,20 @@ def test_a_worker_kept_for_delivery_delivers_while_cohort_work_is_stuck_and_a_ki
             assert response.status_code == 202
             processes_wait(lambda: [e["insert_id"] for e in sink.events()] == ["e1"], 30, "the event at Amplitude",
                            delivery_worker)
-            assert (batch(stuck).state, batch(stuck).attempts) == ("received", 1)  # still stuck meanwhile
+            claimed = batch(stuck)
+            assert (claimed.state, claimed.attempts) == ("received", 1)  # still stuck meanwhile
+            # However old its claim, a run that is alive holds its batch: neither the sweep nor another run
+            # starts it again.
+            with freeze_time(claimed.claimed_at + 2 * jobs.CLAIM_LEASE):
+                assert jobs.schedule_unprocessed(runtime) == 0
+                assert jobs.process_batch(stuck, runtime=runtime) is None
             cohort_worker.signal(signal.SIGKILL)
             cohort_worker.wait(10)
-        claimed = batch(stuck)
-        assert (claimed.state, claimed.attempts) == ("received", 1)  # the killed run counts
-        assert jobs.schedule_unprocessed(runtime) == 0  # its claim is live: the sweep leaves it alone
-        with freeze_time(claimed.claimed_at + jobs.CLAIM_LEASE + timedelta(seconds=1)):
-            assert jobs.schedule_unprocessed(runtime) == 1
+        assert (batch(stuck).state, batch(stuck).attempts) == ("received", 1)  # the killed run counts
+        with freeze_time(claimed.claimed_at + jobs.CLAIM_GRACE - timedelta(seconds=1)):
+            assert jobs.schedule_unprocessed(runtime) == 0  # a claim just made is left to its run
+        with freeze_time(claimed.claimed_at + jobs.CLAIM_GRACE + timedelta(seconds=1)):
+            assert jobs.schedule_unprocessed(runtime) == 1  # its run is gone: no lock holds the batch
             runtime.runner.run_pending()
         applied = batch(stuck)
         assert (applied.state, applied.attempts, applied.entered + applied.already_known) == ("processed", 2, 10)

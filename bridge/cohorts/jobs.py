@@ -6,9 +6,12 @@ flushed Redis, a worker killed mid-batch).
 
 A run counts itself before it does anything: the claim (attempt + 1, `claimed_at`) commits on its own,
 so a run that is killed, times out or loses its database still counts, and a batch that always kills
-its run ends `failed` after MAX_ATTEMPTS instead of restarting forever. While a claim is younger than
-CLAIM_LEASE no other run starts the batch; an older one belonged to a run that can no longer be alive
-(RQ stops a job after JOB_TIMEOUT_SECONDS), and the batch is claimed again.
+its run ends `failed` after MAX_ATTEMPTS instead of restarting forever. No run starts a batch that a
+live run holds:
+- on PostgreSQL a run holds its batch's row lock while it applies it; a claim older than CLAIM_GRACE
+  whose row is not locked belongs to a run that died (the database released its lock);
+- on SQLite, which has no row locks, a claim holds for CLAIM_LEASE, longer than a run can last (RQ
+  stops a job after JOB_TIMEOUT_SECONDS).
 """
 from __future__ import annotations
 
@@ -17,12 +20,12 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 
 import orjson
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import Select, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from bridge.cohorts.membership import BatchCounts, apply_batch
 from bridge.cohorts.models import FAILED, PROCESSED, RECEIVED, Cohort, CohortBatch
-from bridge.db import utcnow
+from bridge.db import is_postgresql, utcnow
 from bridge.jobs import COHORTS, JOB_TIMEOUT_SECONDS
 from bridge.runtime import Runtime, current
 
@@ -37,7 +40,9 @@ RESCHEDULE_AFTER = timedelta(seconds=30)
 _SWEEP_LIMIT = 1000
 # After this many runs a batch is marked failed (shown in the sync history) and not retried.
 MAX_ATTEMPTS = 10
-# How long a run's claim keeps other runs off its batch: longer than any run can last.
+# PostgreSQL: how long a claim whose row is not locked is left alone (a run locks it right after claiming).
+CLAIM_GRACE = timedelta(seconds=30)
+# SQLite: how long a run's claim keeps other runs off its batch: longer than any run can last.
 CLAIM_LEASE = timedelta(seconds=JOB_TIMEOUT_SECONDS + 60)
 INTERRUPTED = ("A run was interrupted before it could finish or record an error (its worker stopped or was "
                "killed, or it ran past the job timeout).")
@@ -57,7 +62,7 @@ def process_batch(batch_id: int, runtime: Runtime | None = None) -> BatchCounts 
     cohort and record what it did, in one transaction.
 
     Returns the counts, or None when there is nothing to do: the batch is unknown, applied, failed, or
-    claimed by a run less than CLAIM_LEASE ago (running twice is harmless). Batches of one cohort are
+    held by a live run (running twice is harmless). Batches of one cohort are
     applied one after the other; different cohorts in parallel. A failure is recorded on the batch
     and raised."""
     runtime = runtime or current()
@@ -81,10 +86,10 @@ def _claim(session: Session, batch_id: int):
     """Count a run of the batch and mark it claimed, in a transaction of its own. The claimed row
     (app_id, cohort_id, cohort_name, in_cohort, computed_time, payload, claimed_at), or None."""
     now = utcnow()
+    claimable = _unclaimed(session, now, B.id == batch_id, B.state == RECEIVED, B.attempts < MAX_ATTEMPTS)
     claim = session.execute(
         update(CohortBatch.__table__)
-        .where(B.id == batch_id, B.state == RECEIVED, B.attempts < MAX_ATTEMPTS,
-               or_(B.claimed_at.is_(None), B.claimed_at < now - CLAIM_LEASE))
+        .where(B.id.in_(claimable.scalar_subquery()))
         # A claim still set is that of a run that ended without a word: say so in the sync history.
         .values(attempts=B.attempts + 1, claimed_at=now,
                 error=case((B.claimed_at.is_not(None), INTERRUPTED), else_=B.error))
@@ -98,6 +103,12 @@ def _apply(session: Session, batch_id: int, claim) -> BatchCounts | None:
     """Apply the claimed batch and mark it processed, committed together; None (nothing written) if
     another run has claimed or applied it meanwhile."""
     now = utcnow()
+    # The batch's row lock, held until commit, tells other runs on PostgreSQL that this one is alive.
+    mine = session.execute(select(B.id).where(B.id == batch_id, B.state == RECEIVED, B.claimed_at == claim.claimed_at)
+                           .with_for_update()).first()
+    if mine is None:
+        session.rollback()
+        return None
     # Updating the cohort row locks it until commit: the cohort's batches are applied one at a time.
     session.execute(
         update(Cohort.__table__)
@@ -119,6 +130,16 @@ def _apply(session: Session, batch_id: int, claim) -> BatchCounts | None:
     return counts
 
 
+def _unclaimed(session: Session, now: datetime, *conditions) -> Select:
+    """The ids of batches matching `conditions` that no live run holds: never claimed, given up by a run
+    that recorded its failure, or claimed by a run that died (see the module's docstring). On
+    PostgreSQL the rows are locked (SKIP LOCKED) until the caller's transaction ends."""
+    if is_postgresql(session):
+        query = select(B.id).where(*conditions, or_(B.claimed_at.is_(None), B.claimed_at < now - CLAIM_GRACE))
+        return query.with_for_update(skip_locked=True)
+    return select(B.id).where(*conditions, or_(B.claimed_at.is_(None), B.claimed_at < now - CLAIM_LEASE))
+
+
 def _roll_back(session: Session) -> None:
     try:
         session.rollback()
@@ -127,22 +148,23 @@ def _roll_back(session: Session) -> None:
 
 
 def schedule_unprocessed(runtime: Runtime) -> int:
-    """Queue every batch still `received` RESCHEDULE_AFTER after it arrived and not claimed by a live
-    run (up to 1,000 per call); returns how many were queued. A batch whose last allowed run never
+    """Queue every batch still `received` RESCHEDULE_AFTER after it arrived and not held by a live run
+    (up to 1,000 per call); returns how many were queued. A batch whose last allowed run never
     finished is marked failed instead. Used by the periodic sweep."""
     now = utcnow()
-    free = or_(B.claimed_at.is_(None), B.claimed_at < now - CLAIM_LEASE)
     with runtime.job_session() as session:
+        abandoned = _unclaimed(session, now, B.state == RECEIVED, B.attempts >= MAX_ATTEMPTS)
         session.execute(
-            update(CohortBatch.__table__).where(B.state == RECEIVED, B.attempts >= MAX_ATTEMPTS, free)
+            update(CohortBatch.__table__).where(B.id.in_(abandoned.scalar_subquery()))
             .values(state=FAILED, claimed_at=None,
                     error=f"Gave up after {MAX_ATTEMPTS} runs; the last one never finished. {INTERRUPTED}")
         )
         session.commit()
         ids = list(session.scalars(
-            select(B.id).where(B.state == RECEIVED, B.received_at < now - RESCHEDULE_AFTER, free)
+            _unclaimed(session, now, B.state == RECEIVED, B.received_at < now - RESCHEDULE_AFTER)
             .order_by(B.received_at).limit(_SWEEP_LIMIT)
         ))
+        session.commit()
     return sum(1 for batch_id in ids if schedule_batch(runtime, batch_id))
 
 
