@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
-from bridge.db import make_engine, make_session_factory
+from bridge.db import limit_statements, make_engine, make_session_factory
 from bridge.settings import Settings
 
 _current: Runtime | None = None
@@ -39,6 +39,13 @@ class Runtime:
             yield session
         finally:
             session.close()
+
+    @contextmanager
+    def job_session(self) -> Iterator[Session]:
+        """A session for job work (cohort batches, delivery): as `session()`, but on PostgreSQL each of its
+        transactions cancels a statement that runs over JOB_STATEMENT_TIMEOUT_SECONDS."""
+        with self.session() as session:
+            yield limit_statements(session, self.settings.job_statement_timeout_seconds)
 
     def close(self) -> None:
         self.runner.close()

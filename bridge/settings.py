@@ -12,6 +12,12 @@ from urllib.parse import urlsplit
 
 DEFAULT_DATABASE_URL = "sqlite:///bridge.db"
 JOB_RUNNERS = ("rq", "thread", "manual")
+# The most bytes one entry of a cohort webhook's `users` needs: a user_id of 256 characters (the
+# longest usable one, cohorts.schemas.MAX_USER_ID_LENGTH) of up to 4 UTF-8 bytes each, and 64 bytes of
+# JSON around it (`{"user_id": "", "user_properties": {}},` is 41). Plus the envelope: cohort_id,
+# message_id, cohort_name and the rest, 4 KiB. The default body limit is what the user cap needs.
+COHORT_USER_ENTRY_BYTES = 256 * 4 + 64
+COHORT_ENVELOPE_BYTES = 4096
 
 
 class ConfigurationError(RuntimeError):
@@ -30,6 +36,8 @@ class Settings:
     max_body_bytes: int
     max_items_per_request: int
     cohort_max_body_bytes: int
+    cohort_max_users_per_batch: int
+    cohort_max_concurrent_bodies: int
     auth_cache_seconds: float
     intake_max_queued_events: int
     intake_max_wait_seconds: float
@@ -49,6 +57,7 @@ class Settings:
     linger_seconds: float
     sweep_interval_seconds: float
     queue_name: str
+    job_statement_timeout_seconds: float
 
     @property
     def is_sqlite(self) -> bool:
@@ -65,6 +74,8 @@ class Settings:
             raise ConfigurationError(f"JOB_RUNNER must be one of {', '.join(JOB_RUNNERS)}, got {runner!r}")
         if runner == "rq" and not redis_url:
             raise ConfigurationError("JOB_RUNNER=rq needs REDIS_URL")
+        # Amplitude sends a cohort in batches of up to 10,000 users.
+        cohort_users = reader.integer("COHORT_MAX_USERS_PER_BATCH", 10_000, low=1, high=100_000)
         settings = cls(
             database_url=normalize_database_url(reader.text("DATABASE_URL") or DEFAULT_DATABASE_URL),
             redis_url=redis_url,
@@ -74,7 +85,10 @@ class Settings:
             log_level=(reader.text("LOG_LEVEL") or "INFO").upper(),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
             max_items_per_request=reader.integer("MAX_ITEMS_PER_REQUEST", 1000, low=1),
-            cohort_max_body_bytes=reader.integer("COHORT_MAX_BODY_BYTES", 20 * 1024 * 1024, low=1024),
+            cohort_max_body_bytes=reader.integer("COHORT_MAX_BODY_BYTES", cohort_users * COHORT_USER_ENTRY_BYTES
+                                                 + COHORT_ENVELOPE_BYTES, low=1024),
+            cohort_max_users_per_batch=cohort_users,
+            cohort_max_concurrent_bodies=reader.integer("COHORT_MAX_CONCURRENT_BODIES", 2, low=1, high=64),
             auth_cache_seconds=reader.number("AUTH_CACHE_SECONDS", 5.0, low=0),
             intake_max_queued_events=reader.integer("INTAKE_MAX_QUEUED_EVENTS", 20_000, low=1),
             intake_max_wait_seconds=reader.number("INTAKE_MAX_WAIT_SECONDS", 1.0, low=0.01),
@@ -93,6 +107,9 @@ class Settings:
             linger_seconds=reader.number("DELIVERY_LINGER_SECONDS", 0.5, low=0),
             sweep_interval_seconds=reader.number("SWEEP_INTERVAL_SECONDS", 5.0, low=0.05),
             queue_name=reader.text("RQ_QUEUE") or "bridge",
+            # Well under RQ's 600 s job timeout: a runaway statement is cancelled by PostgreSQL, and the
+            # job records why, instead of RQ killing the job mid-query.
+            job_statement_timeout_seconds=reader.number("JOB_STATEMENT_TIMEOUT_SECONDS", 60.0, low=0.1, high=500),
         )
         if settings.backoff_cap_seconds < settings.backoff_base_seconds:
             raise ConfigurationError("DELIVERY_BACKOFF_CAP_SECONDS must be >= DELIVERY_BACKOFF_BASE_SECONDS")
@@ -157,7 +174,7 @@ class _Reader:
     def text(self, name: str) -> str:
         return (self.env.get(name) or "").strip()
 
-    def number(self, name: str, default: float, *, low: float | None = None) -> float:
+    def number(self, name: str, default: float, *, low: float | None = None, high: float | None = None) -> float:
         raw = self.text(name)
         if not raw:
             return default
@@ -167,6 +184,8 @@ class _Reader:
             raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
         if low is not None and value < low:
             raise ConfigurationError(f"{name} must be >= {low}, got {raw!r}")
+        if high is not None and value > high:
+            raise ConfigurationError(f"{name} must be <= {high}, got {raw!r}")
         return value
 
     def integer(self, name: str, default: int, *, low: int | None = None, high: int | None = None) -> int:

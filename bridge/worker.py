@@ -1,4 +1,7 @@
-"""`bridge worker`: an RQ worker for the bridge's queue, plus the periodic sweep on a side thread.
+"""`bridge worker`: an RQ worker for the bridge's queues, plus the periodic sweep on a side thread.
+
+By default a worker serves every queue, delivery first (RQ takes a job from the first non-empty queue
+in its list), so one worker runs a whole deployment; `--queues` dedicates one to some of them.
 
 SIGTERM (Heroku's deploys and restarts): the batch in hand is finished, the rest of the drain is
 handed back, and the process exits — well within Heroku's 30 s. SIGKILL loses nothing either: leases
@@ -16,6 +19,7 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 
 from bridge.delivery.pusher import shutdown_requested
+from bridge.jobs import QUEUES, queue_name
 from bridge.maintenance import sweep
 from bridge.runtime import Runtime
 
@@ -47,12 +51,14 @@ def _sweep_loop(runtime: Runtime, redis: Redis, stop: threading.Event) -> None:
         stop.wait(interval)
 
 
-def run(runtime: Runtime, *, burst: bool = False) -> None:
-    """Work the queue until stopped (or, with `burst`, until it is empty).
+def run(runtime: Runtime, *, burst: bool = False, queues: tuple[str, ...] = QUEUES) -> None:
+    """Work the queues of the kinds `queues` (jobs.QUEUES by default; taken in the order of QUEUES)
+    until stopped, or with `burst` until they are empty.
 
     Losing Redis does not end the process: RQ's loop quits when Redis vanishes while a job is running,
     so it is started again here (a process manager's restart could be minutes away)."""
     settings = runtime.settings
+    names = [queue_name(settings, kind) for kind in QUEUES if kind in queues]
     redis = Redis.from_url(settings.redis_url)
     stop = threading.Event()
     if burst:
@@ -62,7 +68,7 @@ def run(runtime: Runtime, *, burst: bool = False) -> None:
     try:
         while True:
             try:
-                worker = BridgeWorker([Queue(settings.queue_name, connection=redis)], connection=redis)
+                worker = BridgeWorker([Queue(name, connection=redis) for name in names], connection=redis)
                 worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
             except (RedisConnectionError, RedisTimeoutError) as exc:  # RQ's start-up or teardown
                 if burst:

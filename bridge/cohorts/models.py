@@ -74,7 +74,11 @@ class CohortBatch(SQLModel, table=True):
     unusable_examples: list[dict] = Field(default_factory=list,
                                           sa_column=Column(JSON, nullable=False, server_default="[]"))
     retries: int = 0  # times Amplitude re-sent this message_id (acknowledged as no-ops)
-    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))  # failed runs
+    # Runs started: counted in its own transaction when a run claims the batch, so a run that is killed,
+    # times out or crashes before it can record anything still counts.
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    # When the latest run claimed the batch; while it is recent (jobs.CLAIM_LEASE), no other run starts.
+    claimed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     received_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     processed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

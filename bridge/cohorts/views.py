@@ -18,12 +18,14 @@ import csv
 import gc
 import io
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 from marshmallow import ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from bridge.auth import require_token
 from bridge.cohorts import report
@@ -45,6 +47,17 @@ RECENT_SYNCS = 10
 _CSV_FLUSH_ROWS = 1000
 
 
+# A body over this many bytes (or of unknown length) is read only while one of the process's
+# COHORT_MAX_CONCURRENT_BODIES slots is free: a handful of them fit any process's memory.
+LARGE_BODY_BYTES = 1024 * 1024
+
+
+@bp.record_once
+def _set_up(state) -> None:
+    settings = state.app.extensions["bridge"].settings
+    state.app.extensions["bridge.cohort_bodies"] = threading.BoundedSemaphore(settings.cohort_max_concurrent_bodies)
+
+
 @bp.post("/v1/apps/<app_id>/amplitude/cohorts")
 @require_token("cohort")
 def receive_batch(app_id: str):
@@ -52,11 +65,16 @@ def receive_batch(app_id: str):
 
     Answers `WebhookAckSchema`. Entries of `users` without a usable user_id are set aside and counted
     (`unusable_users`), never a reason to refuse the batch; only a malformed envelope is a 400
-    `invalid_payload` naming the fields, and then nothing is stored."""
+    `invalid_payload` naming the fields, and then nothing is stored. Also, with nothing stored: 413
+    `payload_too_large` over COHORT_MAX_BODY_BYTES, 413 `too_many_users` over
+    COHORT_MAX_USERS_PER_BATCH entries, and 503 `overloaded` (Retry-After) while the process already
+    reads COHORT_MAX_CONCURRENT_BODIES large bodies."""
     runtime = current_app.extensions["bridge"]
     request.max_content_length = runtime.settings.cohort_max_body_bytes
-    with _collector_paused():
-        data = _webhook_payload()
+    if (request.content_length or 0) > request.max_content_length:
+        raise RequestEntityTooLarge()  # refused before a slot is taken or a byte is read
+    with _body_slot(), _collector_paused():
+        data = _webhook_payload(runtime.settings.cohort_max_users_per_batch)
     stored = store_batch(g.db, app_id, data)
     if stored.state == RECEIVED:
         schedule_batch(runtime, stored.batch_id)  # after commit; a no-op if its job is already waiting
@@ -72,17 +90,43 @@ def receive_batch(app_id: str):
     }
 
 
-def _webhook_payload() -> dict:
+def _webhook_payload(max_users: int) -> dict:
     """The validated webhook body, `users` loaded as `BatchUsers`. The parsed JSON (two dicts per user)
-    is freed on return; only the user ids are kept."""
+    is freed on return; only the user ids are kept. 413 `too_many_users` when `users` has more than
+    `max_users` entries."""
     body = read_json_body()
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "The body must be a JSON object (Amplitude's cohort webhook payload).")
+    users = body.get("users")
+    if isinstance(users, list) and len(users) > max_users:
+        raise ApiError(413, "too_many_users",
+                       f"The batch has {len(users):,} users; at most {max_users:,} are accepted per webhook batch "
+                       f"(COHORT_MAX_USERS_PER_BATCH). Nothing was stored.",
+                       {"field": "users", "limit": max_users, "received": len(users)})
     try:
         return WEBHOOK_SCHEMA.load(body)
     except ValidationError as exc:
         raise ApiError(400, "invalid_payload", "The cohort webhook body is invalid; see details.",
                        flatten_errors(exc.messages)) from None
+
+
+@contextmanager
+def _body_slot() -> Iterator[None]:
+    """Hold one of the process's slots for large bodies while a body over LARGE_BODY_BYTES (or of unknown
+    length) is read and parsed; when none is free, answer 503 at once rather than hold more bodies in
+    memory (Amplitude retries). Smaller bodies need no slot."""
+    length = request.content_length
+    if length is not None and length <= LARGE_BODY_BYTES:
+        yield
+        return
+    slots = current_app.extensions["bridge.cohort_bodies"]
+    if not slots.acquire(blocking=False):
+        raise ApiError(503, "overloaded", "This process is already reading as many large cohort bodies as it may "
+                       "(COHORT_MAX_CONCURRENT_BODIES); retry shortly. Nothing was stored.", retry_after=2)
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 @contextmanager
