@@ -24,7 +24,8 @@ def test_a_failing_batch_keeps_its_error_and_is_marked_failed_after_the_last_att
             jobs.process_batch(batch_id, runtime=runtime)
         with runtime.session() as session:
             batch = session.get(CohortBatch, batch_id)
-            assert (batch.attempts, batch.error) == (attempt, "RuntimeError: deadlock detected")
+            assert batch.attempts == attempt
+            assert batch.error.startswith("RuntimeError at bridge/cohorts/jobs.py:")  # not its message: it may name users
             assert batch.state == ("failed" if attempt == jobs.MAX_ATTEMPTS else "received")
     syncs = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/syncs", headers=tenant.auth).json["items"]
-    assert syncs[0]["error"] == "RuntimeError: deadlock detected"
+    assert syncs[0]["error"] == batch.error

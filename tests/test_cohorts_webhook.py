@@ -385,7 +385,8 @@ def test_a_failed_batch_keeps_its_error_and_is_applied_on_retry(client, runtime,
     with pytest.raises(RuntimeError):
         runtime.runner.run_pending()
     [batch] = batches(runtime)
-    assert (batch.state, batch.error) == (RECEIVED, "RuntimeError: database went away")
+    assert batch.state == RECEIVED
+    assert batch.error.startswith("RuntimeError at bridge/cohorts/jobs.py:")  # its message may name users: withheld
     assert members(runtime) == {}  # rolled back with the claim
 
     monkeypatch.setattr(jobs, "apply_batch", real_apply)

@@ -13,6 +13,7 @@ from datetime import timedelta
 import orjson
 from sqlalchemy import select, update
 
+from bridge import failures
 from bridge.cohorts.membership import BatchCounts, apply_batch
 from bridge.cohorts.models import FAILED, PROCESSED, RECEIVED, Cohort, CohortBatch
 from bridge.db import utcnow
@@ -92,9 +93,10 @@ def schedule_unprocessed(runtime: Runtime) -> int:
 
 
 def _record_error(runtime: Runtime, batch_id: int, exc: Exception) -> None:
-    """Keep the failure on the batch, where the sync history shows it. The sweep retries a `received`
+    """Keep the failure on the batch, where the sync history shows it: its type and place, not its
+    message, which may quote the users' ids (`failures.describe`). The sweep retries a `received`
     batch; after MAX_ATTEMPTS failures it is marked failed instead."""
-    error = f"{type(exc).__name__}: {exc}"
+    error = failures.describe(exc)
     with runtime.session() as session:
         attempts = session.execute(
             update(CohortBatch.__table__).where(B.id == batch_id)
