@@ -3,8 +3,12 @@ own answers and records give away (personal data, other tenants' volumes). Issue
 each test failed before its fix."""
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import logging
+import re
+import uuid
 
 import pytest
 from redis import Redis
@@ -12,7 +16,12 @@ from rq import Queue
 from rq.job import Job
 
 from bridge import logs
+from bridge.apps.service import create_app_record
+from bridge.runtime import Runtime
+from bridge.settings import Settings
+from bridge.web import create_app
 from bridge.worker import BridgeWorker
+from conftest import Tenant
 
 pytestmark = pytest.mark.hostile
 
@@ -91,3 +100,77 @@ def test_a_failed_job_is_recorded_without_its_message_and_logged_escaped(redis_u
     lines = log_lines()
     assert _forged(lines) == []
     assert any(PRIVATE in line for line in lines)  # the operator's log keeps the message, escaped
+
+
+# -- paging cursors: opaque, signed, bound to their listing ---------------------------------------
+
+def _second_tenant(runtime) -> Tenant:
+    with runtime.session() as session:
+        record, issued = create_app_record(session, name="Other app", amplitude_api_key="amp-other-" + uuid.uuid4().hex[:8])
+    return Tenant(record.id, issued.api_key, issued.cohort_token, record.amplitude_api_key)
+
+
+def _cohort_with_two_devices(client, runtime, tenant, cohort_id: str = "c1") -> None:
+    client.post(f"/v1/apps/{tenant.app_id}/subscriptions", headers=tenant.auth, json=[
+        {"subscription_id": f"{cohort_id}-s{n}", "type": "Email", "identifier": f"u{n}@example.com",
+         "external_id": f"{PRIVATE}-{n}", "notification_types": 1} for n in (1, 2)])
+    for n, message_id in enumerate((f"{cohort_id}-m1", f"{cohort_id}-m2")):
+        client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth, json={
+            "cohort_id": cohort_id, "cohort_name": "C", "in_cohort": True, "computed_time": str(1763856000 + n),
+            "message_id": message_id, "users": [{"user_id": f"{PRIVATE}-1"}, {"user_id": f"{PRIVATE}-2"}]})
+    runtime.runner.run_pending()
+
+
+def _revealed(cursor: str) -> str:
+    """What anyone can read out of a cursor without the server's key."""
+    for pad in ("", "=", "=="):
+        try:
+            return base64.urlsafe_b64decode(cursor + pad).decode("latin-1")
+        except (binascii.Error, ValueError):
+            continue
+    return cursor
+
+
+@pytest.mark.parametrize("listing", ["devices", "unmatched", "syncs"])
+def test_a_cursor_reveals_no_user_id_and_no_row_number(client, runtime, tenant, listing):
+    _cohort_with_two_devices(client, runtime, tenant)
+    if listing == "unmatched":
+        client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth, json={
+            "cohort_id": "c1", "cohort_name": "C", "in_cohort": True, "computed_time": "1763856009", "message_id": "m3",
+            "users": [{"user_id": f"{PRIVATE}-x{n}"} for n in range(2)]})
+        runtime.runner.run_pending()
+    page = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/{listing}?limit=1", headers=tenant.auth).json
+    revealed = _revealed(page["next"])
+    assert "private-user" not in revealed and "example.com" not in revealed
+    assert not re.search(r"\[\d+\]|,\d+\]", revealed)  # no surrogate id in a JSON array
+    following = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/{listing}?limit=1&after={page['next']}",
+                           headers=tenant.auth)
+    assert following.status_code == 200 and following.json["items"] != page["items"]
+
+
+def test_a_cursor_is_refused_when_altered_or_given_to_another_app_cohort_or_listing(client, runtime, tenant):
+    other = _second_tenant(runtime)
+    for owner in (tenant, other):
+        _cohort_with_two_devices(client, runtime, owner)
+    _cohort_with_two_devices(client, runtime, tenant, "c2")
+    cursor = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/devices?limit=1", headers=tenant.auth).json["next"]
+    altered = cursor[:20] + ("A" if cursor[20] != "A" else "B") + cursor[21:]
+    for owner, path, after in [(tenant, f"/v1/apps/{tenant.app_id}/cohorts/c1/devices", altered),
+                               (other, f"/v1/apps/{other.app_id}/cohorts/c1/devices", cursor),
+                               (tenant, f"/v1/apps/{tenant.app_id}/cohorts/c2/devices", cursor),
+                               (tenant, f"/v1/apps/{tenant.app_id}/cohorts/c1/unmatched", cursor)]:
+        response = client.get(f"{path}?after={after}", headers=owner.auth)
+        assert (response.status_code, response.json["error"], list(response.json["details"])) == \
+            (400, "invalid_cursor", ["after"]), path
+
+
+def test_a_cursor_from_a_server_with_another_key_is_refused(client, tenant, runtime, settings_env):
+    _cohort_with_two_devices(client, runtime, tenant)
+    elsewhere = Runtime(Settings.from_env({**settings_env, "SECRET_KEY": "another-deployment-secret-key-0123456789"}))
+    try:
+        foreign = create_app(runtime=elsewhere).test_client().get(
+            f"/v1/apps/{tenant.app_id}/cohorts/c1/devices?limit=1", headers=tenant.auth).json["next"]
+    finally:
+        elsewhere.close()
+    response = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/devices?after={foreign}", headers=tenant.auth)
+    assert (response.status_code, response.json["error"]) == (400, "invalid_cursor")
