@@ -324,7 +324,7 @@ def test_cohort_batches_retried_reordered_and_a_worker_killed(bridge):
 
         def claimed_but_not_applied():
             with psycopg.connect(libpq_url(bridge.database_url), autocommit=True) as probe:
-                free = probe.execute("SELECT state FROM cohort_batches WHERE id = %s FOR UPDATE SKIP LOCKED",
+                free = probe.execute("SELECT state FROM cohort_batches WHERE public_id = %s FOR UPDATE SKIP LOCKED",
                                      (killed,)).fetchall()
             return free == []  # the worker's open transaction holds the batch
 

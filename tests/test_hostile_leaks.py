@@ -174,3 +174,22 @@ def test_a_cursor_from_a_server_with_another_key_is_refused(client, tenant, runt
         elsewhere.close()
     response = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/devices?after={foreign}", headers=tenant.auth)
     assert (response.status_code, response.json["error"]) == (400, "invalid_cursor")
+
+
+# -- per-app identifiers: no global sequence in answers -------------------------------------------
+
+def test_batch_ids_tell_an_app_nothing_of_other_apps_traffic(client, runtime, tenant):
+    other = _second_tenant(runtime)
+
+    def post(owner, message_id):
+        return client.post(f"/v1/apps/{owner.app_id}/amplitude/cohorts", headers=owner.cohort_auth, json={
+            "cohort_id": "c1", "cohort_name": "C", "in_cohort": True, "computed_time": "1763856000",
+            "message_id": message_id, "users": [{"user_id": "u1"}]}).json["batch_id"]
+
+    mine = [post(tenant, "m1")] + [post(other, f"m{n}") for n in range(5)] + [post(tenant, "m2")]
+    mine = [mine[0], mine[-1]]
+    assert all(isinstance(b, str) and re.fullmatch("[0-9a-f]{16}", b) for b in mine)  # random, not a count
+    assert post(tenant, "m1") == mine[0]  # a retried message_id answers the same batch
+    runtime.runner.run_pending()
+    syncs = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/syncs", headers=tenant.auth).json["items"]
+    assert [s["batch_id"] for s in syncs] == mine[::-1]

@@ -60,7 +60,7 @@ def receive_batch(app_id: str):
         schedule_batch(runtime, stored.batch_id)  # after commit; a no-op if its job is already waiting
     return {
         "status": "duplicate" if stored.duplicate else "accepted",
-        "batch_id": stored.batch_id,
+        "batch_id": stored.public_id,
         "cohort_id": data["cohort_id"],
         "message_id": data["message_id"],
         "users": data["users"].sent,
