@@ -17,6 +17,7 @@ from rq.job import Job
 
 from bridge import logs
 from bridge.apps.service import create_app_record
+from bridge.registry.importer import import_subscriptions
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
@@ -193,3 +194,39 @@ def test_batch_ids_tell_an_app_nothing_of_other_apps_traffic(client, runtime, te
     runtime.runner.run_pending()
     syncs = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/syncs", headers=tenant.auth).json["items"]
     assert [s["batch_id"] for s in syncs] == mine[::-1]
+
+
+# -- ids that are URL path segments cannot hold "/" ----------------------------------------------
+
+def test_an_id_with_a_slash_is_refused_at_every_door_that_would_make_it_unreachable(client, tenant, runtime, tmp_path):
+    """A subscription id or cohort id is read back by GET …/subscriptions/<id> or …/cohorts/<id>, where a
+    "/" (even sent as %2F) splits the path: such ids are refused, each item alone, naming the field."""
+    message = "Contains '/', which an id shown in a URL path cannot hold."
+    good = {"event": {"id": "e0", "kind": "message.push.clicked", "timestamp": 1763856000, "subscription_id": "s",
+                      "external_id": "u/1"}, "message": {"id": "m"}}
+    slashed = {**good, "event": {**good["event"], "id": "e1", "subscription_id": "s/1"}}
+    response = client.post(f"/v1/apps/{tenant.app_id}/events", json=[good, slashed], headers=tenant.auth)
+    assert response.json["accepted"] == 1  # an External User ID is never in a path: "u/1" is fine
+    assert response.json["rejected"] == [{"index": 1, "errors": {"event.subscription_id": message}}]
+    single = client.post(f"/v1/apps/{tenant.app_id}/events", json=slashed, headers=tenant.auth)  # not the fast path's doing
+    assert single.status_code == 400 and single.json["details"]["rejected"][0]["errors"] == {"event.subscription_id": message}
+
+    response = client.post(f"/v1/apps/{tenant.app_id}/subscriptions", headers=tenant.auth, json=[
+        {"subscription_id": "a/b", "type": "iOSPush"}, {"subscription_id": "ab", "type": "iOSPush"}])
+    assert (response.json["added"], response.json["rejected"]) == (1, [{"index": 0, "errors": {"subscription_id": message}}])
+    assert client.get(f"/v1/apps/{tenant.app_id}/subscriptions/ab", headers=tenant.auth).status_code == 200
+
+    path = tmp_path / "export.csv"
+    path.write_text("id,identifier,device_type,external_user_id\nx/y,tok,0,u\nxy,tok,0,u\n")
+    with runtime.session() as session:
+        summary = import_subscriptions(session, tenant.app_id, path)
+    assert (summary.added, summary.rejected) == (1, 1) and "'/'" in summary.errors[0]["reason"]
+    path.write_text("external_id,email,phone_number,subscription_id,subscribed\nu,a@example.com,,q/r,yes\n")
+    with runtime.session() as session:
+        assert import_subscriptions(session, tenant.app_id, path).rejected == 1
+
+    refused = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth, json={
+        "cohort_id": "q8/v2", "cohort_name": "C", "in_cohort": True, "computed_time": "1763856000",
+        "message_id": "m1", "users": [{"user_id": "u/2"}]})
+    assert (refused.status_code, refused.json["error"], refused.json["details"]) == (400, "invalid_payload",
+                                                                                   {"cohort_id": message})

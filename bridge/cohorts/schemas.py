@@ -9,7 +9,7 @@ import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from bridge import times
-from bridge.fields import DisplayName, as_identifier, printable, sentence
+from bridge.fields import DisplayName, as_identifier, path_segment, printable, sentence
 from bridge.mapping import real_id
 from bridge.text import has_unprintable
 
@@ -170,7 +170,7 @@ class CohortWebhookSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    cohort_id = fields.String(required=True, validate=[validate.Length(min=1, max=128), printable])
+    cohort_id = fields.String(required=True, validate=[validate.Length(min=1, max=128), printable, path_segment])
     cohort_name = DisplayName(500, load_default="")
     in_cohort = fields.Boolean(required=True, truthy={True}, falsy={False})
     computed_time = EpochSeconds(required=True)
