@@ -20,6 +20,7 @@ class Runtime:
     def __init__(self, settings: Settings):
         from bridge.amplitude.client import AmplitudeClient
         from bridge.jobs import make_runner
+        from bridge.paging import Cursors
 
         self.settings = settings
         self.engine = make_engine(settings.database_url)
@@ -29,6 +30,7 @@ class Runtime:
             base_url_override=settings.amplitude_base_url,
             gzip_requests=settings.gzip_requests,
         )
+        self.cursors = Cursors(settings.secret_key)
         self.runner = make_runner(self)
 
     @contextmanager

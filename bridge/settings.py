@@ -6,6 +6,7 @@ a failed request or a stuck worker.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ class Settings:
     port: int
     job_runner: str
     log_level: str
+    secret_key: str  # signs and encrypts paging cursors; generated per process in embedded mode
     # Intake
     max_body_bytes: int
     max_items_per_request: int
@@ -83,6 +85,7 @@ class Settings:
             port=reader.integer("PORT", 5000, low=1, high=65535),
             job_runner=runner,
             log_level=(reader.text("LOG_LEVEL") or "INFO").upper(),
+            secret_key=_secret_key(reader.text("SECRET_KEY"), production=bool(redis_url)),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
             max_items_per_request=reader.integer("MAX_ITEMS_PER_REQUEST", 1000, low=1),
             cohort_max_body_bytes=reader.integer("COHORT_MAX_BODY_BYTES", cohort_users * COHORT_USER_ENTRY_BYTES
@@ -120,6 +123,8 @@ class Settings:
         out: dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "secret_key":
+                value = "***"
             out[f.name] = _mask_url(value) if f.name.endswith("_url") and isinstance(value, str) else value
         return out
 
@@ -134,6 +139,23 @@ def normalize_database_url(url: str) -> str:
     if scheme == "sqlite":
         return url
     raise ConfigurationError(f"DATABASE_URL must be postgres://, postgresql:// or sqlite://, got {scheme}://")
+
+
+SECRET_KEY_MIN_LENGTH = 32
+
+
+def _secret_key(value: str, *, production: bool) -> str:
+    """SECRET_KEY, required in production (REDIS_URL set: several web processes must share it); in
+    embedded mode, where one process serves the API, a random one when unset."""
+    if not value:
+        if production:
+            raise ConfigurationError("SECRET_KEY is required when REDIS_URL is set (every web process must share "
+                                     f"it): set {SECRET_KEY_MIN_LENGTH} or more random characters, e.g. the output "
+                                     "of `openssl rand -hex 32`")
+        return secrets.token_hex(32)
+    if len(value) < SECRET_KEY_MIN_LENGTH:
+        raise ConfigurationError(f"SECRET_KEY must be at least {SECRET_KEY_MIN_LENGTH} characters, got {len(value)}")
+    return value
 
 
 def _base_url(value: str) -> str | None:

@@ -10,6 +10,7 @@ expire and the sweep schedules the events again.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 from redis import Redis
@@ -18,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 
+from bridge import failures
 from bridge.delivery.pusher import shutdown_requested
 from bridge.jobs import QUEUES, queue_name
 from bridge.maintenance import sweep
@@ -29,8 +31,18 @@ RESTART_PAUSE_SECONDS = 1.0
 
 
 class BridgeWorker(SimpleWorker):
-    """Runs jobs in-process (no fork per job: connections and the HTTP pool are reused) and tells
-    running drains to stop between batches on a warm shutdown."""
+    """Runs jobs in-process (no fork per job: connections and the HTTP pool are reused), tells
+    running drains to stop between batches on a warm shutdown, and keeps personal data out of RQ's
+    failed-job records."""
+
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", **kwargs):
+        """Record a failed job with its traceback's frames and exception types only (`failures.trace`):
+        RQ keeps the record in Redis for a year by default, and an exception's message may quote the
+        user ids or addresses the job was working on. The worker's log keeps the whole traceback."""
+        exc = sys.exc_info()[1]  # RQ calls this while handling the job's exception
+        if exc is not None:
+            exc_string = failures.trace(exc)
+        super().handle_job_failure(job, queue, started_job_registry, exc_string=exc_string, **kwargs)
 
     def request_stop(self, signum, frame):
         shutdown_requested.set()

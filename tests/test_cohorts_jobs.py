@@ -29,10 +29,11 @@ def test_a_failing_batch_keeps_its_error_and_is_marked_failed_after_the_last_att
             jobs.process_batch(batch_id, runtime=runtime)
         with runtime.session() as session:
             batch = session.get(CohortBatch, batch_id)
-            assert (batch.attempts, batch.error) == (attempt, "RuntimeError: deadlock detected")
+            assert batch.attempts == attempt
+            assert batch.error.startswith("RuntimeError at bridge/cohorts/jobs.py:")  # not its message: it may name users
             assert batch.state == ("failed" if attempt == jobs.MAX_ATTEMPTS else "received")
     syncs = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/syncs", headers=tenant.auth).json["items"]
-    assert syncs[0]["error"] == "RuntimeError: deadlock detected"
+    assert syncs[0]["error"] == batch.error
 
 
 class WorkerKilled(BaseException):
@@ -43,8 +44,10 @@ def test_a_run_killed_mid_batch_still_counts_and_the_batch_fails_after_the_last_
                                                                                       monkeypatch):
     body = {"cohort_name": "Big", "cohort_id": "c1", "in_cohort": True, "computed_time": "1763856000",
             "message_id": "m1", "users": [{"user_id": "user-1"}]}
-    batch_id = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=body,
-                           headers=tenant.cohort_auth).json["batch_id"]
+    assert client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=body,
+                       headers=tenant.cohort_auth).status_code == 200
+    with runtime.session() as session:
+        batch_id = session.scalars(select(CohortBatch.id)).one()
 
     def killed(*args, **kwargs):
         raise WorkerKilled

@@ -34,7 +34,7 @@ from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
 from conftest import _truncate
-from processes import BRIDGE, Process, start_web
+from processes import BRIDGE, SECRET_KEY, Process, start_web
 
 pytestmark = pytest.mark.hostile
 
@@ -67,7 +67,7 @@ def sink():
 def rq_runtime(database_url, redis_url, sink, monkeypatch):
     """A Runtime on real Redis (RQ), installed as the one RQ jobs of this process use."""
     rt = Runtime(Settings.from_env({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_LEVEL": "WARNING",
-                                    "AMPLITUDE_BASE_URL": sink.url, "DELIVERY_LINGER_SECONDS": "0"}))
+                                    "SECRET_KEY": SECRET_KEY, "AMPLITUDE_BASE_URL": sink.url, "DELIVERY_LINGER_SECONDS": "0"}))
     monkeypatch.setattr(bridge.runtime, "_current", rt)
     yield rt
     rt.close()
@@ -178,18 +178,18 @@ def test_job_statements_run_under_a_statement_timeout_in_every_transaction(runti
 def test_a_blocked_cohort_batch_is_cancelled_counted_each_run_and_fails_after_the_last(client, runtime, tenant):
     response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_body("c1", 3),
                            headers=tenant.cohort_auth)
-    batch_id = response.json["batch_id"]
+    batch_id = internal_id(runtime, response.json["batch_id"])
     with row_locked(runtime, "cohorts", "app_id = :app_id", app_id=tenant.app_id):
         for attempt in range(1, jobs.MAX_ATTEMPTS + 1):
             with pytest.raises(OperationalError, match="statement timeout"):
                 in_thread(jobs.process_batch, batch_id, runtime=runtime)
             with runtime.session() as session:
                 batch = session.get(CohortBatch, batch_id)
-            assert batch.attempts == attempt and "canceling statement due to statement timeout" in batch.error
+            assert batch.attempts == attempt and "QueryCanceled, SQLSTATE 57014" in batch.error
             assert batch.state == ("failed" if attempt == jobs.MAX_ATTEMPTS else "received")
     assert jobs.process_batch(batch_id, runtime=runtime) is None  # failed: never run again
     syncs = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/syncs", headers=tenant.auth).json["items"]
-    assert syncs[0]["state"] == "failed" and "statement timeout" in syncs[0]["error"]
+    assert syncs[0]["state"] == "failed" and "QueryCanceled" in syncs[0]["error"]
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -311,8 +311,8 @@ def test_a_worker_kept_for_delivery_delivers_while_cohort_work_is_stuck_and_a_ki
     While that run lives, nothing starts the batch again; once it is SIGKILLed, the run is counted, and
     the batch is claimed again after CLAIM_GRACE and applied, once."""
     _truncate(postgresql_url)
-    env = {"DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url, "AMPLITUDE_BASE_URL": sink.url,
-           "SWEEP_INTERVAL_SECONDS": "0.3", "DELIVERY_LINGER_SECONDS": "0", "LOG_LEVEL": "INFO"}
+    env = {"DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url, "SECRET_KEY": SECRET_KEY,
+           "AMPLITUDE_BASE_URL": sink.url, "SWEEP_INTERVAL_SECONDS": "0.3", "DELIVERY_LINGER_SECONDS": "0", "LOG_LEVEL": "INFO"}
     runtime = Runtime(Settings.from_env({**env, "JOB_RUNNER": "manual"}))
     cohort_app, cohort_tokens = new_app(runtime, "cohorts")
     stream_app, stream_tokens = new_app(runtime, "stream")
@@ -326,12 +326,12 @@ def test_a_worker_kept_for_delivery_delivers_while_cohort_work_is_stuck_and_a_ki
             return session.get(CohortBatch, batch_id)
 
     try:
-        first = httpx.post(f"{url}/v1/apps/{cohort_app.id}/amplitude/cohorts", json=cohort_body("c1", 10, "m1"),
-                           headers=hook).json()["batch_id"]
+        first = internal_id(runtime, httpx.post(f"{url}/v1/apps/{cohort_app.id}/amplitude/cohorts", json=cohort_body("c1", 10, "m1"),
+                                              headers=hook).json()["batch_id"])
         processes_wait(lambda: batch(first).state == "processed", 30, "the first batch", cohort_worker)
         with row_locked(runtime, "cohorts", "app_id = :app_id", app_id=cohort_app.id):
-            stuck = httpx.post(f"{url}/v1/apps/{cohort_app.id}/amplitude/cohorts", json=cohort_body("c1", 10, "m2"),
-                               headers=hook).json()["batch_id"]
+            stuck = internal_id(runtime, httpx.post(f"{url}/v1/apps/{cohort_app.id}/amplitude/cohorts", json=cohort_body("c1", 10, "m2"),
+                                                      headers=hook).json()["batch_id"])
             processes_wait(lambda: batch(stuck).attempts == 1, 30, "the second batch's claim", cohort_worker)
             response = httpx.post(f"{url}/v1/apps/{stream_app.id}/events", json=push_event("e1"),
                                   headers={"Authorization": f"Bearer {stream_tokens.api_key}"})
@@ -359,6 +359,12 @@ def test_a_worker_kept_for_delivery_delivers_while_cohort_work_is_stuck_and_a_ki
         for process in (web, cohort_worker, delivery_worker):
             process.stop()
         runtime.close()
+
+
+def internal_id(runtime: Runtime, public_id: str) -> int:
+    """The surrogate key jobs take, of the batch the webhook answered with `public_id`."""
+    with runtime.session() as session:
+        return session.scalars(select(CohortBatch.id).where(CohortBatch.public_id == public_id)).one()
 
 
 def processes_wait(condition, seconds: float, what: str, process: Process) -> None:

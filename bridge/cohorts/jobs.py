@@ -23,6 +23,7 @@ import orjson
 from sqlalchemy import Select, case, or_, select, update
 from sqlalchemy.orm import Session
 
+from bridge import failures
 from bridge.cohorts.membership import BatchCounts, apply_batch
 from bridge.cohorts.models import FAILED, PROCESSED, RECEIVED, Cohort, CohortBatch
 from bridge.db import is_postgresql, utcnow
@@ -169,9 +170,10 @@ def schedule_unprocessed(runtime: Runtime) -> int:
 
 
 def _record_error(runtime: Runtime, batch_id: int, claimed_at: datetime, exc: Exception) -> None:
-    """Keep the failure on the batch, where the sync history shows it, and give up the claim so the
-    sweep retries the batch; after MAX_ATTEMPTS runs it is marked failed instead."""
-    error = f"{type(exc).__name__}: {exc}"
+    """Keep the failure on the batch, where the sync history shows it: its type and place, not its
+    message, which may quote the users' ids (`failures.describe`). Give up the claim so the sweep
+    retries the batch; after MAX_ATTEMPTS runs it is marked failed instead."""
+    error = failures.describe(exc)
     with runtime.job_session() as session:
         attempts = session.execute(
             update(CohortBatch.__table__)

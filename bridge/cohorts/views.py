@@ -8,12 +8,10 @@ GET  /v1/apps/<app_id>/cohorts/<cohort_id>/unmatched     user ids without a chan
 GET  /v1/apps/<app_id>/cohorts/<cohort_id>/devices       the resolved audience (paged JSON, or CSV)
 
 Paged reads take `limit` (1–1000, default 100) and `after` (the `next` of the previous page) and
-answer {"items": [...], "next": cursor-or-null}.
+answer {"items": [...], "next": cursor-or-null}; cursors are opaque and bound to their listing (`bridge.paging`).
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import gc
 import io
@@ -22,7 +20,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import orjson
 from flask import Blueprint, Response, current_app, g, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -36,6 +33,7 @@ from bridge.cohorts.webhook import store_batch
 from bridge.errors import ApiError
 from bridge.intake.schemas import flatten_errors
 from bridge.intake.views import read_json_body
+from bridge.paging import after_key, next_cursor
 from bridge.registry.models import CHANNELS
 from bridge.spreadsheet import safe_row
 
@@ -80,7 +78,7 @@ def receive_batch(app_id: str):
         schedule_batch(runtime, stored.batch_id)  # after commit; a no-op if its job is already waiting
     return {
         "status": "duplicate" if stored.duplicate else "accepted",
-        "batch_id": stored.batch_id,
+        "batch_id": stored.public_id,
         "cohort_id": data["cohort_id"],
         "message_id": data["message_id"],
         "users": data["users"].sent,
@@ -149,7 +147,7 @@ def _collector_paused() -> Iterator[None]:
 @bp.get("/v1/apps/<app_id>/cohorts")
 @require_token("api")
 def list_cohorts(app_id: str):
-    (after,) = _cursor((str,)) or (None,)
+    (after,) = after_key((str,)) or (None,)
     return _paged(report.list_cohorts(g.db, app_id, after=after, limit=_limit()))
 
 
@@ -166,7 +164,7 @@ def cohort_report(app_id: str, cohort_id: str):
 @require_token("api")
 def cohort_syncs(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
-    (before,) = _cursor((int,)) or (None,)
+    (before,) = after_key((int,)) or (None,)
     return _paged(report.sync_history(g.db, cohort, before=before, limit=_limit()))
 
 
@@ -174,9 +172,9 @@ def cohort_syncs(app_id: str, cohort_id: str):
 @require_token("api")
 def cohort_unmatched(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
-    (after,) = _cursor((str,)) or (None,)
+    (after,) = after_key((str,)) or (None,)
     page = report.unmatched_users(g.db, cohort, after=after, limit=_limit())
-    return {"items": [item["user_id"] for item in page.items], "next": _encode(page.next_key)}
+    return {"items": [item["user_id"] for item in page.items], "next": next_cursor(page.next_key)}
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/devices")
@@ -192,7 +190,7 @@ def cohort_devices(app_id: str, cohort_id: str):
     subscribed = _state_arg("subscribed")
     if _wants_csv():
         return _csv_response(cohort, channel, subscribed)
-    after = _cursor((str, int))
+    after = after_key((str, int))
     return _paged(report.audience(g.db, cohort, channel=channel, subscribed=subscribed, after=after, limit=_limit()))
 
 
@@ -262,35 +260,4 @@ def _limit() -> int:
 
 
 def _paged(page: report.Page) -> dict[str, object]:
-    return {"items": page.items, "next": _encode(page.next_key)}
-
-
-def _encode(key: tuple | None) -> str | None:
-    """A page key as an opaque, URL-safe cursor."""
-    if key is None:
-        return None
-    return base64.urlsafe_b64encode(orjson.dumps(list(key))).rstrip(b"=").decode()
-
-
-def _cursor(types: tuple[type, ...]) -> tuple | None:
-    """The `after` cursor decoded back to its key (one value per type in `types`), or None if absent."""
-    raw = request.args.get("after")
-    if raw is None:
-        return None
-    try:
-        key = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except (binascii.Error, ValueError):
-        key = None
-    if not isinstance(key, list) or len(key) != len(types) or not all(
-        _is_key_part(value, kind) for value, kind in zip(key, types, strict=True)
-    ):
-        raise ApiError(400, "invalid_cursor", "after must be the 'next' value of a previous page.", {"after": raw})
-    return tuple(key)
-
-
-def _is_key_part(value: object, kind: type) -> bool:
-    """True if `value` is of `kind` and fits the column it is compared with: a 64-bit integer, or a
-    string without NUL (which PostgreSQL refuses)."""
-    if type(value) is not kind:
-        return False
-    return -(2**63) <= value < 2**63 if kind is int else "\x00" not in value
+    return {"items": page.items, "next": next_cursor(page.next_key)}

@@ -34,6 +34,7 @@ from bridge.registry.schemas import (
     MAX_LENGTH,
     clean_id,
     clean_identifier,
+    clean_path_id,
     clean_text,
     parse_int32,
 )
@@ -225,6 +226,10 @@ def _id(column: str) -> Callable[[str], str | None]:
     return partial(clean_id, limit=MAX_LENGTH[column])
 
 
+def _subscription_id(value: str) -> str | None:
+    return clean_path_id(value, MAX_LENGTH["subscription_id"])
+
+
 def _external_id(value: str) -> str | None:
     return real_id(clean_id(value, MAX_LENGTH["external_id"]))
 
@@ -294,7 +299,7 @@ FORMATS = (
     _Format(
         "legacy export",
         (
-            ("id", "subscription_id", _required(_id("subscription_id"))),
+            ("id", "subscription_id", _required(_subscription_id)),
             ("identifier", "identifier", _identifier_text),
             ("device_type", "type", _memo(_legacy_type)),
             ("notification_types", "notification_types", _memo(_int32)),
@@ -319,7 +324,7 @@ FORMATS = (
             ("external_id", "external_id", _external_id),
             ("email", "email", _identifier_text),
             ("phone_number", "phone_number", _identifier_text),
-            ("subscription_id", "subscription_id", _id("subscription_id")),
+            ("subscription_id", "subscription_id", _subscription_id),
             ("subscribed", "subscribed", _memo(_flag)),
             ("timezone_id", "timezone", _memo(_text("timezone"))),
             ("country", "country", _memo(_text("country"))),
