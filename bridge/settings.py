@@ -49,6 +49,11 @@ class Settings:
     linger_seconds: float
     sweep_interval_seconds: float
     queue_name: str
+    # Import (`bridge subscriptions import`)
+    import_max_bytes: int
+    import_max_line_bytes: int
+    import_max_rows: int
+    import_max_errors_file_rows: int
 
     @property
     def is_sqlite(self) -> bool:
@@ -93,6 +98,11 @@ class Settings:
             linger_seconds=reader.number("DELIVERY_LINGER_SECONDS", 0.5, low=0),
             sweep_interval_seconds=reader.number("SWEEP_INTERVAL_SECONDS", 5.0, low=0.05),
             queue_name=reader.text("RQ_QUEUE") or "bridge",
+            import_max_bytes=reader.integer("IMPORT_MAX_BYTES", 20 * 1024**3, low=1024, high=2**50),
+            # 128 KiB, csv's default limit on one field; a real export's row, tags included, is far shorter
+            import_max_line_bytes=reader.integer("IMPORT_MAX_LINE_BYTES", 128 * 1024, low=1024, high=64 * 1024**2),
+            import_max_rows=reader.integer("IMPORT_MAX_ROWS", 50_000_000, low=1, high=2**50),
+            import_max_errors_file_rows=reader.integer("IMPORT_MAX_ERRORS_FILE_ROWS", 10_000, low=0, high=2**50),
         )
         if settings.backoff_cap_seconds < settings.backoff_base_seconds:
             raise ConfigurationError("DELIVERY_BACKOFF_CAP_SECONDS must be >= DELIVERY_BACKOFF_BASE_SECONDS")
