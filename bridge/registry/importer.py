@@ -145,8 +145,8 @@ def import_subscriptions(
 def _imported_before(summary: ImportSummary) -> str:
     if not summary.rows:
         return "no row was imported"
-    rows = f"{summary.rows:,} row{'' if summary.rows == 1 else 's'}"
-    return (f"the {rows} before it were imported (added {summary.added:,}, updated {summary.updated:,}, "
+    rows = "1 row before it was" if summary.rows == 1 else f"{summary.rows:,} rows before it were"
+    return (f"the {rows} imported (added {summary.added:,}, updated {summary.updated:,}, "
             f"unchanged {summary.unchanged:,}, rejected {summary.rejected:,}); importing the file again is safe")
 
 
