@@ -146,7 +146,9 @@ MEMBERS = gzip.compress(CONTENT[:20_000]) + gzip.compress(CONTENT[20_000:])  # t
     (bz2.compress(CONTENT), "the file is bzip2, not CSV or gzipped CSV (.csv.gz); unpack it first; nothing was imported"),
     (lzma.compress(CONTENT), "the file is xz, not CSV or gzipped CSV (.csv.gz); unpack it first; nothing was imported"),
     (_zip(CONTENT), "the file is a zip archive, not CSV or gzipped CSV (.csv.gz); unpack it first"),
-], ids=["truncated gzip", "gzip with a bad CRC", "gzip with trailing bytes", "bzip2", "xz", "zip"])
+    (b"\x28\xb5\x2f\xfd" + CONTENT, "the file is zstd, not CSV"),  # zstd's magic number; no zstd in the stdlib
+    (b"7z\xbc\xaf\x27\x1c" + CONTENT, "the file is a 7-Zip archive, not CSV"),
+], ids=["truncated gzip", "gzip with a bad CRC", "gzip with trailing bytes", "bzip2", "xz", "zip", "zstd", "7-Zip"])
 def test_a_damaged_or_foreign_compressed_file_is_refused_whole(cli, tenant, runtime, tmp_path, content, message):
     path = tmp_path / "players.csv.gz"
     path.write_bytes(MEMBERS)

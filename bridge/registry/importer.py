@@ -26,6 +26,7 @@ from typing import NamedTuple, TextIO
 from sqlalchemy.orm import Session
 
 from bridge.mapping import real_id
+from bridge.registry.csvfile import CapReached, CsvFile, ImportLimits, UnreadableFile, field_size_limit, open_csv
 from bridge.registry.schemas import (
     CHANNEL_OF_TYPE,
     LEGACY_DEVICE_TYPES,
@@ -35,7 +36,6 @@ from bridge.registry.schemas import (
     clean_text,
     parse_int32,
 )
-from bridge.registry.csvfile import CapReached, ImportLimits, UnreadableFile, field_size_limit, open_csv
 from bridge.registry.service import UNKNOWN, UpsertCounts, upsert_records
 from bridge.settings import Settings
 from bridge.spreadsheet import safe_row
@@ -105,34 +105,7 @@ def import_subscriptions(
     try:
         with (field_size_limit(limits.max_line_bytes), open_csv(path, limits) as source,
               _ChunkWriter(session, app_id, summary, on_progress) as writer):
-            chunk: list[dict] = []
-            try:
-                rows = source.rows()
-                header = _header(path, rows)
-                parse, missing = _row_parser(path, header)
-                errors = csv.writer(errors_to) if errors_to is not None else None
-                if errors:
-                    errors.writerow(safe_row(["line", "reason", *header]))
-                for line, row in rows:
-                    summary.rows += 1
-                    try:
-                        chunk.append(parse(row))
-                    except RowRejected as exc:
-                        summary.rejected += 1
-                        if len(summary.errors) < REPORTED_ERRORS:
-                            summary.errors.append({"line": line, "reason": str(exc)})
-                        if errors and summary.rejected <= limits.max_errors_file_rows:
-                            errors.writerow(safe_row([line, str(exc), *row]))
-                        elif errors:
-                            summary.rejections_not_written += 1
-                    if len(chunk) >= chunk_size:
-                        writer.submit(chunk, source.position)
-                        chunk = []
-            except (CapReached, UnreadableFile):
-                writer.submit(chunk, source.position)  # the rows read before a cap or an unreadable part are imported
-                writer.settle()
-                raise
-            writer.submit(chunk, source.position)
+            missing = _merge_rows(path, source, writer, summary, errors_to, chunk_size, limits.max_errors_file_rows)
     except CapReached as exc:
         where = f"at line {exc.line}" if exc.line else "before reading a row"
         raise ImportStopped(f"{path}: stopped {where}: {exc}; {_imported_before(summary)}") from None
@@ -140,6 +113,42 @@ def import_subscriptions(
         summary.warnings = [_missing_column_warning(column, summary.unknown_state) for column in missing]
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _merge_rows(path: Path, source: CsvFile, writer: _ChunkWriter, summary: ImportSummary,
+                errors_to: TextIO | None, chunk_size: int, max_errors_file_rows: int) -> tuple[str, ...]:
+    """Parse `source`'s rows, send the records to `writer` by chunks and count them in `summary`; returns
+    the state column the file lacks (see _row_parser). On a cap or an unreadable part, the rows read
+    before it are merged, then the exception goes on."""
+    chunk: list[dict] = []
+    try:
+        rows = source.rows()
+        header = _header(path, rows)
+        parse, missing = _row_parser(path, header)
+        errors = csv.writer(errors_to) if errors_to is not None else None
+        if errors:
+            errors.writerow(safe_row(["line", "reason", *header]))
+        for line, row in rows:
+            summary.rows += 1
+            try:
+                chunk.append(parse(row))
+            except RowRejected as exc:
+                summary.rejected += 1
+                if len(summary.errors) < REPORTED_ERRORS:
+                    summary.errors.append({"line": line, "reason": str(exc)})
+                if errors and summary.rejected <= max_errors_file_rows:
+                    errors.writerow(safe_row([line, str(exc), *row]))
+                elif errors:
+                    summary.rejections_not_written += 1
+            if len(chunk) >= chunk_size:
+                writer.submit(chunk, source.position)
+                chunk = []
+    except (CapReached, UnreadableFile):
+        writer.submit(chunk, source.position)
+        writer.settle()
+        raise
+    writer.submit(chunk, source.position)
+    return missing
 
 
 def _imported_before(summary: ImportSummary) -> str:
