@@ -45,6 +45,7 @@ REPORTED_ERRORS = 20  # rejected rows listed in the summary; an errors file gets
 _TRUE, _FALSE = frozenset({"t", "true", "yes", "y", "1"}), frozenset({"f", "false", "no", "n", "0"})
 _MEMO_SIZE = 4096
 _TYPE_OF_CHANNEL = {"email": "Email", "sms": "SMS"}
+_KNOWN_DEVICE_TYPES = ", ".join(str(n) for n in LEGACY_DEVICE_TYPES)  # in a rejected row's reason
 
 
 class ImportStopped(UnreadableFile):
@@ -267,8 +268,8 @@ def _legacy_type(value: str) -> str:
     try:
         return LEGACY_DEVICE_TYPES[int(value) if value.isascii() else -1]
     except (ValueError, KeyError):
-        known = ", ".join(str(n) for n in LEGACY_DEVICE_TYPES)
-        raise ValueError(f"{value!r} is not a known device_type ({known})" if value.strip() else "required") from None
+        raise ValueError(f"{value!r} is not a known device_type ({_KNOWN_DEVICE_TYPES})" if value.strip()
+                         else "required") from None
 
 
 def _identifier(column: str, channel: str, value: str) -> str | None:
