@@ -60,6 +60,11 @@ class Settings:
     sweep_interval_seconds: float
     queue_name: str
     job_statement_timeout_seconds: float
+    # Import (`bridge subscriptions import`)
+    import_max_bytes: int
+    import_max_line_bytes: int
+    import_max_rows: int
+    import_max_errors_file_rows: int
 
     @property
     def is_sqlite(self) -> bool:
@@ -113,6 +118,11 @@ class Settings:
             # Well under RQ's 600 s job timeout: a runaway statement is cancelled by PostgreSQL, and the
             # job records why, instead of RQ killing the job mid-query.
             job_statement_timeout_seconds=reader.number("JOB_STATEMENT_TIMEOUT_SECONDS", 60.0, low=0.1, high=500),
+            import_max_bytes=reader.integer("IMPORT_MAX_BYTES", 20 * 1024**3, low=1024, high=2**50),
+            # 128 KiB, csv's default limit on one field; a real export's row, tags included, is far shorter
+            import_max_line_bytes=reader.integer("IMPORT_MAX_LINE_BYTES", 128 * 1024, low=1024, high=64 * 1024**2),
+            import_max_rows=reader.integer("IMPORT_MAX_ROWS", 50_000_000, low=1, high=2**50),
+            import_max_errors_file_rows=reader.integer("IMPORT_MAX_ERRORS_FILE_ROWS", 10_000, low=0, high=2**50),
         )
         if settings.backoff_cap_seconds < settings.backoff_base_seconds:
             raise ConfigurationError("DELIVERY_BACKOFF_CAP_SECONDS must be >= DELIVERY_BACKOFF_BASE_SECONDS")

@@ -32,6 +32,11 @@ def test_redis_url_switches_jobs_to_rq():
     ({"DELIVERY_GZIP": "maybe"}, "DELIVERY_GZIP"),
     ({"JOB_RUNNER": "rq"}, "REDIS_URL"),
     ({"JOB_RUNNER": "celery"}, "JOB_RUNNER"),
+    ({"IMPORT_MAX_BYTES": "lots"}, "IMPORT_MAX_BYTES"),
+    ({"IMPORT_MAX_LINE_BYTES": "100"}, "IMPORT_MAX_LINE_BYTES"),
+    ({"IMPORT_MAX_LINE_BYTES": str(2**30)}, "IMPORT_MAX_LINE_BYTES"),
+    ({"IMPORT_MAX_ROWS": "0"}, "IMPORT_MAX_ROWS"),
+    ({"IMPORT_MAX_ERRORS_FILE_ROWS": "-1"}, "IMPORT_MAX_ERRORS_FILE_ROWS"),
 ])
 def test_bad_values_fail_fast_naming_the_variable(env, names):
     with pytest.raises(ConfigurationError, match=names):
