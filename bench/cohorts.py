@@ -10,7 +10,7 @@ import httpx
 import orjson
 import psycopg
 
-from bench.common import REDIS_URL, Proc, analyze, flush_redis, median, new_app, scratch_database, start_web
+from bench.common import BENCH_SECRET_KEY, REDIS_URL, Proc, analyze, flush_redis, median, new_app, scratch_database, start_web
 from bridge.cohorts import report
 from bridge.cohorts.models import Cohort
 from bridge.runtime import Runtime
@@ -61,7 +61,7 @@ def report_times(database_url: str, app_id: str, repeat: int) -> tuple[float, fl
 def ack_times(database_url: str, app_id: str, token: str, batches: int) -> dict[str, float]:
     """Post `batches` 10,000-user webhook batches; returns ack p50/p99 (ms) and process peak RSS."""
     flush_redis()
-    env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "LOG_LEVEL": "WARNING"}
+    env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "SECRET_KEY": BENCH_SECRET_KEY, "LOG_LEVEL": "WARNING"}
     worker = Proc([sys.executable, "-m", "bridge", "worker"], env)  # booting while gunicorn starts
     web, base = start_web(env)
     url = f"{base}/v1/apps/{app_id}/amplitude/cohorts"

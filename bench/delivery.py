@@ -7,7 +7,7 @@ import time
 
 import orjson
 
-from bench.common import (REDIS_URL, Proc, analyze, flush_redis, median, scratch_database, sink_stats, start_sink,
+from bench.common import (BENCH_SECRET_KEY, REDIS_URL, Proc, analyze, flush_redis, median, scratch_database, sink_stats, start_sink,
                           wait_for_ingested)
 from bridge.apps.service import create_app_record
 from bridge.intake.service import ingest
@@ -53,7 +53,7 @@ def bridge_rate(template: str, n: int, workers: int) -> tuple[float, float]:
     with scratch_database("bridge_bench_delivery", template=template) as database_url:
         flush_redis()
         sink, sink_url = start_sink()
-        env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "AMPLITUDE_BASE_URL": sink_url,
+        env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "SECRET_KEY": BENCH_SECRET_KEY, "AMPLITUDE_BASE_URL": sink_url,
                "SWEEP_INTERVAL_SECONDS": "0.2", "LOG_LEVEL": "WARNING"}
         procs = [Proc([sys.executable, "-m", "bridge", "worker"], env) for _ in range(workers)]
         try:

@@ -24,8 +24,8 @@ import httpx
 import orjson
 import psycopg
 
-from bench.common import (REDIS_URL, Proc, analyze, flush_redis, median, percentile, run_bridge, scratch_database,
-                          server_upgrade, sink_stats, start_bridge, start_bridge_web, start_sink)
+from bench.common import (BENCH_SECRET_KEY, REDIS_URL, Proc, analyze, flush_redis, median, percentile, run_bridge,
+                          scratch_database, server_upgrade, sink_stats, start_bridge, start_bridge_web, start_sink)
 from bench.delivery import source_events
 from bench.stream import Bridge, open_loop
 
@@ -108,7 +108,7 @@ def measure(backlog: int, cohort_users: int, rate: int, seconds: int, workers: i
         big, small = new_server_app(database_url, "big"), new_server_app(database_url, "small")
         fill_backlog(database_url, big["app_id"], backlog)
         sink, sink_url = start_sink()
-        env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "AMPLITUDE_BASE_URL": sink_url,
+        env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "SECRET_KEY": BENCH_SECRET_KEY, "AMPLITUDE_BASE_URL": sink_url,
                "WEB_CONCURRENCY": "2", "LOG_LEVEL": "WARNING"}
         procs: list[Proc] = [sink]
         try:

@@ -9,7 +9,7 @@ import time
 import httpx
 import orjson
 
-from bench.common import REDIS_URL, Proc, flush_redis, new_app, scratch_database, start_web
+from bench.common import BENCH_SECRET_KEY, REDIS_URL, Proc, flush_redis, new_app, scratch_database, start_web
 from bench.delivery import source_events
 
 
@@ -21,7 +21,7 @@ def measure(rate: int, seconds: int, per_request: int = 100) -> dict[str, float]
         sink = Proc([sys.executable, "-m", "bridge.amplitude.sink", "--port", "0", "--no-record-events", "--track-arrivals"],
                     read_stdout=True)
         sink_url = sink.popen.stdout.readline().strip()
-        env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "AMPLITUDE_BASE_URL": sink_url, "LOG_LEVEL": "WARNING"}
+        env = {"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "SECRET_KEY": BENCH_SECRET_KEY, "AMPLITUDE_BASE_URL": sink_url, "LOG_LEVEL": "WARNING"}
         worker = Proc([sys.executable, "-m", "bridge", "worker"], env)  # booting while gunicorn starts
         web, base = start_web(env)
         url = f"{base}/v1/apps/{app_id}/events"

@@ -28,7 +28,7 @@ import httpx
 import orjson
 import sqlalchemy
 
-from bench.common import (REDIS_URL, ROOT, Analyzer, ExitedEarly, Proc, analyze, ensure_wrk, flush_redis, median, percentile,
+from bench.common import (BENCH_SECRET_KEY, REDIS_URL, ROOT, Analyzer, ExitedEarly, Proc, analyze, ensure_wrk, flush_redis, median, percentile,
                           scratch_database, server_app, server_upgrade, sink_stats, start_bridge, start_bridge_web,
                           start_sink)
 from bench.delivery import KINDS, source_events
@@ -65,7 +65,7 @@ def production(known: int) -> Iterator[Bridge]:
     runs meanwhile, as autovacuum would."""
     with scratch_database("bridge_bench_stream", migrate=server_upgrade) as database_url:
         flush_redis()
-        with serving(database_url, {"REDIS_URL": REDIS_URL, "WEB_CONCURRENCY": "2"}, known, worker=True) as bridge:
+        with serving(database_url, {"REDIS_URL": REDIS_URL, "SECRET_KEY": BENCH_SECRET_KEY, "WEB_CONCURRENCY": "2"}, known, worker=True) as bridge:
             analyze(database_url)
             with Analyzer(database_url):
                 yield bridge

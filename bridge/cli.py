@@ -79,10 +79,23 @@ def db_upgrade() -> None:
     click.echo("database is at the latest revision")
 
 
+def _queue_kinds(_ctx, _param, value: str) -> tuple[str, ...]:
+    from bridge.jobs import QUEUES
+
+    kinds = tuple(dict.fromkeys(kind.strip() for kind in value.split(",") if kind.strip()))
+    unknown = [kind for kind in kinds if kind not in QUEUES]
+    if unknown or not kinds:
+        raise click.BadParameter(f"a comma-separated list of {', '.join(QUEUES)}; got {value!r}")
+    return kinds
+
+
 @main.command()
-@click.option("--burst", is_flag=True, help="Exit when the queue is empty (tests, one-off catch-up).")
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty (tests, one-off catch-up).")
+@click.option("--queues", default="delivery,cohorts", show_default=True, callback=_queue_kinds,
+              help="The queues to serve: delivery (outbox drains), cohorts (cohort batches), or both. "
+                   "Delivery is always taken first.")
 @pass_ctx
-def worker(ctx: Context, burst: bool) -> None:
+def worker(ctx: Context, burst: bool, queues: tuple[str, ...]) -> None:
     """Run an RQ worker: drains outboxes to Amplitude, applies cohort batches, runs the sweep."""
     from bridge import worker as worker_module
 
@@ -90,7 +103,7 @@ def worker(ctx: Context, burst: bool) -> None:
     runtime = ctx.runtime
     if runtime.settings.job_runner != "rq":
         raise click.ClickException("`bridge worker` needs REDIS_URL; without it, jobs run inside the web process")
-    worker_module.run(runtime, burst=burst)
+    worker_module.run(runtime, burst=burst, queues=queues)
 
 
 # gunicorn's default access-log format without `%(u)s`, the HTTP Basic user: a token sent that way by

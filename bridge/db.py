@@ -95,5 +95,20 @@ def dialect_insert(session: Session, table):
     return sqlite.insert(table)
 
 
+def limit_statements(session: Session, seconds: float) -> Session:
+    """Make every transaction of `session` run with PostgreSQL's `statement_timeout` at `seconds`
+    (`SET LOCAL`, so it ends with the transaction and never leaks to the pool): a statement running
+    longer is cancelled by the database and raises `OperationalError` (QueryCanceled). A no-op on SQLite,
+    which has no statement timeout. Returns `session`."""
+    milliseconds = max(1, round(seconds * 1000))
+
+    def set_timeout(_session, _transaction, connection) -> None:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
+
+    event.listen(session, "after_begin", set_timeout)
+    return session
+
+
 def is_postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from marshmallow import ValidationError, fields
 
 from bridge import times
-from bridge.text import has_unprintable
+from bridge.text import SLASH_REFUSED, has_unprintable
 
 
 def without_nul(value: str) -> None:
@@ -22,6 +22,12 @@ def printable(value: str) -> None:
     store) or a bidirectional mark: bridge.text."""
     if has_unprintable(value):
         raise ValidationError("Must not contain control characters or bidirectional marks.")
+
+
+def path_segment(value: str) -> None:
+    """Refuse an id that is a segment of a URL path (subscription id, cohort id) holding a "/": bridge.text."""
+    if "/" in value:
+        raise ValidationError(f"{SLASH_REFUSED[0].upper()}{SLASH_REFUSED[1:]}.")
 
 
 def as_identifier(value: object) -> str | None:

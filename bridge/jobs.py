@@ -6,6 +6,10 @@
 
 Jobs are module-level functions that take ids and an optional `runtime`; they must be idempotent,
 because the database, not the queue, is the record of what is left to do.
+
+Every job goes to one of two queues, named by kind: `delivery` (outbox drains) and `cohorts` (cohort
+batches), so that a heavy cohort batch never waits in front of a drain. With RQ they are two Redis
+queues, and a worker serving both takes delivery work first; the in-process runners keep one order.
 """
 from __future__ import annotations
 
@@ -18,18 +22,33 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bridge.runtime import Runtime
+    from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
 Job = Callable[..., object]
+
+DELIVERY, COHORTS = "delivery", "cohorts"
+# The queue kinds, in the order a worker serving several of them takes their jobs (RQ's queue order).
+QUEUES = (DELIVERY, COHORTS)
+# RQ stops a job that runs longer than this; a cohort batch's claim lasts a minute longer (cohorts.jobs).
+JOB_TIMEOUT_SECONDS = 600
+
+
+def queue_name(settings: Settings, kind: str) -> str:
+    """The Redis queue of `kind`: `RQ_QUEUE` itself for delivery (the queue every job used before the
+    kinds existed, so jobs waiting there at an upgrade still run), `RQ_QUEUE-cohorts` for cohorts."""
+    _check_queue(kind)
+    return settings.queue_name if kind == DELIVERY else f"{settings.queue_name}-{kind}"
 
 
 class JobRunner:
     remote = False  # True when enqueueing is a network call (Redis), worth coalescing
 
-    def enqueue(self, func: Job, *args: object) -> None:
+    def enqueue(self, queue: str, func: Job, *args: object) -> None:
+        """Run `func(*args)` later, from the queue of kind `queue` (one of QUEUES)."""
         raise NotImplementedError
 
-    def enqueue_once(self, key: str, ttl: float, func: Job, *args: object) -> bool:
+    def enqueue_once(self, queue: str, key: str, ttl: float, func: Job, *args: object) -> bool:
         """Enqueue unless a job with `key` is already waiting (for at most `ttl` seconds). True if enqueued."""
         raise NotImplementedError
 
@@ -49,15 +68,16 @@ class RQRunner(JobRunner):
         from rq import Queue
 
         self.redis = Redis.from_url(runtime.settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
-        self.queue = Queue(runtime.settings.queue_name, connection=self.redis)
+        self.queues = {kind: Queue(queue_name(runtime.settings, kind), connection=self.redis) for kind in QUEUES}
 
-    def enqueue(self, func: Job, *args: object) -> None:
-        self.queue.enqueue(func, *args, job_timeout=600, result_ttl=0, failure_ttl=7 * 24 * 3600)
+    def enqueue(self, queue: str, func: Job, *args: object) -> None:
+        self.queues[queue].enqueue(func, *args, job_timeout=JOB_TIMEOUT_SECONDS, result_ttl=0,
+                                   failure_ttl=7 * 24 * 3600)
 
-    def enqueue_once(self, key: str, ttl: float, func: Job, *args: object) -> bool:
+    def enqueue_once(self, queue: str, key: str, ttl: float, func: Job, *args: object) -> bool:
         if not self.redis.set(f"bridge:once:{key}", 1, nx=True, px=max(1, int(ttl * 1000))):
             return False
-        self.enqueue(func, *args)
+        self.enqueue(queue, func, *args)
         return True
 
     def forget(self, key: str) -> None:
@@ -68,19 +88,22 @@ class RQRunner(JobRunner):
 
 
 class ManualRunner(JobRunner):
+    """Jobs of every queue wait in one list, in the order they were enqueued."""
+
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
         self.pending: list[tuple[Job, tuple[object, ...]]] = []
         self.waiting_keys: set[str] = set()
 
-    def enqueue(self, func: Job, *args: object) -> None:
+    def enqueue(self, queue: str, func: Job, *args: object) -> None:
+        _check_queue(queue)
         self.pending.append((func, args))
 
-    def enqueue_once(self, key: str, ttl: float, func: Job, *args: object) -> bool:
+    def enqueue_once(self, queue: str, key: str, ttl: float, func: Job, *args: object) -> bool:
         if key in self.waiting_keys:
             return False
         self.waiting_keys.add(key)
-        self.enqueue(func, *args)
+        self.enqueue(queue, func, *args)
         return True
 
     def forget(self, key: str) -> None:
@@ -97,7 +120,8 @@ class ManualRunner(JobRunner):
 
 
 class ThreadRunner(JobRunner):
-    """One daemon thread runs jobs in order and, between them, the periodic sweep."""
+    """One daemon thread runs jobs of every queue in order and, between them, the periodic sweep
+    (embedded mode: one web process, light loads)."""
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
@@ -113,16 +137,17 @@ class ThreadRunner(JobRunner):
                 self.thread = threading.Thread(target=self._loop, name="bridge-jobs", daemon=True)
                 self.thread.start()
 
-    def enqueue(self, func: Job, *args: object) -> None:
+    def enqueue(self, queue: str, func: Job, *args: object) -> None:
+        _check_queue(queue)
         self._ensure_started()
         self.jobs.put((func, args))
 
-    def enqueue_once(self, key: str, ttl: float, func: Job, *args: object) -> bool:
+    def enqueue_once(self, queue: str, key: str, ttl: float, func: Job, *args: object) -> bool:
         with self.lock:
             if key in self.waiting_keys:
                 return False
             self.waiting_keys.add(key)
-        self.enqueue(func, *args)
+        self.enqueue(queue, func, *args)
         return True
 
     def forget(self, key: str) -> None:
@@ -161,6 +186,11 @@ class ThreadRunner(JobRunner):
         self.jobs.put(None)
         if self.thread is not None:
             self.thread.join(timeout=30)
+
+
+def _check_queue(queue: str) -> None:
+    if queue not in QUEUES:
+        raise ValueError(f"unknown queue {queue!r}; the queues are {', '.join(QUEUES)}")
 
 
 def make_runner(runtime: Runtime) -> JobRunner:

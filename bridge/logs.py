@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 from typing import TextIO
 
 from bridge.text import UNPRINTABLE
@@ -17,14 +18,51 @@ def _escaped(match: re.Match) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+def _escape_but_newlines(text: str) -> str:
+    return "\n".join(UNPRINTABLE.sub(_escaped, line) for line in text.split("\n"))
+
+
+# The chunks of a formatted traceback that the interpreter writes from code, never from data: the
+# header, the chaining notes and the frames (file, line, function, source line).
+_TRACEBACK_STRUCTURE = ("Traceback (most recent call last):", "\nThe above exception was", "\nDuring handling of",
+                        "  File ", "  [Previous line repeated")
+
+
+def _safe_chunk(chunk: str) -> str:
+    """A chunk of `TracebackException.format()`: structure kept as it is; anything else (an exception's
+    message and notes, which may hold request data) escaped into one line."""
+    if chunk.startswith(_TRACEBACK_STRUCTURE):
+        return _escape_but_newlines(chunk)
+    body = chunk[:-1] if chunk.endswith("\n") else chunk
+    return UNPRINTABLE.sub(_escaped, body) + "\n"
+
+
 class SafeFormatter(logging.Formatter):
     """The log format, with every control character of the message (ids, names and errors that came
-    from requests) written as an escape, so one log record is always one line that prints as it reads.
-    A traceback, which the formatter appends itself, keeps its lines."""
+    from requests) written as an escape, so one log record prints as it reads and only a traceback
+    spans several lines. A traceback keeps its lines, but an exception's message (and its notes) is
+    escaped like the message: a newline or an ANSI escape in it cannot forge a line or rewrite the
+    terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info:
+            record.exc_text = None  # another handler may have cached a traceback formatted without escapes
+        elif record.exc_text:
+            record.exc_text = _escape_but_newlines(record.exc_text)
+        return super().format(record)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = UNPRINTABLE.sub(_escaped, record.message)
         return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:
+        if ei[1] is None:
+            return super().formatException(ei)
+        chunks = traceback.TracebackException(type(ei[1]), ei[1], ei[2]).format(chain=True)
+        return "".join(_safe_chunk(chunk) for chunk in chunks).removesuffix("\n")
+
+    def formatStack(self, stack_info: str) -> str:
+        return _escape_but_newlines(stack_info)
 
 
 class _ContextFilter(logging.Filter):

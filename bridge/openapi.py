@@ -83,12 +83,14 @@ _ERRORS = {
          "`invalid_payload`, `invalid_parameter`, `invalid_cursor`.",
     401: "The bearer token is missing, wrong, expired, or of the other kind (`unauthorized`).",
     404: "No such app (`app_not_found`), or no such resource in it.",
-    413: "The body is over its byte limit (`payload_too_large`) or holds too many items (`too_many_items`).",
+    413: "The body is over its byte limit (`payload_too_large`) or holds too many items (`too_many_items`; "
+         "`too_many_users` for a cohort batch over COHORT_MAX_USERS_PER_BATCH).",
     415: "The body is not sent as JSON (`unsupported_media_type`).",
     429: "The app has more events waiting for Amplitude than INTAKE_MAX_BACKLOG (`backlog_full`); nothing was "
          "stored; retry after `Retry-After` seconds.",
     503: "The database is unreachable (`database_unavailable`) or has no free connection (`database_busy`), or the "
-         "web process cannot store events this fast (`overloaded`, nothing stored); retry after `Retry-After` seconds.",
+         "web process cannot store events this fast, or reads as many large cohort bodies as it may (`overloaded`, "
+         "nothing stored); retry after `Retry-After` seconds.",
 }
 _AUTHENTICATED = (401, 404, 503)
 _WITH_BODY = (400, 413, 415)

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
-from bridge.db import make_engine, make_session_factory
+from bridge.db import limit_statements, make_engine, make_session_factory
 from bridge.settings import Settings
 
 _current: Runtime | None = None
@@ -20,6 +20,7 @@ class Runtime:
     def __init__(self, settings: Settings):
         from bridge.amplitude.client import AmplitudeClient
         from bridge.jobs import make_runner
+        from bridge.paging import Cursors
 
         self.settings = settings
         self.engine = make_engine(settings.database_url)
@@ -29,6 +30,7 @@ class Runtime:
             base_url_override=settings.amplitude_base_url,
             gzip_requests=settings.gzip_requests,
         )
+        self.cursors = Cursors(settings.secret_key)
         self.runner = make_runner(self)
 
     @contextmanager
@@ -39,6 +41,13 @@ class Runtime:
             yield session
         finally:
             session.close()
+
+    @contextmanager
+    def job_session(self) -> Iterator[Session]:
+        """A session for job work (cohort batches, delivery): as `session()`, but on PostgreSQL each of its
+        transactions cancels a statement that runs over JOB_STATEMENT_TIMEOUT_SECONDS."""
+        with self.session() as session:
+            yield limit_statements(session, self.settings.job_statement_timeout_seconds)
 
     def close(self) -> None:
         self.runner.close()

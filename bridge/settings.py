@@ -6,12 +6,19 @@ a failed request or a stuck worker.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from urllib.parse import urlsplit
 
 DEFAULT_DATABASE_URL = "sqlite:///bridge.db"
 JOB_RUNNERS = ("rq", "thread", "manual")
+# The most bytes one entry of a cohort webhook's `users` needs: a user_id of 256 characters (the
+# longest usable one, cohorts.schemas.MAX_USER_ID_LENGTH) of up to 4 UTF-8 bytes each, and 64 bytes of
+# JSON around it (`{"user_id": "", "user_properties": {}},` is 41). Plus the envelope: cohort_id,
+# message_id, cohort_name and the rest, 4 KiB. The default body limit is what the user cap needs.
+COHORT_USER_ENTRY_BYTES = 256 * 4 + 64
+COHORT_ENVELOPE_BYTES = 4096
 
 
 class ConfigurationError(RuntimeError):
@@ -26,10 +33,13 @@ class Settings:
     port: int
     job_runner: str
     log_level: str
+    secret_key: str  # signs and encrypts paging cursors; generated per process in embedded mode
     # Intake
     max_body_bytes: int
     max_items_per_request: int
     cohort_max_body_bytes: int
+    cohort_max_users_per_batch: int
+    cohort_max_concurrent_bodies: int
     auth_cache_seconds: float
     intake_max_queued_events: int
     intake_max_wait_seconds: float
@@ -49,6 +59,12 @@ class Settings:
     linger_seconds: float
     sweep_interval_seconds: float
     queue_name: str
+    job_statement_timeout_seconds: float
+    # Import (`bridge subscriptions import`)
+    import_max_bytes: int
+    import_max_line_bytes: int
+    import_max_rows: int
+    import_max_errors_file_rows: int
 
     @property
     def is_sqlite(self) -> bool:
@@ -65,6 +81,8 @@ class Settings:
             raise ConfigurationError(f"JOB_RUNNER must be one of {', '.join(JOB_RUNNERS)}, got {runner!r}")
         if runner == "rq" and not redis_url:
             raise ConfigurationError("JOB_RUNNER=rq needs REDIS_URL")
+        # Amplitude sends a cohort in batches of up to 10,000 users.
+        cohort_users = reader.integer("COHORT_MAX_USERS_PER_BATCH", 10_000, low=1, high=100_000)
         settings = cls(
             database_url=normalize_database_url(reader.text("DATABASE_URL") or DEFAULT_DATABASE_URL),
             redis_url=redis_url,
@@ -72,9 +90,13 @@ class Settings:
             port=reader.integer("PORT", 5000, low=1, high=65535),
             job_runner=runner,
             log_level=(reader.text("LOG_LEVEL") or "INFO").upper(),
+            secret_key=_secret_key(reader.text("SECRET_KEY"), production=bool(redis_url)),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
             max_items_per_request=reader.integer("MAX_ITEMS_PER_REQUEST", 1000, low=1),
-            cohort_max_body_bytes=reader.integer("COHORT_MAX_BODY_BYTES", 20 * 1024 * 1024, low=1024),
+            cohort_max_body_bytes=reader.integer("COHORT_MAX_BODY_BYTES", cohort_users * COHORT_USER_ENTRY_BYTES
+                                                 + COHORT_ENVELOPE_BYTES, low=1024),
+            cohort_max_users_per_batch=cohort_users,
+            cohort_max_concurrent_bodies=reader.integer("COHORT_MAX_CONCURRENT_BODIES", 2, low=1, high=64),
             auth_cache_seconds=reader.number("AUTH_CACHE_SECONDS", 5.0, low=0),
             intake_max_queued_events=reader.integer("INTAKE_MAX_QUEUED_EVENTS", 20_000, low=1),
             intake_max_wait_seconds=reader.number("INTAKE_MAX_WAIT_SECONDS", 1.0, low=0.01),
@@ -93,6 +115,14 @@ class Settings:
             linger_seconds=reader.number("DELIVERY_LINGER_SECONDS", 0.5, low=0),
             sweep_interval_seconds=reader.number("SWEEP_INTERVAL_SECONDS", 5.0, low=0.05),
             queue_name=reader.text("RQ_QUEUE") or "bridge",
+            # Well under RQ's 600 s job timeout: a runaway statement is cancelled by PostgreSQL, and the
+            # job records why, instead of RQ killing the job mid-query.
+            job_statement_timeout_seconds=reader.number("JOB_STATEMENT_TIMEOUT_SECONDS", 60.0, low=0.1, high=500),
+            import_max_bytes=reader.integer("IMPORT_MAX_BYTES", 20 * 1024**3, low=1024, high=2**50),
+            # 128 KiB, csv's default limit on one field; a real export's row, tags included, is far shorter
+            import_max_line_bytes=reader.integer("IMPORT_MAX_LINE_BYTES", 128 * 1024, low=1024, high=64 * 1024**2),
+            import_max_rows=reader.integer("IMPORT_MAX_ROWS", 50_000_000, low=1, high=2**50),
+            import_max_errors_file_rows=reader.integer("IMPORT_MAX_ERRORS_FILE_ROWS", 10_000, low=0, high=2**50),
         )
         if settings.backoff_cap_seconds < settings.backoff_base_seconds:
             raise ConfigurationError("DELIVERY_BACKOFF_CAP_SECONDS must be >= DELIVERY_BACKOFF_BASE_SECONDS")
@@ -103,6 +133,8 @@ class Settings:
         out: dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "secret_key":
+                value = "***"
             out[f.name] = _mask_url(value) if f.name.endswith("_url") and isinstance(value, str) else value
         return out
 
@@ -117,6 +149,23 @@ def normalize_database_url(url: str) -> str:
     if scheme == "sqlite":
         return url
     raise ConfigurationError(f"DATABASE_URL must be postgres://, postgresql:// or sqlite://, got {scheme}://")
+
+
+SECRET_KEY_MIN_LENGTH = 32
+
+
+def _secret_key(value: str, *, production: bool) -> str:
+    """SECRET_KEY, required in production (REDIS_URL set: several web processes must share it); in
+    embedded mode, where one process serves the API, a random one when unset."""
+    if not value:
+        if production:
+            raise ConfigurationError("SECRET_KEY is required when REDIS_URL is set (every web process must share "
+                                     f"it): set {SECRET_KEY_MIN_LENGTH} or more random characters, e.g. the output "
+                                     "of `openssl rand -hex 32`")
+        return secrets.token_hex(32)
+    if len(value) < SECRET_KEY_MIN_LENGTH:
+        raise ConfigurationError(f"SECRET_KEY must be at least {SECRET_KEY_MIN_LENGTH} characters, got {len(value)}")
+    return value
 
 
 def _base_url(value: str) -> str | None:
@@ -157,7 +206,7 @@ class _Reader:
     def text(self, name: str) -> str:
         return (self.env.get(name) or "").strip()
 
-    def number(self, name: str, default: float, *, low: float | None = None) -> float:
+    def number(self, name: str, default: float, *, low: float | None = None, high: float | None = None) -> float:
         raw = self.text(name)
         if not raw:
             return default
@@ -167,6 +216,8 @@ class _Reader:
             raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
         if low is not None and value < low:
             raise ConfigurationError(f"{name} must be >= {low}, got {raw!r}")
+        if high is not None and value > high:
+            raise ConfigurationError(f"{name} must be <= {high}, got {raw!r}")
         return value
 
     def integer(self, name: str, default: int, *, low: int | None = None, high: int | None = None) -> int:

@@ -8,6 +8,11 @@ import re
 UNPRINTABLE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069]")
 
 
+# An id that is a segment of a URL path (a subscription id, a cohort id) cannot hold a "/": the router
+# would split it (`%2F` too: the server decodes it first), so the record could be stored but never read.
+SLASH_REFUSED = "contains '/', which an id shown in a URL path cannot hold"
+
+
 def has_unprintable(value: str) -> bool:
     """Whether `value` holds one of the characters above."""
     return UNPRINTABLE.search(value) is not None

@@ -1,4 +1,7 @@
-"""`bridge worker`: an RQ worker for the bridge's queue, plus the periodic sweep on a side thread.
+"""`bridge worker`: an RQ worker for the bridge's queues, plus the periodic sweep on a side thread.
+
+By default a worker serves every queue, delivery first (RQ takes a job from the first non-empty queue
+in its list), so one worker runs a whole deployment; `--queues` dedicates one to some of them.
 
 SIGTERM (Heroku's deploys and restarts): the batch in hand is finished, the rest of the drain is
 handed back, and the process exits — well within Heroku's 30 s. SIGKILL loses nothing either: leases
@@ -7,6 +10,7 @@ expire and the sweep schedules the events again.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 from redis import Redis
@@ -15,7 +19,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 
+from bridge import failures
 from bridge.delivery.pusher import shutdown_requested
+from bridge.jobs import QUEUES, queue_name
 from bridge.maintenance import sweep
 from bridge.runtime import Runtime
 
@@ -25,8 +31,18 @@ RESTART_PAUSE_SECONDS = 1.0
 
 
 class BridgeWorker(SimpleWorker):
-    """Runs jobs in-process (no fork per job: connections and the HTTP pool are reused) and tells
-    running drains to stop between batches on a warm shutdown."""
+    """Runs jobs in-process (no fork per job: connections and the HTTP pool are reused), tells
+    running drains to stop between batches on a warm shutdown, and keeps personal data out of RQ's
+    failed-job records."""
+
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", **kwargs):
+        """Record a failed job with its traceback's frames and exception types only (`failures.trace`):
+        RQ keeps the record in Redis for a year by default, and an exception's message may quote the
+        user ids or addresses the job was working on. The worker's log keeps the whole traceback."""
+        exc = sys.exc_info()[1]  # RQ calls this while handling the job's exception
+        if exc is not None:
+            exc_string = failures.trace(exc)
+        super().handle_job_failure(job, queue, started_job_registry, exc_string=exc_string, **kwargs)
 
     def request_stop(self, signum, frame):
         shutdown_requested.set()
@@ -47,12 +63,14 @@ def _sweep_loop(runtime: Runtime, redis: Redis, stop: threading.Event) -> None:
         stop.wait(interval)
 
 
-def run(runtime: Runtime, *, burst: bool = False) -> None:
-    """Work the queue until stopped (or, with `burst`, until it is empty).
+def run(runtime: Runtime, *, burst: bool = False, queues: tuple[str, ...] = QUEUES) -> None:
+    """Work the queues of the kinds `queues` (jobs.QUEUES by default; taken in the order of QUEUES)
+    until stopped, or with `burst` until they are empty.
 
     Losing Redis does not end the process: RQ's loop quits when Redis vanishes while a job is running,
     so it is started again here (a process manager's restart could be minutes away)."""
     settings = runtime.settings
+    names = [queue_name(settings, kind) for kind in QUEUES if kind in queues]
     redis = Redis.from_url(settings.redis_url)
     stop = threading.Event()
     if burst:
@@ -62,7 +80,7 @@ def run(runtime: Runtime, *, burst: bool = False) -> None:
     try:
         while True:
             try:
-                worker = BridgeWorker([Queue(settings.queue_name, connection=redis)], connection=redis)
+                worker = BridgeWorker([Queue(name, connection=redis) for name in names], connection=redis)
                 worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
             except (RedisConnectionError, RedisTimeoutError) as exc:  # RQ's start-up or teardown
                 if burst:

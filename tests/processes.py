@@ -70,6 +70,7 @@ def bridge_cli(env: dict[str, str], *args: str) -> dict:
     return json.loads(done.stdout)
 
 
+SECRET_KEY = "test-secret-key-0123456789abcdef0123456789"  # SECRET_KEY for processes on Redis (production mode)
 BRIDGE = str(Path(sys.executable).parent / "bridge")  # the console script, as the Procfile runs it
 
 

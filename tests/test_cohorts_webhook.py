@@ -50,7 +50,7 @@ def test_batch_is_stored_and_answered_before_membership_is_applied(client, runti
     assert body["status"] == "accepted" and body["state"] == RECEIVED and body["retries"] == 0
     assert body["cohort_id"] == "7b2k9xq" and body["users"] == 6
     [batch] = batches(runtime)
-    assert (batch.id, batch.state, batch.user_count, batch.computed_time) == (body["batch_id"], RECEIVED, 6, 1763856000)
+    assert (batch.public_id, batch.state, batch.user_count, batch.computed_time) == (body["batch_id"], RECEIVED, 6, 1763856000)
     assert json.loads(batch.payload) == ["user-000123", "user-000456", "user-000789", "user-001011", "user-001213",
                                          "user-000456"]
     assert members(runtime) == {}  # nothing applied inside the request
@@ -385,7 +385,8 @@ def test_a_failed_batch_keeps_its_error_and_is_applied_on_retry(client, runtime,
     with pytest.raises(RuntimeError):
         runtime.runner.run_pending()
     [batch] = batches(runtime)
-    assert (batch.state, batch.error) == (RECEIVED, "RuntimeError: database went away")
+    assert batch.state == RECEIVED
+    assert batch.error.startswith("RuntimeError at bridge/cohorts/jobs.py:")  # its message may name users: withheld
     assert members(runtime) == {}  # rolled back with the claim
 
     monkeypatch.setattr(jobs, "apply_batch", real_apply)

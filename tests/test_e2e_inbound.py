@@ -56,7 +56,7 @@ def env(postgresql_url, redis_url):
     from conftest import _truncate
 
     _truncate(postgresql_url)
-    return {"DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url,
+    return {"DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url, "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789",
             "AMPLITUDE_BASE_URL": "http://127.0.0.1:9", "SWEEP_INTERVAL_SECONDS": "0.3", "LOG_LEVEL": "INFO"}
 
 

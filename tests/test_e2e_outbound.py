@@ -37,6 +37,7 @@ def env(postgresql_url, redis_url, sink):
     _truncate(postgresql_url)
     return {
         "DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url, "AMPLITUDE_BASE_URL": sink.url,
+        "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789",
         "DELIVERY_LEASE_SECONDS": "2", "SWEEP_INTERVAL_SECONDS": "0.3", "DELIVERY_BACKOFF_BASE_SECONDS": "0.2",
         "DELIVERY_BACKOFF_CAP_SECONDS": "1", "DELIVERY_THROTTLE_PAUSE_SECONDS": "1", "LOG_LEVEL": "INFO",
     }

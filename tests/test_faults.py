@@ -46,7 +46,7 @@ def private_redis(tmp_path_factory):
 def web(postgresql_url, private_redis, tmp_path_factory):
     """One gunicorn for the module; each scenario gets its own app, sink and workers."""
     _truncate(postgresql_url)
-    env = {"DATABASE_URL": libpq_url(postgresql_url), "REDIS_URL": private_redis.url,
+    env = {"DATABASE_URL": libpq_url(postgresql_url), "REDIS_URL": private_redis.url, "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789",
            "AMPLITUDE_BASE_URL": "http://127.0.0.1:9", "LOG_LEVEL": "WARNING"}
     process, url = start_web(env, tmp_path_factory.mktemp("web") / "web.log")
     yield env, url
@@ -324,7 +324,7 @@ def test_cohort_batches_retried_reordered_and_a_worker_killed(bridge):
 
         def claimed_but_not_applied():
             with psycopg.connect(libpq_url(bridge.database_url), autocommit=True) as probe:
-                free = probe.execute("SELECT state FROM cohort_batches WHERE id = %s FOR UPDATE SKIP LOCKED",
+                free = probe.execute("SELECT state FROM cohort_batches WHERE public_id = %s FOR UPDATE SKIP LOCKED",
                                      (killed,)).fetchall()
             return free == []  # the worker's open transaction holds the batch
 

@@ -118,7 +118,7 @@ def test_ids_with_control_characters_or_bidi_marks_are_refused_at_every_door(cli
 def test_every_credential_in_a_url_is_masked_in_config_and_errors():
     settings = Settings.from_env({
         "DATABASE_URL": "postgres://bridge:pw1@db.example:5432/bridge?password=pw2&sslmode=require&sslpassword=pw3",
-        "REDIS_URL": "redis://:pw4@cache.example:6379/0"})
+        "REDIS_URL": "redis://:pw4@cache.example:6379/0", "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789"})
     shown = str(settings.redacted())
     assert not any(secret in shown for secret in ("pw1", "pw2", "pw3", "pw4"))
     assert "sslmode=require" in shown and "password=***" in shown

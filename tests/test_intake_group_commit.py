@@ -195,7 +195,8 @@ def test_an_app_past_its_backlog_bound_gets_429_and_the_others_do_not(client, te
 
 @pytest.fixture
 def rq_runtime(database_url, redis_url):
-    rt = Runtime(Settings.from_env({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_LEVEL": "WARNING"}))
+    rt = Runtime(Settings.from_env({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_LEVEL": "WARNING",
+                                    "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789"}))
     yield rt
     rt.close()
 

@@ -406,7 +406,8 @@ def production_env(postgresql_url, redis_url) -> dict[str, str]:
     admin.execute(f'CREATE DATABASE "{name}"')
     server = urlsplit(postgresql_url.replace("postgresql+psycopg://", "postgres://"))
     database_url = with_password(urlunsplit(server._replace(path=f"/{name}")))
-    yield {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "AMPLITUDE_BASE_URL": "http://127.0.0.1:9"}
+    yield {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "AMPLITUDE_BASE_URL": "http://127.0.0.1:9",
+           "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789"}
     admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()
 

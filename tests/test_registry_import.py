@@ -307,7 +307,7 @@ def test_an_unknown_header_fails_naming_the_expected_ones(cli, tenant, tmp_path)
 @pytest.mark.parametrize("content, message, imported", [
     (b"", "the file is empty", []),
     (b"id,device_type\ns-1,1\n\xff\xfe,1\n", "line 3 is not UTF-8 text (invalid start byte at byte 1)", ["s-1"]),
-    (b"\x1f\x8bnot really gzip", "unreadable after line 0", []),
+    (b"\x1f\x8bnot really gzip", "the gzip data is corrupt (Unknown compression method); nothing was imported", []),
 ])
 def test_an_unreadable_file_fails_with_a_message(cli, tenant, runtime, tmp_path, content, message, imported):
     path = tmp_path / "bad.csv"

@@ -233,7 +233,8 @@ def test_secrets_appear_in_no_log_line_and_no_answer(rejecting_amplitude, settin
 
 def test_bridge_config_masks_the_database_and_redis_passwords():
     env = {"DATABASE_URL": "postgres://bridge:db-s3cret@db.internal:5432/bridge",
-           "REDIS_URL": "redis://:redis-s3cret@redis.internal:6379/0"}
+           "REDIS_URL": "redis://:redis-s3cret@redis.internal:6379/0",
+           "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789"}
     result = CliRunner().invoke(main, ["config"], env=env)
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)

@@ -19,7 +19,7 @@ def test_heroku_and_plain_postgres_urls_use_psycopg3(url):
 
 
 def test_redis_url_switches_jobs_to_rq():
-    assert Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"}).job_runner == "rq"
+    assert Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0", "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789"}).job_runner == "rq"
 
 
 @pytest.mark.parametrize(("env", "names"), [
@@ -32,6 +32,11 @@ def test_redis_url_switches_jobs_to_rq():
     ({"DELIVERY_GZIP": "maybe"}, "DELIVERY_GZIP"),
     ({"JOB_RUNNER": "rq"}, "REDIS_URL"),
     ({"JOB_RUNNER": "celery"}, "JOB_RUNNER"),
+    ({"IMPORT_MAX_BYTES": "lots"}, "IMPORT_MAX_BYTES"),
+    ({"IMPORT_MAX_LINE_BYTES": "100"}, "IMPORT_MAX_LINE_BYTES"),
+    ({"IMPORT_MAX_LINE_BYTES": str(2**30)}, "IMPORT_MAX_LINE_BYTES"),
+    ({"IMPORT_MAX_ROWS": "0"}, "IMPORT_MAX_ROWS"),
+    ({"IMPORT_MAX_ERRORS_FILE_ROWS": "-1"}, "IMPORT_MAX_ERRORS_FILE_ROWS"),
 ])
 def test_bad_values_fail_fast_naming_the_variable(env, names):
     with pytest.raises(ConfigurationError, match=names):
@@ -43,5 +48,16 @@ def test_the_amplitude_base_url_override_keeps_paths_out():
 
 
 def test_redacted_masks_passwords():
-    shown = Settings.from_env({"DATABASE_URL": "postgres://u:secret@h/d", "REDIS_URL": "redis://:pw@h:6379"}).redacted()
-    assert "secret" not in str(shown) and "pw@" not in str(shown)
+    shown = Settings.from_env({"DATABASE_URL": "postgres://u:secret@h/d", "REDIS_URL": "redis://:pw@h:6379",
+                               "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789"}).redacted()
+    assert ":secret@" not in str(shown) and "pw@" not in str(shown)
+    assert shown["secret_key"] == "***" and "0123456789abcdef" not in str(shown)
+
+
+def test_a_secret_key_is_required_in_production_and_generated_in_embedded_mode():
+    with pytest.raises(ConfigurationError, match="SECRET_KEY is required when REDIS_URL is set"):
+        Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"})
+    with pytest.raises(ConfigurationError, match="SECRET_KEY must be at least 32 characters"):
+        Settings.from_env({"SECRET_KEY": "short"})
+    embedded = [Settings.from_env({}).secret_key for _ in range(2)]
+    assert len(embedded[0]) >= 32 and embedded[0] != embedded[1]

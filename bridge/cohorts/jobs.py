@@ -3,19 +3,31 @@
 The database is the record of what is left to do: a batch stays `received` until the transaction that
 applies it commits, and the periodic sweep re-queues batches that have waited too long (a lost job, a
 flushed Redis, a worker killed mid-batch).
+
+A run counts itself before it does anything: the claim (attempt + 1, `claimed_at`) commits on its own,
+so a run that is killed, times out or loses its database still counts, and a batch that always kills
+its run ends `failed` after MAX_ATTEMPTS instead of restarting forever. No run starts a batch that a
+live run holds:
+- on PostgreSQL a run holds its batch's row lock while it applies it; a claim older than CLAIM_GRACE
+  whose row is not locked belongs to a run that died (the database released its lock);
+- on SQLite, which has no row locks, a claim holds for CLAIM_LEASE, longer than a run can last (RQ
+  stops a job after JOB_TIMEOUT_SECONDS).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import Select, case, or_, select, update
+from sqlalchemy.orm import Session
 
+from bridge import failures
 from bridge.cohorts.membership import BatchCounts, apply_batch
 from bridge.cohorts.models import FAILED, PROCESSED, RECEIVED, Cohort, CohortBatch
-from bridge.db import utcnow
+from bridge.db import is_postgresql, utcnow
+from bridge.jobs import COHORTS, JOB_TIMEOUT_SECONDS
 from bridge.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
@@ -27,8 +39,14 @@ _BATCH_KEY_TTL = 600.0
 # A batch still `received` this long after it arrived is queued again by the sweep.
 RESCHEDULE_AFTER = timedelta(seconds=30)
 _SWEEP_LIMIT = 1000
-# After this many failed runs a batch is marked failed (shown in the sync history) and not retried.
+# After this many runs a batch is marked failed (shown in the sync history) and not retried.
 MAX_ATTEMPTS = 10
+# PostgreSQL: how long a claim whose row is not locked is left alone (a run locks it right after claiming).
+CLAIM_GRACE = timedelta(seconds=30)
+# SQLite: how long a run's claim keeps other runs off its batch: longer than any run can last.
+CLAIM_LEASE = timedelta(seconds=JOB_TIMEOUT_SECONDS + 60)
+INTERRUPTED = ("A run was interrupted before it could finish or record an error (its worker stopped or was "
+               "killed, or it ran past the job timeout).")
 
 
 def batch_key(batch_id: int) -> str:
@@ -37,70 +55,132 @@ def batch_key(batch_id: int) -> str:
 
 def schedule_batch(runtime: Runtime, batch_id: int) -> bool:
     """Queue `process_batch(batch_id)` unless it is already waiting. True if queued."""
-    return runtime.runner.enqueue_once(batch_key(batch_id), _BATCH_KEY_TTL, process_batch, batch_id)
+    return runtime.runner.enqueue_once(COHORTS, batch_key(batch_id), _BATCH_KEY_TTL, process_batch, batch_id)
 
 
 def process_batch(batch_id: int, runtime: Runtime | None = None) -> BatchCounts | None:
-    """Job: apply a `received` batch to its cohort and record what it did, in one transaction.
+    """Job: claim a `received` batch (counting the attempt, committed at once), then apply it to its
+    cohort and record what it did, in one transaction.
 
-    Returns the counts, or None when the batch is unknown or already applied (running twice is
-    harmless). Batches of one cohort are applied one after the other; different cohorts in parallel.
-    """
+    Returns the counts, or None when there is nothing to do: the batch is unknown, applied, failed, or
+    held by a live run (running twice is harmless). Batches of one cohort are
+    applied one after the other; different cohorts in parallel. A failure is recorded on the batch
+    and raised."""
     runtime = runtime or current()
     runtime.runner.forget(batch_key(batch_id))
-    now = utcnow()
-    with runtime.session() as session:
-        # Claiming the batch is its state change: a concurrent run finds nothing to claim, and a
-        # failure rolls the claim back so the sweep retries.
-        batch = session.execute(
-            update(CohortBatch.__table__)
-            .where(B.id == batch_id, B.state == RECEIVED)
-            .values(state=PROCESSED, processed_at=now, error=None)
-            .returning(B.app_id, B.cohort_id, B.cohort_name, B.in_cohort, B.computed_time, B.payload)
-        ).first()
-        if batch is None:
-            session.rollback()
+    with runtime.job_session() as session:
+        claim = _claim(session, batch_id)
+        if claim is None:
             return None
-        # Updating the cohort row locks it until commit: the cohort's batches are applied one at a time.
-        session.execute(
-            update(Cohort.__table__)
-            .where(C.app_id == batch.app_id, C.cohort_id == batch.cohort_id)
-            .values(name=batch.cohort_name, updated_at=now)
-        )
         try:
-            counts = apply_batch(session, batch.app_id, batch.cohort_id, batch.in_cohort, batch.computed_time,
-                                 orjson.loads(batch.payload))
+            counts = _apply(session, batch_id, claim)
         except Exception as exc:
-            session.rollback()
-            _record_error(runtime, batch_id, exc)
+            _roll_back(session)
+            _record_error(runtime, batch_id, claim.claimed_at, exc)
             raise
-        session.execute(update(CohortBatch.__table__).where(B.id == batch_id).values(**asdict(counts)))
-        session.commit()
-    log.info("cohort batch %s applied to %s/%s: %s", batch_id, batch.app_id, batch.cohort_id, counts)
+    if counts is not None:
+        log.info("cohort batch %s applied to %s/%s: %s", batch_id, claim.app_id, claim.cohort_id, counts)
     return counts
 
 
+def _claim(session: Session, batch_id: int):
+    """Count a run of the batch and mark it claimed, in a transaction of its own. The claimed row
+    (app_id, cohort_id, cohort_name, in_cohort, computed_time, payload, claimed_at), or None."""
+    now = utcnow()
+    claimable = _unclaimed(session, now, B.id == batch_id, B.state == RECEIVED, B.attempts < MAX_ATTEMPTS)
+    claim = session.execute(
+        update(CohortBatch.__table__)
+        .where(B.id.in_(claimable.scalar_subquery()))
+        # A claim still set is that of a run that ended without a word: say so in the sync history.
+        .values(attempts=B.attempts + 1, claimed_at=now,
+                error=case((B.claimed_at.is_not(None), INTERRUPTED), else_=B.error))
+        .returning(B.app_id, B.cohort_id, B.cohort_name, B.in_cohort, B.computed_time, B.payload, B.claimed_at)
+    ).first()
+    session.commit()
+    return claim
+
+
+def _apply(session: Session, batch_id: int, claim) -> BatchCounts | None:
+    """Apply the claimed batch and mark it processed, committed together; None (nothing written) if
+    another run has claimed or applied it meanwhile."""
+    now = utcnow()
+    # The batch's row lock, held until commit, tells other runs on PostgreSQL that this one is alive.
+    mine = session.execute(select(B.id).where(B.id == batch_id, B.state == RECEIVED, B.claimed_at == claim.claimed_at)
+                           .with_for_update()).first()
+    if mine is None:
+        session.rollback()
+        return None
+    # Updating the cohort row locks it until commit: the cohort's batches are applied one at a time.
+    session.execute(
+        update(Cohort.__table__)
+        .where(C.app_id == claim.app_id, C.cohort_id == claim.cohort_id)
+        .values(name=claim.cohort_name, updated_at=now)
+    )
+    counts = apply_batch(session, claim.app_id, claim.cohort_id, claim.in_cohort, claim.computed_time,
+                         orjson.loads(claim.payload))
+    done = session.execute(
+        update(CohortBatch.__table__)
+        .where(B.id == batch_id, B.state == RECEIVED, B.claimed_at == claim.claimed_at)
+        .values(state=PROCESSED, processed_at=utcnow(), error=None, **asdict(counts))
+    )
+    if done.rowcount != 1:  # this run outlived its claim, and another run took the batch
+        session.rollback()
+        log.warning("cohort batch %s: claimed again by another run; this run's work is discarded", batch_id)
+        return None
+    session.commit()
+    return counts
+
+
+def _unclaimed(session: Session, now: datetime, *conditions) -> Select:
+    """The ids of batches matching `conditions` that no live run holds: never claimed, given up by a run
+    that recorded its failure, or claimed by a run that died (see the module's docstring). On
+    PostgreSQL the rows are locked (SKIP LOCKED) until the caller's transaction ends."""
+    if is_postgresql(session):
+        query = select(B.id).where(*conditions, or_(B.claimed_at.is_(None), B.claimed_at < now - CLAIM_GRACE))
+        return query.with_for_update(skip_locked=True)
+    return select(B.id).where(*conditions, or_(B.claimed_at.is_(None), B.claimed_at < now - CLAIM_LEASE))
+
+
+def _roll_back(session: Session) -> None:
+    try:
+        session.rollback()
+    except Exception:  # noqa: BLE001 - a broken connection: the attempt is counted all the same
+        log.warning("rollback failed", exc_info=True)
+
+
 def schedule_unprocessed(runtime: Runtime) -> int:
-    """Queue every batch still `received` RESCHEDULE_AFTER after it arrived (up to 1,000 per call);
-    returns how many were queued. Used by the periodic sweep."""
-    cutoff = utcnow() - RESCHEDULE_AFTER
-    with runtime.session() as session:
+    """Queue every batch still `received` RESCHEDULE_AFTER after it arrived and not held by a live run
+    (up to 1,000 per call); returns how many were queued. A batch whose last allowed run never
+    finished is marked failed instead. Used by the periodic sweep."""
+    now = utcnow()
+    with runtime.job_session() as session:
+        abandoned = _unclaimed(session, now, B.state == RECEIVED, B.attempts >= MAX_ATTEMPTS)
+        session.execute(
+            update(CohortBatch.__table__).where(B.id.in_(abandoned.scalar_subquery()))
+            .values(state=FAILED, claimed_at=None,
+                    error=f"Gave up after {MAX_ATTEMPTS} runs; the last one never finished. {INTERRUPTED}")
+        )
+        session.commit()
         ids = list(session.scalars(
-            select(B.id).where(B.state == RECEIVED, B.received_at < cutoff).order_by(B.received_at).limit(_SWEEP_LIMIT)
+            _unclaimed(session, now, B.state == RECEIVED, B.received_at < now - RESCHEDULE_AFTER)
+            .order_by(B.received_at).limit(_SWEEP_LIMIT)
         ))
+        session.commit()
     return sum(1 for batch_id in ids if schedule_batch(runtime, batch_id))
 
 
-def _record_error(runtime: Runtime, batch_id: int, exc: Exception) -> None:
-    """Keep the failure on the batch, where the sync history shows it. The sweep retries a `received`
-    batch; after MAX_ATTEMPTS failures it is marked failed instead."""
-    error = f"{type(exc).__name__}: {exc}"
-    with runtime.session() as session:
+def _record_error(runtime: Runtime, batch_id: int, claimed_at: datetime, exc: Exception) -> None:
+    """Keep the failure on the batch, where the sync history shows it: its type and place, not its
+    message, which may quote the users' ids (`failures.describe`). Give up the claim so the sweep
+    retries the batch; after MAX_ATTEMPTS runs it is marked failed instead."""
+    error = failures.describe(exc)
+    with runtime.job_session() as session:
         attempts = session.execute(
-            update(CohortBatch.__table__).where(B.id == batch_id)
-            .values(error=error[:2000], attempts=B.attempts + 1).returning(B.attempts)
-        ).scalar_one()
-        if attempts >= MAX_ATTEMPTS:
-            session.execute(update(CohortBatch.__table__).where(B.id == batch_id).values(state=FAILED))
+            update(CohortBatch.__table__)
+            .where(B.id == batch_id, B.state == RECEIVED, B.claimed_at == claimed_at)
+            .values(error=error[:2000], claimed_at=None,
+                    state=case((B.attempts >= MAX_ATTEMPTS, FAILED), else_=RECEIVED))
+            .returning(B.attempts)
+        ).scalar_one_or_none()
         session.commit()
-    log.warning("cohort batch %s failed (attempt %d of %d): %s", batch_id, attempts, MAX_ATTEMPTS, error)
+    log.warning("cohort batch %s failed (attempt %s of %d): %s", batch_id, attempts, MAX_ATTEMPTS, error)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Select, String, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from bridge.cohorts.models import CohortMember
-from bridge.db import dialect_insert, utcnow
+from bridge.db import dialect_insert, is_postgresql, utcnow
 
 M = CohortMember.__table__.c
+# Users looked up and written per statement: a batch holds at most COHORT_MAX_USERS_PER_BATCH users.
 CHUNK_SIZE = 5000
 
 
@@ -43,14 +45,7 @@ def apply_batch(
     now = utcnow()
     for start in range(0, len(user_ids), CHUNK_SIZE):
         chunk = user_ids[start:start + CHUNK_SIZE]
-        known = {
-            row.user_id: row
-            for row in session.execute(
-                select(M.user_id, M.in_cohort, M.computed_time).where(
-                    M.app_id == app_id, M.cohort_id == cohort_id, M.user_id.in_(chunk)
-                )
-            )
-        }
+        known = {row.user_id: row for row in session.execute(known_members(session, app_id, cohort_id, chunk))}
         writes = []
         for user_id in chunk:
             row = known.get(user_id)
@@ -70,6 +65,20 @@ def apply_batch(
         if writes:
             _upsert(session, writes)
     return counts
+
+
+def known_members(session: Session, app_id: str, cohort_id: str, user_ids: list[str]) -> Select:
+    """The stored state (user_id, in_cohort, computed_time) of those of `user_ids` the cohort has a row for.
+
+    On PostgreSQL the ids are one array parameter (`user_id = ANY(:user_ids)`): one statement text
+    whatever their number, planned as an index lookup per id on the primary key, instead of an `IN`
+    list of thousands of parameters to parse and plan. SQLite has no arrays and keeps `IN`."""
+    if is_postgresql(session):
+        wanted = M.user_id == any_(bindparam("user_ids", user_ids, type_=ARRAY(String)))
+    else:
+        wanted = M.user_id.in_(user_ids)
+    return select(M.user_id, M.in_cohort, M.computed_time).where(
+        M.app_id == app_id, M.cohort_id == cohort_id, wanted)
 
 
 def _upsert(session: Session, rows: list[dict]) -> None:

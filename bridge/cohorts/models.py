@@ -1,6 +1,7 @@
 """Cohorts synced from Amplitude, their membership, and the history of every webhook batch."""
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, PrimaryKeyConstraint, Text, UniqueConstraint
@@ -41,18 +42,26 @@ class CohortMember(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 
 
+def new_public_id() -> str:
+    """A batch's public id: 16 random hex characters (64 bits), unique per app."""
+    return secrets.token_hex(8)
+
+
 class CohortBatch(SQLModel, table=True):
     """One webhook delivery from Amplitude: stored raw on receipt, applied by a job, kept as history."""
 
     __tablename__ = "cohort_batches"
     __table_args__ = (
         UniqueConstraint("app_id", "message_id", name="uq_cohort_batches_app_message"),
+        UniqueConstraint("app_id", "public_id", name="uq_cohort_batches_app_public_id"),
         Index("ix_cohort_batches_cohort", "app_id", "cohort_id", "id"),
         Index("ix_cohort_batches_state", "state", "received_at"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BIGINT_PK, primary_key=True, autoincrement=True))
     app_id: str = Field(foreign_key="apps.id", max_length=36)
+    # The batch_id API clients see: random, so it tells nothing of other apps' traffic (`id` is global).
+    public_id: str = Field(default_factory=new_public_id, max_length=32)
     cohort_id: str = Field(max_length=128)
     cohort_name: str = Field(default="", max_length=500)
     message_id: str = Field(max_length=256)
@@ -74,7 +83,11 @@ class CohortBatch(SQLModel, table=True):
     unusable_examples: list[dict] = Field(default_factory=list,
                                           sa_column=Column(JSON, nullable=False, server_default="[]"))
     retries: int = 0  # times Amplitude re-sent this message_id (acknowledged as no-ops)
-    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))  # failed runs
+    # Runs started: counted in its own transaction when a run claims the batch, so a run that is killed,
+    # times out or crashes before it can record anything still counts.
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    # When the latest run claimed the batch; while it is recent (jobs.CLAIM_LEASE), no other run starts.
+    claimed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     received_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     processed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -237,7 +237,7 @@ def list_cohorts(session: Session, app_id: str, *, after: str | None, limit: int
 def sync_history(session: Session, cohort: Cohort, *, before: int | None, limit: int) -> Page:
     """The cohort's webhook batches, newest first, with what each did to the membership."""
     query = select(
-        B.id.label("batch_id"), B.message_id, B.in_cohort, B.computed_time, B.user_count, B.state,
+        B.public_id.label("batch_id"), B.id, B.message_id, B.in_cohort, B.computed_time, B.user_count, B.state,
         B.entered, B.left, B.already_known, B.stale, B.duplicate_users, B.unusable_users, B.unusable_reasons,
         B.unusable_examples, B.retries, B.error,
         B.received_at, B.processed_at,
@@ -245,7 +245,10 @@ def sync_history(session: Session, cohort: Cohort, *, before: int | None, limit:
     if before is not None:
         query = query.where(B.id < before)
     rows = session.execute(query.order_by(B.id.desc()).limit(limit + 1)).all()
-    return _page(rows, limit, lambda r: (r.batch_id,))
+    page = _page(rows, limit, lambda r: (r.id,))
+    for item in page.items:
+        del item["id"]
+    return page
 
 
 def unmatched_users(session: Session, cohort: Cohort, *, after: str | None, limit: int) -> Page:

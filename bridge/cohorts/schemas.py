@@ -9,7 +9,7 @@ import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from bridge import times
-from bridge.fields import DisplayName, as_identifier, printable, sentence
+from bridge.fields import DisplayName, as_identifier, path_segment, printable, sentence
 from bridge.mapping import real_id
 from bridge.text import has_unprintable
 
@@ -170,7 +170,7 @@ class CohortWebhookSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    cohort_id = fields.String(required=True, validate=[validate.Length(min=1, max=128), printable])
+    cohort_id = fields.String(required=True, validate=[validate.Length(min=1, max=128), printable, path_segment])
     cohort_name = DisplayName(500, load_default="")
     in_cohort = fields.Boolean(required=True, truthy={True}, falsy={False})
     computed_time = EpochSeconds(required=True)
@@ -206,7 +206,8 @@ class WebhookAckSchema(Schema):
     """The webhook's answer: the batch as stored, or as found when Amplitude re-sent a message_id."""
 
     status = fields.String(required=True, validate=validate.OneOf(["accepted", "duplicate"]))
-    batch_id = fields.Integer(required=True)
+    batch_id = fields.String(required=True, metadata={
+        "description": "The batch's id in this app: 16 random hex characters (not a count of anything)."})
     cohort_id = fields.String(required=True)
     message_id = fields.String(required=True)
     users = fields.Integer(required=True, metadata={"description": "Entries of `users` in this body."})
@@ -231,7 +232,7 @@ class SyncSchema(Schema):
     of its `users` is counted once: user_count = entered + left + already_known + stale + duplicate_users
     + unusable_users."""
 
-    batch_id = fields.Integer(required=True)
+    batch_id = fields.String(required=True, metadata={"description": "As in the webhook's answer."})
     message_id = fields.String(required=True)
     in_cohort = fields.Boolean(required=True)
     computed_time = fields.Integer(required=True)

@@ -8,22 +8,21 @@ GET  /v1/apps/<app_id>/cohorts/<cohort_id>/unmatched     user ids without a chan
 GET  /v1/apps/<app_id>/cohorts/<cohort_id>/devices       the resolved audience (paged JSON, or CSV)
 
 Paged reads take `limit` (1–1000, default 100) and `after` (the `next` of the previous page) and
-answer {"items": [...], "next": cursor-or-null}.
+answer {"items": [...], "next": cursor-or-null}; cursors are opaque and bound to their listing (`bridge.paging`).
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import gc
 import io
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import orjson
 from flask import Blueprint, Response, current_app, g, request
 from marshmallow import ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from bridge.auth import require_token
 from bridge.cohorts import report
@@ -34,6 +33,7 @@ from bridge.cohorts.webhook import store_batch
 from bridge.errors import ApiError
 from bridge.intake.schemas import flatten_errors
 from bridge.intake.views import read_json_body
+from bridge.paging import after_key, next_cursor
 from bridge.registry.models import CHANNELS
 from bridge.spreadsheet import safe_row
 
@@ -45,6 +45,17 @@ RECENT_SYNCS = 10
 _CSV_FLUSH_ROWS = 1000
 
 
+# A body over this many bytes (or of unknown length) is read only while one of the process's
+# COHORT_MAX_CONCURRENT_BODIES slots is free: a handful of them fit any process's memory.
+LARGE_BODY_BYTES = 1024 * 1024
+
+
+@bp.record_once
+def _set_up(state) -> None:
+    settings = state.app.extensions["bridge"].settings
+    state.app.extensions["bridge.cohort_bodies"] = threading.BoundedSemaphore(settings.cohort_max_concurrent_bodies)
+
+
 @bp.post("/v1/apps/<app_id>/amplitude/cohorts")
 @require_token("cohort")
 def receive_batch(app_id: str):
@@ -52,17 +63,22 @@ def receive_batch(app_id: str):
 
     Answers `WebhookAckSchema`. Entries of `users` without a usable user_id are set aside and counted
     (`unusable_users`), never a reason to refuse the batch; only a malformed envelope is a 400
-    `invalid_payload` naming the fields, and then nothing is stored."""
+    `invalid_payload` naming the fields, and then nothing is stored. Also, with nothing stored: 413
+    `payload_too_large` over COHORT_MAX_BODY_BYTES, 413 `too_many_users` over
+    COHORT_MAX_USERS_PER_BATCH entries, and 503 `overloaded` (Retry-After) while the process already
+    reads COHORT_MAX_CONCURRENT_BODIES large bodies."""
     runtime = current_app.extensions["bridge"]
     request.max_content_length = runtime.settings.cohort_max_body_bytes
-    with _collector_paused():
-        data = _webhook_payload()
+    if (request.content_length or 0) > request.max_content_length:
+        raise RequestEntityTooLarge()  # refused before a slot is taken or a byte is read
+    with _body_slot(), _collector_paused():
+        data = _webhook_payload(runtime.settings.cohort_max_users_per_batch)
     stored = store_batch(g.db, app_id, data)
     if stored.state == RECEIVED:
         schedule_batch(runtime, stored.batch_id)  # after commit; a no-op if its job is already waiting
     return {
         "status": "duplicate" if stored.duplicate else "accepted",
-        "batch_id": stored.batch_id,
+        "batch_id": stored.public_id,
         "cohort_id": data["cohort_id"],
         "message_id": data["message_id"],
         "users": data["users"].sent,
@@ -72,17 +88,43 @@ def receive_batch(app_id: str):
     }
 
 
-def _webhook_payload() -> dict:
+def _webhook_payload(max_users: int) -> dict:
     """The validated webhook body, `users` loaded as `BatchUsers`. The parsed JSON (two dicts per user)
-    is freed on return; only the user ids are kept."""
+    is freed on return; only the user ids are kept. 413 `too_many_users` when `users` has more than
+    `max_users` entries."""
     body = read_json_body()
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "The body must be a JSON object (Amplitude's cohort webhook payload).")
+    users = body.get("users")
+    if isinstance(users, list) and len(users) > max_users:
+        raise ApiError(413, "too_many_users",
+                       f"The batch has {len(users):,} users; at most {max_users:,} are accepted per webhook batch "
+                       f"(COHORT_MAX_USERS_PER_BATCH). Nothing was stored.",
+                       {"field": "users", "limit": max_users, "received": len(users)})
     try:
         return WEBHOOK_SCHEMA.load(body)
     except ValidationError as exc:
         raise ApiError(400, "invalid_payload", "The cohort webhook body is invalid; see details.",
                        flatten_errors(exc.messages)) from None
+
+
+@contextmanager
+def _body_slot() -> Iterator[None]:
+    """Hold one of the process's slots for large bodies while a body over LARGE_BODY_BYTES (or of unknown
+    length) is read and parsed; when none is free, answer 503 at once rather than hold more bodies in
+    memory (Amplitude retries). Smaller bodies need no slot."""
+    length = request.content_length
+    if length is not None and length <= LARGE_BODY_BYTES:
+        yield
+        return
+    slots = current_app.extensions["bridge.cohort_bodies"]
+    if not slots.acquire(blocking=False):
+        raise ApiError(503, "overloaded", "This process is already reading as many large cohort bodies as it may "
+                       "(COHORT_MAX_CONCURRENT_BODIES); retry shortly. Nothing was stored.", retry_after=2)
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 @contextmanager
@@ -105,7 +147,7 @@ def _collector_paused() -> Iterator[None]:
 @bp.get("/v1/apps/<app_id>/cohorts")
 @require_token("api")
 def list_cohorts(app_id: str):
-    (after,) = _cursor((str,)) or (None,)
+    (after,) = after_key((str,)) or (None,)
     return _paged(report.list_cohorts(g.db, app_id, after=after, limit=_limit()))
 
 
@@ -122,7 +164,7 @@ def cohort_report(app_id: str, cohort_id: str):
 @require_token("api")
 def cohort_syncs(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
-    (before,) = _cursor((int,)) or (None,)
+    (before,) = after_key((int,)) or (None,)
     return _paged(report.sync_history(g.db, cohort, before=before, limit=_limit()))
 
 
@@ -130,9 +172,9 @@ def cohort_syncs(app_id: str, cohort_id: str):
 @require_token("api")
 def cohort_unmatched(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
-    (after,) = _cursor((str,)) or (None,)
+    (after,) = after_key((str,)) or (None,)
     page = report.unmatched_users(g.db, cohort, after=after, limit=_limit())
-    return {"items": [item["user_id"] for item in page.items], "next": _encode(page.next_key)}
+    return {"items": [item["user_id"] for item in page.items], "next": next_cursor(page.next_key)}
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/devices")
@@ -148,7 +190,7 @@ def cohort_devices(app_id: str, cohort_id: str):
     subscribed = _state_arg("subscribed")
     if _wants_csv():
         return _csv_response(cohort, channel, subscribed)
-    after = _cursor((str, int))
+    after = after_key((str, int))
     return _paged(report.audience(g.db, cohort, channel=channel, subscribed=subscribed, after=after, limit=_limit()))
 
 
@@ -218,35 +260,4 @@ def _limit() -> int:
 
 
 def _paged(page: report.Page) -> dict[str, object]:
-    return {"items": page.items, "next": _encode(page.next_key)}
-
-
-def _encode(key: tuple | None) -> str | None:
-    """A page key as an opaque, URL-safe cursor."""
-    if key is None:
-        return None
-    return base64.urlsafe_b64encode(orjson.dumps(list(key))).rstrip(b"=").decode()
-
-
-def _cursor(types: tuple[type, ...]) -> tuple | None:
-    """The `after` cursor decoded back to its key (one value per type in `types`), or None if absent."""
-    raw = request.args.get("after")
-    if raw is None:
-        return None
-    try:
-        key = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except (binascii.Error, ValueError):
-        key = None
-    if not isinstance(key, list) or len(key) != len(types) or not all(
-        _is_key_part(value, kind) for value, kind in zip(key, types, strict=True)
-    ):
-        raise ApiError(400, "invalid_cursor", "after must be the 'next' value of a previous page.", {"after": raw})
-    return tuple(key)
-
-
-def _is_key_part(value: object, kind: type) -> bool:
-    """True if `value` is of `kind` and fits the column it is compared with: a 64-bit integer, or a
-    string without NUL (which PostgreSQL refuses)."""
-    if type(value) is not kind:
-        return False
-    return -(2**63) <= value < 2**63 if kind is int else "\x00" not in value
+    return {"items": page.items, "next": next_cursor(page.next_key)}

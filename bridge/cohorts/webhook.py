@@ -11,7 +11,7 @@ import orjson
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from bridge.cohorts.models import Cohort, CohortBatch
+from bridge.cohorts.models import Cohort, CohortBatch, new_public_id
 from bridge.db import dialect_insert, utcnow
 
 B = CohortBatch.__table__.c
@@ -20,7 +20,8 @@ C = Cohort.__table__.c
 
 @dataclass(frozen=True)
 class StoredBatch:
-    batch_id: int
+    batch_id: int  # the surrogate key, for jobs
+    public_id: str  # the batch_id API clients see
     duplicate: bool  # the message_id was already stored: this delivery is a retry and a no-op
     state: str
     retries: int
@@ -40,6 +41,7 @@ def store_batch(session: Session, app_id: str, body: dict) -> StoredBatch:
         dialect_insert(session, CohortBatch.__table__)
         .values(
             app_id=app_id,
+            public_id=new_public_id(),
             cohort_id=body["cohort_id"],
             cohort_name=body["cohort_name"],
             message_id=body["message_id"],
@@ -53,17 +55,17 @@ def store_batch(session: Session, app_id: str, body: dict) -> StoredBatch:
             received_at=now,
         )
         .on_conflict_do_nothing(index_elements=["app_id", "message_id"])
-        .returning(B.id, B.state, B.retries)
+        .returning(B.id, B.public_id, B.state, B.retries)
     ).first()
     if inserted is None:
         known = session.execute(
             update(CohortBatch.__table__)
             .where(B.app_id == app_id, B.message_id == body["message_id"])
             .values(retries=B.retries + 1)
-            .returning(B.id, B.state, B.retries)
+            .returning(B.id, B.public_id, B.state, B.retries)
         ).one()
         session.commit()
-        return StoredBatch(known.id, True, known.state, known.retries)
+        return StoredBatch(known.id, known.public_id, True, known.state, known.retries)
     # Insert the cohort only when it is missing: even ON CONFLICT DO NOTHING would wait for the row
     # lock a running batch of this cohort holds (the job keeps the name current).
     if session.scalar(select(C.cohort_id).where(C.app_id == app_id, C.cohort_id == body["cohort_id"])) is None:
@@ -74,4 +76,4 @@ def store_batch(session: Session, app_id: str, body: dict) -> StoredBatch:
             .on_conflict_do_nothing(index_elements=["app_id", "cohort_id"])
         )
     session.commit()
-    return StoredBatch(inserted.id, False, inserted.state, inserted.retries)
+    return StoredBatch(inserted.id, inserted.public_id, False, inserted.state, inserted.retries)

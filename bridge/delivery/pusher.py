@@ -182,7 +182,7 @@ class Pusher:
         self.runtime.runner.forget(drain_key(app_id))
         deadline = self.clock() + self.settings.drain_budget_seconds
         while not shutdown_requested.is_set():
-            with self.runtime.session() as session:
+            with self.runtime.job_session() as session:
                 app = session.get(App, app_id)
                 if app is None or _held(app):
                     report.held = app is not None

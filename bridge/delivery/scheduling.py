@@ -10,6 +10,7 @@ from sqlalchemy import or_, select
 
 from bridge.apps.models import App
 from bridge.db import utcnow
+from bridge.jobs import DELIVERY
 from bridge.delivery.models import PENDING, OutboxEvent
 from bridge.runtime import Runtime
 
@@ -31,7 +32,7 @@ def schedule_drain(runtime: Runtime, app_id: str) -> bool:
     from bridge.delivery.pusher import drain_app
 
     try:
-        return runtime.runner.enqueue_once(drain_key(app_id), _DRAIN_KEY_TTL, drain_app, app_id)
+        return runtime.runner.enqueue_once(DELIVERY, drain_key(app_id), _DRAIN_KEY_TTL, drain_app, app_id)
     except Exception as exc:  # noqa: BLE001 - Redis down or restarting
         log.warning("could not queue a drain of app %s (%s); the sweep will", app_id, exc)
         return False

@@ -5,7 +5,7 @@ import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from bridge import times
-from bridge.fields import DateTimeText, EpochTime, Identifier, OptionalText, printable, without_nul
+from bridge.fields import DateTimeText, EpochTime, Identifier, OptionalText, path_segment, printable, without_nul
 from bridge.text import has_unprintable
 from bridge.mapping import KINDS_REQUIRING_MESSAGE_ID, MAPPED_KINDS, localized
 
@@ -57,7 +57,7 @@ class EventSchema(Schema):
         "description": "Epoch seconds (or milliseconds); wins over `datetime` when both are given."})
     datetime = DateTimeText(load_default=None, allow_none=True, metadata={
         "description": "ISO 8601; no zone means UTC. Used when `timestamp` is absent."})
-    subscription_id = Identifier(required=True, validate=[_ID, printable])
+    subscription_id = Identifier(required=True, validate=[_ID, printable, path_segment])
     subscription_device_type = fields.String(load_default=None, allow_none=True,
                                              validate=[validate.Length(max=64), without_nul])
     external_id = Identifier(load_default=None, allow_none=True, validate=[validate.Length(max=256), printable])
@@ -132,7 +132,7 @@ def fast_load(raw: object) -> dict | None:
     if type(event) is not dict or type(message) is not dict:
         return None
     kind = event.get("kind")
-    if not (_text(event.get("id"), 1, 128) and _text(kind, 1, 64) and _text(event.get("subscription_id"), 1, 128)
+    if not (_text(event.get("id"), 1, 128) and _text(kind, 1, 64) and _text(event.get("subscription_id"), 1, 128) and "/" not in event["subscription_id"]
             and _optional_text(event.get("subscription_device_type"), 64) and _optional_text(event.get("external_id"), 256)):
         return None
     timestamp = event.get("timestamp")

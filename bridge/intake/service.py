@@ -179,7 +179,7 @@ def _outbox_row(app_id: str, ev: PreparedEvent, known: dict[str, Recorded], now:
     else:
         # Kept (with the source event) so a replay can send it once the registry knows the user.
         row.update(state=SKIPPED, reason=UNRESOLVED_USER,
-                   last_error=f"no External User ID on the event and none recorded for subscription {event['subscription_id']}",
+                   last_error="no External User ID on the event and none recorded for its subscription",
                    payload=orjson.dumps(ev.item, default=str).decode())
     return row
 

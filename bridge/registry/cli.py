@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from bridge.apps.models import App
 from bridge.cli import Context, echo_json, pass_ctx
-from bridge.registry.importer import UnreadableFile, import_subscriptions
+from bridge.registry.importer import ImportLimits, UnreadableFile, import_subscriptions
 
 
 @click.group()
@@ -23,7 +23,8 @@ def subscriptions() -> None:
 @click.option("--app", "app_id", required=True, help="The app whose registry receives the records.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
 @click.option("--errors-file", type=click.Path(dir_okay=False, writable=True, path_type=Path),
-              help="Write every rejected row here as CSV: line, reason, then the row as it was.")
+              help="Write rejected rows here as CSV: line, reason, then the row as it was "
+                   "(the first IMPORT_MAX_ERRORS_FILE_ROWS of them).")
 @click.option("--chunk-size", default=5000, show_default=True, type=click.IntRange(1, 100_000),
               help="Rows merged (and committed) together.")
 @click.option("--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
@@ -37,8 +38,12 @@ def import_file(ctx: Context, app_id: str, file: Path, errors_file: Path | None,
     unchanged, rejected, with the first rejected rows' line numbers and reasons, and warnings naming a
     missing column that leaves records with an unknown subscription state (also written to stderr).
 
-    The exit status is 0 even when rows were rejected; it is non-zero only when the file cannot be
-    read or its header is neither format.
+    What one import reads is capped (IMPORT_MAX_BYTES, IMPORT_MAX_LINE_BYTES, IMPORT_MAX_ROWS): past a
+    cap the import stops, and the rows before it stay imported. Rejected rows past
+    IMPORT_MAX_ERRORS_FILE_ROWS are counted, not written to the errors file.
+
+    The exit status is 0 even when rows were rejected; it is non-zero, with one line on stderr, when the
+    file cannot be read, its header is neither format, or it passes a cap.
     """
     with ctx.runtime.session() as session:
         if session.scalar(select(App.id).where(App.id == app_id)) is None:
@@ -48,11 +53,16 @@ def import_file(ctx: Context, app_id: str, file: Path, errors_file: Path | None,
         try:
             with errors_file.open("w", newline="", encoding="utf-8") if errors_file else nullcontext() as errors_to:
                 summary = import_subscriptions(session, app_id, file, chunk_size=chunk_size, errors_to=errors_to,
-                                               on_progress=lambda done: bar.update(done - bar.n))
+                                               on_progress=lambda done: bar.update(done - bar.n),
+                                               limits=ImportLimits.of(ctx.runtime.settings))
         except UnreadableFile as exc:
             raise click.ClickException(str(exc)) from None
         finally:
             bar.close()
     for warning in summary.warnings:
         click.echo(f"Warning: {warning['message']}", err=True)
+    if summary.rejections_not_written:
+        click.echo(f"Warning: {errors_file} holds the first {summary.rejected - summary.rejections_not_written:,} "
+                   f"rejected rows (IMPORT_MAX_ERRORS_FILE_ROWS); {summary.rejections_not_written:,} more were "
+                   "counted, not written.", err=True)
     echo_json(summary.as_dict())

@@ -8,47 +8,51 @@ for. A record's timezone is timezone_id (an IANA name, "Europe/Berlin") when the
 offset as given.
 
 The file is streamed and merged into the registry chunk by chunk, one transaction per chunk, so memory
-stays flat whatever the file's size, and importing the same file again changes nothing.
+stays flat whatever the file's size, and importing the same file again changes nothing. What one import
+reads is capped (bridge.registry.csvfile): past a cap it stops, the rows before it staying imported.
 """
 from __future__ import annotations
 
 import csv
-import gzip
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, TextIO
+from typing import NamedTuple, TextIO
 
 from sqlalchemy.orm import Session
 
 from bridge.mapping import real_id
+from bridge.registry.csvfile import CapReached, CsvFile, ImportLimits, UnreadableFile, field_size_limit, open_csv
 from bridge.registry.schemas import (
     CHANNEL_OF_TYPE,
     LEGACY_DEVICE_TYPES,
     MAX_LENGTH,
     clean_id,
     clean_identifier,
+    clean_path_id,
     clean_text,
     parse_int32,
 )
 from bridge.registry.service import UNKNOWN, UpsertCounts, upsert_records
+from bridge.settings import Settings
 from bridge.spreadsheet import safe_row
 from bridge.times import parse_time
 
-REPORTED_ERRORS = 20  # rejected rows listed in the summary; an errors file gets them all
+REPORTED_ERRORS = 20  # rejected rows listed in the summary; an errors file gets more (ImportLimits)
 _TRUE, _FALSE = frozenset({"t", "true", "yes", "y", "1"}), frozenset({"f", "false", "no", "n", "0"})
 _MEMO_SIZE = 4096
 _TYPE_OF_CHANNEL = {"email": "Email", "sms": "SMS"}
+_KNOWN_DEVICE_TYPES = ", ".join(str(n) for n in LEGACY_DEVICE_TYPES)  # in a rejected row's reason
 
 
-class UnreadableFile(Exception):
-    """The file cannot be imported: not UTF-8 CSV (or gzipped CSV), empty, or neither known header."""
+class ImportStopped(UnreadableFile):
+    """A cap was reached (ImportLimits): the import stopped there. The message names the cap, its setting
+    and its value, and says what the rows before it did: they are imported, and importing the file
+    again is safe."""
 
 
 @dataclass
@@ -61,6 +65,7 @@ class ImportSummary(UpsertCounts):
     """
 
     rejected: int = 0
+    rejections_not_written: int = 0  # rejected rows past the errors file's cap (IMPORT_MAX_ERRORS_FILE_ROWS)
     rows: int = 0
     seconds: float = 0.0
     errors: list[dict] = field(default_factory=list)  # the first REPORTED_ERRORS [{"line", "reason"}]
@@ -68,7 +73,8 @@ class ImportSummary(UpsertCounts):
 
     def as_dict(self) -> dict[str, object]:
         return {
-            **super().as_dict(), "rejected": self.rejected, "rows": self.rows, "seconds": round(self.seconds, 3),
+            **super().as_dict(), "rejected": self.rejected,
+            "rejections_not_written": self.rejections_not_written, "rows": self.rows, "seconds": round(self.seconds, 3),
             "rows_per_second": round(self.rows / self.seconds) if self.seconds else None,
             "errors": self.errors, "warnings": self.warnings,
         }
@@ -82,48 +88,77 @@ def import_subscriptions(
     chunk_size: int = 5000,
     errors_to: TextIO | None = None,
     on_progress: Callable[[int], None] | None = None,
+    limits: ImportLimits | None = None,
 ) -> ImportSummary:
     """Merge the records of the CSV file at `path` into `app_id`'s registry and say what happened.
 
     Rows that cannot be imported are rejected with their line number and the reasons, and never stop
     the others. A record whose subscription state the file does not give gets an unknown state (not
     unsubscribed), and when a whole column is missing for it the summary warns (ImportSummary.warnings).
-    `errors_to`, if given, receives every rejected row as CSV (line, reason, then the row).
-    `on_progress` is called as chunks are committed, with the bytes of the file read so far. Raises
-    UnreadableFile when the file cannot be read; chunks committed before that stay imported.
+    `errors_to`, if given, receives rejected rows as CSV (line, reason, then the row): the first
+    `limits.max_errors_file_rows` of them; the others are counted in `rejections_not_written`.
+    `on_progress` is called as chunks are committed, with the bytes of the file read so far.
+    `limits` defaults to the settings' defaults. Raises UnreadableFile when the file cannot be read,
+    and ImportStopped when it passes a cap; the rows before either stay imported.
     """
     started = time.perf_counter()
+    limits = limits or ImportLimits.of(Settings.from_env({}))
     summary = ImportSummary()
-    with _open(path) as (raw, lines), _ChunkWriter(session, app_id, summary, on_progress) as writer:
-        reader = csv.reader(lines)
-        header = _header(path, reader)
-        parse, missing = _row_parser(path, header)
-        errors = csv.writer(errors_to) if errors_to is not None else None
-        if errors:
-            errors.writerow(safe_row(["line", "reason", *header]))
-        chunk: list[dict] = []
-        try:
-            for line, row in _rows(path, reader):
-                summary.rows += 1
-                try:
-                    chunk.append(parse(row))
-                except RowRejected as exc:
-                    summary.rejected += 1
-                    if len(summary.errors) < REPORTED_ERRORS:
-                        summary.errors.append({"line": line, "reason": str(exc)})
-                    if errors:
-                        errors.writerow(safe_row([line, str(exc), *row]))
-                if len(chunk) >= chunk_size:
-                    writer.submit(chunk, raw.tell())
-                    chunk = []
-        except UnreadableFile:
-            writer.submit(chunk, raw.tell())  # the rows read before the unreadable part are imported too
-            raise
-        writer.submit(chunk, raw.tell())
+    try:
+        with (field_size_limit(limits.max_line_bytes), open_csv(path, limits) as source,
+              _ChunkWriter(session, app_id, summary, on_progress) as writer):
+            missing = _merge_rows(path, source, writer, summary, errors_to, chunk_size, limits.max_errors_file_rows)
+    except CapReached as exc:
+        where = f"at line {exc.line}" if exc.line else "before reading a row"
+        raise ImportStopped(f"{path}: stopped {where}: {exc}; {_imported_before(summary)}") from None
     if summary.unknown_state:
         summary.warnings = [_missing_column_warning(column, summary.unknown_state) for column in missing]
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _merge_rows(path: Path, source: CsvFile, writer: _ChunkWriter, summary: ImportSummary,
+                errors_to: TextIO | None, chunk_size: int, max_errors_file_rows: int) -> tuple[str, ...]:
+    """Parse `source`'s rows, send the records to `writer` by chunks and count them in `summary`; returns
+    the state column the file lacks (see _row_parser). On a cap or an unreadable part, the rows read
+    before it are merged, then the exception goes on."""
+    chunk: list[dict] = []
+    try:
+        rows = source.rows()
+        header = _header(path, rows)
+        parse, missing = _row_parser(path, header)
+        errors = csv.writer(errors_to) if errors_to is not None else None
+        if errors:
+            errors.writerow(safe_row(["line", "reason", *header]))
+        for line, row in rows:
+            summary.rows += 1
+            try:
+                chunk.append(parse(row))
+            except RowRejected as exc:
+                summary.rejected += 1
+                if len(summary.errors) < REPORTED_ERRORS:
+                    summary.errors.append({"line": line, "reason": str(exc)})
+                if errors and summary.rejected <= max_errors_file_rows:
+                    errors.writerow(safe_row([line, str(exc), *row]))
+                elif errors:
+                    summary.rejections_not_written += 1
+            if len(chunk) >= chunk_size:
+                writer.submit(chunk, source.position)
+                chunk = []
+    except (CapReached, UnreadableFile):
+        writer.submit(chunk, source.position)
+        writer.settle()
+        raise
+    writer.submit(chunk, source.position)
+    return missing
+
+
+def _imported_before(summary: ImportSummary) -> str:
+    if not summary.rows:
+        return "no row was imported"
+    rows = "1 row before it was" if summary.rows == 1 else f"{summary.rows:,} rows before it were"
+    return (f"the {rows} imported (added {summary.added:,}, updated {summary.updated:,}, "
+            f"unchanged {summary.unchanged:,}, rejected {summary.rejected:,}); importing the file again is safe")
 
 
 def _missing_column_warning(column: str, rows: int) -> dict[str, object]:
@@ -144,7 +179,7 @@ class _ChunkWriter:
 
     def submit(self, records: list[dict], position: int) -> None:
         """Wait for the chunk in flight, then send `records` (read up to byte `position` of the file)."""
-        self._settle()
+        self.settle()
         if records:
             self._in_flight = (self._executor.submit(self._merge, records), position)
 
@@ -153,7 +188,8 @@ class _ChunkWriter:
         self._session.commit()
         return counts
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
+        """Wait for the chunk in flight, if any, and add its counts to the summary."""
         if self._in_flight is None:
             return
         future, position = self._in_flight
@@ -168,7 +204,7 @@ class _ChunkWriter:
     def __exit__(self, exc_type, exc, traceback) -> None:
         try:
             if exc_type is None:
-                self._settle()
+                self.settle()
         finally:
             self._executor.shutdown(wait=True)
 
@@ -225,6 +261,10 @@ def _id(column: str) -> Callable[[str], str | None]:
     return partial(clean_id, limit=MAX_LENGTH[column])
 
 
+def _subscription_id(value: str) -> str | None:
+    return clean_path_id(value, MAX_LENGTH["subscription_id"])
+
+
 def _external_id(value: str) -> str | None:
     return real_id(clean_id(value, MAX_LENGTH["external_id"]))
 
@@ -233,8 +273,8 @@ def _legacy_type(value: str) -> str:
     try:
         return LEGACY_DEVICE_TYPES[int(value) if value.isascii() else -1]
     except (ValueError, KeyError):
-        known = ", ".join(str(n) for n in LEGACY_DEVICE_TYPES)
-        raise ValueError(f"{value!r} is not a known device_type ({known})" if value.strip() else "required") from None
+        raise ValueError(f"{value!r} is not a known device_type ({_KNOWN_DEVICE_TYPES})" if value.strip()
+                         else "required") from None
 
 
 def _identifier(column: str, channel: str, value: str) -> str | None:
@@ -294,7 +334,7 @@ FORMATS = (
     _Format(
         "legacy export",
         (
-            ("id", "subscription_id", _required(_id("subscription_id"))),
+            ("id", "subscription_id", _required(_subscription_id)),
             ("identifier", "identifier", _identifier_text),
             ("device_type", "type", _memo(_legacy_type)),
             ("notification_types", "notification_types", _memo(_int32)),
@@ -319,7 +359,7 @@ FORMATS = (
             ("external_id", "external_id", _external_id),
             ("email", "email", _identifier_text),
             ("phone_number", "phone_number", _identifier_text),
-            ("subscription_id", "subscription_id", _id("subscription_id")),
+            ("subscription_id", "subscription_id", _subscription_id),
             ("subscribed", "subscribed", _memo(_flag)),
             ("timezone_id", "timezone", _memo(_text("timezone"))),
             ("country", "country", _memo(_text("country"))),
@@ -384,46 +424,7 @@ def _reasons(fmt: _Format, cells: tuple[str, ...]) -> str:
     return "; ".join(problems)
 
 
-def _header(path: Path, reader) -> list[str]:
-    for _, row in _rows(path, reader):
+def _header(path: Path, rows: Iterator[tuple[int, list[str]]]) -> list[str]:
+    for _, row in rows:
         return row
     raise UnreadableFile(f"{path}: the file is empty")
-
-
-def _rows(path: Path, reader) -> Iterator[tuple[int, list[str]]]:
-    """(line number where the row starts, row) for each non-blank row; read errors become UnreadableFile."""
-    line = reader.line_num
-    try:
-        for row in reader:
-            start, line = line + 1, reader.line_num
-            if row:
-                yield start, row
-    except UnicodeDecodeError as exc:
-        raise UnreadableFile(f"{path}: line {reader.line_num + 1} is not UTF-8 text ({exc.reason} at byte "
-                             f"{exc.start + 1}); the rows before it were imported") from None
-    except (csv.Error, OSError, EOFError, zlib.error) as exc:
-        raise UnreadableFile(f"{path}: unreadable after line {line} ({exc}); the rows before it were imported") from None
-
-
-@contextmanager
-def _open(path: Path) -> Iterator[tuple[BinaryIO, Iterator[str]]]:
-    """The file at `path` as (raw binary file, its lines of UTF-8 text), gunzipped when it is gzip.
-    Lines are decoded one by one so that a decoding error names its line; the raw file's position is
-    the progress through it."""
-    try:
-        raw = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise UnreadableFile(f"{path}: {exc.strerror}") from None
-    with raw:
-        binary = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
-        raw.seek(0)
-        yield raw, _decoded(binary)
-
-
-def _decoded(binary: BinaryIO) -> Iterator[str]:
-    lines = iter(binary)
-    for first in lines:
-        yield first.decode("utf-8-sig")
-        break
-    for line in lines:
-        yield line.decode()

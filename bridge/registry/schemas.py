@@ -11,7 +11,7 @@ import re
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
 from bridge.fields import Timestamp, sentence
-from bridge.text import has_unprintable
+from bridge.text import SLASH_REFUSED, has_unprintable
 from bridge.intake.schemas import RejectedItemSchema, flatten_errors
 from bridge.mapping import real_id
 from bridge.registry.models import CHANNELS, Subscription
@@ -82,6 +82,15 @@ def clean_id(value: str, limit: int) -> str | None:
     return value
 
 
+def clean_path_id(value: str, limit: int) -> str | None:
+    """`clean_id` for an id that is a segment of a URL path (the subscription id): ValueError also when
+    it holds a "/" (bridge.text)."""
+    value = clean_id(value, limit)
+    if value is not None and "/" in value:
+        raise ValueError(SLASH_REFUSED)
+    return value
+
+
 def clean_identifier(channel: str, value: str) -> str | None:
     """The identifier as stored: an e-mail address lowercased, a phone number in E.164 (spaces, dashes,
     dots and brackets dropped), a push token as given. ValueError names what is wrong with it."""
@@ -117,11 +126,11 @@ class Text(fields.Field):
     """A string (or an integer, taken as its digits) no longer than the column it is stored in.
     Blank means absent, which a required Text refuses."""
 
-    def __init__(self, column: str, *, required: bool = False, is_id: bool = False, **kwargs):
+    def __init__(self, column: str, *, required: bool = False, is_id: bool = False, in_path: bool = False, **kwargs):
         defaults = {} if required else {"load_default": None, "allow_none": True}
         super().__init__(required=required, **defaults, **kwargs)
         self.limit = MAX_LENGTH[column]
-        self.clean = clean_id if is_id else clean_text
+        self.clean = clean_path_id if in_path else clean_id if is_id else clean_text
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, int) and not isinstance(value, bool):
@@ -163,7 +172,7 @@ class RecordSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    subscription_id = Text("subscription_id", required=True, is_id=True)
+    subscription_id = Text("subscription_id", required=True, in_path=True)
     type = RecordType(required=True)
     identifier = fields.String(load_default=None, allow_none=True)
     external_id = ExternalId("external_id", is_id=True)
