@@ -3,7 +3,8 @@
 Needs the local PostgreSQL and Redis (BRIDGE_BENCH_POSTGRES_URL / BRIDGE_BENCH_REDIS_URL to point
 elsewhere), and wrk for the stream scenarios (installed with apt-get if missing). Each figure is the
 median of --repeat runs; comparisons are ratios taken in the same run. BRIDGE_BENCH_SERVER_TREE=/path
-runs the stream scenarios' server from another checkout, to measure an older commit side by side.
+runs the stream and fairness scenarios' server from another checkout, to measure an older commit side by side.
+BRIDGE_BENCH_QUICK=1 is --quick: how the tests run a command the README shows, as written, on tiny sizes.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
-SCENARIOS = ("intake", "delivery", "latency", "stream", "cohorts", "import")
+SCENARIOS = ("intake", "delivery", "latency", "stream", "cohorts", "import", "fairness")
 TARGETS = {
     "intake, durable (events/s)": "≥ 10,000",
     "intake p50 / p99 per 100-event request (ms)": "p99 < 100",
@@ -40,6 +41,8 @@ TARGETS = {
     "cohort webhook ack, 10,000-user batch: p50 / p99 (ms)": "p99 < 100",
     "report / aggregate": "≤ 2x",
     "CSV import (rows/s)": "≥ 50,000",
+    "fairness, with A's cohort sync: app B p50 / p95 / p99 / max from 202 to sink (ms)": "p99 < 5,000",
+    "fairness, cohort sync off: app B p50 / p95 / p99 / max from 202 to sink (ms)": "p99 < 5,000",
 }
 
 
@@ -66,7 +69,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run: checks the suite still works")
     args = parser.parse_args()
-    quick = args.quick
+    quick = args.quick or os.environ.get("BRIDGE_BENCH_QUICK") == "1"
     repeat = 1 if quick else args.repeat
     chosen = args.only or SCENARIOS
     started = time.time()
@@ -96,6 +99,11 @@ def main() -> None:
         from bench import importer
 
         rows += importer.run(8000 if quick else 1_000_000)
+    if "fairness" in chosen:
+        from bench import fairness
+
+        rows += fairness.run(backlog=20_000 if quick else 500_000, cohort_users=20_000 if quick else 1_000_000,
+                             rate=5, seconds=3 if quick else 60, repeat=repeat)
     lines = [f"Machine: {machine()}; PostgreSQL 15 and Redis 7 on the same machine.",
              f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, median of {repeat} run(s), "
              f"{time.time() - started:.0f} s in all.", "",

@@ -111,7 +111,7 @@ class Settings:
             backoff_cap_seconds=reader.number("DELIVERY_BACKOFF_CAP_SECONDS", 600.0, low=0.01),
             throttle_pause_seconds=reader.integer("DELIVERY_THROTTLE_PAUSE_SECONDS", 30, low=1),
             invalid_key_pause_seconds=reader.integer("DELIVERY_INVALID_KEY_PAUSE_SECONDS", 600, low=1),
-            drain_budget_seconds=reader.number("DELIVERY_DRAIN_BUDGET_SECONDS", 20.0, low=0.1),
+            drain_budget_seconds=reader.number("DELIVERY_DRAIN_BUDGET_SECONDS", 1.0, low=0.1),
             linger_seconds=reader.number("DELIVERY_LINGER_SECONDS", 0.5, low=0),
             sweep_interval_seconds=reader.number("SWEEP_INTERVAL_SECONDS", 5.0, low=0.05),
             queue_name=reader.text("RQ_QUEUE") or "bridge",

@@ -74,6 +74,7 @@ RUN_BY: dict[str, tuple[str, ...]] = {
     "bin/demo": ("tests/test_demo.py::test_the_demo_delivers_every_resolvable_fixture_event_once",),
     # CI runs the suite through it; running it from inside the suite would recurse.
     "bin/test": (".ci/run",),
+    "bin/bench --only fairness": ("tests/test_bench_smoke.py::test_the_readme_fairness_command_runs_as_written",),
     "bridge db upgrade": (f"{THIS_FILE}::embedded", f"{THIS_FILE}::test_production_mode_release_app_and_sweep",
                           "tests/test_e2e_outbound.py::test_embedded_mode_bridge_web_alone_delivers"),
     "bridge web": ("tests/test_e2e_outbound.py::test_every_trackable_event_reaches_amplitude_exactly_once",

@@ -159,13 +159,14 @@ class Leases:
 
 
 class Pusher:
-    def __init__(self, runtime: Runtime, *, rng: random.Random | None = None, clock=time.monotonic,
+    def __init__(self, runtime: Runtime, *, rng: random.Random | None = None, clock=None,
                  wait=shutdown_requested.wait):
-        """`clock` and `wait(seconds)` are time.monotonic and an interruptible sleep; tests replace them."""
+        """`clock` and `wait(seconds)` are time.monotonic and an interruptible sleep; tests replace them.
+        time.monotonic is looked up here, not at import, so a test's frozen clock (freezegun) applies."""
         self.runtime = runtime
         self.settings = runtime.settings
         self.rng = rng or random.Random()
-        self.clock = clock
+        self.clock = clock or time.monotonic
         self.wait = wait
         owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         with runtime.session() as session:
@@ -200,7 +201,9 @@ class Pusher:
                 # own, which lingers for it instead of sending it in dribs now.
                 return report
             if self.clock() >= deadline:
-                schedule_drain(self.runtime, app_id)  # budget spent: continue in a fresh job
+                # Budget spent: continue in a fresh job, queued behind the drains other apps asked for
+                # meanwhile, so a backlog holds up another app's events for about one budget.
+                schedule_drain(self.runtime, app_id)
                 return report
         return report
 
