@@ -26,6 +26,9 @@ class Settings:
     port: int
     job_runner: str
     log_level: str
+    # Web tier
+    web_read_timeout_seconds: int
+    web_max_connections: int
     # Intake
     max_body_bytes: int
     max_items_per_request: int
@@ -72,6 +75,8 @@ class Settings:
             port=reader.integer("PORT", 5000, low=1, high=65535),
             job_runner=runner,
             log_level=(reader.text("LOG_LEVEL") or "INFO").upper(),
+            web_read_timeout_seconds=reader.integer("WEB_READ_TIMEOUT_SECONDS", 30, low=1, high=3600),
+            web_max_connections=reader.integer("WEB_MAX_CONNECTIONS", 1000, low=10, high=100_000),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
             max_items_per_request=reader.integer("MAX_ITEMS_PER_REQUEST", 1000, low=1),
             cohort_max_body_bytes=reader.integer("COHORT_MAX_BODY_BYTES", 20 * 1024 * 1024, low=1024),
