@@ -32,6 +32,9 @@ def test_redis_url_switches_jobs_to_rq():
     ({"DELIVERY_GZIP": "maybe"}, "DELIVERY_GZIP"),
     ({"JOB_RUNNER": "rq"}, "REDIS_URL"),
     ({"JOB_RUNNER": "celery"}, "JOB_RUNNER"),
+    ({"WEB_READ_TIMEOUT_SECONDS": "0"}, "WEB_READ_TIMEOUT_SECONDS"),
+    ({"WEB_READ_TIMEOUT_SECONDS": "2.5"}, "WEB_READ_TIMEOUT_SECONDS"),
+    ({"WEB_MAX_CONNECTIONS": "5"}, "WEB_MAX_CONNECTIONS"),
 ])
 def test_bad_values_fail_fast_naming_the_variable(env, names):
     with pytest.raises(ConfigurationError, match=names):
