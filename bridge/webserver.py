@@ -33,8 +33,8 @@ from bridge.settings import Settings
 
 # How long the event loop waits for network activity before it beats gunicorn's heartbeat again (s).
 LOOP_SECONDS = 1.0
-# A stopping process keeps serving the requests it has read for at most this long (s), within
-# gunicorn's --graceful-timeout.
+# While stopping, how often the loop looks again whether the requests already read are all answered (s);
+# it gives up after gunicorn's --graceful-timeout.
 STOP_POLL_SECONDS = 0.1
 
 
