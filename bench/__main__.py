@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
-SCENARIOS = ("intake", "delivery", "latency", "stream", "cohorts", "import", "fairness")
+SCENARIOS = ("intake", "delivery", "latency", "stream", "slow", "cohorts", "import", "fairness")
 TARGETS = {
     "intake, durable (events/s)": "≥ 10,000",
     "intake p50 / p99 per 100-event request (ms)": "p99 < 100",
@@ -90,6 +90,11 @@ def main() -> None:
         from bench import stream
 
         rows += stream.run(seconds=2 if quick else 20, known=2000 if quick else 50_000, repeat=repeat)
+    if "slow" in chosen:
+        from bench import slow_clients
+
+        rows += slow_clients.run(counts=(0, 5) if quick else (0, 50, 200), seconds=2 if quick else 10,
+                                  repeat=repeat)
     if "cohorts" in chosen:
         from bench import cohorts
 

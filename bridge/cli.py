@@ -116,14 +116,16 @@ ACCESS_LOG_FORMAT = '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 @click.option("--workers", type=click.IntRange(1), default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")),
               show_default="WEB_CONCURRENCY or 2")
 def web(host: str, workers: int) -> None:
-    """Serve the HTTP API with gunicorn on $PORT."""
+    """Serve the HTTP API on $PORT: gunicorn's processes, each reading its connections with waitress, so
+    slow clients hold no app thread (bridge/webserver.py)."""
     settings = _settings()
     if settings.job_runner == "thread" and workers > 1:
         click.echo("embedded mode: one web process runs the delivery thread", err=True)
         workers = 1
     args = ["gunicorn", "bridge.web:create_app()", "--bind", f"{host}:{settings.port}", "--workers", str(workers),
-            "--threads", "8", "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
-            "--graceful-timeout", "25"]
+            "--worker-class", "bridge.webserver.BufferingWorker", "--threads", "8",
+            "--worker-connections", str(settings.web_max_connections),
+            "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT, "--graceful-timeout", "25"]
     os.execvp(sys.executable, [sys.executable, "-m", *args])
 
 

@@ -34,6 +34,9 @@ class Settings:
     job_runner: str
     log_level: str
     secret_key: str  # signs and encrypts paging cursors; generated per process in embedded mode
+    # Web tier
+    web_read_timeout_seconds: int
+    web_max_connections: int
     # Intake
     max_body_bytes: int
     max_items_per_request: int
@@ -91,6 +94,8 @@ class Settings:
             job_runner=runner,
             log_level=(reader.text("LOG_LEVEL") or "INFO").upper(),
             secret_key=_secret_key(reader.text("SECRET_KEY"), production=bool(redis_url)),
+            web_read_timeout_seconds=reader.integer("WEB_READ_TIMEOUT_SECONDS", 30, low=1, high=3600),
+            web_max_connections=reader.integer("WEB_MAX_CONNECTIONS", 1000, low=10, high=100_000),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
             max_items_per_request=reader.integer("MAX_ITEMS_PER_REQUEST", 1000, low=1),
             cohort_max_body_bytes=reader.integer("COHORT_MAX_BODY_BYTES", cohort_users * COHORT_USER_ENTRY_BYTES

@@ -37,6 +37,9 @@ def test_redis_url_switches_jobs_to_rq():
     ({"IMPORT_MAX_LINE_BYTES": str(2**30)}, "IMPORT_MAX_LINE_BYTES"),
     ({"IMPORT_MAX_ROWS": "0"}, "IMPORT_MAX_ROWS"),
     ({"IMPORT_MAX_ERRORS_FILE_ROWS": "-1"}, "IMPORT_MAX_ERRORS_FILE_ROWS"),
+    ({"WEB_READ_TIMEOUT_SECONDS": "0"}, "WEB_READ_TIMEOUT_SECONDS"),
+    ({"WEB_READ_TIMEOUT_SECONDS": "2.5"}, "WEB_READ_TIMEOUT_SECONDS"),
+    ({"WEB_MAX_CONNECTIONS": "5"}, "WEB_MAX_CONNECTIONS"),
 ])
 def test_bad_values_fail_fast_naming_the_variable(env, names):
     with pytest.raises(ConfigurationError, match=names):
