@@ -93,7 +93,7 @@ def _queue_kinds(_ctx, _param, value: str) -> tuple[str, ...]:
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty (tests, one-off catch-up).")
 @click.option("--queues", default="delivery,cohorts", show_default=True, callback=_queue_kinds,
               help="The queues to serve: delivery (outbox drains), cohorts (cohort batches), or both. "
-                   "Delivery is always taken first.")
+                   "A worker serving both takes turns between them.")
 @pass_ctx
 def worker(ctx: Context, burst: bool, queues: tuple[str, ...]) -> None:
     """Run an RQ worker: drains outboxes to Amplitude, applies cohort batches, runs the sweep."""

@@ -9,7 +9,8 @@ because the database, not the queue, is the record of what is left to do.
 
 Every job goes to one of two queues, named by kind: `delivery` (outbox drains) and `cohorts` (cohort
 batches), so that a heavy cohort batch never waits in front of a drain. With RQ they are two Redis
-queues, and a worker serving both takes delivery work first; the in-process runners keep one order.
+queues, and a worker serving both takes turns between them (delivery first when it starts), so
+neither kind can starve the other; the in-process runners keep one order.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 Job = Callable[..., object]
 
 DELIVERY, COHORTS = "delivery", "cohorts"
-# The queue kinds, in the order a worker serving several of them takes their jobs (RQ's queue order).
+# The queue kinds. A worker serving several starts with the first and then takes turns (RQ's round robin).
 QUEUES = (DELIVERY, COHORTS)
 # RQ stops a job that runs longer than this; a cohort batch's claim lasts a minute longer (cohorts.jobs).
 JOB_TIMEOUT_SECONDS = 600

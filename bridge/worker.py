@@ -1,7 +1,9 @@
 """`bridge worker`: an RQ worker for the bridge's queues, plus the periodic sweep on a side thread.
 
-By default a worker serves every queue, delivery first (RQ takes a job from the first non-empty queue
-in its list), so one worker runs a whole deployment; `--queues` dedicates one to some of them.
+By default a worker serves every queue, so one worker runs a whole deployment; `--queues` dedicates one
+to some of them. A worker serving both takes turns (RQ's round-robin dequeue strategy: after a job of
+one queue, the other queue comes first): a drain waits behind at most one cohort batch, and a cohort
+batch behind at most one drain, however busy the other queue is.
 
 SIGTERM (Heroku's deploys and restarts): the batch in hand is finished, the rest of the drain is
 handed back, and the process exits — well within Heroku's 30 s. SIGKILL loses nothing either: leases
@@ -17,6 +19,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
+from rq.worker import DequeueStrategy
 from rq.exceptions import StopRequested
 
 from bridge import failures
@@ -64,7 +67,7 @@ def _sweep_loop(runtime: Runtime, redis: Redis, stop: threading.Event) -> None:
 
 
 def run(runtime: Runtime, *, burst: bool = False, queues: tuple[str, ...] = QUEUES) -> None:
-    """Work the queues of the kinds `queues` (jobs.QUEUES by default; taken in the order of QUEUES)
+    """Work the queues of the kinds `queues` (jobs.QUEUES by default; taking turns, delivery first)
     until stopped, or with `burst` until they are empty.
 
     Losing Redis does not end the process: RQ's loop quits when Redis vanishes while a job is running,
@@ -81,7 +84,8 @@ def run(runtime: Runtime, *, burst: bool = False, queues: tuple[str, ...] = QUEU
         while True:
             try:
                 worker = BridgeWorker([Queue(name, connection=redis) for name in names], connection=redis)
-                worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+                worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False,
+                            dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
             except (RedisConnectionError, RedisTimeoutError) as exc:  # RQ's start-up or teardown
                 if burst:
                     raise

@@ -80,7 +80,7 @@ def new_app(runtime: Runtime, name: str):
 
 def test_a_drain_runs_before_cohort_batches_queued_ahead_of_it(rq_runtime, sink):
     """One worker serving both queues (the default) takes the drain first, though three cohort batches
-    of another app were queued before it."""
+    of another app were queued before it: it starts with delivery, then takes turns."""
     cohort_app, cohort_tokens = new_app(rq_runtime, "cohorts")
     stream_app, stream_tokens = new_app(rq_runtime, "stream")
     client = create_app(runtime=rq_runtime).test_client()
@@ -102,6 +102,31 @@ def test_a_drain_runs_before_cohort_batches_queued_ahead_of_it(rq_runtime, sink)
         batches = session.execute(select(CohortBatch.state, CohortBatch.processed_at)).all()
     assert [state for state, _ in batches] == ["processed"] * 3
     assert delivered_at < min(processed_at for _, processed_at in batches)
+
+
+def test_a_cohort_batch_queued_behind_drains_waits_for_one_of_them_only(rq_runtime, sink):
+    """A worker serving both queues takes turns: a steady stream keeps a drain queued at all times, and
+    strict priority for delivery would hold cohort batches back for as long as it lasts."""
+    streams = [new_app(rq_runtime, f"stream-{n}") for n in range(3)]
+    cohort_app, cohort_tokens = new_app(rq_runtime, "cohorts")
+    client = create_app(runtime=rq_runtime).test_client()
+    redis = rq_runtime.runner.redis
+    for n, (app, tokens) in enumerate(streams):
+        response = client.post(f"/v1/apps/{app.id}/events", json=push_event(f"e{n}"),
+                               headers={"Authorization": f"Bearer {tokens.api_key}"})
+        assert response.status_code == 202
+        wait_until(lambda: redis.exists(f"bridge:once:drain:{app.id}"))  # queued in this order
+    response = client.post(f"/v1/apps/{cohort_app.id}/amplitude/cohorts", json=cohort_body("c1", 100),
+                           headers={"Authorization": f"Bearer {cohort_tokens.cohort_token}"})
+    assert response.status_code == 200
+
+    worker.run(rq_runtime, burst=True)
+
+    assert sorted(e["insert_id"] for e in sink.events()) == ["e0", "e1", "e2"]
+    with rq_runtime.session() as session:
+        delivered = sorted(session.get(App, app.id).last_delivered_at for app, _ in streams)
+        processed_at = session.execute(select(CohortBatch.processed_at)).scalar_one()
+    assert delivered[0] < processed_at < delivered[1]  # after the first drain, before the second
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
