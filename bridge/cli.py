@@ -125,7 +125,8 @@ def web(host: str, workers: int) -> None:
     args = ["gunicorn", "bridge.web:create_app()", "--bind", f"{host}:{settings.port}", "--workers", str(workers),
             "--worker-class", "bridge.webserver.BufferingWorker", "--threads", "8",
             "--worker-connections", str(settings.web_max_connections),
-            "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT, "--graceful-timeout", "25"]
+            "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
+            "--logger-class", "bridge.webserver.AccessLogger", "--graceful-timeout", "25"]
     os.execvp(sys.executable, [sys.executable, "-m", *args])
 
 

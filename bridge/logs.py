@@ -3,23 +3,17 @@ every line."""
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import traceback
 from typing import TextIO
 
-from bridge.text import UNPRINTABLE
+from bridge.text import escape_unprintable
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s [%(context)s] %(message)s"
 
 
-def _escaped(match: re.Match) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
 def _escape_but_newlines(text: str) -> str:
-    return "\n".join(UNPRINTABLE.sub(_escaped, line) for line in text.split("\n"))
+    return "\n".join(escape_unprintable(line) for line in text.split("\n"))
 
 
 # The chunks of a formatted traceback that the interpreter writes from code, never from data: the
@@ -34,7 +28,7 @@ def _safe_chunk(chunk: str) -> str:
     if chunk.startswith(_TRACEBACK_STRUCTURE):
         return _escape_but_newlines(chunk)
     body = chunk[:-1] if chunk.endswith("\n") else chunk
-    return UNPRINTABLE.sub(_escaped, body) + "\n"
+    return escape_unprintable(body) + "\n"
 
 
 class SafeFormatter(logging.Formatter):
@@ -52,7 +46,7 @@ class SafeFormatter(logging.Formatter):
         return super().format(record)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = UNPRINTABLE.sub(_escaped, record.message)
+        record.message = escape_unprintable(record.message)
         return super().formatMessage(record)
 
     def formatException(self, ei) -> str:

@@ -13,6 +13,17 @@ UNPRINTABLE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u200e\\u200f\\u202a-\\u202e\\
 SLASH_REFUSED = "contains '/', which an id shown in a URL path cannot hold"
 
 
+def escape_unprintable(value: str) -> str:
+    """`value` with each character above written as a Python escape (`\\x1b`, `\\u202e`), so that it
+    prints on one line and as it reads."""
+    return UNPRINTABLE.sub(_escaped, value)
+
+
+def _escaped(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def has_unprintable(value: str) -> bool:
     """Whether `value` holds one of the characters above."""
     return UNPRINTABLE.search(value) is not None

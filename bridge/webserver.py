@@ -25,11 +25,13 @@ import os
 import time
 from collections.abc import Callable, Iterable
 
+from gunicorn.glogging import Logger
 from gunicorn.workers.base import Worker
 from waitress import wasyncore
 from waitress.server import create_server
 
 from bridge.settings import Settings
+from bridge.text import escape_unprintable
 
 # How long the event loop waits for network activity before it beats gunicorn's heartbeat again (s).
 LOOP_SECONDS = 1.0
@@ -73,6 +75,17 @@ class BufferingWorker(Worker):
             wasyncore.loop(timeout=STOP_POLL_SECONDS, map=channels, count=1)
         server.task_dispatcher.shutdown(timeout=1)
         wasyncore.close_all(channels)
+
+
+class AccessLogger(Logger):
+    """gunicorn's logger, with every value of an access-log line from the request (request line, path,
+    query, referer, user agent, any header) escaped (`bridge.text.escape_unprintable`): header bytes
+    are read as Latin-1, so C1 controls (a terminal's CSI among them) and the bytes of a bidi override
+    would otherwise reach the operator's terminal as sent. `bridge web` sets it (`--logger-class`)."""
+
+    def atoms(self, resp, req, environ, request_time) -> dict:
+        return {key: escape_unprintable(value) if isinstance(value, str) else value
+                for key, value in super().atoms(resp, req, environ, request_time).items()}
 
 
 class _AccessLog:
