@@ -41,6 +41,25 @@ def test_cli_rejects_bad_settings_with_a_message(cli, runtime):
     assert result.exit_code != 0 and "unknown event kinds: message.push.exploded" in result.output
 
 
+def test_the_region_is_read_whatever_its_case(cli, runtime):
+    result = cli.invoke(main, ["apps", "create", "--name", "Shop", "--amplitude-api-key", "k", "--region", "EU"])
+    assert result.exit_code == 0, result.output
+    app_id = json.loads(result.output)["app_id"]
+    assert json.loads(result.output)["region"] == "eu"
+    result = cli.invoke(main, ["apps", "update", app_id, "--region", "Us"])
+    assert result.exit_code == 0, result.output
+    with runtime.session() as session:
+        assert session.get(App, app_id).region == "us"
+
+
+def test_replay_refuses_a_reason_it_does_not_know_instead_of_requeuing_nothing(cli, runtime):
+    result = cli.invoke(main, ["deliveries", "replay", "--reason", "retry_window_exceded"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--reason': 'retry_window_exceded' is not one of" in result.output
+    assert "'retry_window_exceeded'" in result.output and "'unresolved_user'" in result.output
+    assert cli.invoke(main, ["deliveries", "replay", "--reason", "retry_window_exceeded"]).exit_code == 0
+
+
 def test_the_api_key_is_a_bearer_token_for_its_own_app_only(client, runtime, tenant):
     with runtime.session() as session:
         _, other = create_app_record(session, name="Other", amplitude_api_key="other-key")

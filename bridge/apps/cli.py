@@ -29,7 +29,7 @@ def apps() -> None:
 @apps.command("create")
 @click.option("--name", required=True)
 @click.option("--amplitude-api-key", required=True, help="The Amplitude project's API key.")
-@click.option("--region", type=click.Choice(sorted(REGIONS)), default="us", show_default=True)
+@click.option("--region", type=click.Choice(sorted(REGIONS), case_sensitive=False), default="us", show_default=True)
 @click.option("--kinds", help="Comma-separated event kinds to send (default: all mapped kinds).")
 @pass_ctx
 def create(ctx: Context, name: str, amplitude_api_key: str, region: str, kinds: str | None) -> None:
@@ -55,7 +55,7 @@ def list_apps(ctx: Context) -> None:
 @click.argument("app_id")
 @click.option("--name")
 @click.option("--amplitude-api-key", help="A new key also releases delivery held for an invalid key.")
-@click.option("--region", type=click.Choice(sorted(REGIONS)))
+@click.option("--region", type=click.Choice(sorted(REGIONS), case_sensitive=False))
 @click.option("--kinds", help="Comma-separated event kinds to send; 'all' for every mapped kind.")
 @pass_ctx
 def update(ctx: Context, app_id: str, name, amplitude_api_key, region, kinds) -> None:

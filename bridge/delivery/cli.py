@@ -9,6 +9,7 @@ from bridge import times
 
 from bridge.apps.models import App
 from bridge.cli import Context, echo_json, pass_ctx
+from bridge.delivery.models import REPLAYABLE_REASONS
 from bridge.delivery.replay import replay as run_replay
 from bridge.delivery.scheduling import schedule_drain
 from bridge.delivery.stats import delivery_stats
@@ -50,8 +51,9 @@ def stats(ctx: Context, app_id: str) -> None:
 @click.option("--app", "app_id", help="Only this app's events.")
 @click.option("--since", type=Time(), help="Only events accepted at or after this time (ISO 8601, UTC unless it "
                                            "names a zone; or epoch seconds).")
-@click.option("--reason", help="Only events dead for this reason (e.g. retry_window_exceeded, amplitude_400); "
-                               "'unresolved_user' re-resolves skipped events through the channel registry.")
+@click.option("--reason", type=click.Choice(REPLAYABLE_REASONS),
+              help="Only events dead for this reason; 'unresolved_user' re-resolves skipped events through the "
+                   "channel registry.")
 @pass_ctx
 def replay(ctx: Context, app_id: str | None, since: datetime | None, reason: str | None) -> None:
     """Re-queue dead-lettered events for delivery (same insert_id: never counted twice)."""

@@ -16,6 +16,13 @@ from bridge.db import BIGINT_PK, UtcDateTime, utcnow
 PENDING, DEAD, SKIPPED = "pending", "dead", "skipped"
 # The reason of events stored without a user to attribute them to (sent by a replay once the registry knows one).
 UNRESOLVED_USER = "unresolved_user"
+# Why an event is dead-lettered (the pusher's outcomes; README, "What each Amplitude answer does").
+PAYLOAD_TOO_LARGE, AMPLITUDE_400, DAILY_QUOTA_EXCEEDED, RETRY_WINDOW_EXCEEDED = (
+    "payload_too_large", "amplitude_400", "daily_quota_exceeded", "retry_window_exceeded")
+DEAD_REASONS = (AMPLITUDE_400, DAILY_QUOTA_EXCEEDED, PAYLOAD_TOO_LARGE, RETRY_WINDOW_EXCEEDED)
+# What `bridge deliveries replay --reason` accepts: every dead-letter reason, and the skipped events of
+# unknown users (re-resolved through the channel registry).
+REPLAYABLE_REASONS = (*DEAD_REASONS, UNRESOLVED_USER)
 
 
 class OutboxEvent(SQLModel, table=True):

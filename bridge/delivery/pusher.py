@@ -30,7 +30,15 @@ from bridge.amplitude import client as amp
 from bridge.apps.models import App
 from bridge.apps.service import amplitude_base_url
 from bridge.db import is_postgresql, utcnow
-from bridge.delivery.models import DEAD, PENDING, OutboxEvent
+from bridge.delivery.models import (
+    AMPLITUDE_400,
+    DAILY_QUOTA_EXCEEDED,
+    DEAD,
+    PAYLOAD_TOO_LARGE,
+    PENDING,
+    RETRY_WINDOW_EXCEEDED,
+    OutboxEvent,
+)
 from bridge.delivery.scheduling import drain_key, schedule_drain
 from bridge.runtime import Runtime, current
 
@@ -282,7 +290,7 @@ class Pusher:
             return False, []
         if answer.outcome == amp.TOO_LARGE:
             if len(chunk) == 1:
-                self._dead(session, chunk, "payload_too_large", answer.error, report)
+                self._dead(session, chunk, PAYLOAD_TOO_LARGE, answer.error, report)
                 return True, []
             return True, _halves(chunk)
         if answer.outcome == amp.BAD_REQUEST:
@@ -303,14 +311,14 @@ class Pusher:
                     refused.setdefault(i, "silenced_device")
         if not refused:
             if len(chunk) == 1:
-                self._dead(session, chunk, "amplitude_400", answer.error, report)
+                self._dead(session, chunk, AMPLITUDE_400, answer.error, report)
                 return []
             return _halves(chunk)
         by_reason: dict[str, list[Claimed]] = {}
         for i, why in refused.items():
             by_reason.setdefault(why, []).append(chunk[i])
         for why, events in by_reason.items():
-            self._dead(session, events, "amplitude_400", f"{answer.error} ({why})", report)
+            self._dead(session, events, AMPLITUDE_400, f"{answer.error} ({why})", report)
         rest = [e for i, e in enumerate(chunk) if i not in refused]
         return [rest] if rest else []
 
@@ -321,7 +329,7 @@ class Pusher:
         quota = [e for e in chunk if details[e.id].user_id in answer.quota_users
                  or details[e.id].device_id in answer.quota_devices]
         if quota:
-            self._dead(session, quota, "daily_quota_exceeded", answer.error, report)
+            self._dead(session, quota, DAILY_QUOTA_EXCEEDED, answer.error, report)
         quota_ids = {e.id for e in quota}
         held_users, held_devices = answer.throttled_users, answer.throttled_devices
         named = {chunk[i].id for i in answer.throttled_events if 0 <= i < len(chunk)}
@@ -379,7 +387,7 @@ class Pusher:
         expired = [e for e in events if details[e.id].failing_since is not None
                    and now - details[e.id].failing_since >= window]
         if expired:
-            self._dead(session, expired, "retry_window_exceeded", error, report)
+            self._dead(session, expired, RETRY_WINDOW_EXCEEDED, error, report)
         expired_ids = {e.id for e in expired}
         groups: dict[tuple[int, datetime], list[Claimed]] = {}
         for e in events:
