@@ -60,6 +60,15 @@ def test_replay_refuses_a_reason_it_does_not_know_instead_of_requeuing_nothing(c
     assert cli.invoke(main, ["deliveries", "replay", "--reason", "retry_window_exceeded"]).exit_code == 0
 
 
+def test_the_sink_help_names_its_command_and_documents_its_control_paths(cli):
+    result = cli.invoke(main, ["sink", "--help"])
+    assert result.exit_code == 0
+    assert result.output.startswith("usage: bridge sink ")
+    for path in ("/_sink/faults", "/_sink/throttle", "/_sink/reset", "/_sink/stats", "/_sink/events", "/_sink/arrivals",
+                 "POST /2/httpapi, POST /batch"):
+        assert path in result.output
+
+
 def test_the_api_key_is_a_bearer_token_for_its_own_app_only(client, runtime, tenant):
     with runtime.session() as session:
         _, other = create_app_record(session, name="Other", amplitude_api_key="other-key")

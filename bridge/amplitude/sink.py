@@ -5,7 +5,7 @@ shared/reference/amplitude-http-api.md describes, ingests valid ones with Amplit
 deduplication, and can be told to throttle ids or to answer the next requests with scripted faults: from
 Python (`AmplitudeSink`), or over HTTP (`/_sink/...`) when the sink runs in another process:
 
-    python -m bridge.amplitude.sink --port 18080 [--host 127.0.0.1] [--api-key KEY ...]
+    bridge sink --port 18080 [--host 127.0.0.1] [--api-key KEY ...]   (`bridge sink --help`: the control paths)
 """
 from __future__ import annotations
 
@@ -476,10 +476,30 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug(format, *args)
 
 
+CONTROL_HELP = """\
+ingestion (Amplitude's contract, shared/reference/amplitude-http-api.md):
+  POST /2/httpapi, POST /batch      events deduplicated by insert_id; 400, 413, 429 as Amplitude answers
+
+control (JSON):
+  POST /_sink/faults     a list of faults answering the next ingestion requests, in order; each
+                         {"status": 500, "times": 1, "ingest": false, "body": {...}, "delay": 0,
+                          "reset": false}: "ingest" handles the request first (a 5xx that did
+                         ingest), "delay" waits seconds before answering, "reset" drops the
+                         connection without an answer
+  POST /_sink/throttle   {"users": [...], "devices": [...], "daily_quota_users": [...],
+                          "daily_quota_devices": [...]}: answer 429 to requests with events of
+                         these ids (replaces the last setting; {} stops throttling)
+  POST /_sink/reset      forget events, counters, faults and throttling
+  GET  /_sink/stats      counters: requests by status, events ingested, duplicates ignored
+  GET  /_sink/events     the events ingested (?api_key=KEY: only that key's)
+  GET  /_sink/arrivals   when each insert_id arrived (with --track-arrivals)
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve a sink until SIGTERM or SIGINT; its URL is the first line printed."""
-    parser = argparse.ArgumentParser(prog="python -m bridge.amplitude.sink",
-                                     description="A local Amplitude-compatible ingestion server with fault injection.")
+    parser = argparse.ArgumentParser(prog="bridge sink", description=__doc__.split("\n\n")[0],
+                                     epilog=CONTROL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18080, help="0 picks a free port (default: %(default)s)")
     parser.add_argument("--api-key", dest="api_keys", action="append", metavar="KEY",
