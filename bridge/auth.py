@@ -69,8 +69,8 @@ class TokenCache:
 
 
 def require_token(kind: str) -> Callable:
-    """Decorate a view taking `app_id`: 404 for an unknown app, 401 unless the bearer token is one of
-    that app's valid `kind` tokens. The app's `AppAccess` is put on `g.app` and a session on `g.db`."""
+    """Decorate a view taking `app_id`: 401 unless the bearer token is one of that app's valid `kind`
+    tokens; an unknown app is answered the same way, so app ids cannot be probed without a token. The app's `AppAccess` is put on `g.app` and a session on `g.db`."""
 
     def decorator(view: Callable) -> Callable:
         @wraps(view)
@@ -90,9 +90,7 @@ def _authenticate(cache: TokenCache, db, app_id: str, kind: str, presented: str 
     if key is not None and (access := cache.get(key)) is not None:
         return access
     app = db.get(App, app_id) if len(app_id) <= 36 else None
-    if app is None:
-        raise ApiError(404, "app_not_found", f"No app with id {app_id!r}.")
-    matched = tokens.match(presented, valid_tokens(db, app_id, kind)) if presented else None
+    matched = tokens.match(presented, valid_tokens(db, app_id, kind)) if presented and app is not None else None
     if matched is None:
         which = "api_key" if kind == "api" else "cohort_token"
         raise ApiError(401, "unauthorized", f"Send this app's {which} as 'Authorization: Bearer <token>'.")

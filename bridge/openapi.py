@@ -82,7 +82,7 @@ _ERRORS = {
          f"{MAX_JSON_DEPTH} levels of arrays and objects), `empty_batch`, `invalid_events`, `invalid_subscriptions`, "
          "`invalid_payload`, `invalid_parameter`, `invalid_cursor`.",
     401: "The bearer token is missing, wrong, expired, or of the other kind (`unauthorized`).",
-    404: "No such app (`app_not_found`), or no such resource in it.",
+    404: "No such resource in the app.",
     413: "The body is over its byte limit (`payload_too_large`) or holds too many items (`too_many_items`; "
          "`too_many_users` for a cohort batch over COHORT_MAX_USERS_PER_BATCH).",
     415: "The body is not sent as JSON (`unsupported_media_type`).",

@@ -126,11 +126,11 @@ def test_another_apps_cohort_token_is_refused(client, runtime, tenant):
     assert response.status_code == 401
 
 
-def test_unknown_app_is_404(client, tenant):
+def test_an_unknown_app_is_answered_as_a_wrong_token_is(client, tenant):
     response = client.post(URL.format("no-such-app"), data=orjson.dumps(fixture("cohort-entered.json")),
                            content_type="application/json", headers=tenant.cohort_auth)
-    assert response.status_code == 404
-    assert response.get_json()["error"] == "app_not_found"
+    assert response.status_code == 401
+    assert response.get_json()["error"] == "unauthorized"
 
 
 def _without(key):

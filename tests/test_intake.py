@@ -138,9 +138,12 @@ def test_the_cohort_token_does_not_open_the_event_api(client, tenant):
     assert response.status_code == 401
 
 
-def test_unknown_app(client, tenant):
-    response = client.post("/v1/apps/00000000-0000-4000-8000-000000000000/events", json=[event(1)], headers=tenant.auth)
-    assert (response.status_code, response.json["error"]) == (404, "app_not_found")
+def test_an_unknown_app_is_answered_as_a_wrong_token_is_so_app_ids_cannot_be_probed(client, tenant):
+    unknown = client.post("/v1/apps/00000000-0000-4000-8000-000000000000/events", json=[event(1)], headers=tenant.auth)
+    wrong_token = client.post(f"/v1/apps/{tenant.app_id}/events", json=[event(1)],
+                              headers={"Authorization": "Bearer not-a-token"})
+    assert (unknown.status_code, unknown.json["error"]) == (401, "unauthorized")
+    assert unknown.json == wrong_token.json
 
 
 @pytest.mark.parametrize(("data", "content_type", "status", "code"), [

@@ -112,7 +112,7 @@ def test_more_than_a_thousand_records_are_refused(client, tenant):
 def test_the_api_key_of_the_app_is_required(client, tenant):
     assert post(client, tenant, IOS, headers={}).status_code == 401
     assert post(client, tenant, IOS, headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.post("/v1/apps/no-such-app/subscriptions", json=IOS, headers=tenant.auth).status_code == 404
+    assert client.post("/v1/apps/no-such-app/subscriptions", json=IOS, headers=tenant.auth).status_code == 401  # an unknown app: as a wrong token
     assert client.get(f"/v1/apps/{tenant.app_id}/subscriptions/sub-ios").status_code == 401
     missing = get(client, tenant, "sub-ios")
     assert missing.status_code == 404 and missing.json["error"] == "subscription_not_found"
