@@ -70,7 +70,8 @@ class TokenCache:
 
 def require_token(kind: str) -> Callable:
     """Decorate a view taking `app_id`: 401 unless the bearer token is one of that app's valid `kind`
-    tokens; an unknown app is answered the same way, so app ids cannot be probed without a token. The app's `AppAccess` is put on `g.app` and a session on `g.db`."""
+    tokens; an unknown app is answered the same way, so app ids cannot be probed without a token.
+    The app's `AppAccess` is put on `g.app` and a session on `g.db`."""
 
     def decorator(view: Callable) -> Callable:
         @wraps(view)
