@@ -71,12 +71,47 @@ def db() -> None:
 
 @db.command("upgrade")
 def db_upgrade() -> None:
-    """Apply every pending migration to DATABASE_URL."""
-    from bridge.migrate import upgrade
+    """Apply every pending migration to DATABASE_URL, and say which."""
+    from bridge import migrate
 
-    settings = _settings()
-    upgrade(settings.database_url)
-    click.echo("database is at the latest revision")
+    url = _settings().database_url
+    applied = migrate.upgrade(url)
+    for revision in applied:
+        click.echo(f"applied {migrate.describe(url, revision)}")
+    click.echo(f"database is at {migrate.current(url)}, the latest revision"
+               + ("" if applied else "; nothing to apply"))
+
+
+@db.command("current")
+def db_current() -> None:
+    """The revision DATABASE_URL is at, and whether it is the latest."""
+    from bridge import migrate
+
+    url = _settings().database_url
+    at, latest = migrate.current(url), migrate.head(url)
+    if at == latest:
+        click.echo(f"{migrate.describe(url, at)}: the latest revision")
+    else:
+        click.echo(f"{migrate.describe(url, at)}: behind the latest, {latest}; run `bridge db upgrade`")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Take DATABASE_URL back to REVISION (e.g. 0007; `base` undoes every migration). Columns and tables
+    that later revisions added are dropped, with their data."""
+    from alembic.util import CommandError
+
+    from bridge import migrate
+
+    url = _settings().database_url
+    try:
+        reverted = migrate.downgrade(url, revision)
+    except CommandError as exc:
+        raise click.ClickException(f"cannot downgrade to {revision!r}: {exc}") from None
+    for done in reverted:
+        click.echo(f"reverted {migrate.describe(url, done)}")
+    click.echo(f"database is at {migrate.describe(url, migrate.current(url))}")
 
 
 def _queue_kinds(_ctx, _param, value: str) -> tuple[str, ...]:

@@ -60,6 +60,8 @@ SWEEP = "bridge sweep"
 PRUNE = "bridge prune [--older-than-days 30]"
 SINK = "bridge sink --port 18080"
 CONFIG = "bridge config"
+DB_CURRENT = "bridge db current"
+DB_DOWNGRADE = "bridge db downgrade 0007"
 
 # What a README line leaves open, and the values its runs give it (several values: to its runs in turn).
 CHOICES = {
@@ -91,6 +93,8 @@ RUN_BY: dict[str, tuple[str, ...]] = {
     SWEEP: (f"{THIS_FILE}::test_a_setup_line_runs_as_written", f"{THIS_FILE}::test_production_mode_release_app_and_sweep"),
     PRUNE: (f"{THIS_FILE}::test_a_setup_line_runs_as_written",),
     SINK: (f"{THIS_FILE}::test_the_sink_serves_until_terminated",),
+    DB_CURRENT: (f"{THIS_FILE}::test_the_schema_commands_say_what_they_did",),
+    DB_DOWNGRADE: (f"{THIS_FILE}::test_the_schema_commands_say_what_they_did",),
     CONFIG: (f"{THIS_FILE}::test_a_setup_line_runs_as_written", f"{THIS_FILE}::test_production_mode_config_masks_credentials"),
 }
 
@@ -197,9 +201,13 @@ def bridge_json(env: dict[str, str], words: list[str], values: dict[str, str] | 
 
 
 def released(env: dict[str, str]) -> None:
-    """`bridge db upgrade`, as the release phase runs it: the database ends at the latest revision."""
-    assert bridge(env, ["bridge", "db", "upgrade"]) == "database is at the latest revision\n"
+    """`bridge db upgrade`, as the release phase runs it: the database ends at the latest revision, and
+    the command names each migration it applied."""
     url = normalize_database_url(env["DATABASE_URL"])
+    latest = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    said = bridge(env, ["bridge", "db", "upgrade"]).splitlines()
+    assert said[0].startswith("applied 0001 (") and said[-1] == f"database is at {latest}, the latest revision"
+    assert len(said) == int(latest) + 1
     engine = create_engine(url)
     with engine.connect() as conn:
         revision = conn.scalar(text("SELECT version_num FROM alembic_version"))
@@ -384,6 +392,26 @@ def test_the_sink_serves_until_terminated(tmp_path):
         sink.stop()
     assert sink.popen.returncode == 0
     assert sink.output().splitlines()[0] == url  # its URL is the first line it prints
+
+
+def test_the_schema_commands_say_what_they_did(tmp_path):
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'schema.db'}", "REDIS_URL": ""}
+    current, downgrade = shlex.split(DB_CURRENT), shlex.split(DB_DOWNGRADE)
+    latest = ScriptDirectory.from_config(alembic_config(env["DATABASE_URL"])).get_current_head()
+    assert bridge(env, current) == (f"none (no migration applied): behind the latest, {latest}; "
+                                    "run `bridge db upgrade`\n")
+    released(env)
+    assert bridge(env, current).endswith("): the latest revision\n")
+    assert bridge(env, ["bridge", "db", "upgrade"]) == f"database is at {latest}, the latest revision; nothing to apply\n"
+    said = bridge(env, downgrade).splitlines()
+    assert [line.split(" (")[0] for line in said] == [
+        *(f"reverted {n:04d}" for n in range(int(latest), 7, -1)), "database is at 0007"]
+    assert bridge(env, current).startswith("0007 (") and f"behind the latest, {latest}" in bridge(env, current)
+    refused = subprocess.run([BRIDGE, "db", "downgrade", "nope"], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "cannot downgrade to 'nope'" in refused.stderr
+    said = bridge(env, ["bridge", "db", "upgrade"]).splitlines()  # and back up: only what the downgrade reverted
+    assert [line.split(" (")[0] for line in said] == [
+        *(f"applied {n:04d}" for n in range(8, int(latest) + 1)), f"database is at {latest}, the latest revision"]
 
 
 # -- production mode: PostgreSQL and Redis ----------------------------------------------------------
