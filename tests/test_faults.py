@@ -323,12 +323,16 @@ def test_cohort_batches_retried_reordered_and_a_worker_killed(bridge):
         killed = post(batch("enter-a", range(0, 5000), True, t1))["batch_id"]
 
         def claimed_but_not_applied():
+            """The worker's run waits on the cohort row's lock: it has claimed the batch and holds the
+            batch's row lock (taken first). Read from pg_stat_activity: a probe that took the batch's
+            lock itself, even for an instant, could make the run's SKIP LOCKED claim pass it by."""
             with psycopg.connect(libpq_url(bridge.database_url), autocommit=True) as probe:
-                free = probe.execute("SELECT state FROM cohort_batches WHERE public_id = %s FOR UPDATE SKIP LOCKED",
-                                     (killed,)).fetchall()
-            return free == []  # the worker's open transaction holds the batch
+                return probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query ILIKE 'UPDATE cohorts %%'").fetchone()[0] == 1
 
-        wait_until(claimed_but_not_applied, 30, "the worker to start applying the batch")
+        # 60 s: a run that found nothing to claim leaves the batch to the sweep, 30 s after it arrived.
+        wait_until(claimed_but_not_applied, 60, "the worker to start applying the batch")
         retried = batch("enter-b", range(5000, 6000), True, t1)
         post(retried)
         assert post(retried)["status"] == "duplicate"  # Amplitude retrying a batch it already sent
