@@ -45,8 +45,9 @@ RECENT_SYNCS = 10
 _CSV_FLUSH_ROWS = 1000
 
 
-# A body over this many bytes (or of unknown length) is read only while one of the process's
-# COHORT_MAX_CONCURRENT_BODIES slots is free: a handful of them fit any process's memory.
+# A body over this many bytes (or of unknown length) is parsed only while one of the process's
+# COHORT_MAX_CONCURRENT_BODIES slots is free: a handful of parsed bodies fit any process's memory. (The
+# server has already buffered the raw body, in a temporary file above 512 KB: bridge.webserver.)
 LARGE_BODY_BYTES = 1024 * 1024
 
 
@@ -66,7 +67,7 @@ def receive_batch(app_id: str):
     `invalid_payload` naming the fields, and then nothing is stored. Also, with nothing stored: 413
     `payload_too_large` over COHORT_MAX_BODY_BYTES, 413 `too_many_users` over
     COHORT_MAX_USERS_PER_BATCH entries, and 503 `overloaded` (Retry-After) while the process already
-    reads COHORT_MAX_CONCURRENT_BODIES large bodies."""
+    parses COHORT_MAX_CONCURRENT_BODIES large bodies."""
     runtime = current_app.extensions["bridge"]
     request.max_content_length = runtime.settings.cohort_max_body_bytes
     if (request.content_length or 0) > request.max_content_length:
@@ -111,7 +112,7 @@ def _webhook_payload(max_users: int) -> dict:
 @contextmanager
 def _body_slot() -> Iterator[None]:
     """Hold one of the process's slots for large bodies while a body over LARGE_BODY_BYTES (or of unknown
-    length) is read and parsed; when none is free, answer 503 at once rather than hold more bodies in
+    length) is parsed; when none is free, answer 503 at once rather than hold more parsed bodies in
     memory (Amplitude retries). Smaller bodies need no slot."""
     length = request.content_length
     if length is not None and length <= LARGE_BODY_BYTES:
@@ -119,7 +120,7 @@ def _body_slot() -> Iterator[None]:
         return
     slots = current_app.extensions["bridge.cohort_bodies"]
     if not slots.acquire(blocking=False):
-        raise ApiError(503, "overloaded", "This process is already reading as many large cohort bodies as it may "
+        raise ApiError(503, "overloaded", "This process is already parsing as many large cohort bodies as it may "
                        "(COHORT_MAX_CONCURRENT_BODIES); retry shortly. Nothing was stored.", retry_after=2)
     try:
         yield
