@@ -78,7 +78,7 @@ def db_upgrade() -> None:
     applied = migrate.upgrade(url)
     for revision in applied:
         click.echo(f"applied {migrate.describe(url, revision)}")
-    click.echo(f"database is at {migrate.current(url)}, the latest revision"
+    click.echo(f"database is at {migrate.head(url)}, the latest revision"
                + ("" if applied else "; nothing to apply"))
 
 

@@ -19,9 +19,13 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+def _scripts(database_url: str) -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config(database_url))
+
+
 def head(database_url: str) -> str:
     """The latest revision the code ships, e.g. `"0008"`."""
-    return ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    return _scripts(database_url).get_current_head()
 
 
 def current(database_url: str) -> str | None:
@@ -38,7 +42,7 @@ def describe(database_url: str, revision: str | None) -> str:
     """`revision` with its title, e.g. `0008 (Cohort batches get a random public id, …)`; `none` for None."""
     if revision is None:
         return "none (no migration applied)"
-    script = ScriptDirectory.from_config(alembic_config(database_url)).get_revision(revision)
+    script = _scripts(database_url).get_revision(revision)
     title = (script.doc or "").strip().splitlines()[0] if script is not None and script.doc else ""
     return f"{revision} ({title})" if title else revision
 
@@ -48,8 +52,7 @@ def between(database_url: str, lower: str | None, upper: str | None) -> list[str
     `lower` to `upper` applies, or a downgrade from `upper` to `lower` reverts)."""
     if upper is None or upper == lower:
         return []
-    script = ScriptDirectory.from_config(alembic_config(database_url))
-    return [rev.revision for rev in reversed(list(script.iterate_revisions(upper, lower or "base")))]
+    return [rev.revision for rev in reversed(list(_scripts(database_url).iterate_revisions(upper, lower or "base")))]
 
 
 def upgrade(database_url: str, revision: str = "head") -> list[str]:
