@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
-SCENARIOS = ("intake", "delivery", "latency", "stream", "slow", "cohorts", "import", "fairness")
+SCENARIOS = ("intake", "delivery", "latency", "stream", "slow", "cohorts", "import", "fairness", "idle")
 TARGETS = {
     "intake, durable (events/s)": "≥ 10,000",
     "intake p50 / p99 per 100-event request (ms)": "p99 < 100",
@@ -43,6 +43,7 @@ TARGETS = {
     "CSV import (rows/s)": "≥ 50,000",
     "fairness, with A's cohort sync: app B p50 / p95 / p99 / max from 202 to sink (ms)": "p99 < 5,000",
     "fairness, cohort sync off: app B p50 / p95 / p99 / max from 202 to sink (ms)": "p99 < 5,000",
+    "idle worker: from 202 to sink after a quiet spell (ms)": "< 2,000 each",
 }
 
 
@@ -109,6 +110,10 @@ def main() -> None:
 
         rows += fairness.run(backlog=20_000 if quick else 500_000, cohort_users=20_000 if quick else 1_000_000,
                              rate=5, seconds=3 if quick else 60, repeat=repeat)
+    if "idle" in chosen:
+        from bench import idle
+
+        rows += idle.run(gaps=(1, 7) if quick else idle.GAPS, repeat=repeat)
     lines = [f"Machine: {machine()}; PostgreSQL 15 and Redis 7 on the same machine.",
              f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, median of {repeat} run(s), "
              f"{time.time() - started:.0f} s in all.", "",

@@ -27,16 +27,34 @@ from bridge.delivery.pusher import shutdown_requested
 from bridge.jobs import QUEUES, queue_name
 from bridge.maintenance import sweep
 from bridge.runtime import Runtime
+from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RESTART_PAUSE_SECONDS = 1.0
+# An idle RQ worker blocks in BLPOP for `worker_ttl - 15` seconds, then writes its heartbeat (the key
+# that lists it as alive, kept `worker_ttl + 60` seconds) and blocks again. 60 s, not RQ's 420: a
+# worker killed without a goodbye drops out of RQ's worker registry (and /healthz's count) within
+# two minutes.
+WORKER_TTL_SECONDS = 60
+# The worker's Redis socket must wait longer than that BLPOP. redis-py 8 reads with a 5 s timeout by
+# default (earlier versions waited forever); RQ lengthens it only for connections made after the
+# worker starts, and the pool's first connection (made by the sweep) kept 5 s: an idle worker met
+# "Timeout reading from socket" every few seconds, logged it as an ERROR and backed off for up to a
+# minute while events waited.
+WORKER_SOCKET_TIMEOUT_SECONDS = WORKER_TTL_SECONDS - 15 + 10
+# RQ backs off up to 60 s between attempts while Redis is unreachable; 5 s bounds how long a worker
+# sleeps after Redis is back (a restart, a failover).
+MAX_CONNECTION_WAIT_SECONDS = 5.0
+REDIS_CONNECT_TIMEOUT_SECONDS = 5
 
 
 class BridgeWorker(SimpleWorker):
     """Runs jobs in-process (no fork per job: connections and the HTTP pool are reused), tells
     running drains to stop between batches on a warm shutdown, and keeps personal data out of RQ's
     failed-job records."""
+
+    max_connection_wait_time = MAX_CONNECTION_WAIT_SECONDS
 
     def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", **kwargs):
         """Record a failed job with its traceback's frames and exception types only (`failures.trace`):
@@ -50,6 +68,17 @@ class BridgeWorker(SimpleWorker):
     def request_stop(self, signum, frame):
         shutdown_requested.set()
         super().request_stop(signum, frame)
+
+
+def connections(settings: Settings) -> tuple[Redis, Redis]:
+    """The worker's two Redis clients, on separate connection pools: RQ's, whose reads wait out a
+    BLPOP of `WORKER_TTL_SECONDS - 15` s, and the sweep's, whose commands answer in seconds or fail
+    (a 10 s read timeout). Both give up connecting after 5 s."""
+    blocking = Redis.from_url(settings.redis_url, socket_timeout=WORKER_SOCKET_TIMEOUT_SECONDS,
+                              socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS)
+    sweeping = Redis.from_url(settings.redis_url, socket_timeout=10,
+                              socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS)
+    return blocking, sweeping
 
 
 def _sweep_loop(runtime: Runtime, redis: Redis, stop: threading.Event) -> None:
@@ -74,16 +103,17 @@ def run(runtime: Runtime, *, burst: bool = False, queues: tuple[str, ...] = QUEU
     so it is started again here (a process manager's restart could be minutes away)."""
     settings = runtime.settings
     names = [queue_name(settings, kind) for kind in QUEUES if kind in queues]
-    redis = Redis.from_url(settings.redis_url)
+    redis, sweep_redis = connections(settings)
     stop = threading.Event()
     if burst:
         sweep(runtime)
     else:
-        threading.Thread(target=_sweep_loop, args=(runtime, redis, stop), name="bridge-sweep", daemon=True).start()
+        threading.Thread(target=_sweep_loop, args=(runtime, sweep_redis, stop), name="bridge-sweep", daemon=True).start()
     try:
         while True:
             try:
-                worker = BridgeWorker([Queue(name, connection=redis) for name in names], connection=redis)
+                worker = BridgeWorker([Queue(name, connection=redis) for name in names], connection=redis,
+                                      worker_ttl=WORKER_TTL_SECONDS)
                 worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False,
                             dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
             except (RedisConnectionError, RedisTimeoutError) as exc:  # RQ's start-up or teardown
@@ -99,3 +129,5 @@ def run(runtime: Runtime, *, burst: bool = False, queues: tuple[str, ...] = QUEU
         return
     finally:
         stop.set()
+        redis.close()
+        sweep_redis.close()
