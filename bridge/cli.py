@@ -185,7 +185,8 @@ def sink(args: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option("--events", "events_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Event-stream JSON, an array of event objects  [default: fixtures/onesignal-events.json]")
+              help="Event-stream JSON, an array of event objects  "
+                   "[default: fixtures/onesignal-events.json, shipped with the bridge]")
 def demo(events_file: Path | None) -> None:
     """Replay fixture events through the real pipeline into a local Amplitude-compatible server."""
     from bridge.demo import DEFAULT_EVENTS, print_demo
