@@ -1,6 +1,10 @@
-"""A normal install (issue 11, item 2): `pip install .`, as a container or a buildpack runs it, holds what
-the release phase (`bridge db upgrade`) and `bridge demo` read at run time. The wheel is built from a copy
-of the checkout, installed into a directory of its own and run from outside the repository."""
+"""Installing the bridge (issue 11).
+
+A normal install (item 2): `pip install .`, as a container or a buildpack runs it, holds what the release
+phase (`bridge db upgrade`) and `bridge demo` read at run time. The wheel is built from a copy of the
+checkout, installed into a directory of its own and run from outside the repository.
+
+bin/*'s install into .venv (bin/_venv.sh) runs pip only when what decides that install changed."""
 from __future__ import annotations
 
 import os
@@ -85,3 +89,66 @@ def test_a_normal_install_migrates_and_runs_the_demo_from_outside_the_repository
     shown = run_installed(installed, tmp_path, env, "demo")
     assert "40 accepted, 4 skipped (no External User ID), 2 ignored" in shown
     assert "Bridge stats: 40 delivered, 0 pending, 0 dead" in shown
+
+
+# -- bin/*'s install into .venv (issue 11): only when what decides it changed -------------------------
+
+FAKE_VENV_PYTHON = """#!/bin/sh
+# The venv's python, except that pip is not run: each call is recorded, and fails when FAIL_PIP is set.
+if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
+  echo "$*" >> "$(dirname "$0")/../pip-calls"
+  [ -z "$FAIL_PIP" ]
+  exit
+fi
+exec {python} "$@"
+"""
+
+
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    """bin/ and pyproject.toml in a directory of their own, with a .venv whose python records pip calls."""
+    root = tmp_path / "checkout"
+    shutil.copytree(ROOT / "bin", root / "bin")
+    shutil.copy(ROOT / "pyproject.toml", root)
+    python = root / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(FAKE_VENV_PYTHON.format(python=sys.executable))
+    python.chmod(0o755)
+    return root
+
+
+def install_venv(root: Path, asked: str, pip_fails: bool = False) -> list[str]:
+    """bin/_venv.sh's install_venv ASKED, as bin/test runs it; returns the pip calls it made."""
+    calls = root / ".venv" / "pip-calls"
+    calls.unlink(missing_ok=True)
+    done = subprocess.run(["bash", "-c", '. bin/_venv.sh && install_venv "$1"', "install_venv", asked], cwd=root,
+                          env={**os.environ, "FAIL_PIP": "yes" if pip_fails else ""}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == (1 if pip_fails else 0), done.stdout + done.stderr
+    return calls.read_text().splitlines() if calls.exists() else []
+
+
+def installs(asked: str) -> list[str]:
+    """The pip calls of an install of `asked`: pip brought up to date, then the project, editable."""
+    return ["-m pip install --quiet --disable-pip-version-check --upgrade pip",
+            f"-m pip install --quiet --disable-pip-version-check -e {asked}"]
+
+
+def test_bin_scripts_install_only_when_what_decides_the_install_changed(checkout, tmp_path):
+    assert install_venv(checkout, ".[test]") == installs(".[test]")
+    assert install_venv(checkout, ".[test]") == []  # nothing changed: code is read from the checkout
+    assert install_venv(checkout, ".") == installs(".")  # other extras
+    assert install_venv(checkout, ".[test]") == install_venv(checkout, ".") == []  # each remembered
+    with (checkout / "pyproject.toml").open("a") as pyproject:
+        pyproject.write("# a change\n")
+    assert install_venv(checkout, ".[test]") == installs(".[test]")
+    assert install_venv(checkout, ".[test]") == []
+
+    moved = tmp_path / "moved"  # the editable install points at the old place
+    shutil.copytree(checkout, moved)
+    assert install_venv(moved, ".[test]") == installs(".[test]")
+
+    with (checkout / "pyproject.toml").open("a") as pyproject:
+        pyproject.write("# another change\n")
+    assert install_venv(checkout, ".[test]", pip_fails=True) == installs(".[test]")[:1]
+    assert install_venv(checkout, ".[test]") == installs(".[test]")  # a failed install is not remembered
