@@ -129,7 +129,7 @@ def start_web(env: dict[str, str]) -> tuple[Proc, str]:
     """gunicorn (2 processes x 4 threads) serving the bridge on a free port; returns it and its base URL."""
     port = free_port()
     web = Proc([sys.executable, "-m", "gunicorn", "bridge.web:create_app()", "--bind", f"127.0.0.1:{port}",
-                "--workers", "2", "--threads", "4", "--log-level", "warning"], env)
+                "--workers", "2", "--threads", "4", "--log-level", "warning", "--no-control-socket"], env)
     return web, wait_until_up(f"http://127.0.0.1:{port}", web)
 
 
@@ -187,7 +187,8 @@ def start_bridge_web(env: dict[str, str], gunicorn_workers: int | None = None) -
         web = start_bridge(["web", "--host", "127.0.0.1"], {**env, "PORT": str(port)})
     else:
         web = start_server(["-m", "gunicorn", "bridge.web:create_app()", "--bind", f"127.0.0.1:{port}", "--workers",
-                            str(gunicorn_workers), "--threads", "8", "--access-logfile", "-", "--graceful-timeout", "25"], env)
+                            str(gunicorn_workers), "--threads", "8", "--access-logfile", "-", "--graceful-timeout", "25",
+                            "--no-control-socket"], env)
     try:
         return web, wait_until_up(f"http://127.0.0.1:{port}", web)
     except BaseException:

@@ -161,7 +161,11 @@ def web(host: str, workers: int) -> None:
             "--worker-class", "bridge.webserver.BufferingWorker", "--threads", "8",
             "--worker-connections", str(settings.web_max_connections),
             "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
-            "--logger-class", "bridge.webserver.AccessLogger", "--graceful-timeout", "25"]
+            "--logger-class", "bridge.webserver.AccessLogger", "--graceful-timeout", "25",
+            # gunicorn ≥ 25.1 otherwise listens on a control socket shared by every gunicorn of the user
+            # ($XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl; in 25.1, gunicorn.ctl in the working
+            # directory): each `bridge web` started takes it over from the one before
+            "--no-control-socket"]
     os.execvp(sys.executable, [sys.executable, "-m", *args])
 
 
@@ -185,7 +189,8 @@ def sink(args: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option("--events", "events_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Event-stream JSON, an array of event objects  [default: fixtures/onesignal-events.json]")
+              help="Event-stream JSON, an array of event objects  "
+                   "[default: fixtures/onesignal-events.json, shipped with the bridge]")
 def demo(events_file: Path | None) -> None:
     """Replay fixture events through the real pipeline into a local Amplitude-compatible server."""
     from bridge.demo import DEFAULT_EVENTS, print_demo

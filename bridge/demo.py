@@ -25,9 +25,10 @@ from bridge.delivery.stats import delivery_stats
 from bridge.migrate import upgrade
 from bridge.runtime import Runtime, install
 from bridge.settings import Settings
+from bridge.shipped import shipped_dir
 from bridge.web import create_app
 
-DEFAULT_EVENTS = Path(__file__).resolve().parent.parent / "fixtures" / "onesignal-events.json"
+DEFAULT_EVENTS = shipped_dir("fixtures") / "onesignal-events.json"
 
 
 def run_demo(events_file: Path, timeout: float = 60.0) -> dict[str, object]:

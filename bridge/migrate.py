@@ -1,15 +1,15 @@
 """Schema migrations (Alembic). Run by the release phase, never by web or worker at boot."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+from bridge.shipped import shipped_dir
+
+MIGRATIONS_DIR = shipped_dir("migrations")
 
 
 def alembic_config(database_url: str) -> Config:
