@@ -148,12 +148,12 @@ ACCESS_LOG_FORMAT = '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 
 @main.command()
 @click.option("--host", default="0.0.0.0", show_default=True)
-@click.option("--workers", type=click.IntRange(1), default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")),
-              show_default="WEB_CONCURRENCY or 2")
-def web(host: str, workers: int) -> None:
+@click.option("--workers", type=click.IntRange(1), show_default="WEB_CONCURRENCY, or 2")
+def web(host: str, workers: int | None) -> None:
     """Serve the HTTP API on $PORT: gunicorn's processes, each reading its connections with waitress, so
     slow clients hold no app thread (bridge/webserver.py)."""
     settings = _settings()
+    workers = settings.web_concurrency if workers is None else workers
     if settings.job_runner == "thread" and workers > 1:
         click.echo("embedded mode: one web process runs the delivery thread", err=True)
         workers = 1
@@ -206,7 +206,7 @@ def prune(ctx: Context, older_than_days: int) -> None:
 
 @main.command("config")
 def show_config() -> None:
-    """Print the settings in effect (credentials masked)."""
+    """Print every setting in effect, by its environment variable's name, as JSON (credentials masked)."""
     echo_json(_settings().redacted())
 
 
