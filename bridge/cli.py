@@ -1,4 +1,9 @@
-"""The `bridge` command: release, web, worker, and the operator's tools."""
+"""The `bridge` command: release, web, worker, and the operator's tools.
+
+An operator's mistake ends any command with one line on stderr and no traceback: a bad setting as
+`bridge: configuration: <the variable, its value, what is expected>` (exit code 2), a database or Redis
+that cannot be reached as `bridge: cannot connect to <URL, password masked>: <reason>` (exit code 1).
+"""
 from __future__ import annotations
 
 import json
@@ -9,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from bridge import logs
+from bridge import connections, logs
 from bridge.settings import ConfigurationError, Settings
 
 if TYPE_CHECKING:
@@ -29,11 +34,13 @@ class Context:
 
     @property
     def runtime(self) -> Runtime:
+        """The Runtime, built on first use once the database has answered (Unreachable otherwise)."""
         if self._runtime is None:
             from bridge.runtime import Runtime, install
 
-            settings = _settings()
+            settings = Settings.from_env()
             logs.configure(settings.log_level, self.log_stream)
+            connections.check_database(settings.database_url)
             self._runtime = install(Runtime(settings))
         return self._runtime
 
@@ -45,18 +52,32 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
 
 
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigurationError as exc:
-        raise click.ClickException(f"configuration: {exc}") from None
+def _database_url() -> str:
+    """DATABASE_URL, normalized, once the database has answered (Unreachable otherwise)."""
+    url = Settings.from_env().database_url
+    connections.check_database(url)
+    return url
 
 
 def echo_json(value: object) -> None:
     click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
 
 
-@click.group()
+class _Bridge(click.Group):
+    """The command group, turning an operator's mistake in any command into one line on stderr."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            click.echo(f"bridge: configuration: {exc}", err=True)
+            ctx.exit(2)
+        except connections.Unreachable as exc:
+            click.echo(f"bridge: {exc}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Bridge)
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """bridge: messaging-platform events to Amplitude, Amplitude cohorts to channel records."""
@@ -74,7 +95,7 @@ def db_upgrade() -> None:
     """Apply every pending migration to DATABASE_URL, and say which."""
     from bridge import migrate
 
-    url = _settings().database_url
+    url = _database_url()
     applied = migrate.upgrade(url)
     for revision in applied:
         click.echo(f"applied {migrate.describe(url, revision)}")
@@ -87,7 +108,7 @@ def db_current() -> None:
     """The revision DATABASE_URL is at, and whether it is the latest."""
     from bridge import migrate
 
-    url = _settings().database_url
+    url = _database_url()
     at, latest = migrate.current(url), migrate.head(url)
     if at == latest:
         click.echo(f"{migrate.describe(url, at)}: the latest revision")
@@ -104,7 +125,7 @@ def db_downgrade(revision: str) -> None:
 
     from bridge import migrate
 
-    url = _settings().database_url
+    url = _database_url()
     try:
         reverted = migrate.downgrade(url, revision)
     except CommandError as exc:
@@ -138,6 +159,7 @@ def worker(ctx: Context, burst: bool, queues: tuple[str, ...]) -> None:
     runtime = ctx.runtime
     if runtime.settings.job_runner != "rq":
         raise click.ClickException("`bridge worker` needs REDIS_URL; without it, jobs run inside the web process")
+    connections.check_redis(runtime.settings.redis_url)
     worker_module.run(runtime, burst=burst, queues=queues)
 
 
@@ -148,12 +170,13 @@ ACCESS_LOG_FORMAT = '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 
 @main.command()
 @click.option("--host", default="0.0.0.0", show_default=True)
-@click.option("--workers", type=click.IntRange(1), default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")),
-              show_default="WEB_CONCURRENCY or 2")
-def web(host: str, workers: int) -> None:
+@click.option("--workers", type=click.IntRange(1), show_default="WEB_CONCURRENCY, or 2")
+def web(host: str, workers: int | None) -> None:
     """Serve the HTTP API on $PORT: gunicorn's processes, each reading its connections with waitress, so
-    slow clients hold no app thread (bridge/webserver.py)."""
-    settings = _settings()
+    slow clients hold no app thread (bridge/webserver.py). Every setting is checked here, before gunicorn
+    starts, so a bad one is one line from this command rather than a traceback from each process."""
+    settings = Settings.from_env()
+    workers = settings.web_concurrency if workers is None else workers
     if settings.job_runner == "thread" and workers > 1:
         click.echo("embedded mode: one web process runs the delivery thread", err=True)
         workers = 1
@@ -175,7 +198,10 @@ def sweep(ctx: Context) -> None:
     """Queue every piece of due work the database holds (the workers also do this periodically)."""
     from bridge.maintenance import sweep as run_sweep
 
-    echo_json(run_sweep(ctx.runtime))
+    runtime = ctx.runtime
+    if runtime.settings.job_runner == "rq":
+        connections.check_redis(runtime.settings.redis_url)
+    echo_json(run_sweep(runtime))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
@@ -211,8 +237,8 @@ def prune(ctx: Context, older_than_days: int) -> None:
 
 @main.command("config")
 def show_config() -> None:
-    """Print the settings in effect (credentials masked)."""
-    echo_json(_settings().redacted())
+    """Print every setting in effect, by its environment variable's name, as JSON (credentials masked)."""
+    echo_json(Settings.from_env().redacted())
 
 
 def _register_groups() -> None:

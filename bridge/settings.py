@@ -1,18 +1,21 @@
 """Configuration: every value comes from the environment, is read once and is checked at start.
 
-A wrong value stops the process with a message naming the variable, instead of surfacing later as
-a failed request or a stuck worker.
+A wrong value stops the process with a one-line message naming the variable, the value (secrets
+masked) and what is expected, instead of surfacing later as a traceback, a failed request or a
+stuck worker.
 """
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit
 
 DEFAULT_DATABASE_URL = "sqlite:///bridge.db"
 JOB_RUNNERS = ("rq", "thread", "manual")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # The most bytes one entry of a cohort webhook's `users` needs: a user_id of 256 characters (the
 # longest usable one, cohorts.schemas.MAX_USER_ID_LENGTH) of up to 4 UTF-8 bytes each, and 64 bytes of
 # JSON around it (`{"user_id": "", "user_properties": {}},` is 41). Plus the envelope: cohort_id,
@@ -22,52 +25,60 @@ COHORT_ENVELOPE_BYTES = 4096
 
 
 class ConfigurationError(RuntimeError):
-    """A setting is missing or malformed; the message names the environment variable."""
+    """A setting is missing or malformed; the message, one line, names the environment variable, shows
+    the value (secrets masked) and says what is expected."""
+
+
+def variable(name: str):
+    """A Settings field read from the environment variable `name`, the name `bridge config` shows it by."""
+    return field(metadata={"variable": name})
 
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str
-    redis_url: str | None
-    amplitude_base_url: str | None
-    port: int
-    job_runner: str
-    log_level: str
-    secret_key: str  # signs and encrypts paging cursors; generated per process in embedded mode
+    database_url: str = variable("DATABASE_URL")
+    redis_url: str | None = variable("REDIS_URL")
+    amplitude_base_url: str | None = variable("AMPLITUDE_BASE_URL")
+    port: int = variable("PORT")
+    job_runner: str = variable("JOB_RUNNER")
+    log_level: str = variable("LOG_LEVEL")
+    # Signs and encrypts paging cursors; generated per process in embedded mode.
+    secret_key: str = variable("SECRET_KEY")
     # Web tier
-    web_read_timeout_seconds: int
-    web_max_connections: int
+    web_concurrency: int = variable("WEB_CONCURRENCY")
+    web_read_timeout_seconds: int = variable("WEB_READ_TIMEOUT_SECONDS")
+    web_max_connections: int = variable("WEB_MAX_CONNECTIONS")
     # Intake
-    max_body_bytes: int
-    max_items_per_request: int
-    cohort_max_body_bytes: int
-    cohort_max_users_per_batch: int
-    cohort_max_concurrent_bodies: int
-    auth_cache_seconds: float
-    intake_max_queued_events: int
-    intake_max_wait_seconds: float
-    intake_max_backlog: int
+    max_body_bytes: int = variable("MAX_BODY_BYTES")
+    max_items_per_request: int = variable("MAX_ITEMS_PER_REQUEST")
+    cohort_max_body_bytes: int = variable("COHORT_MAX_BODY_BYTES")
+    cohort_max_users_per_batch: int = variable("COHORT_MAX_USERS_PER_BATCH")
+    cohort_max_concurrent_bodies: int = variable("COHORT_MAX_CONCURRENT_BODIES")
+    auth_cache_seconds: float = variable("AUTH_CACHE_SECONDS")
+    intake_max_queued_events: int = variable("INTAKE_MAX_QUEUED_EVENTS")
+    intake_max_wait_seconds: float = variable("INTAKE_MAX_WAIT_SECONDS")
+    intake_max_backlog: int = variable("INTAKE_MAX_BACKLOG")
     # Delivery
-    batch_size: int
-    max_request_bytes: int
-    gzip_requests: bool
-    http_timeout_seconds: float
-    lease_seconds: int
-    retry_window_seconds: int
-    backoff_base_seconds: float
-    backoff_cap_seconds: float
-    throttle_pause_seconds: int
-    invalid_key_pause_seconds: int
-    drain_budget_seconds: float
-    linger_seconds: float
-    sweep_interval_seconds: float
-    queue_name: str
-    job_statement_timeout_seconds: float
+    batch_size: int = variable("DELIVERY_BATCH_SIZE")
+    max_request_bytes: int = variable("DELIVERY_MAX_REQUEST_BYTES")
+    gzip_requests: bool = variable("DELIVERY_GZIP")
+    http_timeout_seconds: float = variable("AMPLITUDE_TIMEOUT_SECONDS")
+    lease_seconds: int = variable("DELIVERY_LEASE_SECONDS")
+    retry_window_seconds: int = variable("DELIVERY_RETRY_WINDOW_SECONDS")
+    backoff_base_seconds: float = variable("DELIVERY_BACKOFF_BASE_SECONDS")
+    backoff_cap_seconds: float = variable("DELIVERY_BACKOFF_CAP_SECONDS")
+    throttle_pause_seconds: int = variable("DELIVERY_THROTTLE_PAUSE_SECONDS")
+    invalid_key_pause_seconds: int = variable("DELIVERY_INVALID_KEY_PAUSE_SECONDS")
+    drain_budget_seconds: float = variable("DELIVERY_DRAIN_BUDGET_SECONDS")
+    linger_seconds: float = variable("DELIVERY_LINGER_SECONDS")
+    sweep_interval_seconds: float = variable("SWEEP_INTERVAL_SECONDS")
+    queue_name: str = variable("RQ_QUEUE")
+    job_statement_timeout_seconds: float = variable("JOB_STATEMENT_TIMEOUT_SECONDS")
     # Import (`bridge subscriptions import`)
-    import_max_bytes: int
-    import_max_line_bytes: int
-    import_max_rows: int
-    import_max_errors_file_rows: int
+    import_max_bytes: int = variable("IMPORT_MAX_BYTES")
+    import_max_line_bytes: int = variable("IMPORT_MAX_LINE_BYTES")
+    import_max_rows: int = variable("IMPORT_MAX_ROWS")
+    import_max_errors_file_rows: int = variable("IMPORT_MAX_ERRORS_FILE_ROWS")
 
     @property
     def is_sqlite(self) -> bool:
@@ -78,7 +89,7 @@ class Settings:
         """Build settings from `env` (default: the process environment), failing fast on bad values."""
         env = os.environ if env is None else env
         reader = _Reader(env)
-        redis_url = reader.text("REDIS_URL") or None
+        redis_url = _redis_url(reader.text("REDIS_URL"))
         runner = reader.text("JOB_RUNNER") or ("rq" if redis_url else "thread")
         if runner not in JOB_RUNNERS:
             raise ConfigurationError(f"JOB_RUNNER must be one of {', '.join(JOB_RUNNERS)}, got {runner!r}")
@@ -92,8 +103,9 @@ class Settings:
             amplitude_base_url=_base_url(reader.text("AMPLITUDE_BASE_URL")),
             port=reader.integer("PORT", 5000, low=1, high=65535),
             job_runner=runner,
-            log_level=(reader.text("LOG_LEVEL") or "INFO").upper(),
+            log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, "INFO"),
             secret_key=_secret_key(reader.text("SECRET_KEY"), production=bool(redis_url)),
+            web_concurrency=reader.integer("WEB_CONCURRENCY", 2, low=1),
             web_read_timeout_seconds=reader.integer("WEB_READ_TIMEOUT_SECONDS", 30, low=1, high=3600),
             web_max_connections=reader.integer("WEB_MAX_CONNECTIONS", 1000, low=10, high=100_000),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
@@ -133,27 +145,76 @@ class Settings:
             raise ConfigurationError("DELIVERY_BACKOFF_CAP_SECONDS must be >= DELIVERY_BACKOFF_BASE_SECONDS")
         return settings
 
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Field name → the environment variable it is read from, e.g. `{"batch_size": "DELIVERY_BATCH_SIZE"}`."""
+        return {f.name: f.metadata["variable"] for f in fields(cls)}
+
     def redacted(self) -> dict[str, object]:
-        """The settings with credentials in URLs masked, for logs and `bridge config`."""
+        """Every variable's effective value, by variable name (`{"DATABASE_URL": ..., "PORT": 5000, ...}`),
+        for `bridge config`: SECRET_KEY shown as `***`, passwords in URLs masked (`mask_url`)."""
         out: dict[str, object] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "secret_key":
+        for name, variable_name in self.variables().items():
+            value = getattr(self, name)
+            if name == "secret_key":
                 value = "***"
-            out[f.name] = _mask_url(value) if f.name.endswith("_url") and isinstance(value, str) else value
+            out[variable_name] = mask_url(value) if name.endswith("_url") and isinstance(value, str) else value
         return out
 
 
 def normalize_database_url(url: str) -> str:
-    """Accept Heroku's `postgres://` and plain `postgresql://`; use the psycopg 3 driver for PostgreSQL."""
+    """Accept Heroku's `postgres://` and plain `postgresql://`; use the psycopg 3 driver for PostgreSQL.
+    SQLite's URL names a file (`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`) or memory
+    (`sqlite://`). Raises ConfigurationError for any other form."""
+    expected = "postgres://user:password@host:port/name, postgresql://… or sqlite:///path/to/file.db"
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ConfigurationError(f"DATABASE_URL is not a URL: {_mask_url(url)!r}")
-    if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+    if scheme in ("postgres", "postgresql", "postgresql+psycopg") and sep:
+        if reason := _unreadable(url):
+            raise ConfigurationError(f"DATABASE_URL must be {expected} ({reason}), got {mask_url(url)!r}")
         return f"postgresql+psycopg://{rest}"
-    if scheme == "sqlite":
+    if scheme == "sqlite" and sep:
+        if rest.partition("/")[0]:  # a host where SQLite wants a path
+            raise ConfigurationError(f"DATABASE_URL must be {expected}, got {mask_url(url)!r}, which names a "
+                                     "host: a relative path starts with sqlite:///, an absolute one with sqlite:////")
         return url
-    raise ConfigurationError(f"DATABASE_URL must be postgres://, postgresql:// or sqlite://, got {scheme}://")
+    raise ConfigurationError(f"DATABASE_URL must be {expected}, got {mask_url(url)!r}")
+
+
+def _unreadable(url: str) -> str | None:
+    """Why urlsplit cannot read the host and port of `url` (a port that is not a number from 0 to 65535,
+    an unclosed `[`), in its words, which never quote the password; None when it can."""
+    try:
+        urlsplit(url).port
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _redis_url(value: str) -> str | None:
+    """REDIS_URL, checked with redis-py's own parser and for what that parser lets through (no host, a
+    database that is not a number); None when unset."""
+    if not value:
+        return None
+    from redis.connection import parse_url  # here: only a deployment on Redis pays for the import
+
+    expected = "redis://[:password@]host[:port][/db], rediss://… or unix:///path/to/socket"
+    shown = mask_url(value)
+    scheme, sep, _ = value.partition("://")
+    if scheme not in ("redis", "rediss", "unix") or not sep:
+        raise ConfigurationError(f"REDIS_URL must be {expected}, got {shown!r}")
+    try:
+        options = parse_url(value)
+        path = urlsplit(value).path
+    except ValueError as exc:  # a bad port or query parameter; redis-py's reason never quotes the password
+        raise ConfigurationError(f"REDIS_URL must be {expected} ({exc}), got {shown!r}") from None
+    if scheme == "unix":
+        problem = "" if options.get("path", "/") != "/" else "no socket path"
+    else:
+        problem = ("no host" if not options.get("host")
+                   else "" if re.fullmatch(r"/?\d*", path) else "a database that is not a number")
+    if problem:
+        raise ConfigurationError(f"REDIS_URL must be {expected}, got {shown!r}, which has {problem}")
+    return value
 
 
 SECRET_KEY_MIN_LENGTH = 32
@@ -176,9 +237,9 @@ def _secret_key(value: str, *, production: bool) -> str:
 def _base_url(value: str) -> str | None:
     if not value:
         return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(f"AMPLITUDE_BASE_URL must be an http(s) URL, got {_mask_url(value)!r}")
+    if _unreadable(value) or urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname:
+        raise ConfigurationError(f"AMPLITUDE_BASE_URL must be an http(s) URL, e.g. http://127.0.0.1:18080, "
+                                 f"got {mask_url(value)!r}")
     return value.rstrip("/")
 
 
@@ -187,16 +248,21 @@ _SECRET_PARAMETERS = frozenset({"password", "passwd", "pass", "pwd", "sslpasswor
                                 "apikey", "key"})
 
 
-def _mask_url(url: str) -> str:
+def mask_url(url: str) -> str:
     """`url` with its password (`user:***@`) and every secret-carrying query parameter (`password=***`)
-    masked, for logs, errors and `bridge config`."""
+    masked: the one way a database or Redis URL is shown, in logs, errors and `bridge config`.
+
+    A malformed URL is masked too: where urlsplit finds no `user:password@` part (a missing `//`, as in
+    `redis//:pw@host`), everything from the first `:` up to the last `@` is hidden."""
     try:
         parts = urlsplit(url)
         password = parts.password
-    except ValueError:  # not a URL urlsplit can read (a bad port, say): show nothing after the scheme
+    except ValueError:  # not a URL urlsplit can read: show nothing after the scheme
         return url.partition("://")[0] + "://***"
     if password:
         url = url.replace(f":{password}@", ":***@", 1)
+    elif not parts.netloc and parts.scheme != "sqlite":  # SQLite's URL holds a path, which may hold an @
+        url = re.sub(r"(?<=:)[^@]*(?=@[^@]*$)", "***", url, count=1)
     if parts.query:
         masked = "&".join(f"{name}=***" if name.lower() in _SECRET_PARAMETERS else f"{name}={value}" if sep else name
                           for name, sep, value in (pair.partition("=") for pair in parts.query.split("&")))
@@ -205,11 +271,22 @@ def _mask_url(url: str) -> str:
 
 
 class _Reader:
+    """Reads one variable at a time, raising ConfigurationError with a one-line message naming it."""
+
     def __init__(self, env: Mapping[str, str]):
         self.env = env
 
     def text(self, name: str) -> str:
         return (self.env.get(name) or "").strip()
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        """One of `choices` (upper case), read case-insensitively; `default` when unset."""
+        raw = self.text(name)
+        if not raw:
+            return default
+        if raw.upper() not in choices:
+            raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        return raw.upper()
 
     def number(self, name: str, default: float, *, low: float | None = None, high: float | None = None) -> float:
         raw = self.text(name)
@@ -229,12 +306,14 @@ class _Reader:
         raw = self.text(name)
         if not raw:
             return default
+        bounds = (f" between {low} and {high}" if low is not None and high is not None
+                  else f" >= {low}" if low is not None else f" <= {high}" if high is not None else "")
         try:
             value = int(raw)
         except ValueError:
-            raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
+            raise ConfigurationError(f"{name} must be a whole number{bounds}, got {raw!r}") from None
         if (low is not None and value < low) or (high is not None and value > high):
-            raise ConfigurationError(f"{name} must be between {low} and {high}, got {raw!r}")
+            raise ConfigurationError(f"{name} must be a whole number{bounds}, got {raw!r}")
         return value
 
     def boolean(self, name: str, default: bool) -> bool:

@@ -62,10 +62,16 @@ class Process:
         return self.log.read_text(errors="replace")
 
 
+def run_bridge(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `python -m bridge ARGS` with `env` laid over this process's environment; its exit code,
+    stdout and stderr, as text."""
+    return subprocess.run([sys.executable, "-m", "bridge", *args], env={**os.environ, **env}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def bridge_cli(env: dict[str, str], *args: str) -> dict:
     """Run a `bridge` command and parse its JSON output."""
-    done = subprocess.run([sys.executable, "-m", "bridge", *args], env={**os.environ, **env}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = run_bridge(env, *args)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

@@ -352,7 +352,7 @@ def forgets_old_receipts(setup: Embedded, words: list[str]) -> None:
 
 def shows_the_settings(setup: Embedded, words: list[str]) -> None:
     settings = setup.run(words)
-    assert (settings["database_url"], settings["redis_url"], settings["job_runner"]) == (setup.database_url, None, "thread")
+    assert (settings["DATABASE_URL"], settings["REDIS_URL"], settings["JOB_RUNNER"]) == (setup.database_url, None, "thread")
 
 
 SETUP_LINES: dict[str, Callable[[Embedded, list[str]], None]] = {
@@ -454,7 +454,7 @@ def test_production_mode_release_app_and_sweep(production_env, redis_url):
 def test_production_mode_config_masks_credentials(production_env):
     env = {**production_env, "REDIS_URL": with_password(production_env["REDIS_URL"])}  # config connects to neither
     settings = bridge_json(env, shlex.split(CONFIG))
-    assert settings["job_runner"] == "rq"
-    assert settings["database_url"].startswith("postgresql+psycopg://") and ":***@" in settings["database_url"]
-    assert ":***@" in settings["redis_url"]
+    assert settings["JOB_RUNNER"] == "rq"
+    assert settings["DATABASE_URL"].startswith("postgresql+psycopg://") and ":***@" in settings["DATABASE_URL"]
+    assert ":***@" in settings["REDIS_URL"]
     assert "s3cret" not in json.dumps(settings)

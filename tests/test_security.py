@@ -238,8 +238,9 @@ def test_bridge_config_masks_the_database_and_redis_passwords():
     result = CliRunner().invoke(main, ["config"], env=env)
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
-    assert shown["database_url"] == "postgresql+psycopg://bridge:***@db.internal:5432/bridge"
-    assert shown["redis_url"] == "redis://:***@redis.internal:6379/0"
+    assert shown["DATABASE_URL"] == "postgresql+psycopg://bridge:***@db.internal:5432/bridge"
+    assert shown["REDIS_URL"] == "redis://:***@redis.internal:6379/0"
+    assert shown["SECRET_KEY"] == "***"
     assert "s3cret" not in result.output
 
 

@@ -1,9 +1,15 @@
 """Settings come from the environment, Heroku's names included, and bad values stop the process early."""
 from __future__ import annotations
 
-import pytest
+import json
+import re
 
+import pytest
+from click.testing import CliRunner
+
+from bridge.cli import main
 from bridge.settings import ConfigurationError, Settings
+from processes import ROOT, SECRET_KEY
 
 
 def test_defaults_are_the_embedded_mode():
@@ -40,10 +46,102 @@ def test_redis_url_switches_jobs_to_rq():
     ({"WEB_READ_TIMEOUT_SECONDS": "0"}, "WEB_READ_TIMEOUT_SECONDS"),
     ({"WEB_READ_TIMEOUT_SECONDS": "2.5"}, "WEB_READ_TIMEOUT_SECONDS"),
     ({"WEB_MAX_CONNECTIONS": "5"}, "WEB_MAX_CONNECTIONS"),
+    ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
+    ({"WEB_CONCURRENCY": "abc"}, "WEB_CONCURRENCY"),
+    ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"),
+    ({"REDIS_URL": "redis//cache.internal:6379"}, "REDIS_URL"),
+    ({"REDIS_URL": "http://cache.internal:6379"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://cache.internal:port/0"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://cache.internal:6379/zero"}, "REDIS_URL"),
+    ({"REDIS_URL": "unix://"}, "REDIS_URL"),
+    ({"DATABASE_URL": "sqlite://bridge.db"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "postgres://bridge@db.internal:port/bridge"}, "DATABASE_URL"),
+    ({"AMPLITUDE_BASE_URL": "http://amplitude.internal:port"}, "AMPLITUDE_BASE_URL"),
 ])
 def test_bad_values_fail_fast_naming_the_variable(env, names):
     with pytest.raises(ConfigurationError, match=names):
-        Settings.from_env(env)
+        Settings.from_env({"SECRET_KEY": SECRET_KEY, **env})
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("REDIS_URL", "redis//:s3cret@cache.internal:6379/0"),
+    ("REDIS_URL", "redis://:s3cret@cache.internal:port/0"),
+    ("REDIS_URL", "redis://:s3cret@cache.internal:6379/zero"),
+    ("DATABASE_URL", "postgres//bridge:s3cret@db.internal/bridge"),
+    ("DATABASE_URL", "postgres://bridge:s3cret@db.internal:port/bridge"),
+    ("AMPLITUDE_BASE_URL", "http://user:s3cret@amplitude.internal:port"),
+])
+def test_a_malformed_url_is_refused_in_one_line_with_its_password_masked(variable, value):
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env({"SECRET_KEY": SECRET_KEY, variable: value})
+    message = str(refused.value)
+    assert message.startswith(f"{variable} must ") and "\n" not in message
+    assert "s3cret" not in message and "***@" in message
+
+
+@pytest.mark.parametrize(("env", "field", "value"), [
+    ({"LOG_LEVEL": "debug"}, "log_level", "DEBUG"),
+    ({}, "web_concurrency", 2),
+    ({"WEB_CONCURRENCY": "4"}, "web_concurrency", 4),
+    ({"REDIS_URL": "rediss://:pw@cache.internal:6380/2"}, "redis_url", "rediss://:pw@cache.internal:6380/2"),
+    ({"REDIS_URL": "redis://cache.internal:6379"}, "redis_url", "redis://cache.internal:6379"),
+    ({"REDIS_URL": "unix:///run/redis.sock?db=1"}, "redis_url", "unix:///run/redis.sock?db=1"),
+    ({"DATABASE_URL": "sqlite:////var/lib/bridge/bridge.db"}, "database_url", "sqlite:////var/lib/bridge/bridge.db"),
+    ({"DATABASE_URL": "postgres:///bridge"}, "database_url", "postgresql+psycopg:///bridge"),
+])
+def test_the_usual_forms_of_each_value_are_accepted(env, field, value):
+    assert getattr(Settings.from_env({"SECRET_KEY": SECRET_KEY, **env}), field) == value
+
+
+class _Recording(dict):
+    """An environment that records the variables read from it."""
+
+    def __init__(self, values: dict[str, str]):
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def test_settings_read_exactly_the_variables_their_fields_declare():
+    env = _Recording({"REDIS_URL": "redis://127.0.0.1:6379/0", "SECRET_KEY": SECRET_KEY})
+    Settings.from_env(env)
+    assert env.read == set(Settings.variables().values())
+
+
+def readme_configuration_variables() -> set[str]:
+    """The variables the README's Configuration table lists (its first column)."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Configuration\n", 1)[1].splitlines()
+    rows = [line for line in lines[:next(i for i, line in enumerate(lines) if line.startswith("## "))]
+            if line.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split("|")[1])}
+
+
+def test_the_readme_table_the_settings_and_bridge_config_name_the_same_variables():
+    production = {"REDIS_URL": "redis://127.0.0.1:6379/0", "SECRET_KEY": SECRET_KEY}
+    shown = CliRunner().invoke(main, ["config"], env=production)
+    assert shown.exit_code == 0, shown.output
+    printed = json.loads(shown.output)
+    assert readme_configuration_variables() == set(Settings.variables().values()) == set(printed)
+    assert printed["SECRET_KEY"] == "***" and printed["WEB_CONCURRENCY"] == 2 and printed["JOB_RUNNER"] == "rq"
+
+
+@pytest.mark.parametrize(("env", "args", "processes"), [
+    ({"WEB_CONCURRENCY": "3"}, [], "3"),
+    ({}, [], "2"),
+    ({"WEB_CONCURRENCY": "3"}, ["--workers", "5"], "5"),
+])
+def test_web_concurrency_sets_the_web_processes_and_workers_overrides_it(monkeypatch, env, args, processes):
+    started = []
+    monkeypatch.setattr("bridge.cli.os.execvp", lambda _file, argv: started.append(argv))
+    production = {"REDIS_URL": "redis://127.0.0.1:6379/0", "SECRET_KEY": SECRET_KEY, "WEB_CONCURRENCY": ""}
+    result = CliRunner().invoke(main, ["web", *args], env={**production, **env})
+    assert result.exit_code == 0, result.output
+    [argv] = started
+    assert argv[argv.index("--workers") + 1] == processes
 
 
 def test_the_amplitude_base_url_override_keeps_paths_out():
@@ -54,7 +152,7 @@ def test_redacted_masks_passwords():
     shown = Settings.from_env({"DATABASE_URL": "postgres://u:secret@h/d", "REDIS_URL": "redis://:pw@h:6379",
                                "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789"}).redacted()
     assert ":secret@" not in str(shown) and "pw@" not in str(shown)
-    assert shown["secret_key"] == "***" and "0123456789abcdef" not in str(shown)
+    assert shown["SECRET_KEY"] == "***" and "0123456789abcdef" not in str(shown)
 
 
 def test_a_secret_key_is_required_in_production_and_generated_in_embedded_mode():
