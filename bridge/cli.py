@@ -29,12 +29,21 @@ class Context:
 
     @property
     def runtime(self) -> Runtime:
+        """The Runtime, built on first use. Refuses (exit 1, one line) when the database's schema is
+        missing or behind: every command that uses the database, `bridge worker` included, needs the
+        release phase (`bridge db upgrade`) to have run."""
         if self._runtime is None:
             from bridge.runtime import Runtime, install
 
             settings = _settings()
             logs.configure(settings.log_level, self.log_stream)
-            self._runtime = install(Runtime(settings))
+            runtime = Runtime(settings)
+            try:
+                _require_migrated(runtime)
+            except BaseException:
+                runtime.close()
+                raise
+            self._runtime = install(runtime)
         return self._runtime
 
     def close(self) -> None:
@@ -43,6 +52,24 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+class Refusal(click.ClickException):
+    """An operator's mistake the command cannot proceed with: `bridge: <message>` on stderr, exit 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"bridge: {self.format_message()}", err=file is None, file=file)
+
+
+def _require_migrated(runtime: Runtime) -> None:
+    """Raise Refusal unless the database's schema is at head, or ahead (a rolled-back release: the
+    older code runs on a newer schema)."""
+    from bridge import migrate
+
+    with runtime.engine.connect() as connection:
+        state = migrate.schema_state(connection)
+    if not state.usable:
+        raise Refusal(f"the database at {runtime.settings.redacted()['database_url']} is {state.problem()}")
 
 
 def _settings() -> Settings:

@@ -3,7 +3,9 @@ time; GET /livez answers without touching anything; and a database the release p
 gets one clear error from the API, the CLI and `bridge worker`, on SQLite and PostgreSQL alike."""
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 
@@ -11,6 +13,10 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from bridge.db import CONNECT_TIMEOUT_SECONDS, make_engine
+from bridge.migrate import shipped_head
+from processes import BRIDGE, ROOT, SECRET_KEY
+
+HEAD = shipped_head()
 
 
 @pytest.fixture
@@ -36,3 +42,13 @@ def test_a_new_postgresql_connection_gives_up_after_the_connect_timeout(silent_s
     threading.Thread(target=connect, daemon=True).start()
     assert failed.wait(CONNECT_TIMEOUT_SECONDS + 5)
     engine.dispose()
+
+
+@pytest.mark.parametrize("command", [["apps", "list"], ["worker"]], ids=["bridge apps list", "bridge worker"])
+def test_commands_refuse_an_unmigrated_database_in_one_line(unmigrated_database_url, redis_url, command):
+    url = unmigrated_database_url.replace("postgres@", "postgres:s3cret@")  # a password, as Heroku gives
+    env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url, "SECRET_KEY": SECRET_KEY}
+    done = subprocess.run([BRIDGE, *command], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    masked = url.replace("s3cret", "***")
+    assert (done.returncode, done.stdout, done.stderr) == (
+        1, "", f"bridge: the database at {masked} is not migrated (at none, latest {HEAD}): run `bridge db upgrade`\n")
