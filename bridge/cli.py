@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 import click
 
 from bridge import connections, logs
-from bridge.settings import ConfigurationError, Settings
+from bridge.settings import ConfigurationError, Settings, mask_url
 
 if TYPE_CHECKING:
     from bridge.runtime import Runtime
@@ -34,14 +34,22 @@ class Context:
 
     @property
     def runtime(self) -> Runtime:
-        """The Runtime, built on first use once the database has answered (Unreachable otherwise)."""
+        """The Runtime, built on first use once the database has answered (Unreachable otherwise).
+        Refuses (exit 1, one line) when the database's schema is missing or behind: every command that
+        uses the database, `bridge worker` included, needs the release phase (`bridge db upgrade`)."""
         if self._runtime is None:
             from bridge.runtime import Runtime, install
 
             settings = Settings.from_env()
             logs.configure(settings.log_level, self.log_stream)
             connections.check_database(settings.database_url)
-            self._runtime = install(Runtime(settings))
+            runtime = Runtime(settings)
+            try:
+                _require_migrated(runtime)
+            except BaseException:
+                runtime.close()
+                raise
+            self._runtime = install(runtime)
         return self._runtime
 
     def close(self) -> None:
@@ -57,6 +65,24 @@ def _database_url() -> str:
     url = Settings.from_env().database_url
     connections.check_database(url)
     return url
+
+
+class Refusal(click.ClickException):
+    """An operator's mistake the command cannot proceed with: `bridge: <message>` on stderr, exit 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"bridge: {self.format_message()}", err=file is None, file=file)
+
+
+def _require_migrated(runtime: Runtime) -> None:
+    """Raise Refusal unless the database's schema is at head, or ahead (a rolled-back release: the
+    older code runs on a newer schema)."""
+    from bridge import migrate
+
+    with runtime.engine.connect() as connection:
+        state = migrate.schema_state(connection)
+    if not state.usable:
+        raise Refusal(f"the database at {mask_url(runtime.settings.database_url)} is {state.problem()}")
 
 
 def echo_json(value: object) -> None:

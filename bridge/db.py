@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Integer, TypeDecorator, event
+from sqlalchemy import BigInteger, DateTime, Integer, TypeDecorator, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +19,11 @@ SQLModel.metadata.naming_convention = {
     "pk": "pk_%(table_name)s",
 }
 metadata = SQLModel.metadata
+
+# How long a new PostgreSQL connection may take before it fails (libpq's connect_timeout), unless
+# DATABASE_URL sets its own: without it, a database host that drops packets holds a request, a job or
+# /healthz for minutes.
+CONNECT_TIMEOUT_SECONDS = 5
 
 # 64-bit ids on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
 BIGINT_PK = BigInteger().with_variant(Integer, "sqlite")
@@ -52,6 +57,7 @@ def make_engine(url: str, *, null_pool: bool = False) -> Engine:
     """An engine for `url`. SQLite is made durable and concurrent-friendly (WAL, full sync, busy wait).
 
     `null_pool` opens a connection per use and keeps none: for one-shot commands such as migrations.
+    A new PostgreSQL connection fails after CONNECT_TIMEOUT_SECONDS unless the URL sets `connect_timeout`.
     SQL parameters are hidden in database errors (`hide_parameters`): they hold user ids and
     identifiers, and those errors reach the logs and RQ's failed-job records.
     """
@@ -67,7 +73,9 @@ def make_engine(url: str, *, null_pool: bool = False) -> Engine:
     # psycopg prepares a statement run 5 times; PostgreSQL may then plan it once for any parameters, and
     # that generic plan of the registry's per-key probe scanned the whole table as it grew (seconds per
     # intake group). Custom plans keep the prepared statements and plan for the values at hand.
-    connect_args = {"options": "-c plan_cache_mode=force_custom_plan"}
+    connect_args: dict[str, object] = {"options": "-c plan_cache_mode=force_custom_plan"}
+    if "connect_timeout" not in make_url(url).query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     if null_pool:
         return create_engine(url, poolclass=NullPool, connect_args=connect_args, hide_parameters=True)
     # A request waits at most 5 s for a free connection, then gets a 503 with Retry-After (errors.py).

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+from collections.abc import Callable
 
 from flask import Flask, jsonify, request
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -33,7 +35,12 @@ def error_response(status: int, code: str, message: str, details: object | None 
     return response, status
 
 
-def register_error_handlers(app: Flask) -> None:
+def register_error_handlers(app: Flask,
+                            explain_database_error: Callable[[DBAPIError], ApiError | None] = lambda _exc: None) -> None:
+    """Answer every error in the one JSON shape. `explain_database_error` may turn a database error into an
+    ApiError the client can act on (health.SchemaGate.explain: a schema not migrated); otherwise an
+    unreachable database is a 503 `database_unavailable` and any other database error a 500."""
+
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.details, retry_after=exc.retry_after)
@@ -56,6 +63,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(DBAPIError)
     def _database_unavailable(exc: DBAPIError):
+        explained = explain_database_error(exc)
+        if explained is not None:
+            log.warning("%s", explained.message)
+            return _api_error(explained)
         if not database_unreachable(exc):
             return _unexpected(exc)
         log.warning("database unavailable: %s", exc.orig)
@@ -70,3 +81,19 @@ def register_error_handlers(app: Flask) -> None:
 def database_unreachable(exc: BaseException) -> bool:
     """True for errors that mean the database cannot be reached, rather than a bad statement or bad data."""
     return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+# PostgreSQL's SQLSTATEs for a table and a column that do not exist.
+_UNDEFINED_TABLE_OR_COLUMN = frozenset({"42P01", "42703"})
+
+
+def missing_table_or_column(exc: BaseException) -> bool:
+    """True for errors saying that a table or column does not exist (PostgreSQL's undefined_table and
+    undefined_column, SQLite's `no such table`, `no such column` and `table ... has no column named`): on a
+    deployment, a schema the release phase has not migrated."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) in _UNDEFINED_TABLE_OR_COLUMN:
+        return True
+    message = str(orig)
+    return isinstance(orig, sqlite3.OperationalError) and (
+        message.startswith(("no such table", "no such column")) or " has no column named " in message)

@@ -12,7 +12,7 @@ from importlib.metadata import version
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
 from bridge import fields as shared
 from bridge import times
@@ -21,10 +21,11 @@ from bridge.cohorts.views import MAX_LIMIT
 from bridge.delivery.schemas import DeliveryStatsSchema
 from bridge.intake import schemas as intake
 from bridge.intake.views import MAX_JSON_DEPTH
+from bridge.jobs import QUEUES
 from bridge.registry import schemas as registry
 from bridge.registry.models import CHANNELS
 from bridge.registry.views import MAX_RECORDS_PER_REQUEST
-from bridge.settings import Settings
+from bridge.settings import JOB_RUNNERS, Settings
 
 OPENAPI_VERSION = "3.0.3"
 API_KEY = [{"apiKey": []}]
@@ -40,12 +41,40 @@ class ErrorSchema(Schema):
     details = fields.Dict(required=True, metadata={"description": "Facts about the error; {} when there are none."})
 
 
-class HealthSchema(Schema):
-    """What GET /healthz answers."""
+class SchemaStateSchema(Schema):
+    """The database schema against the migrations this code ships (bridge.migrate.SchemaState)."""
 
-    status = fields.String(required=True)
-    database = fields.String(required=True)
-    jobs = fields.String(required=True)
+    current = fields.String(required=True, allow_none=True,
+                            metadata={"description": "The revision the database is at; null when never migrated "
+                                                     "or when the database cannot be read."})
+    head = fields.String(required=True, metadata={"description": "The latest revision this code ships."})
+    state = fields.String(required=True, validate=validate.OneOf(["ok", "missing", "behind", "ahead", "unknown"]),
+                          metadata={"description": "`missing` and `behind`: run `bridge db upgrade`. `ahead`: the "
+                                                   "database was migrated by a newer release. `unknown`: the "
+                                                   "database cannot be read."})
+
+
+class HealthSchema(Schema):
+    """What GET /healthz answers, 200 or 503 (bridge.health.HealthCheck.report)."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ok", "degraded", "unavailable"]),
+                           metadata={"description": "`unavailable` (503): this process cannot serve the API. "
+                                                    "`degraded` (200): it can, but a queue has no live worker or the "
+                                                    "schema is ahead of this code."})
+    database = fields.String(required=True, metadata={"description": "`ok`, or `error: <reason>`."})
+    schema = fields.Nested(SchemaStateSchema, required=True)
+    jobs = fields.String(required=True, validate=validate.OneOf(list(JOB_RUNNERS)))
+    redis = fields.String(metadata={"description": "With RQ only: `ok`, or `error: <reason>`."})
+    workers = fields.Nested(Schema.from_dict({kind: fields.Integer(required=True) for kind in QUEUES},
+                                             name="WorkersSchema"),
+                            allow_none=True, metadata={"description": "With RQ only: the live workers serving "
+                                                                      "each queue; null when Redis cannot be asked."})
+
+
+class LivenessSchema(Schema):
+    """What GET /livez answers."""
+
+    status = fields.String(required=True, validate=validate.Equal("ok"))
 
 
 _TIME_RULE = ("Epoch seconds (milliseconds when at least 10^11) or ISO 8601 (no zone means UTC), between "
@@ -90,7 +119,8 @@ _ERRORS = {
          "stored; retry after `Retry-After` seconds.",
     503: "The database is unreachable (`database_unavailable`) or has no free connection (`database_busy`), or the "
          "web process cannot store events this fast, or reads as many large cohort bodies as it may (`overloaded`, "
-         "nothing stored); retry after `Retry-After` seconds.",
+         "nothing stored); retry after `Retry-After` seconds. Or the database's schema is missing or behind "
+         "(`database_not_migrated`, no Retry-After): its operator must run `bridge db upgrade`.",
 }
 _AUTHENTICATED = (401, 404, 503)
 _WITH_BODY = (400, 413, 415)
@@ -141,7 +171,9 @@ def _paths(settings: Settings) -> dict[str, tuple[list[dict], dict]]:
     limit = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100})
     after = _query("after", {"type": "string"}, "The `next` of the previous page.")
     return {
-        "/healthz": ([], {"get": _operation("Health check", PUBLIC, 200, HealthSchema, (503,))}),
+        "/healthz": ([], {"get": _operation("Health check (readiness)", PUBLIC, 200, HealthSchema, (),
+                                            unavailable=HealthSchema)}),
+        "/livez": ([], {"get": _operation("Liveness: the process answers", PUBLIC, 200, LivenessSchema, ())}),
         "/openapi.json": ([], {"get": _operation("This document", PUBLIC, 200, {"type": "object"}, ())}),
         "/v1/apps/{app_id}/events": ([app], {"post": _operation(
             "Post event-stream items", API_KEY, 202, intake.IntakeResultSchema, _AUTHENTICATED + _WITH_BODY + (429,),
@@ -179,12 +211,17 @@ def _paths(settings: Settings) -> dict[str, tuple[list[dict], dict]]:
 
 
 def _operation(summary: str, security: list[dict], status: int, schema: object, errors: tuple[int, ...], *,
-               body: dict | None = None, query: list[dict] = (), csv: bool = False) -> dict:
+               body: dict | None = None, query: list[dict] = (), csv: bool = False,
+               unavailable: object | None = None) -> dict:
+    """One operation. `errors` answer the shared Error shape; `unavailable` is the schema of a 503 that
+    has its own shape instead (the health report)."""
     content = {"application/json": {"schema": schema}}
     if csv:
         content["text/csv"] = {"schema": {"type": "string"}}
     responses = {str(status): {"description": "OK", "content": content}}
     responses.update({str(code): _error_response(code) for code in sorted(errors)})
+    if unavailable is not None:
+        responses["503"] = {"description": "Unavailable", "content": {"application/json": {"schema": unavailable}}}
     operation = {"summary": summary, "security": security, "parameters": list(query), "responses": responses}
     if body is not None:
         operation["requestBody"] = body

@@ -8,13 +8,13 @@ import uuid
 from collections.abc import Mapping
 
 from flask import Flask, g, request
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from werkzeug.routing import BaseConverter
 
 from bridge import logs
 from bridge.auth import TokenCache
 from bridge.errors import register_error_handlers
+from bridge.health import HealthCheck, SchemaGate
 from bridge.runtime import Runtime, install
 from bridge.settings import Settings
 
@@ -41,12 +41,22 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.extensions["bridge"] = runtime
     app.extensions["bridge.tokens"] = TokenCache(settings.auth_cache_seconds)  # see auth.py
-    register_error_handlers(app)
+    schema_gate = SchemaGate(runtime.engine)
+    register_error_handlers(app, schema_gate.explain)
+    health = HealthCheck(runtime, schema_gate)
+    schema_at_start = schema_gate.try_read()  # None: the database is unreachable for now
+    if schema_at_start is not None and not schema_at_start.usable:
+        log.warning("the database is %s", schema_at_start.problem())
 
     @app.before_request
     def _request_id():
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
+
+    @app.before_request
+    def _schema_migrated():
+        if request.blueprint is not None:  # the API; not /healthz, /livez or /openapi.json
+            schema_gate.guard()
 
     @app.after_request
     def _echo_request_id(response):
@@ -64,9 +74,14 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
 
     @app.get("/healthz")
     def healthz():
-        with runtime.session() as session:
-            session.execute(text("SELECT 1"))
-        return {"status": "ok", "database": "ok", "jobs": settings.job_runner}
+        """Readiness and monitoring: the database, its schema, Redis and the workers (health.HealthCheck);
+        503 when this process cannot serve the API."""
+        return health.report()
+
+    @app.get("/livez")
+    def livez():
+        """Liveness: the process answers. No I/O, so a dependency's outage never restarts the process."""
+        return {"status": "ok"}
 
     from bridge.cohorts.views import bp as cohorts_bp
     from bridge.delivery.views import bp as delivery_bp
@@ -82,7 +97,9 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
         """The OpenAPI 3 document of this API; public, like /healthz."""
         return build_document(settings)
 
-    if settings.job_runner == "thread":
+    if settings.job_runner == "thread" and (schema_at_start is None or schema_at_start.usable):
+        # On a database not migrated yet the thread would fail its sweep every interval; it starts with
+        # the first job queued instead (once `bridge db upgrade` has run, the API's requests queue them).
         runtime.runner.start()  # type: ignore[attr-defined]
     # What start-up made (routes, schemas, SQLAlchemy's metadata) lives as long as the process: moved out
     # of the garbage collector's view, it no longer lengthens the full collections that pause every thread.

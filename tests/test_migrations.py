@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, select, text, update
 
 from bridge.cohorts.models import CohortBatch, CohortMember
 from bridge.db import metadata
-from bridge.migrate import alembic_config, upgrade
+from bridge.migrate import alembic_config, head, schema_state, upgrade
 
 NOW = datetime(2026, 11, 24, 9, tzinfo=UTC)
 
@@ -20,6 +20,26 @@ NOW = datetime(2026, 11, 24, 9, tzinfo=UTC)
 def test_a_single_head():
     heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
     assert len(heads) == 1, heads
+
+
+def test_the_schema_state_says_where_a_database_stands(unmigrated_database_url):
+    url, latest = unmigrated_database_url, head(unmigrated_database_url)
+    engine = create_engine(url)
+
+    def state() -> tuple[str | None, str, bool, str]:
+        with engine.connect() as conn:
+            found = schema_state(conn)
+        return found.current, found.head, found.at_head, found.state
+
+    assert state() == (None, latest, False, "missing")
+    upgrade(url, "0007")
+    assert state() == ("0007", latest, False, "behind")
+    upgrade(url)
+    assert state() == (latest, latest, True, "ok")
+    with engine.begin() as conn:  # a later release migrated it, then was rolled back
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    assert state() == ("9999", latest, False, "ahead")
+    engine.dispose()
 
 
 def test_models_and_migrations_agree(database_url):

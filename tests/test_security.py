@@ -27,7 +27,7 @@ from bridge.settings import Settings
 from bridge.web import create_app
 from conftest import Tenant
 
-PUBLIC = {"/healthz", "/openapi.json"}
+PUBLIC = {"/healthz", "/livez", "/openapi.json"}
 WEBHOOK = "/v1/apps/<app_id>/amplitude/cohorts"
 
 
