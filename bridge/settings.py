@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 DEFAULT_DATABASE_URL = "sqlite:///bridge.db"
 JOB_RUNNERS = ("rq", "thread", "manual")
+LOG_FORMATS = ("text", "json")  # key=value pairs, or one JSON object per line (bridge/logs.py)
 # The most bytes one entry of a cohort webhook's `users` needs: a user_id of 256 characters (the
 # longest usable one, cohorts.schemas.MAX_USER_ID_LENGTH) of up to 4 UTF-8 bytes each, and 64 bytes of
 # JSON around it (`{"user_id": "", "user_properties": {}},` is 41). Plus the envelope: cohort_id,
@@ -33,6 +34,7 @@ class Settings:
     port: int
     job_runner: str
     log_level: str
+    log_format: str
     secret_key: str  # signs and encrypts paging cursors; generated per process in embedded mode
     # Web tier
     web_read_timeout_seconds: int
@@ -84,6 +86,9 @@ class Settings:
             raise ConfigurationError(f"JOB_RUNNER must be one of {', '.join(JOB_RUNNERS)}, got {runner!r}")
         if runner == "rq" and not redis_url:
             raise ConfigurationError("JOB_RUNNER=rq needs REDIS_URL")
+        log_format = reader.text("LOG_FORMAT") or "text"
+        if log_format.lower() not in LOG_FORMATS:
+            raise ConfigurationError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
         # Amplitude sends a cohort in batches of up to 10,000 users.
         cohort_users = reader.integer("COHORT_MAX_USERS_PER_BATCH", 10_000, low=1, high=100_000)
         settings = cls(
@@ -93,6 +98,7 @@ class Settings:
             port=reader.integer("PORT", 5000, low=1, high=65535),
             job_runner=runner,
             log_level=(reader.text("LOG_LEVEL") or "INFO").upper(),
+            log_format=log_format.lower(),
             secret_key=_secret_key(reader.text("SECRET_KEY"), production=bool(redis_url)),
             web_read_timeout_seconds=reader.integer("WEB_READ_TIMEOUT_SECONDS", 30, low=1, high=3600),
             web_max_connections=reader.integer("WEB_MAX_CONNECTIONS", 1000, low=10, high=100_000),

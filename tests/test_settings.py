@@ -40,10 +40,16 @@ def test_redis_url_switches_jobs_to_rq():
     ({"WEB_READ_TIMEOUT_SECONDS": "0"}, "WEB_READ_TIMEOUT_SECONDS"),
     ({"WEB_READ_TIMEOUT_SECONDS": "2.5"}, "WEB_READ_TIMEOUT_SECONDS"),
     ({"WEB_MAX_CONNECTIONS": "5"}, "WEB_MAX_CONNECTIONS"),
+    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of text, json, got 'xml'"),
 ])
 def test_bad_values_fail_fast_naming_the_variable(env, names):
     with pytest.raises(ConfigurationError, match=names):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(("raw", "log_format"), [("", "text"), ("json", "json"), (" JSON ", "json"), ("Text", "text")])
+def test_log_format_is_text_unless_json_is_asked_for(raw, log_format):
+    assert Settings.from_env({"LOG_FORMAT": raw}).log_format == log_format
 
 
 def test_the_amplitude_base_url_override_keeps_paths_out():
