@@ -33,7 +33,7 @@ class Context:
             from bridge.runtime import Runtime, install
 
             settings = _settings()
-            logs.configure(settings.log_level, self.log_stream)
+            logs.configure(settings.log_level, self.log_stream, settings.log_format)
             self._runtime = install(Runtime(settings))
         return self._runtime
 
