@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ from bridge.settings import ConfigurationError, Settings
 
 if TYPE_CHECKING:
     from bridge.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 class Context:
@@ -141,11 +144,6 @@ def worker(ctx: Context, burst: bool, queues: tuple[str, ...]) -> None:
     worker_module.run(runtime, burst=burst, queues=queues)
 
 
-# gunicorn's default access-log format without `%(u)s`, the HTTP Basic user: a token sent that way by
-# mistake would otherwise be written to the log in clear.
-ACCESS_LOG_FORMAT = '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
-
-
 @main.command()
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")),
@@ -155,12 +153,13 @@ def web(host: str, workers: int) -> None:
     slow clients hold no app thread (bridge/webserver.py)."""
     settings = _settings()
     if settings.job_runner == "thread" and workers > 1:
-        click.echo("embedded mode: one web process runs the delivery thread", err=True)
+        logs.configure(settings.log_level, sys.stdout, settings.log_format)
+        log.warning("embedded mode: one web process runs the delivery thread")
         workers = 1
     args = ["gunicorn", "bridge.web:create_app()", "--bind", f"{host}:{settings.port}", "--workers", str(workers),
             "--worker-class", "bridge.webserver.BufferingWorker", "--threads", "8",
             "--worker-connections", str(settings.web_max_connections),
-            "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
+            "--access-logfile", "-",
             "--logger-class", "bridge.webserver.AccessLogger", "--graceful-timeout", "25"]
     os.execvp(sys.executable, [sys.executable, "-m", *args])
 
