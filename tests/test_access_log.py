@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import socket
 import subprocess
 
@@ -134,3 +135,14 @@ def test_a_bad_log_format_stops_the_process_with_one_line(command, tmp_path):
     assert done.returncode != 0 and done.stdout == ""
     assert "LOG_FORMAT must be one of text, json, got 'xml'" in line
 
+
+def test_the_readme_examples_are_lines_of_their_format():
+    """The lines the README's Logs section shows parse in their format, the access line with its keys."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n### Logs\n", 1)[1].split("\n### ", 1)[0]
+    shown = dict(re.findall(r"^```(text|json)\n(.*?)^```", section, re.DOTALL | re.MULTILINE))
+    assert set(shown) == set(LOG_FORMATS)
+    for log_format, block in shown.items():
+        access, *others = [parse_log_line(line, log_format) for line in block.splitlines()]
+        assert set(access) == {"time", "level", "logger", "method", "path", "status", "bytes", "duration_ms", "req",
+                               "remote", "ua"}
+        assert others and all("msg" in record for record in others)
