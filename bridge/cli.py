@@ -7,6 +7,7 @@ that cannot be reached as `bridge: cannot connect to <URL, password masked>: <re
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ from bridge.settings import ConfigurationError, Settings, mask_url
 
 if TYPE_CHECKING:
     from bridge.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 class Context:
@@ -41,7 +44,7 @@ class Context:
             from bridge.runtime import Runtime, install
 
             settings = Settings.from_env()
-            logs.configure(settings.log_level, self.log_stream)
+            logs.configure(settings.log_level, self.log_stream, settings.log_format)
             connections.check_database(settings.database_url)
             runtime = Runtime(settings)
             try:
@@ -189,11 +192,6 @@ def worker(ctx: Context, burst: bool, queues: tuple[str, ...]) -> None:
     worker_module.run(runtime, burst=burst, queues=queues)
 
 
-# gunicorn's default access-log format without `%(u)s`, the HTTP Basic user: a token sent that way by
-# mistake would otherwise be written to the log in clear.
-ACCESS_LOG_FORMAT = '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
-
-
 @main.command()
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--workers", type=click.IntRange(1), show_default="WEB_CONCURRENCY, or 2")
@@ -204,12 +202,13 @@ def web(host: str, workers: int | None) -> None:
     settings = Settings.from_env()
     workers = settings.web_concurrency if workers is None else workers
     if settings.job_runner == "thread" and workers > 1:
-        click.echo("embedded mode: one web process runs the delivery thread", err=True)
+        logs.configure(settings.log_level, sys.stdout, settings.log_format)
+        log.warning("embedded mode: one web process runs the delivery thread")
         workers = 1
     args = ["gunicorn", "bridge.web:create_app()", "--bind", f"{host}:{settings.port}", "--workers", str(workers),
             "--worker-class", "bridge.webserver.BufferingWorker", "--threads", "8",
             "--worker-connections", str(settings.web_max_connections),
-            "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
+            "--access-logfile", "-",
             "--logger-class", "bridge.webserver.AccessLogger", "--graceful-timeout", "25",
             # gunicorn ≥ 25.1 otherwise listens on a control socket shared by every gunicorn of the user
             # ($XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl; in 25.1, gunicorn.ctl in the working

@@ -1,15 +1,26 @@
-"""Logging to stdout (stderr for a one-off command), with the request id (web) or the job id (worker) on
-every line."""
+"""Logging to stdout (stderr for a one-off command), one line per record in the format LOG_FORMAT names.
+
+- `text`: key=value pairs (logfmt), e.g.
+  `time=2026-11-29T10:00:00.123Z level=WARNING logger=bridge.errors req=4f1c… msg="database unavailable: …"`;
+  a value is quoted when it holds a space, `=`, `"` or `\\`, with `"` and `\\` escaped inside the quotes.
+- `json`: one JSON object per line with the same keys.
+
+Every line has `time` (UTC, ISO 8601, milliseconds), `level` and `logger`; then the request id (`req`,
+web) or the job id (`job`, worker) when there is one; then the record's own fields (the access log's,
+bridge/webserver.py); then `msg`. A value that came from a request cannot forge a line: its control
+characters and bidi marks are written as escapes (`bridge.text.escape_unprintable`) in both formats.
+"""
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import traceback
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import TextIO
 
 from bridge.text import escape_unprintable
-
-_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(context)s] %(message)s"
 
 
 def _escape_but_newlines(text: str) -> str:
@@ -31,64 +42,77 @@ def _safe_chunk(chunk: str) -> str:
     return escape_unprintable(body) + "\n"
 
 
-class SafeFormatter(logging.Formatter):
-    """The log format, with every control character of the message (ids, names and errors that came
-    from requests) written as an escape, so one log record prints as it reads and only a traceback
-    spans several lines. A traceback keeps its lines, but an exception's message (and its notes) is
-    escaped like the message: a newline or an ANSI escape in it cannot forge a line or rewrite the
-    terminal."""
+class LineFormatter(logging.Formatter):
+    """One log record, one line in `log_format` ("text" or "json"; see the module's docstring). A record
+    logged with `extra={"fields": {...}}` carries those fields (str, int or float values; None leaves a
+    field out). A traceback or a stack keeps its lines: after the record's line in text, in the `exc` and
+    `stack` fields in json. An exception's message (and its notes) is escaped into one line like any
+    value, since it may hold request data; the traceback's own structure (frames, chaining notes) is not."""
+
+    def __init__(self, log_format: str = "text"):
+        super().__init__()
+        self.log_format = log_format
 
     def format(self, record: logging.LogRecord) -> str:
-        if record.exc_info:
-            record.exc_text = None  # another handler may have cached a traceback formatted without escapes
-        elif record.exc_text:
-            record.exc_text = _escape_but_newlines(record.exc_text)
-        return super().format(record)
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape_unprintable(record.message)
-        return super().formatMessage(record)
+        fields: dict[str, object] = {"time": _timestamp(record.created), "level": record.levelname,
+                                     "logger": record.name, **_context(), **getattr(record, "fields", {})}
+        message = record.getMessage()
+        if message:
+            fields["msg"] = message
+        values = {key: escape_unprintable(value) if isinstance(value, str) else value
+                  for key, value in fields.items() if value is not None}
+        # Another handler may have cached a traceback formatted without escapes: formatted again here.
+        trace = {"exc": self.formatException(record.exc_info) if record.exc_info
+                 else _escape_but_newlines(record.exc_text) if record.exc_text else None,
+                 "stack": _escape_but_newlines(record.stack_info) if record.stack_info else None}
+        trace = {key: text for key, text in trace.items() if text}
+        if self.log_format == "json":
+            return json.dumps({**values, **trace}, ensure_ascii=False)
+        return " ".join(f"{key}={_text_value(value)}" for key, value in values.items()) + "".join(
+            f"\n{text}" for text in trace.values())
 
     def formatException(self, ei) -> str:
         if ei[1] is None:
-            return super().formatException(ei)
+            return _escape_but_newlines(super().formatException(ei))
         chunks = traceback.TracebackException(type(ei[1]), ei[1], ei[2]).format(chain=True)
         return "".join(_safe_chunk(chunk) for chunk in chunks).removesuffix("\n")
 
-    def formatStack(self, stack_info: str) -> str:
-        return _escape_but_newlines(stack_info)
+
+def _timestamp(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class _ContextFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.context = _context()
-        return True
+def _text_value(value: object) -> str:
+    """A logfmt value: as it is, or quoted when it is empty or holds a space, `=`, `"` or a backslash."""
+    text = str(value)
+    if text and not any(char.isspace() or char in '="\\' for char in text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _context() -> str:
+def _context() -> Mapping[str, str]:
+    """`req` (in a request) or `job` (in an RQ job), or nothing."""
     from flask import g, has_request_context  # here: a one-off command need not import flask at all
 
     if has_request_context():
-        return f"req={getattr(g, 'request_id', '-')}"
+        return {"req": getattr(g, "request_id", "-")}
     try:
         from rq import get_current_job
 
         job = get_current_job()
     except Exception:  # noqa: BLE001 - logging must never fail
         job = None
-    return f"job={job.id}" if job is not None else "-"
+    return {"job": job.id} if job is not None else {}
 
 
-def configure(level: str = "INFO", stream: TextIO | None = None) -> None:
-    """Send every log line to `stream` (default: stdout) in one format. Safe to call more than once: the
-    first call chooses the stream."""
+def configure(level: str = "INFO", stream: TextIO | None = None, log_format: str = "text") -> None:
+    """Send every log line to `stream` (default: stdout) in `log_format` (`LineFormatter`). Safe to call
+    more than once: the first call chooses the stream, the last the level and the format."""
     root = logging.getLogger()
-    if any(getattr(h, "_bridge", False) for h in root.handlers):
-        root.setLevel(level)
-        return
-    handler = logging.StreamHandler(stream or sys.stdout)
-    handler._bridge = True  # type: ignore[attr-defined]
-    handler.setFormatter(SafeFormatter(_FORMAT))
-    handler.addFilter(_ContextFilter())
-    root.addHandler(handler)
+    handler = next((h for h in root.handlers if getattr(h, "_bridge", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler(stream or sys.stdout)
+        handler._bridge = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    handler.setFormatter(LineFormatter(log_format))
     root.setLevel(level)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 DEFAULT_DATABASE_URL = "sqlite:///bridge.db"
 JOB_RUNNERS = ("rq", "thread", "manual")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")  # key=value pairs, or one JSON object per line (bridge/logs.py)
 # The most bytes one entry of a cohort webhook's `users` needs: a user_id of 256 characters (the
 # longest usable one, cohorts.schemas.MAX_USER_ID_LENGTH) of up to 4 UTF-8 bytes each, and 64 bytes of
 # JSON around it (`{"user_id": "", "user_properties": {}},` is 41). Plus the envelope: cohort_id,
@@ -42,6 +43,7 @@ class Settings:
     port: int = variable("PORT")
     job_runner: str = variable("JOB_RUNNER")
     log_level: str = variable("LOG_LEVEL")
+    log_format: str = variable("LOG_FORMAT")
     # Signs and encrypts paging cursors; generated per process in embedded mode.
     secret_key: str = variable("SECRET_KEY")
     # Web tier
@@ -104,6 +106,7 @@ class Settings:
             port=reader.integer("PORT", 5000, low=1, high=65535),
             job_runner=runner,
             log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, "INFO"),
+            log_format=reader.choice("LOG_FORMAT", LOG_FORMATS, "text"),
             secret_key=_secret_key(reader.text("SECRET_KEY"), production=bool(redis_url)),
             web_concurrency=reader.integer("WEB_CONCURRENCY", 2, low=1),
             web_read_timeout_seconds=reader.integer("WEB_READ_TIMEOUT_SECONDS", 30, low=1, high=3600),
@@ -280,13 +283,14 @@ class _Reader:
         return (self.env.get(name) or "").strip()
 
     def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
-        """One of `choices` (upper case), read case-insensitively; `default` when unset."""
+        """One of `choices`, read case-insensitively and returned as `choices` spells it; `default` when unset."""
         raw = self.text(name)
         if not raw:
             return default
-        if raw.upper() not in choices:
-            raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
-        return raw.upper()
+        for choice in choices:
+            if raw.strip().lower() == choice.lower():
+                return choice
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
 
     def number(self, name: str, default: float, *, low: float | None = None, high: float | None = None) -> float:
         raw = self.text(name)

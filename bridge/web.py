@@ -34,7 +34,7 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
         settings = Settings.from_env({**os.environ, **(overrides or {})})
         runtime = install(Runtime(settings))
     settings = runtime.settings
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, log_format=settings.log_format)
 
     app = Flask(__name__, static_folder=None)
     app.url_map.converters["default"] = PathSegment

@@ -30,8 +30,8 @@ from gunicorn.workers.base import Worker
 from waitress import wasyncore
 from waitress.server import create_server
 
+from bridge import logs
 from bridge.settings import Settings
-from bridge.text import escape_unprintable
 
 # How long the event loop waits for network activity before it beats gunicorn's heartbeat again (s).
 LOOP_SECONDS = 1.0
@@ -78,26 +78,57 @@ class BufferingWorker(Worker):
 
 
 class AccessLogger(Logger):
-    """gunicorn's logger, with every value of an access-log line from the request (request line, path,
-    query, referer, user agent, any header) escaped (`bridge.text.escape_unprintable`): header bytes
-    are read as Latin-1, so C1 controls (a terminal's CSI among them) and the bytes of a bidi override
-    would otherwise reach the operator's terminal as sent. `bridge web` sets it (`--logger-class`)."""
+    """gunicorn's logger, writing its own lines and the access log in LOG_FORMAT, as the app's logs are
+    written (`bridge.logs.LineFormatter`): one access line per request answered, with the fields of
+    `access_fields`. `bridge web` sets it (`--logger-class`)."""
 
-    def atoms(self, resp, req, environ, request_time) -> dict:
-        return {key: escape_unprintable(value) if isinstance(value, str) else value
-                for key, value in super().atoms(resp, req, environ, request_time).items()}
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        formatter = logs.LineFormatter(Settings.from_env().log_format)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(formatter)
+
+    def access(self, resp, req, environ, request_time) -> None:
+        self.access_log.info("", extra={"fields": access_fields(resp, environ, request_time)})
+
+
+# The most characters of a value the client chose (path, query, user agent) that an access line keeps.
+ACCESS_VALUE_MAX_CHARS = 512
+
+
+def access_fields(answer: _Answer, environ: dict, request_time: datetime.timedelta) -> dict[str, object]:
+    """The access-log fields of one request: `method`; `path` and `query` as the client sent them
+    (percent-escapes kept; no `query` when there is none); `status`; `bytes`, the body bytes sent;
+    `duration_ms`, from the app's start on the buffered request to its last byte handed to waitress;
+    `req`, the X-Request-ID the answer carries (the id the app's own lines show); `remote`, the peer's
+    address; `ua`, the User-Agent. The client's values are cut to ACCESS_VALUE_MAX_CHARS (ending in
+    `…`), and the formatter escapes their control characters and bidi marks (header bytes are read as
+    Latin-1, so a C1 control or a bidi override's bytes would otherwise reach the terminal as sent).
+    Nothing else of the request is written: no credentials, no cookie, no HTTP Basic user. A field the
+    request lacks (`req`, `ua`, `query`) is None."""
+    path, _, query = environ.get("REQUEST_URI", "").partition("?")
+    return {"method": environ.get("REQUEST_METHOD"), "path": _cut(path), "query": _cut(query) or None,
+            "status": int(answer.status.split(" ", 1)[0]), "bytes": answer.sent,
+            "duration_ms": round(request_time.total_seconds() * 1000, 1),
+            "req": next((value for name, value in answer.headers if name.lower() == "x-request-id"), None),
+            "remote": environ.get("REMOTE_ADDR"), "ua": _cut(environ.get("HTTP_USER_AGENT", "")) or None}
+
+
+def _cut(value: str) -> str:
+    return value if len(value) <= ACCESS_VALUE_MAX_CHARS else value[:ACCESS_VALUE_MAX_CHARS] + "…"
 
 
 class _AccessLog:
-    """WSGI middleware writing gunicorn's access-log line (its format, its `--access-logfile`) for each
-    request served, as gunicorn's own workers do."""
+    """WSGI middleware writing an access-log line (through gunicorn's logger, to its `--access-logfile`)
+    for each request served, as gunicorn's own workers do."""
 
     def __init__(self, app: Callable, log):
         self.app = app
         self.log = log
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        started = datetime.datetime.now()
+        started = time.perf_counter()
         answer = _Answer()
 
         def recording_start_response(status, headers, exc_info=None):
@@ -112,12 +143,11 @@ class _AccessLog:
         finally:
             if hasattr(body, "close"):
                 body.close()
-            environ.setdefault("RAW_URI", environ.get("REQUEST_URI", ""))
-            self.log.access(answer, [], environ, datetime.datetime.now() - started)
+            self.log.access(answer, [], environ, datetime.timedelta(seconds=time.perf_counter() - started))
 
 
 class _Answer:
-    """What gunicorn's access log reads of a response: status, headers, bytes sent."""
+    """What the access log reads of a response: status, headers, bytes sent."""
 
     def __init__(self):
         self.status = "500 Internal Server Error"

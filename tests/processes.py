@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -67,6 +68,31 @@ def run_bridge(env: dict[str, str], *args: str, timeout: float = 60) -> subproce
     stdout and stderr, as text."""
     return subprocess.run([sys.executable, "-m", "bridge", *args], env={**os.environ, **env}, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# One key=value pair of a `LOG_FORMAT=text` line: a bare value, or a quoted one with `\"` and `\\` escapes.
+_PAIR = re.compile(r'([A-Za-z_]+)=("(?:[^"\\]|\\.)*"|[^\s"=]+)(?: |$)')
+
+
+def parse_log_line(line: str, log_format: str) -> dict:
+    """The fields of one log line written in `log_format` (LOG_FORMAT: "text" or "json"), as a log
+    platform reads them; ValueError if the line is not wholly in that format."""
+    if log_format == "json":
+        return json.loads(line)
+    fields, at = {}, 0
+    while at < len(line):
+        pair = _PAIR.match(line, at)
+        if pair is None or pair.group(1) in fields:
+            raise ValueError(f"not a key=value line (at character {at}): {line!r}")
+        value = pair.group(2)
+        fields[pair.group(1)] = re.sub(r"\\(.)", r"\1", value[1:-1]) if value.startswith('"') else value
+        at = pair.end()
+    return fields
+
+
+def log_records(output: str, log_format: str) -> list[dict]:
+    """Every line of a process's `output`, parsed (`parse_log_line`)."""
+    return [parse_log_line(line, log_format) for line in output.splitlines()]
 
 
 def bridge_cli(env: dict[str, str], *args: str) -> dict:

@@ -27,7 +27,7 @@ from bridge.apps.service import create_app_record
 from conftest import _truncate, _unavailable
 from faults_support import (USERS, WORKER_ENV, Bridge, PrivateRedis, claimers, hold_delivery, libpq_url,
                             restart_postgresql)
-from processes import start_web, wait_until
+from processes import parse_log_line, start_web, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -112,7 +112,8 @@ def test_sigterm_during_a_batch_exits_within_herokus_30s(bridge):
     after = log[log.index("warm shut down requested"):]
     assert code == 0, log[-3000:]
     assert took > 1, "the worker exited without waiting for the answer to the batch in hand"
-    statuses = [line.rsplit('"', 2)[-2].split()[1] for line in after.splitlines() if "/2/httpapi" in line]
+    sent_lines = [parse_log_line(line, "text")["msg"] for line in after.splitlines() if "/2/httpapi" in line]
+    statuses = [line.rsplit('"', 2)[-2].split()[1] for line in sent_lines]  # httpx's `... "HTTP/1.1 413 ..."`
     assert statuses == ["413", "200", "200"], after[-3000:]  # the batch in hand, then its two halves
     assert ": bridge: bridge.delivery.pusher.drain_app(" not in after, "the worker took another job after SIGTERM"
     bridge.start_worker()

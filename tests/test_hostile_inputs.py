@@ -61,18 +61,24 @@ def test_the_import_errors_file_neutralises_formulas(runtime, tenant, tmp_path):
     assert rows[1][2:] == ["'" + FORMULA, "tok", "99", "'@evil"]
 
 
-def test_a_value_cannot_forge_a_log_line_or_rewrite_the_terminal(caplog):
+@pytest.mark.parametrize(("log_format", "line"), [
+    ("text", 'level=WARNING logger=bridge.test_hostile msg="cohort c1\\\\x0a2026-11-29 INFO bridge.auth [req=admin] '
+             'token OK\\\\x1b[2J\\\\u202e\\\\x85 \\"req=admin\\" failed"'),
+    ("json", '"level": "WARNING", "logger": "bridge.test_hostile", "msg": "cohort c1\\\\x0a2026-11-29 INFO bridge.auth '
+             '[req=admin] token OK\\\\x1b[2J\\\\u202e\\\\x85 \\"req=admin\\" failed"}'),
+])
+def test_a_value_cannot_forge_a_log_line_or_rewrite_the_terminal(log_format, line):
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.SafeFormatter("%(levelname)s %(message)s"))
+    handler.setFormatter(logs.LineFormatter(log_format))
     logger = logging.getLogger("bridge.test_hostile")
     logger.addHandler(handler)
     try:
-        logger.warning("cohort %s failed", "c1\n2026-11-29 INFO bridge.auth [req=admin] token OK\x1b[2J\u202e\x85")
+        logger.warning("cohort %s failed", 'c1\n2026-11-29 INFO bridge.auth [req=admin] token OK\x1b[2J\u202e\x85 "req=admin"')
     finally:
         logger.removeHandler(handler)
-    assert stream.getvalue() == ("WARNING cohort c1\\x0a2026-11-29 INFO bridge.auth [req=admin] token OK"
-                                 "\\x1b[2J\\u202e\\x85 failed\n")
+    written = stream.getvalue()
+    assert written.count("\n") == 1 and written.endswith(line + "\n"), written
 
 
 @pytest.mark.parametrize("bad", ["u1\n2026-11-29 INFO forged", "u1\x1b[2J", "u1\u202egnp.exe", "u1\x85x"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import logging
 import re
 import uuid
@@ -41,7 +42,7 @@ def log_lines():
     processes install it, `bridge.logs.configure`)."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.SafeFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(logs.LineFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
     try:
@@ -70,6 +71,27 @@ def test_an_exception_message_cannot_forge_a_log_line_or_rewrite_the_terminal(lo
     assert "Traceback (most recent call last):" in lines and any(line.startswith("  File ") for line in lines)
     assert "The above exception was the direct cause of the following exception:" in lines
     assert any(line.startswith("Stack (most recent call last):") for line in lines)
+
+
+def test_a_json_log_line_holds_the_traceback_escaped_in_one_line():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.LineFormatter("json"))
+    log = logging.getLogger("bridge.test_hostile_leaks.json")
+    log.addHandler(handler)
+    try:
+        try:
+            leaky_job("u1")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        log.removeHandler(handler)
+    [line] = stream.getvalue().splitlines()
+    assert "\x1b" not in line and "\u202e" not in line
+    trace = json.loads(line)["exc"].split("\n")
+    assert trace[0] == "Traceback (most recent call last):" and any(t.startswith("  File ") for t in trace)
+    assert trace[-1] == ("ValueError: no channel record for u1\\x0a2026-11-29 12:00:00,000 INFO bridge.auth [req=admin] "
+                         "token OK\\x1b[2J\\u202e")
 
 
 def test_a_traceback_another_handler_formatted_first_is_escaped_too(log_lines):

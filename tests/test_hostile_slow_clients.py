@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from processes import SECRET_KEY, bridge_cli, start_web, wait_until
+from processes import SECRET_KEY, bridge_cli, log_records, start_web, wait_until
 
 pytestmark = pytest.mark.hostile
 
@@ -93,24 +93,7 @@ def test_slow_clients_cannot_starve_the_web_tier(bridge, count):
     finally:
         for connection in slow:
             connection.close()
-    # The access log keeps gunicorn's format without the HTTP Basic user, one line per answered request.
-    wait_until(lambda: web.output().count('"POST /v1/apps/') >= 5, 5, "the access log lines of the probes")
-    line = next(l for l in web.output().splitlines() if '"POST /v1/apps/' in l)
-    assert line.startswith("127.0.0.1 - - [") and '" 202 ' in line and line.endswith('"python-httpx/' + httpx.__version__ + '"')
-
-
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_header_values_cannot_rewrite_the_terminal_through_the_access_log(bridge):
-    """The access log's values come from the request. Header bytes are read as Latin-1, so a C1 control
-    (0x9b is a terminal's CSI) or the UTF-8 bytes of a bidi override would reach the log as sent."""
-    web, url, _ = bridge
-    host, port = url.removeprefix("http://").split(":")
-    user_agent = b"agent\xc2\x9b2J\xe2\x80\xaereversed"
-    with socket.create_connection((host, int(port)), timeout=5) as connection:
-        connection.sendall(b"GET /healthz?probe=%0d%0a HTTP/1.1\r\nHost: bridge\r\nReferer: http://x.example/\x9b31m\r\n"
-                           b"User-Agent: " + user_agent + b"\r\nConnection: close\r\n\r\n")
-        assert connection.recv(100).startswith(b"HTTP/1.1 200")
-    line = wait_until(lambda: next((l for l in web.output().splitlines() if "probe=" in l), None), 5,
-                      "the probe's access-log line")
-    assert '"http://x.example/\\x9b31m" "agent\u00c2\\x9b2J\u00e2\\x80\u00aereversed"' in line, line
-    assert "GET /healthz?probe=%0d%0a HTTP/1.1" in line  # the request line as sent: percent-escapes stay
+    # The access log keeps its format, one line per answered request, with the id each probe sent.
+    wait_until(lambda: web.output().count('path=/v1/apps/') >= 5, 5, "the access log lines of the probes")
+    probes = [r for r in log_records(web.output(), "text") if r["logger"] == "gunicorn.access" and r["method"] == "POST"]
+    assert [(r["req"], r["status"]) for r in probes] == [(f"probe-{n}", "202") for n in range(5)]

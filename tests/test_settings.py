@@ -58,6 +58,7 @@ def test_redis_url_switches_jobs_to_rq():
     ({"DATABASE_URL": "sqlite://bridge.db"}, "DATABASE_URL"),
     ({"DATABASE_URL": "postgres://bridge@db.internal:port/bridge"}, "DATABASE_URL"),
     ({"AMPLITUDE_BASE_URL": "http://amplitude.internal:port"}, "AMPLITUDE_BASE_URL"),
+    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of text, json, got 'xml'"),
 ])
 def test_bad_values_fail_fast_naming_the_variable(env, names):
     with pytest.raises(ConfigurationError, match=names):
@@ -142,6 +143,11 @@ def test_web_concurrency_sets_the_web_processes_and_workers_overrides_it(monkeyp
     assert result.exit_code == 0, result.output
     [argv] = started
     assert argv[argv.index("--workers") + 1] == processes
+
+
+@pytest.mark.parametrize(("raw", "log_format"), [("", "text"), ("json", "json"), (" JSON ", "json"), ("Text", "text")])
+def test_log_format_is_text_unless_json_is_asked_for(raw, log_format):
+    assert Settings.from_env({"LOG_FORMAT": raw}).log_format == log_format
 
 
 def test_the_amplitude_base_url_override_keeps_paths_out():

@@ -18,7 +18,7 @@ from redis import Redis
 from bridge import worker
 from bridge.amplitude.sink import AmplitudeSink
 from bridge.settings import Settings
-from processes import SECRET_KEY, bridge_cli, start_web, start_worker, wait_until
+from processes import SECRET_KEY, bridge_cli, log_records, start_web, start_worker, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +75,7 @@ def test_an_event_posted_to_an_idle_worker_reaches_amplitude_within_2_seconds(po
             wait_until(lambda: sink.events("amp-idle-key"), 10, "the event to reach Amplitude", interval=0.02)
             delay = time.monotonic() - posted
             assert delay < 2, f"the event reached Amplitude {delay:.1f} s after it was posted"
-            assert not [line for line in work.output().splitlines() if " ERROR " in line or " WARNING " in line]
+            assert not [r for r in log_records(work.output(), "text") if r["level"] in ("WARNING", "ERROR", "CRITICAL")]
         finally:
             redis.close()
             work.stop()
