@@ -65,7 +65,9 @@ def test_each_request_has_one_access_line_with_its_request_id_and_duration(web, 
         duration = line.pop("duration_ms")
         if log_format == "text":
             duration, line["status"], line["bytes"] = float(duration), int(line["status"]), int(line["bytes"])
-        assert isinstance(duration, float) and 0 <= duration <= answer.elapsed.total_seconds() * 1000 + 0.1
+        # The server stops its clock once waitress has the last byte, which a loaded machine may schedule
+        # after the client has read it: the client's own elapsed time bounds it, give or take 100 ms.
+        assert isinstance(duration, float) and 0 < duration <= answer.elapsed.total_seconds() * 1000 + 100
         path = answer.request.url.raw_path.decode()
         assert {key: line[key] for key in ("method", "path", "status", "bytes", "remote", "ua")} == {
             "method": answer.request.method, "path": path.partition("?")[0], "status": answer.status_code,
