@@ -19,6 +19,7 @@ from bridge import times
 from bridge.cohorts import schemas as cohorts
 from bridge.cohorts.views import MAX_LIMIT
 from bridge.delivery.schemas import DeliveryStatsSchema
+from bridge.errors import ErrorSchema
 from bridge.intake import schemas as intake
 from bridge.intake.views import MAX_JSON_DEPTH
 from bridge.jobs import QUEUES
@@ -31,14 +32,6 @@ OPENAPI_VERSION = "3.0.3"
 API_KEY = [{"apiKey": []}]
 COHORT_TOKEN = [{"cohortToken": []}]
 PUBLIC: list[dict] = []
-
-
-class ErrorSchema(Schema):
-    """The one shape of every 4xx and 5xx answer (`bridge.errors`)."""
-
-    error = fields.String(required=True, metadata={"description": "A stable, machine-readable code."})
-    message = fields.String(required=True, metadata={"description": "What went wrong, for people."})
-    details = fields.Dict(required=True, metadata={"description": "Facts about the error; {} when there are none."})
 
 
 class SchemaStateSchema(Schema):
