@@ -12,7 +12,7 @@ from importlib.metadata import version
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, fields
 
 from bridge import fields as shared
 from bridge import times
@@ -20,54 +20,18 @@ from bridge.cohorts import schemas as cohorts
 from bridge.cohorts.views import MAX_LIMIT
 from bridge.delivery.schemas import DeliveryStatsSchema
 from bridge.errors import ErrorSchema
+from bridge.health import HealthSchema, LivenessSchema
 from bridge.intake import schemas as intake
 from bridge.intake.views import MAX_JSON_DEPTH
-from bridge.jobs import QUEUES
 from bridge.registry import schemas as registry
 from bridge.registry.models import CHANNELS
 from bridge.registry.views import MAX_RECORDS_PER_REQUEST
-from bridge.settings import JOB_RUNNERS, Settings
+from bridge.settings import Settings
 
 OPENAPI_VERSION = "3.0.3"
 API_KEY = [{"apiKey": []}]
 COHORT_TOKEN = [{"cohortToken": []}]
 PUBLIC: list[dict] = []
-
-
-class SchemaStateSchema(Schema):
-    """The database schema against the migrations this code ships (bridge.migrate.SchemaState)."""
-
-    current = fields.String(required=True, allow_none=True,
-                            metadata={"description": "The revision the database is at; null when never migrated "
-                                                     "or when the database cannot be read."})
-    head = fields.String(required=True, metadata={"description": "The latest revision this code ships."})
-    state = fields.String(required=True, validate=validate.OneOf(["ok", "missing", "behind", "ahead", "unknown"]),
-                          metadata={"description": "`missing` and `behind`: run `bridge db upgrade`. `ahead`: the "
-                                                   "database was migrated by a newer release. `unknown`: the "
-                                                   "database cannot be read."})
-
-
-class HealthSchema(Schema):
-    """What GET /healthz answers, 200 or 503 (bridge.health.HealthCheck.report)."""
-
-    status = fields.String(required=True, validate=validate.OneOf(["ok", "degraded", "unavailable"]),
-                           metadata={"description": "`unavailable` (503): this process cannot serve the API. "
-                                                    "`degraded` (200): it can, but a queue has no live worker or the "
-                                                    "schema is ahead of this code."})
-    database = fields.String(required=True, metadata={"description": "`ok`, or `error: <reason>`."})
-    schema = fields.Nested(SchemaStateSchema, required=True)
-    jobs = fields.String(required=True, validate=validate.OneOf(list(JOB_RUNNERS)))
-    redis = fields.String(metadata={"description": "With RQ only: `ok`, or `error: <reason>`."})
-    workers = fields.Nested(Schema.from_dict({kind: fields.Integer(required=True) for kind in QUEUES},
-                                             name="WorkersSchema"),
-                            allow_none=True, metadata={"description": "With RQ only: the live workers serving "
-                                                                      "each queue; null when Redis cannot be asked."})
-
-
-class LivenessSchema(Schema):
-    """What GET /livez answers."""
-
-    status = fields.String(required=True, validate=validate.Equal("ok"))
 
 
 _TIME_RULE = ("Epoch seconds (milliseconds when at least 10^11) or ISO 8601 (no zone means UTC), between "

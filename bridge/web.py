@@ -14,7 +14,7 @@ from werkzeug.routing import BaseConverter
 from bridge import logs
 from bridge.auth import TokenCache
 from bridge.errors import register_error_handlers
-from bridge.health import HealthCheck, SchemaGate
+from bridge.health import HealthCheck, LivenessSchema, SchemaGate
 from bridge.runtime import Runtime, install
 from bridge.settings import Settings
 
@@ -81,7 +81,7 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
     @app.get("/livez")
     def livez():
         """Liveness: the process answers. No I/O, so a dependency's outage never restarts the process."""
-        return {"status": "ok"}
+        return LivenessSchema().dump({"status": "ok"})
 
     from bridge.cohorts.views import bp as cohorts_bp
     from bridge.delivery.views import bp as delivery_bp
