@@ -21,14 +21,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from flask import Blueprint, Response, current_app, g, request
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from bridge.auth import require_token
 from bridge.cohorts import report
 from bridge.cohorts.jobs import schedule_batch
 from bridge.cohorts.models import RECEIVED, Cohort
-from bridge.cohorts.schemas import WEBHOOK_SCHEMA
+from bridge.cohorts.schemas import (
+    WEBHOOK_SCHEMA,
+    AudiencePageSchema,
+    CohortPageSchema,
+    CohortReportSchema,
+    SyncPageSchema,
+    UnmatchedPageSchema,
+    WebhookAckSchema,
+)
 from bridge.cohorts.webhook import store_batch
 from bridge.errors import ApiError
 from bridge.intake.schemas import flatten_errors
@@ -77,16 +85,7 @@ def receive_batch(app_id: str):
     stored = store_batch(g.db, app_id, data)
     if stored.state == RECEIVED:
         schedule_batch(runtime, stored.batch_id)  # after commit; a no-op if its job is already waiting
-    return {
-        "status": "duplicate" if stored.duplicate else "accepted",
-        "batch_id": stored.public_id,
-        "cohort_id": data["cohort_id"],
-        "message_id": data["message_id"],
-        "users": data["users"].sent,
-        "unusable_users": data["users"].unusable,
-        "state": stored.state,
-        "retries": stored.retries,
-    }
+    return WebhookAckSchema().dump({"batch": stored, "body": data})
 
 
 def _webhook_payload(max_users: int) -> dict:
@@ -149,7 +148,7 @@ def _collector_paused() -> Iterator[None]:
 @require_token("api")
 def list_cohorts(app_id: str):
     (after,) = after_key((str,)) or (None,)
-    return _paged(report.list_cohorts(g.db, app_id, after=after, limit=_limit()))
+    return _paged(CohortPageSchema(), report.list_cohorts(g.db, app_id, after=after, limit=_limit()))
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>")
@@ -158,7 +157,7 @@ def cohort_report(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
     body = report.cohort_report(g.db, cohort)
     body["recent_syncs"] = report.sync_history(g.db, cohort, before=None, limit=RECENT_SYNCS).items
-    return body
+    return CohortReportSchema().dump(body)
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/syncs")
@@ -166,7 +165,7 @@ def cohort_report(app_id: str, cohort_id: str):
 def cohort_syncs(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
     (before,) = after_key((int,)) or (None,)
-    return _paged(report.sync_history(g.db, cohort, before=before, limit=_limit()))
+    return _paged(SyncPageSchema(), report.sync_history(g.db, cohort, before=before, limit=_limit()))
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/unmatched")
@@ -174,8 +173,7 @@ def cohort_syncs(app_id: str, cohort_id: str):
 def cohort_unmatched(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
     (after,) = after_key((str,)) or (None,)
-    page = report.unmatched_users(g.db, cohort, after=after, limit=_limit())
-    return {"items": [item["user_id"] for item in page.items], "next": next_cursor(page.next_key)}
+    return _paged(UnmatchedPageSchema(), report.unmatched_users(g.db, cohort, after=after, limit=_limit()))
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/devices")
@@ -192,7 +190,8 @@ def cohort_devices(app_id: str, cohort_id: str):
     if _wants_csv():
         return _csv_response(cohort, channel, subscribed)
     after = after_key((str, int))
-    return _paged(report.audience(g.db, cohort, channel=channel, subscribed=subscribed, after=after, limit=_limit()))
+    return _paged(AudiencePageSchema(),
+                  report.audience(g.db, cohort, channel=channel, subscribed=subscribed, after=after, limit=_limit()))
 
 
 def _cohort(app_id: str, cohort_id: str) -> Cohort:
@@ -260,5 +259,6 @@ def _limit() -> int:
     return int(raw)
 
 
-def _paged(page: report.Page) -> dict[str, object]:
-    return {"items": page.items, "next": next_cursor(page.next_key)}
+def _paged(schema: Schema, page: report.Page) -> dict[str, object]:
+    """`page` as `schema` (`bridge.cohorts.schemas.page_schema`) shows it, with the cursor to the next one."""
+    return schema.dump({"items": page.items, "next": next_cursor(page.next_key)})

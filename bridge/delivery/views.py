@@ -5,6 +5,7 @@ from flask import Blueprint, g
 
 from bridge.apps.models import App
 from bridge.auth import require_token
+from bridge.delivery.schemas import DeliveryStatsSchema
 from bridge.delivery.stats import delivery_stats
 
 bp = Blueprint("delivery", __name__)
@@ -13,4 +14,4 @@ bp = Blueprint("delivery", __name__)
 @bp.get("/v1/apps/<app_id>/deliveries/stats")
 @require_token("api")
 def stats(app_id: str):
-    return delivery_stats(g.db, g.db.get(App, app_id))
+    return DeliveryStatsSchema().dump(delivery_stats(g.db, g.db.get(App, app_id)))

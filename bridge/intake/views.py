@@ -12,6 +12,7 @@ from bridge.delivery.scheduling import DrainRequests
 from bridge.errors import ApiError
 from bridge.intake.backlog import Backlog
 from bridge.intake.committer import GroupCommit, Overloaded
+from bridge.intake.schemas import IntakeResultSchema
 from bridge.intake.service import Prepared, prepare
 
 bp = Blueprint("intake", __name__)
@@ -123,6 +124,9 @@ def read_items(limit: int) -> list[object]:
     return body
 
 
+INTAKE_RESULT = IntakeResultSchema()
+
+
 @bp.post("/v1/apps/<app_id>/events")
 @require_token("api")
 def post_events(app_id: str):
@@ -141,7 +145,7 @@ def post_events(app_id: str):
         except Overloaded as exc:
             raise ApiError(503, "overloaded", f"The bridge cannot take events this fast: {exc}",
                            retry_after=exc.retry_after) from None
-    body = prepared.result.as_dict()
+    body = INTAKE_RESULT.dump(prepared.result)
     if prepared.result.rejected and len(prepared.result.rejected) == len(items):
         raise ApiError(400, "invalid_events", "No item in the request is valid; see details.rejected.", body)
     return body, 202
