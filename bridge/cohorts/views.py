@@ -24,6 +24,7 @@ from flask import Blueprint, Response, current_app, g, request
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from bridge.apidoc import APP_ID, Body, documented, path_parameter, query_parameter
 from bridge.auth import require_token
 from bridge.cohorts import report
 from bridge.cohorts.jobs import schedule_batch
@@ -33,6 +34,7 @@ from bridge.cohorts.schemas import (
     AudiencePageSchema,
     CohortPageSchema,
     CohortReportSchema,
+    CohortWebhookSchema,
     SyncPageSchema,
     UnmatchedPageSchema,
     WebhookAckSchema,
@@ -52,6 +54,10 @@ DEFAULT_LIMIT = 100
 RECENT_SYNCS = 10
 _CSV_FLUSH_ROWS = 1000
 
+COHORT_PATH = (APP_ID, path_parameter("cohort_id", 128))
+PAGING = (query_parameter("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
+          query_parameter("after", {"type": "string"}, "The `next` of the previous page."))
+
 
 # A body over this many bytes (or of unknown length) is parsed only while one of the process's
 # COHORT_MAX_CONCURRENT_BODIES slots is free: a handful of parsed bodies fit any process's memory. (The
@@ -66,6 +72,8 @@ def _set_up(state) -> None:
 
 
 @bp.post("/v1/apps/<app_id>/amplitude/cohorts")
+@documented("Amplitude's cohort webhook", answer=WebhookAckSchema, path=(APP_ID,),
+            body=Body(CohortWebhookSchema, max_bytes=lambda settings: settings.cohort_max_body_bytes))
 @require_token("cohort")
 def receive_batch(app_id: str):
     """Amplitude's cohort webhook: 200 as soon as the batch is stored; the membership work is queued.
@@ -145,6 +153,7 @@ def _collector_paused() -> Iterator[None]:
 
 
 @bp.get("/v1/apps/<app_id>/cohorts")
+@documented("The app's cohorts", answer=CohortPageSchema, errors=(400,), path=(APP_ID,), query=PAGING)
 @require_token("api")
 def list_cohorts(app_id: str):
     (after,) = after_key((str,)) or (None,)
@@ -152,6 +161,7 @@ def list_cohorts(app_id: str):
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>")
+@documented("A cohort's report", answer=CohortReportSchema, path=COHORT_PATH)
 @require_token("api")
 def cohort_report(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
@@ -161,6 +171,8 @@ def cohort_report(app_id: str, cohort_id: str):
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/syncs")
+@documented("A cohort's sync history, newest first", answer=SyncPageSchema, errors=(400,), path=COHORT_PATH,
+            query=PAGING)
 @require_token("api")
 def cohort_syncs(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
@@ -169,6 +181,8 @@ def cohort_syncs(app_id: str, cohort_id: str):
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/unmatched")
+@documented("A cohort's users without a channel record", answer=UnmatchedPageSchema, errors=(400,),
+            path=COHORT_PATH, query=PAGING)
 @require_token("api")
 def cohort_unmatched(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
@@ -177,6 +191,13 @@ def cohort_unmatched(app_id: str, cohort_id: str):
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/devices")
+@documented("A cohort's resolved audience", answer=AudiencePageSchema, errors=(400,), path=COHORT_PATH,
+            query=(*PAGING, query_parameter("channel", {"type": "string", "enum": list(CHANNELS)}),
+                   query_parameter("subscribed", {"type": "string", "enum": ["true", "false", "unknown"]},
+                                   "One subscription state: true, false (unsubscribed only) or unknown."),
+                   query_parameter("format", {"type": "string", "enum": ["json", "csv"]},
+                                   "csv (or 'Accept: text/csv') streams every matching record as CSV.")),
+            media_types=("application/json", "text/csv"))
 @require_token("api")
 def cohort_devices(app_id: str, cohort_id: str):
     """The resolved audience. `channel=push|email|sms`, `subscribed=true|false|unknown` (false lists only

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g
 
+from bridge.apidoc import APP_ID, documented
 from bridge.apps.models import App
 from bridge.auth import require_token
 from bridge.delivery.schemas import DeliveryStatsSchema
@@ -12,6 +13,7 @@ bp = Blueprint("delivery", __name__)
 
 
 @bp.get("/v1/apps/<app_id>/deliveries/stats")
+@documented("Delivery stats", answer=DeliveryStatsSchema, path=(APP_ID,))
 @require_token("api")
 def stats(app_id: str):
     return DeliveryStatsSchema().dump(delivery_stats(g.db, g.db.get(App, app_id)))

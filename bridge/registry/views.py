@@ -5,10 +5,11 @@ from dataclasses import asdict
 
 from flask import Blueprint, g
 
+from bridge.apidoc import APP_ID, Body, documented, path_parameter
 from bridge.auth import require_token
 from bridge.errors import ApiError
 from bridge.intake.views import read_items
-from bridge.registry.schemas import SubscriptionSchema, UpsertResultSchema, load_records
+from bridge.registry.schemas import MAX_LENGTH, RecordSchema, SubscriptionSchema, UpsertResultSchema, load_records
 from bridge.registry.service import UpsertCounts, find_record, upsert_records
 
 bp = Blueprint("registry", __name__)
@@ -18,6 +19,9 @@ UPSERT_RESULT = UpsertResultSchema()
 
 
 @bp.post("/v1/apps/<app_id>/subscriptions")
+@documented("Add or update channel records", answer=UpsertResultSchema, path=(APP_ID,),
+            body=Body(RecordSchema, max_bytes=lambda settings: settings.max_body_bytes,
+                      max_items=MAX_RECORDS_PER_REQUEST))
 @require_token("api")
 def post_subscriptions(app_id: str):
     items = read_items(MAX_RECORDS_PER_REQUEST)
@@ -31,6 +35,8 @@ def post_subscriptions(app_id: str):
 
 
 @bp.get("/v1/apps/<app_id>/subscriptions/<subscription_id>")
+@documented("One channel record", answer=SubscriptionSchema,
+            path=(APP_ID, path_parameter("subscription_id", MAX_LENGTH["subscription_id"])))
 @require_token("api")
 def get_subscription(app_id: str, subscription_id: str):
     record = find_record(g.db, app_id, subscription_id)
