@@ -81,9 +81,15 @@ def require_token(kind: str) -> Callable:
             g.app = _authenticate(current_app.extensions["bridge.tokens"], g.db, app_id, kind, presented)
             return view(app_id, **kwargs)
 
+        wrapped.token_kind = kind  # type: ignore[attr-defined]  # read by token_kind_of (the OpenAPI document)
         return wrapped
 
     return decorator
+
+
+def token_kind_of(view: Callable) -> str | None:
+    """The kind of token (`api` or `cohort`) `require_token` demands of `view`; None for a public view."""
+    return getattr(view, "token_kind", None)
 
 
 def _authenticate(cache: TokenCache, db, app_id: str, kind: str, presented: str | None) -> AppAccess:

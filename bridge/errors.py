@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Callable
 
 from flask import Flask, jsonify, request
+from marshmallow import Schema, fields
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -14,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    """An error the client can act on. `code` is stable and machine-readable; `message` is for people."""
+    """An error the client can act on. `code` is stable and machine-readable; `message` is for people;
+    `details` (a JSON object, {} when not given) holds facts about it."""
 
     def __init__(self, status: int, code: str, message: str, details: object | None = None, *,
                  retry_after: int | None = None):
@@ -22,17 +24,27 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
-        self.details = details
+        self.details = details if details is not None else {}
         self.retry_after = retry_after  # seconds, sent as Retry-After (429 and 503)
 
 
-def error_response(status: int, code: str, message: str, details: object | None = None, *,
-                   retry_after: int | None = None):
-    body = {"error": code, "message": message, "details": details if details is not None else {}}
-    response = jsonify(body)
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(retry_after)
-    return response, status
+class ErrorSchema(Schema):
+    """The one shape of every 4xx and 5xx answer, dumped from an `ApiError`."""
+
+    error = fields.String(required=True, attribute="code", metadata={"description": "A stable, machine-readable code."})
+    message = fields.String(required=True, metadata={"description": "What went wrong, for people."})
+    details = fields.Dict(required=True, metadata={"description": "Facts about the error; {} when there are none."})
+
+
+ERROR_SCHEMA = ErrorSchema()
+
+
+def error_response(error: ApiError):
+    """`error` as the API answers it: ErrorSchema, its status, and Retry-After when it has one."""
+    response = jsonify(ERROR_SCHEMA.dump(error))
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response, error.status
 
 
 def register_error_handlers(app: Flask,
@@ -43,39 +55,41 @@ def register_error_handlers(app: Flask,
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.details, retry_after=exc.retry_after)
+        return error_response(exc)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_exc):
         limit = request.max_content_length or 0  # this route's limit (the cohort webhook has its own)
-        return error_response(413, "payload_too_large", f"The body is larger than the {limit:,}-byte limit.",
-                              {"limit_bytes": limit})
+        return error_response(ApiError(413, "payload_too_large", f"The body is larger than the {limit:,}-byte limit.",
+                                       {"limit_bytes": limit}))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        return error_response(ApiError(exc.code or 500, code, exc.description or exc.name))
 
     @app.errorhandler(PoolTimeout)
     def _database_busy(exc: PoolTimeout):
         log.warning("no database connection free: %s", exc)
-        return error_response(503, "database_busy", "Every database connection is in use; retry shortly.", retry_after=1)
+        return error_response(ApiError(503, "database_busy", "Every database connection is in use; retry shortly.",
+                                       retry_after=1))
 
     @app.errorhandler(DBAPIError)
     def _database_unavailable(exc: DBAPIError):
         explained = explain_database_error(exc)
         if explained is not None:
             log.warning("%s", explained.message)
-            return _api_error(explained)
+            return error_response(explained)
         if not database_unreachable(exc):
             return _unexpected(exc)
         log.warning("database unavailable: %s", exc.orig)
-        return error_response(503, "database_unavailable", "The database is unreachable; retry shortly.", retry_after=5)
+        return error_response(ApiError(503, "database_unavailable", "The database is unreachable; retry shortly.",
+                                       retry_after=5))
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unhandled error")
-        return error_response(500, "internal_error", "The server hit an unexpected error; it has been logged.")
+        return error_response(ApiError(500, "internal_error", "The server hit an unexpected error; it has been logged."))
 
 
 def database_unreachable(exc: BaseException) -> bool:

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from marshmallow import Schema, fields, validate
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -18,6 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from bridge.errors import ApiError, missing_table_or_column
 from bridge.jobs import QUEUES, queue_name
 from bridge.migrate import SchemaState, schema_state, shipped_head
+from bridge.settings import JOB_RUNNERS
 
 if TYPE_CHECKING:
     from bridge.runtime import Runtime
@@ -94,6 +96,45 @@ class SchemaGate:
         return None if self._unusable is None else not_migrated(self._unusable)
 
 
+class SchemaStateSchema(Schema):
+    """The database schema against the migrations this code ships (bridge.migrate.SchemaState)."""
+
+    current = fields.String(required=True, allow_none=True,
+                            metadata={"description": "The revision the database is at; null when never migrated "
+                                                     "or when the database cannot be read."})
+    head = fields.String(required=True, metadata={"description": "The latest revision this code ships."})
+    state = fields.String(required=True, validate=validate.OneOf(["ok", "missing", "behind", "ahead", "unknown"]),
+                          metadata={"description": "`missing` and `behind`: run `bridge db upgrade`. `ahead`: the "
+                                                   "database was migrated by a newer release. `unknown`: the "
+                                                   "database cannot be read."})
+
+
+class HealthSchema(Schema):
+    """What GET /healthz answers, 200 or 503 (HealthCheck.report)."""
+
+    status = fields.String(required=True, validate=validate.OneOf(["ok", "degraded", "unavailable"]),
+                           metadata={"description": "`unavailable` (503): this process cannot serve the API. "
+                                                    "`degraded` (200): it can, but a queue has no live worker or the "
+                                                    "schema is ahead of this code."})
+    database = fields.String(required=True, metadata={"description": "`ok`, or `error: <reason>`."})
+    schema = fields.Nested(SchemaStateSchema, required=True)
+    jobs = fields.String(required=True, validate=validate.OneOf(list(JOB_RUNNERS)))
+    redis = fields.String(metadata={"description": "With RQ only: `ok`, or `error: <reason>`."})
+    workers = fields.Nested(Schema.from_dict({kind: fields.Integer(required=True) for kind in QUEUES},
+                                             name="WorkersSchema"),
+                            allow_none=True, metadata={"description": "With RQ only: the live workers serving "
+                                                                      "each queue; null when Redis cannot be asked."})
+
+
+class LivenessSchema(Schema):
+    """What GET /livez answers."""
+
+    status = fields.String(required=True, validate=validate.Equal("ok"))
+
+
+HEALTH_SCHEMA = HealthSchema()
+
+
 class HealthCheck:
     """GET /healthz: whether this web process can do its job, and whether the workers can do theirs."""
 
@@ -105,13 +146,8 @@ class HealthCheck:
         self.workers = WorkerRegistry(settings, self.secrets) if settings.job_runner == "rq" else None
 
     def report(self) -> tuple[dict, int]:
-        """The health report and its HTTP status.
-
-        Shape: `{"status": "ok" | "degraded" | "unavailable", "database": "ok" | "error: <reason>",
-        "schema": {"current": str | None, "head": str, "state": "ok" | "missing" | "behind" | "ahead" |
-        "unknown"}, "jobs": "rq" | "thread" | "manual"}`, and with RQ `"redis": "ok" | "error: <reason>"`
-        and `"workers": {"delivery": int, "cohorts": int} | None` (WorkerRegistry.report). Reasons are one
-        line, without credentials.
+        """The health report as the API answers it (`HealthSchema`: `redis` and `workers` with RQ only;
+        reasons are one line, without credentials), and its HTTP status.
 
         503 `unavailable` when this process cannot serve the API: the database unreachable, its schema
         missing or behind, or (RQ) Redis unreachable. 200 `degraded` when it can, but a queue has no live
@@ -123,19 +159,18 @@ class HealthCheck:
         except (DBAPIError, PoolTimeout) as exc:
             body["database"] = _error_text(exc, self.secrets)
             body["schema"] = {"current": None, "head": shipped_head(), "state": "unknown"}
-            unavailable = True
+            unavailable, degraded = True, False
         else:
             body["database"] = "ok"
-            body["schema"] = {"current": schema.current, "head": schema.head, "state": schema.state}
-            unavailable = not schema.usable
-        degraded = body["schema"]["state"] == "ahead"
+            body["schema"] = schema
+            unavailable, degraded = not schema.usable, schema.state == "ahead"
         body["jobs"] = self.jobs
         if self.workers is not None:
             body["redis"], body["workers"] = self.workers.report()
             unavailable = unavailable or body["workers"] is None
             degraded = degraded or 0 in (body["workers"] or {}).values()
         body["status"] = "unavailable" if unavailable else "degraded" if degraded else "ok"
-        return body, 503 if unavailable else 200
+        return HEALTH_SCHEMA.dump(body), 503 if unavailable else 200
 
 
 class WorkerRegistry:

@@ -1,80 +1,42 @@
 """The OpenAPI 3 document of the HTTP API, served at GET /openapi.json.
 
-It is generated with apispec from the marshmallow schemas the API really loads its bodies with and
-answers with, so a field added to a schema shows up here. What marshmallow cannot say (the custom
-fields, the routes, the security schemes, the errors) is declared once below.
+It is built from the app's routes: each view declares its documentation with `bridge.apidoc.documented`
+(summary, answer schema, parameters, body, errors), next to its code, and its authentication is read
+from `bridge.auth.require_token`. The schemas are the marshmallow schemas the API really loads its bodies
+with and dumps its answers with (apispec), so a field added to a schema shows up here. What marshmallow
+cannot say (the custom fields, the security schemes, the shared error responses) is declared once below.
 """
 from __future__ import annotations
 
-from functools import cache
+import re
 from http import HTTPStatus
 from importlib.metadata import version
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from marshmallow import Schema, fields, validate
+from flask import Flask
+from marshmallow import fields
 
 from bridge import fields as shared
 from bridge import times
+from bridge.apidoc import Body, Limit, Operation, operation_of
+from bridge.auth import token_kind_of
 from bridge.cohorts import schemas as cohorts
-from bridge.cohorts.views import MAX_LIMIT
-from bridge.delivery.schemas import DeliveryStatsSchema
+from bridge.errors import ErrorSchema
 from bridge.intake import schemas as intake
 from bridge.intake.views import MAX_JSON_DEPTH
-from bridge.jobs import QUEUES
 from bridge.registry import schemas as registry
-from bridge.registry.models import CHANNELS
-from bridge.registry.views import MAX_RECORDS_PER_REQUEST
-from bridge.settings import JOB_RUNNERS, Settings
+from bridge.settings import Settings
 
 OPENAPI_VERSION = "3.0.3"
-API_KEY = [{"apiKey": []}]
-COHORT_TOKEN = [{"cohortToken": []}]
-PUBLIC: list[dict] = []
+# The security requirement of a route, by the kind of token its `require_token` demands (None: public).
+SECURITY = {"api": [{"apiKey": []}], "cohort": [{"cohortToken": []}], None: []}
+AUTHENTICATED = (401, 404, 503)  # what a route with a token may answer besides its own errors
+WITH_BODY = (400, 413, 415)  # ... and a route that reads a JSON body
 
 
-class ErrorSchema(Schema):
-    """The one shape of every 4xx and 5xx answer (`bridge.errors`)."""
-
-    error = fields.String(required=True, metadata={"description": "A stable, machine-readable code."})
-    message = fields.String(required=True, metadata={"description": "What went wrong, for people."})
-    details = fields.Dict(required=True, metadata={"description": "Facts about the error; {} when there are none."})
-
-
-class SchemaStateSchema(Schema):
-    """The database schema against the migrations this code ships (bridge.migrate.SchemaState)."""
-
-    current = fields.String(required=True, allow_none=True,
-                            metadata={"description": "The revision the database is at; null when never migrated "
-                                                     "or when the database cannot be read."})
-    head = fields.String(required=True, metadata={"description": "The latest revision this code ships."})
-    state = fields.String(required=True, validate=validate.OneOf(["ok", "missing", "behind", "ahead", "unknown"]),
-                          metadata={"description": "`missing` and `behind`: run `bridge db upgrade`. `ahead`: the "
-                                                   "database was migrated by a newer release. `unknown`: the "
-                                                   "database cannot be read."})
-
-
-class HealthSchema(Schema):
-    """What GET /healthz answers, 200 or 503 (bridge.health.HealthCheck.report)."""
-
-    status = fields.String(required=True, validate=validate.OneOf(["ok", "degraded", "unavailable"]),
-                           metadata={"description": "`unavailable` (503): this process cannot serve the API. "
-                                                    "`degraded` (200): it can, but a queue has no live worker or the "
-                                                    "schema is ahead of this code."})
-    database = fields.String(required=True, metadata={"description": "`ok`, or `error: <reason>`."})
-    schema = fields.Nested(SchemaStateSchema, required=True)
-    jobs = fields.String(required=True, validate=validate.OneOf(list(JOB_RUNNERS)))
-    redis = fields.String(metadata={"description": "With RQ only: `ok`, or `error: <reason>`."})
-    workers = fields.Nested(Schema.from_dict({kind: fields.Integer(required=True) for kind in QUEUES},
-                                             name="WorkersSchema"),
-                            allow_none=True, metadata={"description": "With RQ only: the live workers serving "
-                                                                      "each queue; null when Redis cannot be asked."})
-
-
-class LivenessSchema(Schema):
-    """What GET /livez answers."""
-
-    status = fields.String(required=True, validate=validate.Equal("ok"))
+class UndocumentedRoute(Exception):
+    """A route of the app has no `@documented` declaration, or one that does not fit its URL."""
 
 
 _TIME_RULE = ("Epoch seconds (milliseconds when at least 10^11) or ISO 8601 (no zone means UTC), between "
@@ -122,14 +84,19 @@ _ERRORS = {
          "nothing stored); retry after `Retry-After` seconds. Or the database's schema is missing or behind "
          "(`database_not_migrated`, no Retry-After): its operator must run `bridge db upgrade`.",
 }
-_AUTHENTICATED = (401, 404, 503)
-_WITH_BODY = (400, 413, 415)
 
 
-@cache
-def build_document(settings: Settings) -> dict:
-    """The OpenAPI 3.0 document of every route the app serves, as a JSON-ready dict (built once per
-    settings; not to be changed)."""
+def build_document(app: Flask) -> dict:
+    """The OpenAPI 3.0 document of every route `app` serves, as a JSON-ready dict; built on the first call
+    and kept on the app (not to be changed). Raises UndocumentedRoute, naming the route, when a route has
+    no `@documented` declaration or its declared path parameters are not its URL's variables."""
+    document = app.extensions.get("bridge.openapi")
+    if document is None:
+        document = app.extensions["bridge.openapi"] = _build(app, app.extensions["bridge"].settings)
+    return document
+
+
+def _build(app: Flask, settings: Settings) -> dict:
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title="bridge", version=version("bridge"), openapi_version=OPENAPI_VERSION, plugins=[plugin],
@@ -144,7 +111,7 @@ def build_document(settings: Settings) -> dict:
     for code, description in _ERRORS.items():
         spec.components.response(_error_response(code), {
             "description": description, "content": {"application/json": {"schema": "Error"}}})
-    for path, (parameters, operations) in _paths(settings).items():
+    for path, (parameters, operations) in _paths(app, settings).items():
         spec.path(path=path, parameters=parameters, operations=operations)
     return spec.to_dict()
 
@@ -164,67 +131,42 @@ def _custom_field(self, field: fields.Field, **kwargs) -> dict:
     return {}
 
 
-def _paths(settings: Settings) -> dict[str, tuple[list[dict], dict]]:
-    app = _path_parameter("app_id", 36)
-    cohort = [app, _path_parameter("cohort_id", 128)]
-    subscription = [app, _path_parameter("subscription_id", registry.MAX_LENGTH["subscription_id"])]
-    limit = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100})
-    after = _query("after", {"type": "string"}, "The `next` of the previous page.")
-    return {
-        "/healthz": ([], {"get": _operation("Health check (readiness)", PUBLIC, 200, HealthSchema, (),
-                                            unavailable=HealthSchema)}),
-        "/livez": ([], {"get": _operation("Liveness: the process answers", PUBLIC, 200, LivenessSchema, ())}),
-        "/openapi.json": ([], {"get": _operation("This document", PUBLIC, 200, {"type": "object"}, ())}),
-        "/v1/apps/{app_id}/events": ([app], {"post": _operation(
-            "Post event-stream items", API_KEY, 202, intake.IntakeResultSchema, _AUTHENTICATED + _WITH_BODY + (429,),
-            body=_one_or_many(intake.ItemSchema, settings.max_items_per_request, settings.max_body_bytes))}),
-        "/v1/apps/{app_id}/deliveries/stats": ([app], {"get": _operation(
-            "Delivery stats", API_KEY, 200, DeliveryStatsSchema, _AUTHENTICATED)}),
-        "/v1/apps/{app_id}/subscriptions": ([app], {"post": _operation(
-            "Add or update channel records", API_KEY, 200, registry.UpsertResultSchema, _AUTHENTICATED + _WITH_BODY,
-            body=_one_or_many(registry.RecordSchema, MAX_RECORDS_PER_REQUEST, settings.max_body_bytes))}),
-        "/v1/apps/{app_id}/subscriptions/{subscription_id}": (subscription, {"get": _operation(
-            "One channel record", API_KEY, 200, registry.SubscriptionSchema, _AUTHENTICATED)}),
-        "/v1/apps/{app_id}/amplitude/cohorts": ([app], {"post": _operation(
-            "Amplitude's cohort webhook", COHORT_TOKEN, 200, cohorts.WebhookAckSchema, _AUTHENTICATED + _WITH_BODY,
-            body=_body(cohorts.CohortWebhookSchema, settings.cohort_max_body_bytes))}),
-        "/v1/apps/{app_id}/cohorts": ([app], {"get": _operation(
-            "The app's cohorts", API_KEY, 200, cohorts.CohortPageSchema, _AUTHENTICATED + (400,),
-            query=[limit, after])}),
-        "/v1/apps/{app_id}/cohorts/{cohort_id}": (cohort, {"get": _operation(
-            "A cohort's report", API_KEY, 200, cohorts.CohortReportSchema, _AUTHENTICATED)}),
-        "/v1/apps/{app_id}/cohorts/{cohort_id}/syncs": (cohort, {"get": _operation(
-            "A cohort's sync history, newest first", API_KEY, 200, cohorts.SyncPageSchema, _AUTHENTICATED + (400,),
-            query=[limit, after])}),
-        "/v1/apps/{app_id}/cohorts/{cohort_id}/unmatched": (cohort, {"get": _operation(
-            "A cohort's users without a channel record", API_KEY, 200, cohorts.UnmatchedPageSchema,
-            _AUTHENTICATED + (400,), query=[limit, after])}),
-        "/v1/apps/{app_id}/cohorts/{cohort_id}/devices": (cohort, {"get": _operation(
-            "A cohort's resolved audience", API_KEY, 200, cohorts.AudiencePageSchema, _AUTHENTICATED + (400,),
-            query=[limit, after, _query("channel", {"type": "string", "enum": list(CHANNELS)}),
-                   _query("subscribed", {"type": "string", "enum": ["true", "false", "unknown"]},
-                          "One subscription state: true, false (unsubscribed only) or unknown."),
-                   _query("format", {"type": "string", "enum": ["json", "csv"]},
-                          "csv (or 'Accept: text/csv') streams every matching record as CSV.")],
-            csv=True)}),
-    }
+def _paths(app: Flask, settings: Settings) -> dict[str, tuple[list[dict], dict]]:
+    """Each URL of the app in OpenAPI's spelling (`{app_id}`), with its path parameters and an operation
+    per method, from the declarations on the views."""
+    paths: dict[str, tuple[list[dict], dict]] = {}
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions[rule.endpoint]
+        declared = operation_of(view)
+        if declared is None:
+            raise UndocumentedRoute(f"{rule.rule} ({rule.endpoint}) has no @documented declaration (bridge.apidoc)")
+        named = [parameter["name"] for parameter in declared.path]
+        if sorted(named) != sorted(rule.arguments):
+            raise UndocumentedRoute(f"{rule.rule} ({rule.endpoint}) declares the path parameters {named}, "
+                                    f"not its URL's {sorted(rule.arguments)}")
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        parameters, operations = paths.setdefault(path, (list(declared.path), {}))
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            operations[method.lower()] = _operation(declared, token_kind_of(view), settings)
+    return paths
 
 
-def _operation(summary: str, security: list[dict], status: int, schema: object, errors: tuple[int, ...], *,
-               body: dict | None = None, query: list[dict] = (), csv: bool = False,
-               unavailable: object | None = None) -> dict:
-    """One operation. `errors` answer the shared Error shape; `unavailable` is the schema of a 503 that
-    has its own shape instead (the health report)."""
-    content = {"application/json": {"schema": schema}}
-    if csv:
-        content["text/csv"] = {"schema": {"type": "string"}}
-    responses = {str(status): {"description": "OK", "content": content}}
+def _operation(declared: Operation, token_kind: str | None, settings: Settings) -> dict:
+    """One operation. Its errors answer the shared Error shape: those declared, plus AUTHENTICATED for a
+    route with a token and WITH_BODY for one with a body. `unavailable` is the schema of a 503 that has
+    its own shape instead (the health report)."""
+    content = {media_type: {"schema": declared.answer if media_type == "application/json" else {"type": "string"}}
+               for media_type in declared.media_types}
+    errors = {*declared.errors, *(AUTHENTICATED if token_kind else ()), *(WITH_BODY if declared.body else ())}
+    responses = {str(declared.status): {"description": "OK", "content": content}}
     responses.update({str(code): _error_response(code) for code in sorted(errors)})
-    if unavailable is not None:
-        responses["503"] = {"description": "Unavailable", "content": {"application/json": {"schema": unavailable}}}
-    operation = {"summary": summary, "security": security, "parameters": list(query), "responses": responses}
-    if body is not None:
-        operation["requestBody"] = body
+    if declared.unavailable is not None:
+        responses["503"] = {"description": "Unavailable",
+                            "content": {"application/json": {"schema": declared.unavailable}}}
+    operation = {"summary": declared.summary, "security": SECURITY[token_kind], "parameters": list(declared.query),
+                 "responses": responses}
+    if declared.body is not None:
+        operation["requestBody"] = _body(declared.body, settings)
     return operation
 
 
@@ -233,23 +175,15 @@ def _error_response(code: int) -> str:
     return HTTPStatus(code).phrase.title().replace(" ", "")
 
 
-def _one_or_many(schema: type[Schema], max_items: int, max_bytes: int) -> dict:
-    """A body of one object, or an array of 1 to `max_items` of them."""
-    many = {"type": "array", "items": schema, "minItems": 1, "maxItems": max_items}
-    return _body({"oneOf": [schema, many]}, max_bytes)
-
-
-def _body(schema: object, max_bytes: int) -> dict:
-    return {"required": True, "description": f"JSON, at most {max_bytes:,} bytes.",
+def _body(body: Body, settings: Settings) -> dict:
+    """A JSON body of one object, or (with `max_items`) also an array of 1 to `max_items` of them."""
+    schema: object = body.schema
+    if body.max_items is not None:
+        many = {"type": "array", "items": body.schema, "minItems": 1, "maxItems": _value(body.max_items, settings)}
+        schema = {"oneOf": [body.schema, many]}
+    return {"required": True, "description": f"JSON, at most {_value(body.max_bytes, settings):,} bytes.",
             "content": {"application/json": {"schema": schema}}}
 
 
-def _path_parameter(name: str, max_length: int) -> dict:
-    return {"in": "path", "name": name, "required": True, "schema": {"type": "string", "maxLength": max_length}}
-
-
-def _query(name: str, schema: dict, description: str = "") -> dict:
-    parameter = {"in": "query", "name": name, "required": False, "schema": schema}
-    if description:
-        parameter["description"] = description
-    return parameter
+def _value(limit: Limit, settings: Settings) -> int:
+    return limit if isinstance(limit, int) else limit(settings)

@@ -12,9 +12,10 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.routing import BaseConverter
 
 from bridge import logs
+from bridge.apidoc import documented
 from bridge.auth import TokenCache
 from bridge.errors import register_error_handlers
-from bridge.health import HealthCheck, SchemaGate
+from bridge.health import HealthCheck, HealthSchema, LivenessSchema, SchemaGate
 from bridge.runtime import Runtime, install
 from bridge.settings import Settings
 
@@ -73,15 +74,17 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
                 log.warning("closing the request's database session failed: %s", exc.orig)
 
     @app.get("/healthz")
+    @documented("Health check (readiness)", answer=HealthSchema, unavailable=HealthSchema)
     def healthz():
         """Readiness and monitoring: the database, its schema, Redis and the workers (health.HealthCheck);
         503 when this process cannot serve the API."""
         return health.report()
 
     @app.get("/livez")
+    @documented("Liveness: the process answers", answer=LivenessSchema)
     def livez():
         """Liveness: the process answers. No I/O, so a dependency's outage never restarts the process."""
-        return {"status": "ok"}
+        return LivenessSchema().dump({"status": "ok"})
 
     from bridge.cohorts.views import bp as cohorts_bp
     from bridge.delivery.views import bp as delivery_bp
@@ -93,9 +96,10 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
         app.register_blueprint(blueprint)
 
     @app.get("/openapi.json")
+    @documented("This document", answer={"type": "object"})
     def openapi_document():
-        """The OpenAPI 3 document of this API; public, like /healthz."""
-        return build_document(settings)
+        """The OpenAPI 3 document of this API, built from its routes; public, like /healthz."""
+        return build_document(app)
 
     if settings.job_runner == "thread" and (schema_at_start is None or schema_at_start.usable):
         # On a database not migrated yet the thread would fail its sweep every interval; it starts with

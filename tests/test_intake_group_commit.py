@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from bridge.delivery.models import EventReceipt, OutboxEvent
 from bridge.delivery.scheduling import DrainRequests, drain_key
 from bridge.intake.committer import GroupCommit, Overloaded
-from bridge.intake.service import prepare
+from bridge.intake.service import IntakeResult, prepare
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 
@@ -98,9 +98,7 @@ def test_the_same_event_in_two_requests_of_one_group_is_stored_once(runtime, ten
 
         store(session, prepared)
         session.commit()
-    assert [p.result.as_dict() for p in prepared] == [
-        {"accepted": 2, "skipped": 0, "duplicates": 0, "ignored": 0, "rejected": []},
-        {"accepted": 1, "skipped": 0, "duplicates": 1, "ignored": 0, "rejected": []}]
+    assert [p.result for p in prepared] == [IntakeResult(accepted=2), IntakeResult(accepted=1, duplicates=1)]
     with runtime.session() as session:
         assert session.scalar(select(func.count()).select_from(EventReceipt)) == 3
     assert stored_ids(runtime) == ["evt-1", "evt-2", "evt-3"]

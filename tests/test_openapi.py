@@ -17,8 +17,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi import checks
 
-from bridge.openapi import build_document
+from bridge.apidoc import APP_ID, documented, operation_of
+from bridge.openapi import UndocumentedRoute, build_document
+from bridge.runtime import Runtime
 from bridge.settings import Settings
+from bridge.web import create_app
 
 COHORT = "churn-risk"
 SUBSCRIPTION = "sub-1"
@@ -38,11 +41,19 @@ class CurrentApp:
         return self.target(environ, start_response)
 
 
-# The document for the default settings, which the test apps run with (checked below). It is loaded at
-# import time, because schemathesis makes one test per operation, and sends to whichever app the test
-# has. (schemathesis.pytest.from_fixture would load it from the `app` fixture, but fails on pytest 9.)
+def default_document() -> dict:
+    """The document of an app with the default settings, which the test apps run with (checked below)."""
+    runtime = Runtime(Settings.from_env({"JOB_RUNNER": "manual", "DATABASE_URL": "sqlite://", "LOG_LEVEL": "ERROR"}))
+    try:
+        return copy.deepcopy(build_document(create_app(runtime=runtime)))
+    finally:
+        runtime.close()
+
+
+# Loaded at import time, because schemathesis makes one test per operation, and sends to whichever app
+# the test has. (schemathesis.pytest.from_fixture would load it from the `app` fixture, but fails on pytest 9.)
 current_app = CurrentApp()
-api_schema = schemathesis.openapi.from_dict(copy.deepcopy(build_document(Settings.from_env({"JOB_RUNNER": "manual"}))))
+api_schema = schemathesis.openapi.from_dict(default_document())
 api_schema.app = current_app
 
 
@@ -81,6 +92,76 @@ def test_the_document_lists_every_route(app):
     served = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method)
               for rule in app.url_map.iter_rules() for method in rule.methods - {"HEAD", "OPTIONS"}}
     assert documented == served
+
+
+def test_every_route_declares_its_documentation_on_its_view(app):
+    for rule in app.url_map.iter_rules():
+        declared = operation_of(app.view_functions[rule.endpoint])
+        assert declared is not None, rule.rule
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            operation = api_schema.raw_schema["paths"][path][method.lower()]
+            assert operation["summary"] == declared.summary, rule.rule
+            assert set(operation["responses"][str(declared.status)]["content"]) == set(declared.media_types), rule.rule
+
+
+def test_a_route_without_a_declaration_fails_the_document(app):
+    app.add_url_rule("/v1/apps/<app_id>/undocumented", "undocumented", lambda app_id: {})
+    with pytest.raises(UndocumentedRoute, match="/v1/apps/<app_id>/undocumented"):
+        build_document(app)
+
+
+def test_a_declaration_must_name_every_path_parameter_of_its_route(app):
+    view = documented("Partly declared", answer={"type": "object"}, path=(APP_ID,))(lambda app_id, part: {})
+    app.add_url_rule("/v1/apps/<app_id>/parts/<part>", "parts", view)
+    with pytest.raises(UndocumentedRoute, match=r"/v1/apps/<app_id>/parts/<part> .*'part'"):
+        build_document(app)
+
+
+# One request per documented operation (and media type) that succeeds on the seeded tenant: (method, path,
+# JSON body, query string, Accept). Its answer must be the declared success, as the document describes it.
+SUCCESSES = [
+    ("GET", "/healthz", None, "", None),
+    ("GET", "/livez", None, "", None),
+    ("GET", "/openapi.json", None, "", None),
+    ("POST", "/v1/apps/{app_id}/events", [{
+        "event": {"id": "e1", "kind": "message.push.sent", "timestamp": 1763856000, "subscription_id": SUBSCRIPTION,
+                  "external_id": "u1"}, "message": {"id": "m1", "name": "Welcome"}}, {"event": {}}], "", None),
+    ("GET", "/v1/apps/{app_id}/deliveries/stats", None, "", None),
+    ("POST", "/v1/apps/{app_id}/subscriptions", [{"subscription_id": "sub-2", "type": "Email", "identifier": "a@b.co",
+                                                 "last_active": 1763856000}, {"type": "nope"}], "", None),
+    ("GET", "/v1/apps/{app_id}/subscriptions/{subscription_id}", None, "", None),
+    ("POST", "/v1/apps/{app_id}/amplitude/cohorts", {
+        "cohort_id": COHORT, "in_cohort": False, "computed_time": 1763856001, "message_id": "m2",
+        "users": [{"user_id": "u2"}, 7]}, "", None),
+    ("GET", "/v1/apps/{app_id}/cohorts", None, "limit=1", None),
+    ("GET", "/v1/apps/{app_id}/cohorts/{cohort_id}", None, "", None),
+    ("GET", "/v1/apps/{app_id}/cohorts/{cohort_id}/syncs", None, "", None),
+    ("GET", "/v1/apps/{app_id}/cohorts/{cohort_id}/unmatched", None, "", None),
+    ("GET", "/v1/apps/{app_id}/cohorts/{cohort_id}/devices", None, "", None),
+    ("GET", "/v1/apps/{app_id}/cohorts/{cohort_id}/devices", None, "", "text/csv"),
+]
+
+
+def test_every_operation_answers_its_example_as_documented(client, seeded):
+    documented_answers = {(path, method.upper(), media_type)
+                          for path, item in api_schema.raw_schema["paths"].items() for method, operation in item.items()
+                          if method != "parameters"
+                          for status, response in operation["responses"].items() if status < "300"
+                          for media_type in response["content"]}
+    examples = {(path, method, accept or "application/json") for method, path, _body, _query, accept in SUCCESSES}
+    assert examples == documented_answers
+    ids = {"app_id": seeded.app_id, "cohort_id": COHORT, "subscription_id": SUBSCRIPTION}
+    for method, path, body, query, accept in SUCCESSES:
+        operation = api_schema[path][method]
+        security = operation.definition.raw["security"]
+        headers = {} if not security else dict(seeded.cohort_auth if "cohortToken" in security[0] else seeded.auth)
+        if accept:
+            headers["Accept"] = accept
+        response = client.open(path.format(**ids), method=method, json=body, query_string=query, headers=headers)
+        [status] = [code for code in operation.definition.raw["responses"] if code < "300"]
+        assert (response.status_code, response.mimetype) == (int(status), accept or "application/json"), (method, path)
+        operation.validate_response(response)
 
 
 def test_every_route_says_how_it_is_authenticated():

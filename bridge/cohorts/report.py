@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import and_, exists, func, or_, select, text
@@ -79,7 +78,8 @@ def cohort_report(session: Session, cohort: Cohort) -> dict[str, object]:
     """The report of one cohort: users, their channel records (subscribed, unsubscribed, or of unknown
     state), the segment size (the subscribed records) and the range it could span if the unknown
     ones were subscribed, and explanations of every difference that add up
-    (in_cohort − unmatched + extra − unsubscribed − unknown = segment_size)."""
+    (in_cohort − unmatched + extra − unsubscribed − unknown = segment_size). The data of
+    `CohortReportSchema` but its `recent_syncs`, times as datetimes."""
     if is_postgresql(session):
         # Compiling this many aggregate expressions costs more than it saves (~15% of a 1M-user report).
         session.execute(text("SET LOCAL jit = off"))
@@ -104,8 +104,8 @@ def cohort_report(session: Session, cohort: Cohort) -> dict[str, object]:
     return {
         "cohort_id": cohort.cohort_id,
         "cohort_name": cohort.name,
-        "created_at": cohort.created_at.isoformat(),
-        "updated_at": cohort.updated_at.isoformat(),
+        "created_at": cohort.created_at,
+        "updated_at": cohort.updated_at,
         "users": users,
         "devices": devices,
         "segment_size": devices["subscribed"],
@@ -208,16 +208,15 @@ def _count(n: int, one: str, many: str) -> str:
 
 @dataclass
 class Page:
-    items: list[dict[str, object]]
+    items: list[dict[str, object]]  # the rows' columns, keys included; the views show them through a schema
     next_key: tuple | None  # the key to continue after, or None on the last page
 
 
 def _page(rows: list, limit: int, key) -> Page:
-    """A page of `limit` rows out of `limit + 1` fetched; timestamps as ISO 8601 strings."""
+    """A page of `limit` rows out of `limit + 1` fetched."""
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [{k: v.isoformat() if isinstance(v, datetime) else v for k, v in r._mapping.items()} for r in rows]
-    return Page(items, key(rows[-1]) if more else None)
+    return Page([dict(r._mapping) for r in rows], key(rows[-1]) if more else None)
 
 
 def list_cohorts(session: Session, app_id: str, *, after: str | None, limit: int) -> Page:
@@ -245,10 +244,7 @@ def sync_history(session: Session, cohort: Cohort, *, before: int | None, limit:
     if before is not None:
         query = query.where(B.id < before)
     rows = session.execute(query.order_by(B.id.desc()).limit(limit + 1)).all()
-    page = _page(rows, limit, lambda r: (r.id,))
-    for item in page.items:
-        del item["id"]
-    return page
+    return _page(rows, limit, lambda r: (r.id,))
 
 
 def unmatched_users(session: Session, cohort: Cohort, *, after: str | None, limit: int) -> Page:
@@ -289,10 +285,7 @@ def audience(session: Session, cohort: Cohort, *, channel: str | None = None, su
         user_id, record_id = after
         query = query.where(M.user_id >= user_id, or_(M.user_id > user_id, S.id > record_id))
     rows = session.execute(query.order_by(M.user_id, S.id).limit(limit + 1)).all()
-    page = _page(rows, limit, lambda r: (r.external_id, r.id))
-    for item in page.items:
-        del item["id"]
-    return page
+    return _page(rows, limit, lambda r: (r.external_id, r.id))
 
 
 def iter_audience(session: Session, cohort: Cohort, *, channel: str | None = None, subscribed: State = None,

@@ -181,7 +181,8 @@ class CohortWebhookSchema(Schema):
 WEBHOOK_SCHEMA = CohortWebhookSchema()
 
 
-# -- what the cohort endpoints answer (documented in the OpenAPI document) ---------------------------
+# -- what the cohort endpoints answer: each view dumps its answer with one of these, and the OpenAPI
+# document describes them ------------------------------------------------------------------------------
 
 
 _REASON_CODES = ", ".join(f"`{code}` ({meaning})" for code, meaning in UNUSABLE_REASONS.items())
@@ -203,18 +204,21 @@ class UnusableExampleSchema(Schema):
 
 
 class WebhookAckSchema(Schema):
-    """The webhook's answer: the batch as stored, or as found when Amplitude re-sent a message_id."""
+    """The webhook's answer: the batch as stored, or as found when Amplitude re-sent a message_id. Dumped
+    from {"batch": the `bridge.cohorts.webhook.StoredBatch`, "body": the body as `CohortWebhookSchema` loads it}."""
 
-    status = fields.String(required=True, validate=validate.OneOf(["accepted", "duplicate"]))
-    batch_id = fields.String(required=True, metadata={
+    status = fields.Function(lambda ack: "duplicate" if ack["batch"].duplicate else "accepted", required=True,
+                             validate=validate.OneOf(["accepted", "duplicate"]), metadata={"type": "string"})
+    batch_id = fields.String(required=True, attribute="batch.public_id", metadata={
         "description": "The batch's id in this app: 16 random hex characters (not a count of anything)."})
-    cohort_id = fields.String(required=True)
-    message_id = fields.String(required=True)
-    users = fields.Integer(required=True, metadata={"description": "Entries of `users` in this body."})
-    unusable_users = fields.Integer(required=True, metadata={
+    cohort_id = fields.String(required=True, attribute="body.cohort_id")
+    message_id = fields.String(required=True, attribute="body.message_id")
+    users = fields.Integer(required=True, attribute="body.users.sent",
+                           metadata={"description": "Entries of `users` in this body."})
+    unusable_users = fields.Integer(required=True, attribute="body.users.unusable", metadata={
         "description": "Of those, entries without a usable user_id: set aside (see the sync record), not applied."})
-    state = fields.String(required=True)
-    retries = fields.Integer(required=True)
+    state = fields.String(required=True, attribute="batch.state")
+    retries = fields.Integer(required=True, attribute="batch.retries")
 
 
 class CohortSummarySchema(Schema):
@@ -316,12 +320,13 @@ class CohortReportSchema(Schema):
 
 
 def page_schema(name: str, item: fields.Field) -> type[Schema]:
-    """A page of a listing: its `items` and the `next` cursor (null on the last page)."""
+    """A page of a listing: its `items` (each shown as `item`, which leaves out the columns it does not
+    name, such as the keys a page is cut at) and the `next` cursor (null on the last page)."""
     return Schema.from_dict({"items": fields.List(item, required=True),
                              "next": fields.String(required=True, allow_none=True)}, name=name)
 
 
 CohortPageSchema = page_schema("CohortPage", fields.Nested(CohortSummarySchema))
 SyncPageSchema = page_schema("SyncPage", fields.Nested(SyncSchema))
-UnmatchedPageSchema = page_schema("UnmatchedPage", fields.String())
+UnmatchedPageSchema = page_schema("UnmatchedPage", fields.Pluck(Schema.from_dict({"user_id": fields.String()}), "user_id"))
 AudiencePageSchema = page_schema("AudiencePage", fields.Nested(AudienceRecordSchema))

@@ -21,14 +21,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from flask import Blueprint, Response, current_app, g, request
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from bridge.apidoc import APP_ID, Body, documented, path_parameter, query_parameter
 from bridge.auth import require_token
 from bridge.cohorts import report
 from bridge.cohorts.jobs import schedule_batch
 from bridge.cohorts.models import RECEIVED, Cohort
-from bridge.cohorts.schemas import WEBHOOK_SCHEMA
+from bridge.cohorts.schemas import (
+    WEBHOOK_SCHEMA,
+    AudiencePageSchema,
+    CohortPageSchema,
+    CohortReportSchema,
+    CohortWebhookSchema,
+    SyncPageSchema,
+    UnmatchedPageSchema,
+    WebhookAckSchema,
+)
 from bridge.cohorts.webhook import store_batch
 from bridge.errors import ApiError
 from bridge.intake.schemas import flatten_errors
@@ -44,6 +54,10 @@ DEFAULT_LIMIT = 100
 RECENT_SYNCS = 10
 _CSV_FLUSH_ROWS = 1000
 
+COHORT_PATH = (APP_ID, path_parameter("cohort_id", 128))
+PAGING = (query_parameter("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
+          query_parameter("after", {"type": "string"}, "The `next` of the previous page."))
+
 
 # A body over this many bytes (or of unknown length) is parsed only while one of the process's
 # COHORT_MAX_CONCURRENT_BODIES slots is free: a handful of parsed bodies fit any process's memory. (The
@@ -58,6 +72,8 @@ def _set_up(state) -> None:
 
 
 @bp.post("/v1/apps/<app_id>/amplitude/cohorts")
+@documented("Amplitude's cohort webhook", answer=WebhookAckSchema, path=(APP_ID,),
+            body=Body(CohortWebhookSchema, max_bytes=lambda settings: settings.cohort_max_body_bytes))
 @require_token("cohort")
 def receive_batch(app_id: str):
     """Amplitude's cohort webhook: 200 as soon as the batch is stored; the membership work is queued.
@@ -77,16 +93,7 @@ def receive_batch(app_id: str):
     stored = store_batch(g.db, app_id, data)
     if stored.state == RECEIVED:
         schedule_batch(runtime, stored.batch_id)  # after commit; a no-op if its job is already waiting
-    return {
-        "status": "duplicate" if stored.duplicate else "accepted",
-        "batch_id": stored.public_id,
-        "cohort_id": data["cohort_id"],
-        "message_id": data["message_id"],
-        "users": data["users"].sent,
-        "unusable_users": data["users"].unusable,
-        "state": stored.state,
-        "retries": stored.retries,
-    }
+    return WebhookAckSchema().dump({"batch": stored, "body": data})
 
 
 def _webhook_payload(max_users: int) -> dict:
@@ -146,39 +153,51 @@ def _collector_paused() -> Iterator[None]:
 
 
 @bp.get("/v1/apps/<app_id>/cohorts")
+@documented("The app's cohorts", answer=CohortPageSchema, errors=(400,), path=(APP_ID,), query=PAGING)
 @require_token("api")
 def list_cohorts(app_id: str):
     (after,) = after_key((str,)) or (None,)
-    return _paged(report.list_cohorts(g.db, app_id, after=after, limit=_limit()))
+    return _paged(CohortPageSchema(), report.list_cohorts(g.db, app_id, after=after, limit=_limit()))
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>")
+@documented("A cohort's report", answer=CohortReportSchema, path=COHORT_PATH)
 @require_token("api")
 def cohort_report(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
     body = report.cohort_report(g.db, cohort)
     body["recent_syncs"] = report.sync_history(g.db, cohort, before=None, limit=RECENT_SYNCS).items
-    return body
+    return CohortReportSchema().dump(body)
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/syncs")
+@documented("A cohort's sync history, newest first", answer=SyncPageSchema, errors=(400,), path=COHORT_PATH,
+            query=PAGING)
 @require_token("api")
 def cohort_syncs(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
     (before,) = after_key((int,)) or (None,)
-    return _paged(report.sync_history(g.db, cohort, before=before, limit=_limit()))
+    return _paged(SyncPageSchema(), report.sync_history(g.db, cohort, before=before, limit=_limit()))
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/unmatched")
+@documented("A cohort's users without a channel record", answer=UnmatchedPageSchema, errors=(400,),
+            path=COHORT_PATH, query=PAGING)
 @require_token("api")
 def cohort_unmatched(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
     (after,) = after_key((str,)) or (None,)
-    page = report.unmatched_users(g.db, cohort, after=after, limit=_limit())
-    return {"items": [item["user_id"] for item in page.items], "next": next_cursor(page.next_key)}
+    return _paged(UnmatchedPageSchema(), report.unmatched_users(g.db, cohort, after=after, limit=_limit()))
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/devices")
+@documented("A cohort's resolved audience", answer=AudiencePageSchema, errors=(400,), path=COHORT_PATH,
+            query=(*PAGING, query_parameter("channel", {"type": "string", "enum": list(CHANNELS)}),
+                   query_parameter("subscribed", {"type": "string", "enum": ["true", "false", "unknown"]},
+                                   "One subscription state: true, false (unsubscribed only) or unknown."),
+                   query_parameter("format", {"type": "string", "enum": ["json", "csv"]},
+                                   "csv (or 'Accept: text/csv') streams every matching record as CSV.")),
+            media_types=("application/json", "text/csv"))
 @require_token("api")
 def cohort_devices(app_id: str, cohort_id: str):
     """The resolved audience. `channel=push|email|sms`, `subscribed=true|false|unknown` (false lists only
@@ -192,7 +211,8 @@ def cohort_devices(app_id: str, cohort_id: str):
     if _wants_csv():
         return _csv_response(cohort, channel, subscribed)
     after = after_key((str, int))
-    return _paged(report.audience(g.db, cohort, channel=channel, subscribed=subscribed, after=after, limit=_limit()))
+    return _paged(AudiencePageSchema(),
+                  report.audience(g.db, cohort, channel=channel, subscribed=subscribed, after=after, limit=_limit()))
 
 
 def _cohort(app_id: str, cohort_id: str) -> Cohort:
@@ -260,5 +280,6 @@ def _limit() -> int:
     return int(raw)
 
 
-def _paged(page: report.Page) -> dict[str, object]:
-    return {"items": page.items, "next": next_cursor(page.next_key)}
+def _paged(schema: Schema, page: report.Page) -> dict[str, object]:
+    """`page` as `schema` (`bridge.cohorts.schemas.page_schema`) shows it, with the cursor to the next one."""
+    return schema.dump({"items": page.items, "next": next_cursor(page.next_key)})

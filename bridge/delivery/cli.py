@@ -12,6 +12,7 @@ from bridge.cli import Context, echo_json, pass_ctx
 from bridge.delivery.models import REPLAYABLE_REASONS
 from bridge.delivery.replay import replay as run_replay
 from bridge.delivery.scheduling import schedule_drain
+from bridge.delivery.schemas import DeliveryStatsSchema
 from bridge.delivery.stats import delivery_stats
 
 
@@ -44,7 +45,7 @@ def stats(ctx: Context, app_id: str) -> None:
         app = session.get(App, app_id)
         if app is None:
             raise click.ClickException(f"no app with id {app_id}")
-        echo_json(delivery_stats(session, app))
+        echo_json(DeliveryStatsSchema().dump(delivery_stats(session, app)))
 
 
 @deliveries.command("replay")

@@ -13,7 +13,8 @@ T = OutboxEvent.__table__.c
 
 def delivery_stats(session: Session, app: App) -> dict[str, object]:
     """Counts per state (pending, delivered, dead, skipped — the last two with reasons), what is
-    retrying, the oldest waiting event, and the last error Amplitude or the network gave.
+    retrying, the oldest waiting event, and the last error Amplitude or the network gave: the data of
+    `DeliveryStatsSchema`, which shows it (times as datetimes here).
 
     Delivered events have left the outbox; their number is the app's running total."""
     counts: dict[str, dict[str, int]] = {PENDING: {}, DEAD: {}, SKIPPED: {}}
@@ -30,14 +31,11 @@ def delivery_stats(session: Session, app: App) -> dict[str, object]:
     return {
         "pending": sum(counts[PENDING].values()),
         "retrying": pending[0],
-        "oldest_pending_at": pending[1].isoformat() if pending[1] else None,
+        "oldest_pending_at": pending[1],
         "delivered": app.delivered_total,
         "dead": {"total": sum(counts[DEAD].values()), "reasons": counts[DEAD]},
         "skipped": {"total": sum(counts[SKIPPED].values()), "reasons": counts[SKIPPED]},
-        "last_error": {
-            "message": app.last_delivery_error,
-            "at": app.last_delivery_error_at.isoformat() if app.last_delivery_error_at else None,
-        } if app.last_delivery_error else None,
-        "last_delivered_at": app.last_delivered_at.isoformat() if app.last_delivered_at else None,
-        "held": {"reason": app.delivery_held_reason, "until": app.delivery_held_until.isoformat()} if held else None,
+        "last_error": {"message": app.last_delivery_error, "at": app.last_delivery_error_at} if app.last_delivery_error else None,
+        "last_delivered_at": app.last_delivered_at,
+        "held": {"reason": app.delivery_held_reason, "until": app.delivery_held_until} if held else None,
     }

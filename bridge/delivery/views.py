@@ -3,14 +3,17 @@ from __future__ import annotations
 
 from flask import Blueprint, g
 
+from bridge.apidoc import APP_ID, documented
 from bridge.apps.models import App
 from bridge.auth import require_token
+from bridge.delivery.schemas import DeliveryStatsSchema
 from bridge.delivery.stats import delivery_stats
 
 bp = Blueprint("delivery", __name__)
 
 
 @bp.get("/v1/apps/<app_id>/deliveries/stats")
+@documented("Delivery stats", answer=DeliveryStatsSchema, path=(APP_ID,))
 @require_token("api")
 def stats(app_id: str):
-    return delivery_stats(g.db, g.db.get(App, app_id))
+    return DeliveryStatsSchema().dump(delivery_stats(g.db, g.db.get(App, app_id)))

@@ -224,7 +224,8 @@ class RejectedItemSchema(Schema):
 
 
 class IntakeResultSchema(Schema):
-    """The answer to `POST /v1/apps/<app_id>/events`: every item counted in exactly one bucket."""
+    """The answer to `POST /v1/apps/<app_id>/events`, dumped from `bridge.intake.service.IntakeResult`:
+    every item counted in exactly one bucket."""
 
     accepted = fields.Integer(required=True)
     skipped = fields.Integer(required=True)

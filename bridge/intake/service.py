@@ -35,15 +35,6 @@ class IntakeResult:
     ignored: int = 0  # kinds the bridge does not map, or that this app does not send
     rejected: list[dict] = field(default_factory=list)  # [{"index", "errors": {field: message}}]
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "accepted": self.accepted,
-            "skipped": self.skipped,
-            "duplicates": self.duplicates,
-            "ignored": self.ignored,
-            "rejected": self.rejected,
-        }
-
 
 @dataclass
 class Prepared:

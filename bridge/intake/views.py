@@ -7,11 +7,13 @@ import re
 import orjson
 from flask import Blueprint, current_app, g, request
 
+from bridge.apidoc import APP_ID, Body, documented
 from bridge.auth import require_token
 from bridge.delivery.scheduling import DrainRequests
 from bridge.errors import ApiError
 from bridge.intake.backlog import Backlog
 from bridge.intake.committer import GroupCommit, Overloaded
+from bridge.intake.schemas import IntakeResultSchema, ItemSchema
 from bridge.intake.service import Prepared, prepare
 
 bp = Blueprint("intake", __name__)
@@ -123,7 +125,13 @@ def read_items(limit: int) -> list[object]:
     return body
 
 
+INTAKE_RESULT = IntakeResultSchema()
+
+
 @bp.post("/v1/apps/<app_id>/events")
+@documented("Post event-stream items", answer=IntakeResultSchema, status=202, errors=(429,), path=(APP_ID,),
+            body=Body(ItemSchema, max_bytes=lambda settings: settings.max_body_bytes,
+                      max_items=lambda settings: settings.max_items_per_request))
 @require_token("api")
 def post_events(app_id: str):
     """Answers 202 once the request's events are committed (with those of concurrent requests:
@@ -141,7 +149,7 @@ def post_events(app_id: str):
         except Overloaded as exc:
             raise ApiError(503, "overloaded", f"The bridge cannot take events this fast: {exc}",
                            retry_after=exc.retry_after) from None
-    body = prepared.result.as_dict()
+    body = INTAKE_RESULT.dump(prepared.result)
     if prepared.result.rejected and len(prepared.result.rejected) == len(items):
         raise ApiError(400, "invalid_events", "No item in the request is valid; see details.rejected.", body)
     return body, 202

@@ -202,7 +202,8 @@ RECORD_SCHEMA = RecordSchema()
 
 
 class UpsertResultSchema(Schema):
-    """The answer to `POST /v1/apps/<app_id>/subscriptions`: every record counted in exactly one bucket."""
+    """The answer to `POST /v1/apps/<app_id>/subscriptions`, dumped from the fields of an
+    `UpsertCounts` and the records refused: every record counted in exactly one bucket."""
 
     added = fields.Integer(required=True)
     updated = fields.Integer(required=True)
@@ -211,7 +212,8 @@ class UpsertResultSchema(Schema):
 
 
 class SubscriptionSchema(Schema):
-    """A channel record as the API shows it (`bridge.registry.views.describe`)."""
+    """A channel record (`Subscription`) as the API shows it: the fields it accepts, plus when the bridge
+    recorded and last changed it."""
 
     subscription_id = fields.String(required=True)
     channel = fields.String(required=True, validate=validate.OneOf(CHANNELS))
@@ -227,9 +229,9 @@ class SubscriptionSchema(Schema):
     language = fields.String(required=True, allow_none=True)
     timezone = fields.String(required=True, allow_none=True)
     country = fields.String(required=True, allow_none=True)
-    last_active = fields.DateTime(required=True, allow_none=True)
-    created_at = fields.DateTime(required=True, allow_none=True)
-    recorded_at = fields.DateTime(required=True)
+    last_active = fields.DateTime(required=True, allow_none=True, attribute="last_active_at")
+    created_at = fields.DateTime(required=True, allow_none=True, attribute="source_created_at")
+    recorded_at = fields.DateTime(required=True, attribute="created_at")
     updated_at = fields.DateTime(required=True)
 
 

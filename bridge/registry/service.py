@@ -40,7 +40,7 @@ _INCOMING = table("registry_incoming", column("subscription_id"), *(column(name)
 class UpsertCounts:
     """What an upsert did to each record it was given: every record counts in exactly one bucket of
     added, updated and unchanged. `unknown_state` counts, across the buckets, the records left with an
-    unknown subscription state; it is not part of `as_dict` (the API's answer)."""
+    unknown subscription state; it is not part of `as_dict` nor of the API's answer (UpsertResultSchema)."""
 
     added: int = 0
     updated: int = 0

@@ -1,57 +1,45 @@
 """POST /v1/apps/<app_id>/subscriptions (bulk upsert) and GET .../subscriptions/<subscription_id>."""
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import asdict
 
 from flask import Blueprint, g
 
+from bridge.apidoc import APP_ID, Body, documented, path_parameter
 from bridge.auth import require_token
 from bridge.errors import ApiError
 from bridge.intake.views import read_items
-from bridge.registry.models import Subscription
-from bridge.registry.schemas import load_records
+from bridge.registry.schemas import MAX_LENGTH, RecordSchema, SubscriptionSchema, UpsertResultSchema, load_records
 from bridge.registry.service import UpsertCounts, find_record, upsert_records
 
 bp = Blueprint("registry", __name__)
 
 MAX_RECORDS_PER_REQUEST = 1000
+UPSERT_RESULT = UpsertResultSchema()
 
 
 @bp.post("/v1/apps/<app_id>/subscriptions")
+@documented("Add or update channel records", answer=UpsertResultSchema, path=(APP_ID,),
+            body=Body(RecordSchema, max_bytes=lambda settings: settings.max_body_bytes,
+                      max_items=MAX_RECORDS_PER_REQUEST))
 @require_token("api")
 def post_subscriptions(app_id: str):
     items = read_items(MAX_RECORDS_PER_REQUEST)
     records, rejected = load_records(items)
     if not records:
         raise ApiError(400, "invalid_subscriptions", "No record in the request is valid; see details.rejected.",
-                       {**UpsertCounts().as_dict(), "rejected": rejected})
+                       UPSERT_RESULT.dump({**asdict(UpsertCounts()), "rejected": rejected}))
     counts = upsert_records(g.db, app_id, records)
     g.db.commit()
-    return {**counts.as_dict(), "rejected": rejected}, 200
+    return UPSERT_RESULT.dump({**asdict(counts), "rejected": rejected}), 200
 
 
 @bp.get("/v1/apps/<app_id>/subscriptions/<subscription_id>")
+@documented("One channel record", answer=SubscriptionSchema,
+            path=(APP_ID, path_parameter("subscription_id", MAX_LENGTH["subscription_id"])))
 @require_token("api")
 def get_subscription(app_id: str, subscription_id: str):
     record = find_record(g.db, app_id, subscription_id)
     if record is None:
         raise ApiError(404, "subscription_not_found", f"No subscription {subscription_id!r} in this app.")
-    return describe(record)
-
-
-def describe(record: Subscription) -> dict[str, object]:
-    """A record as the API shows it (SubscriptionSchema): the fields it accepts, plus when the bridge
-    recorded and last changed it. `subscribed` is true, false, or None when the state is unknown."""
-    return {
-        "subscription_id": record.subscription_id, "channel": record.channel, "type": record.type,
-        "identifier": record.identifier, "external_id": record.external_id,
-        "notification_types": record.notification_types, "invalid_identifier": record.invalid_identifier,
-        "subscribed": record.subscribed, "device_model": record.device_model, "device_os": record.device_os,
-        "language": record.language, "timezone": record.timezone, "country": record.country,
-        "last_active": _iso(record.last_active_at), "created_at": _iso(record.source_created_at),
-        "recorded_at": _iso(record.created_at), "updated_at": _iso(record.updated_at),
-    }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+    return SubscriptionSchema().dump(record)
