@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from bridge.apps.models import REGIONS, TOKEN_KINDS, App
 from bridge.apps.service import AppConfigError, create_app_record, describe, rotate_token, update_app
-from bridge.cli import Context, echo_json, pass_ctx
+from bridge.commands import Context, echo_json, pass_ctx
 from bridge.delivery.scheduling import schedule_drain
 
 

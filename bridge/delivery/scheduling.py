@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 # A drain is queued at most once per app at a time; the job forgets the key as it starts.
 _DRAIN_KEY_TTL = 60.0
+# The drain job, by its path (bridge.jobs): the pusher queues drains through this module.
+DRAIN_APP = "bridge.delivery.pusher.drain_app"
 
 
 def drain_key(app_id: str) -> str:
@@ -29,10 +31,8 @@ def schedule_drain(runtime: Runtime, app_id: str) -> bool:
 
     Best effort by design: the events are already committed, so if the queue is unreachable the
     periodic sweep queues the drain once it is back. Callers never fail because of the queue."""
-    from bridge.delivery.pusher import drain_app
-
     try:
-        return runtime.runner.enqueue_once(DELIVERY, drain_key(app_id), _DRAIN_KEY_TTL, drain_app, app_id)
+        return runtime.runner.enqueue_once(DELIVERY, drain_key(app_id), _DRAIN_KEY_TTL, DRAIN_APP, app_id)
     except Exception as exc:  # noqa: BLE001 - Redis down or restarting
         log.warning("could not queue a drain of app %s (%s); the sweep will", app_id, exc)
         return False
