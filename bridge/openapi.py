@@ -17,14 +17,14 @@ from marshmallow import Schema, fields, validate
 from bridge import fields as shared
 from bridge import times
 from bridge.cohorts import schemas as cohorts
-from bridge.cohorts.views import MAX_LIMIT
 from bridge.delivery.schemas import DeliveryStatsSchema
+from bridge.http import MAX_JSON_DEPTH
 from bridge.intake import schemas as intake
-from bridge.intake.views import MAX_JSON_DEPTH
 from bridge.jobs import QUEUES
+from bridge.paging import MAX_LIMIT
 from bridge.registry import schemas as registry
 from bridge.registry.models import CHANNELS
-from bridge.registry.views import MAX_RECORDS_PER_REQUEST
+from bridge.registry.schemas import MAX_RECORDS_PER_REQUEST
 from bridge.settings import JOB_RUNNERS, Settings
 
 OPENAPI_VERSION = "3.0.3"

@@ -29,7 +29,6 @@ class Runtime:
         self.sessions = make_session_factory(self.engine)
         self.amplitude = AmplitudeClient(
             timeout=settings.http_timeout_seconds,
-            base_url_override=settings.amplitude_base_url,
             gzip_requests=settings.gzip_requests,
         )
         self.cursors = Cursors(settings.secret_key)

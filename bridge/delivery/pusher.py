@@ -27,8 +27,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from bridge.amplitude import client as amp
+from bridge.amplitude.regions import base_url
 from bridge.apps.models import App
-from bridge.apps.service import amplitude_base_url
 from bridge.db import is_postgresql, utcnow
 from bridge.delivery.models import (
     AMPLITUDE_400,
@@ -242,12 +242,12 @@ class Pusher:
     def _deliver(self, session: Session, app: App, batch: list[Claimed], report: DrainReport) -> bool:
         """Send `batch`, splitting as Amplitude's answers require, recording each outcome in `session`.
         False if the app should stop draining for now."""
-        base_url = amplitude_base_url(app, self.settings.amplitude_base_url)
+        url = base_url(app.region, self.settings.amplitude_base_url)
         work = deque(self._split_by_size(app.amplitude_api_key, batch))
         keep_going = True
         while work:
             chunk = work.popleft()
-            answer = self.runtime.amplitude.send(base_url, app.amplitude_api_key, [c.payload for c in chunk])
+            answer = self.runtime.amplitude.send(url, app.amplitude_api_key, [c.payload for c in chunk])
             delivered_before = report.delivered
             keep_going, more = self._record(session, app, chunk, answer, report)
             # The app's counters are written with the outcome they count: on SQLite each request's outcome

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, g
 
 from bridge.apps.models import App
-from bridge.auth import require_token
+from bridge.apps.auth import require_token
 from bridge.delivery.stats import delivery_stats
 
 bp = Blueprint("delivery", __name__)

@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 from bridge import mapping
 from bridge.db import dialect_insert, is_postgresql, utcnow
 from bridge.delivery.models import PENDING, SKIPPED, UNRESOLVED_USER, EventReceipt, OutboxEvent
-from bridge.intake.schemas import flatten_errors, load_item
+from bridge.intake.schemas import load_item
 from bridge.registry.service import Observation, Recorded, observe_events, recorded, users_by_time
+from bridge.validation import rejection
 
 
 @dataclass
@@ -80,8 +81,7 @@ def prepare(app_id: str, enabled_kinds: Iterable[str] | None, items: Sequence[ob
         try:
             item = load_item(raw) if isinstance(raw, dict) else _not_an_object()
         except ValidationError as exc:
-            errors = exc.messages if isinstance(exc.messages, dict) else {"_item": exc.messages}
-            result.rejected.append({"index": index, "errors": flatten_errors(errors)})
+            result.rejected.append(rejection(index, exc))
             continue
         if item["event"]["id"] in valid:
             result.duplicates += 1

@@ -12,9 +12,12 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, val
 
 from bridge.fields import Timestamp, sentence
 from bridge.text import SLASH_REFUSED, has_unprintable
-from bridge.intake.schemas import RejectedItemSchema, flatten_errors
+from bridge.validation import RejectedItemSchema, rejection
 from bridge.mapping import real_id
 from bridge.registry.models import CHANNELS, Subscription
+
+# At most this many records per `POST /v1/apps/<app_id>/subscriptions`.
+MAX_RECORDS_PER_REQUEST = 1000
 
 CHANNEL_OF_TYPE: dict[str, str] = {
     "iOSPush": "push", "AndroidPush": "push", "FireOSPush": "push", "WindowsPhonePush": "push",
@@ -242,6 +245,5 @@ def load_records(items: list[object]) -> tuple[list[dict], list[dict]]:
                 raise ValidationError({"_item": ["Each record must be a JSON object."]})
             records.append(RECORD_SCHEMA.load(raw))
         except ValidationError as exc:
-            errors = exc.messages if isinstance(exc.messages, dict) else {"_item": exc.messages}
-            rejected.append({"index": index, "errors": flatten_errors(errors)})
+            rejected.append(rejection(index, exc))
     return records, rejected

@@ -5,16 +5,14 @@ from datetime import datetime
 
 from flask import Blueprint, g
 
-from bridge.auth import require_token
+from bridge.apps.auth import require_token
 from bridge.errors import ApiError
-from bridge.intake.views import read_items
+from bridge.http import read_items
 from bridge.registry.models import Subscription
-from bridge.registry.schemas import load_records
+from bridge.registry.schemas import MAX_RECORDS_PER_REQUEST, load_records
 from bridge.registry.service import UpsertCounts, find_record, upsert_records
 
 bp = Blueprint("registry", __name__)
-
-MAX_RECORDS_PER_REQUEST = 1000
 
 
 @bp.post("/v1/apps/<app_id>/subscriptions")
