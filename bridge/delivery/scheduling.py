@@ -87,7 +87,8 @@ class DrainRequests:
 
 
 def due_app_ids(runtime: Runtime) -> list[str]:
-    """Apps with events due now: pending, past their next attempt, not leased, app not held."""
+    """Apps with events due now: pending, past their next attempt, under no live lease (SQLite's claims;
+    PostgreSQL's row locks do not hide events from this read), app not held."""
     now = utcnow()
     with runtime.session() as session:
         held = select(App.id).where(App.delivery_held_until.is_not(None), App.delivery_held_until > now)

@@ -13,7 +13,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, val
 from bridge.fields import Timestamp, sentence
 from bridge.text import SLASH_REFUSED, has_unprintable
 from bridge.validation import RejectedItemSchema, rejection
-from bridge.mapping import real_id
+from bridge.mapping import non_placeholder_id
 from bridge.registry.models import CHANNELS, Subscription
 
 # At most this many records per `POST /v1/apps/<app_id>/subscriptions`.
@@ -153,7 +153,7 @@ class ExternalId(Text):
     """An External User ID; empty and placeholder values ("null", "anonymous", ...) mean none."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        return real_id(super()._deserialize(value, attr, data, **kwargs))
+        return non_placeholder_id(super()._deserialize(value, attr, data, **kwargs))
 
 
 class RecordType(fields.Field):
@@ -214,7 +214,10 @@ class UpsertResultSchema(Schema):
 
 
 class SubscriptionSchema(Schema):
-    """A channel record as the API shows it (`bridge.registry.views.describe`)."""
+    """A channel record (`Subscription`) as the API shows it. Three fields have an API name other than
+    their column's, declared here (`attribute`) and in RecordSchema (`data_key`) only: `last_active`
+    (last_active_at), `created_at` (source_created_at: when the platform created the record) and
+    `recorded_at` (created_at: when the bridge first recorded it)."""
 
     subscription_id = fields.String(required=True)
     channel = fields.String(required=True, validate=validate.OneOf(CHANNELS))
@@ -230,10 +233,13 @@ class SubscriptionSchema(Schema):
     language = fields.String(required=True, allow_none=True)
     timezone = fields.String(required=True, allow_none=True)
     country = fields.String(required=True, allow_none=True)
-    last_active = fields.DateTime(required=True, allow_none=True)
-    created_at = fields.DateTime(required=True, allow_none=True)
-    recorded_at = fields.DateTime(required=True)
+    last_active = fields.DateTime(required=True, allow_none=True, attribute="last_active_at")
+    created_at = fields.DateTime(required=True, allow_none=True, attribute="source_created_at")
+    recorded_at = fields.DateTime(required=True, attribute="created_at")
     updated_at = fields.DateTime(required=True)
+
+
+SUBSCRIPTION_SCHEMA = SubscriptionSchema()
 
 
 def load_records(items: list[object]) -> tuple[list[dict], list[dict]]:

@@ -1,15 +1,13 @@
 """POST /v1/apps/<app_id>/subscriptions (bulk upsert) and GET .../subscriptions/<subscription_id>."""
 from __future__ import annotations
 
-from datetime import datetime
-
 from flask import Blueprint, g
 
 from bridge.apps.auth import require_token
 from bridge.errors import ApiError
 from bridge.http import read_items
 from bridge.registry.models import Subscription
-from bridge.registry.schemas import MAX_RECORDS_PER_REQUEST, load_records
+from bridge.registry.schemas import MAX_RECORDS_PER_REQUEST, SUBSCRIPTION_SCHEMA, load_records
 from bridge.registry.service import UpsertCounts, find_record, upsert_records
 
 bp = Blueprint("registry", __name__)
@@ -38,18 +36,7 @@ def get_subscription(app_id: str, subscription_id: str):
 
 
 def describe(record: Subscription) -> dict[str, object]:
-    """A record as the API shows it (SubscriptionSchema): the fields it accepts, plus when the bridge
-    recorded and last changed it. `subscribed` is true, false, or None when the state is unknown."""
-    return {
-        "subscription_id": record.subscription_id, "channel": record.channel, "type": record.type,
-        "identifier": record.identifier, "external_id": record.external_id,
-        "notification_types": record.notification_types, "invalid_identifier": record.invalid_identifier,
-        "subscribed": record.subscribed, "device_model": record.device_model, "device_os": record.device_os,
-        "language": record.language, "timezone": record.timezone, "country": record.country,
-        "last_active": _iso(record.last_active_at), "created_at": _iso(record.source_created_at),
-        "recorded_at": _iso(record.created_at), "updated_at": _iso(record.updated_at),
-    }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+    """A record as the API shows it (SubscriptionSchema, which names its fields): the fields it accepts,
+    plus when the bridge recorded and last changed it. `subscribed` is true, false, or None when the
+    state is unknown."""
+    return SUBSCRIPTION_SCHEMA.dump(record)
