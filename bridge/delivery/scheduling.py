@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 # A drain is queued at most once per app at a time; the job forgets the key as it starts.
 _DRAIN_KEY_TTL = 60.0
-# The drain job, by its path (bridge.jobs): the pusher queues drains through this module.
+# The drain job, named by its path (bridge.jobs.resolve) rather than imported: the pusher, which holds it,
+# imports this module to queue its own next drains.
 DRAIN_APP = "bridge.delivery.pusher.drain_app"
 
 
