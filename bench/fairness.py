@@ -39,7 +39,7 @@ def fill_backlog(database_url: str, app_id: str, n: int) -> None:
     with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute("""
             INSERT INTO outbox_events (app_id, source_event_id, kind, state, insert_id, user_id, device_id,
-                                       subscription_device_type, payload, attempts, next_attempt_at, created_at)
+                                       subscription_device_type, amplitude_event, attempts, next_attempt_at, created_at)
             SELECT %(app)s, 'backlog-' || lpad(g::text, 9, '0'), 'message.push.sent', 'pending',
                    'backlog-' || lpad(g::text, 9, '0'), 'user-' || lpad((g %% 50000)::text, 6, '0'),
                    'device-' || lpad((g %% 100000)::text, 6, '0'), 'AndroidPush',

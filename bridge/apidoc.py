@@ -3,7 +3,7 @@ builds the OpenAPI document from the app's routes and these declarations.
 
 A route's answer is a marshmallow schema, and the view answers `Schema().dump(...)` of that same class:
 the schema is the one declaration of the shape, so the document cannot drift from what is served.
-How a route is authenticated is read from its `bridge.auth.require_token`, not declared again here;
+How a route is authenticated is read from its `bridge.apps.auth.require_token`, not declared again here;
 the errors its token and its body can cause are added from those, too.
 """
 from __future__ import annotations

@@ -6,61 +6,27 @@ that cannot be reached as `bridge: cannot connect to <URL, password masked>: <re
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
 
 import click
 
 from bridge import connections, logs
-from bridge.settings import ConfigurationError, Settings, mask_url
+from bridge.apps.cli import apps
+from bridge.commands import Context, echo_json, pass_ctx
+from bridge.delivery.cli import deliveries
+from bridge.jobs import QUEUES
+from bridge.maintenance import prune as run_prune
+from bridge.maintenance import sweep as run_sweep
+from bridge.registry.cli import subscriptions
+from bridge.settings import ConfigurationError, Settings
 
-if TYPE_CHECKING:
-    from bridge.runtime import Runtime
+# A command imports the heavier modules it runs (Alembic, RQ, the local Amplitude server, the web app of the
+# demo) when it runs, so that `bridge --help`, `bridge config` and the operator's quick commands start without them.
 
 log = logging.getLogger(__name__)
-
-
-class Context:
-    """Builds the Runtime on first use, so `bridge --help` needs no database (and a command that does not
-    use it, such as `bridge config`, does not import it).
-
-    A one-off command's stdout is its result (JSON, for `| jq` and scripts), so its logs go to stderr;
-    a long-running process (`bridge worker`) sets `log_stream` to stdout."""
-
-    def __init__(self):
-        self._runtime: Runtime | None = None
-        self.log_stream: TextIO = sys.stderr
-
-    @property
-    def runtime(self) -> Runtime:
-        """The Runtime, built on first use once the database has answered (Unreachable otherwise).
-        Refuses (exit 1, one line) when the database's schema is missing or behind: every command that
-        uses the database, `bridge worker` included, needs the release phase (`bridge db upgrade`)."""
-        if self._runtime is None:
-            from bridge.runtime import Runtime, install
-
-            settings = Settings.from_env()
-            logs.configure(settings.log_level, self.log_stream, settings.log_format)
-            connections.check_database(settings.database_url)
-            runtime = Runtime(settings)
-            try:
-                _require_migrated(runtime)
-            except BaseException:
-                runtime.close()
-                raise
-            self._runtime = install(runtime)
-        return self._runtime
-
-    def close(self) -> None:
-        if self._runtime is not None:
-            self._runtime.close()
-
-
-pass_ctx = click.make_pass_decorator(Context, ensure=True)
 
 
 def _database_url() -> str:
@@ -68,28 +34,6 @@ def _database_url() -> str:
     url = Settings.from_env().database_url
     connections.check_database(url)
     return url
-
-
-class Refusal(click.ClickException):
-    """An operator's mistake the command cannot proceed with: `bridge: <message>` on stderr, exit 1."""
-
-    def show(self, file=None) -> None:
-        click.echo(f"bridge: {self.format_message()}", err=file is None, file=file)
-
-
-def _require_migrated(runtime: Runtime) -> None:
-    """Raise Refusal unless the database's schema is at head, or ahead (a rolled-back release: the
-    older code runs on a newer schema)."""
-    from bridge import migrate
-
-    with runtime.engine.connect() as connection:
-        state = migrate.schema_state(connection)
-    if not state.usable:
-        raise Refusal(f"the database at {mask_url(runtime.settings.database_url)} is {state.problem()}")
-
-
-def echo_json(value: object) -> None:
-    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
 
 
 class _Bridge(click.Group):
@@ -165,8 +109,6 @@ def db_downgrade(revision: str) -> None:
 
 
 def _queue_kinds(_ctx, _param, value: str) -> tuple[str, ...]:
-    from bridge.jobs import QUEUES
-
     kinds = tuple(dict.fromkeys(kind.strip() for kind in value.split(",") if kind.strip()))
     unknown = [kind for kind in kinds if kind not in QUEUES]
     if unknown or not kinds:
@@ -221,8 +163,6 @@ def web(host: str, workers: int | None) -> None:
 @pass_ctx
 def sweep(ctx: Context) -> None:
     """Queue every piece of due work the database holds (the workers also do this periodically)."""
-    from bridge.maintenance import sweep as run_sweep
-
     runtime = ctx.runtime
     if runtime.settings.job_runner == "rq":
         connections.check_redis(runtime.settings.redis_url)
@@ -255,8 +195,6 @@ def demo(events_file: Path | None) -> None:
 @pass_ctx
 def prune(ctx: Context, older_than_days: int) -> None:
     """Forget old event receipts (the intake's duplicate check) and applied cohort batches' user lists."""
-    from bridge.maintenance import prune as run_prune
-
     echo_json(run_prune(ctx.runtime, older_than_days))
 
 
@@ -266,15 +204,6 @@ def show_config() -> None:
     echo_json(Settings.from_env().redacted())
 
 
-def _register_groups() -> None:
-    from bridge.apps.cli import apps
-    from bridge.delivery.cli import deliveries
-    from bridge.registry.cli import subscriptions
-
-    main.add_command(apps)
-    main.add_command(deliveries)
-    main.add_command(subscriptions)
-
-
-
-_register_groups()
+main.add_command(apps)
+main.add_command(deliveries)
+main.add_command(subscriptions)

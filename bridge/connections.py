@@ -6,6 +6,9 @@ the URL (password masked, `settings.mask_url`) and the driver's reason, not as a
 """
 from __future__ import annotations
 
+from sqlalchemy.exc import DBAPIError
+
+from bridge.db import make_engine
 from bridge.settings import mask_url
 
 # How long a start-up check waits for Redis to accept the connection and answer (s).
@@ -21,10 +24,6 @@ def check_database(url: str) -> None:
     """Open one connection to the database at `url` (a normalized DATABASE_URL) and close it; raise
     Unreachable if that fails (server down, wrong port, unknown database or role, refused password,
     SQLite file that cannot be opened)."""
-    from sqlalchemy.exc import DBAPIError
-
-    from bridge.db import make_engine
-
     engine = make_engine(url, null_pool=True)
     try:
         with engine.connect():
@@ -38,6 +37,7 @@ def check_database(url: str) -> None:
 def check_redis(url: str) -> None:
     """PING Redis at `url` (REDIS_URL); raise Unreachable if it does not answer within
     REDIS_CHECK_TIMEOUT_SECONDS or refuses (wrong port, password, database number)."""
+    # Imported here: the embedded mode (no REDIS_URL) never loads redis-py.
     from redis import Redis
     from redis.exceptions import RedisError
 

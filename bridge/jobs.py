@@ -5,7 +5,10 @@
 - `manual`: jobs wait in a list until `run_pending()` (tests: deterministic, nothing runs behind their back).
 
 Jobs are module-level functions that take ids and an optional `runtime`; they must be idempotent,
-because the database, not the queue, is the record of what is left to do.
+because the database, not the queue, is the record of what is left to do. A job is given to a runner
+as the function, or as its dotted path (`"bridge.delivery.pusher.drain_app"`, as RQ stores it), so that a
+module can queue a job without importing the module that holds it. The runners know nothing of the
+Runtime but that they pass it to every job as `runtime`.
 
 Every job goes to one of two queues, named by kind: `delivery` (outbox drains) and `cohorts` (cohort
 batches), so that a heavy cohort batch never waits in front of a drain. With RQ they are two Redis
@@ -14,6 +17,7 @@ neither kind can starve the other; the in-process runners keep one order.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import queue
 import threading
@@ -22,17 +26,19 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bridge.runtime import Runtime
     from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
-Job = Callable[..., object]
+# A job: the function, or its dotted path.
+Job = Callable[..., object] | str
 
 DELIVERY, COHORTS = "delivery", "cohorts"
 # The queue kinds. A worker serving several starts with the first and then takes turns (RQ's round robin).
 QUEUES = (DELIVERY, COHORTS)
 # RQ stops a job that runs longer than this; a cohort batch's claim lasts a minute longer (cohorts.jobs).
 JOB_TIMEOUT_SECONDS = 600
+# The periodic sweep the in-process thread runs between jobs (RQ workers run it on a thread of their own).
+SWEEP = "bridge.maintenance.sweep"
 
 
 def queue_name(settings: Settings, kind: str) -> str:
@@ -64,12 +70,13 @@ class JobRunner:
 class RQRunner(JobRunner):
     remote = True
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, settings: Settings):
+        # Imported here: the embedded mode (no REDIS_URL) never loads RQ or redis-py.
         from redis import Redis
         from rq import Queue
 
-        self.redis = Redis.from_url(runtime.settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
-        self.queues = {kind: Queue(queue_name(runtime.settings, kind), connection=self.redis) for kind in QUEUES}
+        self.redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self.queues = {kind: Queue(queue_name(settings, kind), connection=self.redis) for kind in QUEUES}
 
     def enqueue(self, queue: str, func: Job, *args: object) -> None:
         self.queues[queue].enqueue(func, *args, job_timeout=JOB_TIMEOUT_SECONDS, result_ttl=0,
@@ -89,9 +96,9 @@ class RQRunner(JobRunner):
 
 
 class ManualRunner(JobRunner):
-    """Jobs of every queue wait in one list, in the order they were enqueued."""
+    """Jobs of every queue wait in one list, in the order they were enqueued. `runtime` is passed to each."""
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: object):
         self.runtime = runtime
         self.pending: list[tuple[Job, tuple[object, ...]]] = []
         self.waiting_keys: set[str] = set()
@@ -115,17 +122,18 @@ class ManualRunner(JobRunner):
         ran = 0
         while self.pending and ran < limit:
             func, args = self.pending.pop(0)
-            func(*args, runtime=self.runtime)
+            resolve(func)(*args, runtime=self.runtime)
             ran += 1
         return ran
 
 
 class ThreadRunner(JobRunner):
-    """One daemon thread runs jobs of every queue in order and, between them, the periodic sweep
-    (embedded mode: one web process, light loads)."""
+    """One daemon thread runs jobs of every queue in order and, between them, the periodic sweep every
+    `sweep_interval` seconds (embedded mode: one web process, light loads). `runtime` is passed to each."""
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: object, sweep_interval: float):
         self.runtime = runtime
+        self.sweep_interval = sweep_interval
         self.jobs: queue.Queue[tuple[Job, tuple[object, ...]] | None] = queue.Queue()
         self.waiting_keys: set[str] = set()
         self.lock = threading.Lock()
@@ -160,14 +168,11 @@ class ThreadRunner(JobRunner):
         self._ensure_started()
 
     def _loop(self) -> None:
-        from bridge.maintenance import sweep
-
-        interval = self.runtime.settings.sweep_interval_seconds
         next_sweep = time.monotonic()
         while not self.stopping.is_set():
             if time.monotonic() >= next_sweep:
-                self._run(sweep, ())
-                next_sweep = time.monotonic() + interval
+                self._run(SWEEP, ())
+                next_sweep = time.monotonic() + self.sweep_interval
             try:
                 item = self.jobs.get(timeout=max(0.01, next_sweep - time.monotonic()))
             except queue.Empty:
@@ -178,7 +183,7 @@ class ThreadRunner(JobRunner):
 
     def _run(self, func: Job, args: tuple[object, ...]) -> None:
         try:
-            func(*args, runtime=self.runtime)
+            resolve(func)(*args, runtime=self.runtime)
         except Exception:  # noqa: BLE001 - a failed job is logged; the sweep retries its work
             log.exception("job %s%r failed", getattr(func, "__name__", func), args)
 
@@ -194,10 +199,20 @@ def _check_queue(queue: str) -> None:
         raise ValueError(f"unknown queue {queue!r}; the queues are {', '.join(QUEUES)}")
 
 
-def make_runner(runtime: Runtime) -> JobRunner:
-    kind = runtime.settings.job_runner
+def resolve(job: Job) -> Callable[..., object]:
+    """The function of `job`: itself, or the function its dotted path names (ImportError or
+    AttributeError when there is none)."""
+    if not isinstance(job, str):
+        return job
+    module, _, name = job.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def make_runner(settings: Settings, runtime: object) -> JobRunner:
+    """The runner JOB_RUNNER names, passing `runtime` (the process's Runtime) to the jobs it runs in-process."""
+    kind = settings.job_runner
     if kind == "rq":
-        return RQRunner(runtime)
+        return RQRunner(settings)
     if kind == "manual":
         return ManualRunner(runtime)
-    return ThreadRunner(runtime)
+    return ThreadRunner(runtime, settings.sweep_interval_seconds)

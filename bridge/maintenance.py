@@ -53,7 +53,7 @@ def prune(runtime: Runtime, older_than_days: int, batch: int = 10_000) -> dict[s
                 break
             pruned["event_receipts"] += done.rowcount
         done = session.execute(update(CohortBatch.__table__).where(
-            batches.state == PROCESSED, batches.received_at < cutoff, batches.payload != "[]").values(payload="[]"))
+            batches.state == PROCESSED, batches.received_at < cutoff, batches.user_ids != "[]").values(user_ids="[]"))
         pruned["cohort_batch_user_lists"] = done.rowcount or 0
         session.commit()
     log.info("pruned %s", pruned)

@@ -63,7 +63,7 @@ def localized(value: object) -> str | None:
     return None
 
 
-def real_id(value: str | None) -> str | None:
+def non_placeholder_id(value: str | None) -> str | None:
     """`value` stripped, or None when it is empty or a placeholder Amplitude would reject."""
     if value is None:
         return None

@@ -2,7 +2,7 @@
 
 It is built from the app's routes: each view declares its documentation with `bridge.apidoc.documented`
 (summary, answer schema, parameters, body, errors), next to its code, and its authentication is read
-from `bridge.auth.require_token`. The schemas are the marshmallow schemas the API really loads its bodies
+from `bridge.apps.auth.require_token`. The schemas are the marshmallow schemas the API really loads its bodies
 with and dumps its answers with (apispec), so a field added to a schema shows up here. What marshmallow
 cannot say (the custom fields, the security schemes, the shared error responses) is declared once below.
 """
@@ -20,11 +20,11 @@ from marshmallow import fields
 from bridge import fields as shared
 from bridge import times
 from bridge.apidoc import Body, Limit, Operation, operation_of
-from bridge.auth import token_kind_of
+from bridge.apps.auth import token_kind_of
 from bridge.cohorts import schemas as cohorts
 from bridge.errors import ErrorSchema
+from bridge.http import MAX_JSON_DEPTH
 from bridge.intake import schemas as intake
-from bridge.intake.views import MAX_JSON_DEPTH
 from bridge.registry import schemas as registry
 from bridge.settings import Settings
 

@@ -1,4 +1,5 @@
-"""Paging cursors: the `next` of a page, given back as `after` for the following one.
+"""Paged listings: a page's size (`limit`), and cursors: the `next` of a page, given back as `after` for the
+following one.
 
 A cursor carries the key the listing continues after (an External User ID and a row's surrogate id,
 say), so it is encrypted and authenticated with a key derived from `SECRET_KEY` (Fernet: AES-128-CBC
@@ -18,6 +19,10 @@ from cryptography.fernet import Fernet, InvalidToken
 from flask import current_app, request
 
 from bridge.errors import ApiError
+from bridge.http import int_arg
+
+# `limit`: how many items a page holds.
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 
 
 class Cursors:
@@ -74,6 +79,11 @@ def after_key(types: tuple[type, ...]) -> tuple | None:
         raise ApiError(400, "invalid_cursor", "after must be the 'next' value of a previous page of this same "
                        "listing; it was altered, or comes from another listing, app or cohort.", {"after": raw})
     return tuple(key)
+
+
+def page_limit() -> int:
+    """The request's `limit`: from 1 to MAX_LIMIT, DEFAULT_LIMIT when absent (400 `invalid_parameter` otherwise)."""
+    return int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
 
 
 def _is_key_part(value: object, kind: type) -> bool:

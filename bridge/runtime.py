@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from sqlalchemy.orm import Session
 
 from bridge.db import limit_statements, make_engine, make_session_factory
+from bridge.jobs import make_runner
 from bridge.settings import Settings
 
 _current: Runtime | None = None
@@ -18,8 +19,9 @@ _current: Runtime | None = None
 
 class Runtime:
     def __init__(self, settings: Settings):
+        # Imported here, not at the top: the httpx, cryptography and Flask they need would otherwise load in
+        # the commands that build no Runtime (`bridge --help`, `config`, `db`, `web`: the CLI imports this module).
         from bridge.amplitude.client import AmplitudeClient
-        from bridge.jobs import make_runner
         from bridge.paging import Cursors
 
         self.settings = settings
@@ -27,11 +29,10 @@ class Runtime:
         self.sessions = make_session_factory(self.engine)
         self.amplitude = AmplitudeClient(
             timeout=settings.http_timeout_seconds,
-            base_url_override=settings.amplitude_base_url,
             gzip_requests=settings.gzip_requests,
         )
         self.cursors = Cursors(settings.secret_key)
-        self.runner = make_runner(self)
+        self.runner = make_runner(settings, self)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -13,9 +13,14 @@ from werkzeug.routing import BaseConverter
 
 from bridge import logs
 from bridge.apidoc import documented
-from bridge.auth import TokenCache
+from bridge.apps.auth import TokenCache
+from bridge.cohorts.views import bp as cohorts_bp
+from bridge.delivery.views import bp as delivery_bp
 from bridge.errors import register_error_handlers
 from bridge.health import HealthCheck, HealthSchema, LivenessSchema, SchemaGate
+from bridge.intake.views import bp as intake_bp
+from bridge.openapi import build_document
+from bridge.registry.views import bp as registry_bp
 from bridge.runtime import Runtime, install
 from bridge.settings import Settings
 
@@ -41,7 +46,7 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
     app.url_map.converters["default"] = PathSegment
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.extensions["bridge"] = runtime
-    app.extensions["bridge.tokens"] = TokenCache(settings.auth_cache_seconds)  # see auth.py
+    app.extensions["bridge.tokens"] = TokenCache(settings.auth_cache_seconds)  # see apps/auth.py
     schema_gate = SchemaGate(runtime.engine)
     register_error_handlers(app, schema_gate.explain)
     health = HealthCheck(runtime, schema_gate)
@@ -85,12 +90,6 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
     def livez():
         """Liveness: the process answers. No I/O, so a dependency's outage never restarts the process."""
         return LivenessSchema().dump({"status": "ok"})
-
-    from bridge.cohorts.views import bp as cohorts_bp
-    from bridge.delivery.views import bp as delivery_bp
-    from bridge.intake.views import bp as intake_bp
-    from bridge.openapi import build_document
-    from bridge.registry.views import bp as registry_bp
 
     for blueprint in (intake_bp, delivery_bp, registry_bp, cohorts_bp):
         app.register_blueprint(blueprint)

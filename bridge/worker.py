@@ -6,8 +6,10 @@ one queue, the other queue comes first): a drain waits behind at most one cohort
 batch behind at most one drain, however busy the other queue is.
 
 SIGTERM (Heroku's deploys and restarts): the batch in hand is finished, the rest of the drain is
-handed back, and the process exits — well within Heroku's 30 s. SIGKILL loses nothing either: leases
-expire and the sweep schedules the events again.
+handed back, and the process exits — well within Heroku's 30 s. SIGKILL loses nothing either: on
+PostgreSQL a claim is the row locks of the killed connection's transaction, which the server releases
+at once; on SQLite a claim is a lease, which expires (DELIVERY_LEASE_SECONDS). The sweep then queues
+the events again (bridge.delivery.pusher).
 """
 from __future__ import annotations
 

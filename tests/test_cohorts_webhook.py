@@ -51,7 +51,7 @@ def test_batch_is_stored_and_answered_before_membership_is_applied(client, runti
     assert body["cohort_id"] == "7b2k9xq" and body["users"] == 6
     [batch] = batches(runtime)
     assert (batch.public_id, batch.state, batch.user_count, batch.computed_time) == (body["batch_id"], RECEIVED, 6, 1763856000)
-    assert json.loads(batch.payload) == ["user-000123", "user-000456", "user-000789", "user-001011", "user-001213",
+    assert json.loads(batch.user_ids) == ["user-000123", "user-000456", "user-000789", "user-001011", "user-001213",
                                          "user-000456"]
     assert members(runtime) == {}  # nothing applied inside the request
 
@@ -268,7 +268,7 @@ def test_a_batch_with_no_usable_user_is_accepted_and_changes_nothing(client, run
     runtime.runner.run_pending()
 
     [batch] = batches(runtime)
-    assert (batch.state, batch.payload, batch.user_count, batch.unusable_users, batch.entered) == \
+    assert (batch.state, batch.user_ids, batch.user_count, batch.unusable_users, batch.entered) == \
         (PROCESSED, "[]", 1, 1, 0)
     assert members(runtime) == {}
 

@@ -112,8 +112,8 @@ def test_every_trackable_event_reaches_amplitude_exactly_once(env, sink, tmp_pat
 def _resolvable(item: dict, fixture: list[dict]) -> bool:
     """Whether the bridge can know the event's user: on the event, or on another event of its subscription."""
     sub = item["event"]["subscription_id"]
-    return bool(mapping.real_id(item["event"].get("external_id"))) or any(
-        mapping.real_id(other["event"].get("external_id")) and other["event"]["subscription_id"] == sub
+    return bool(mapping.non_placeholder_id(item["event"].get("external_id"))) or any(
+        mapping.non_placeholder_id(other["event"].get("external_id")) and other["event"]["subscription_id"] == sub
         for other in fixture)
 
 

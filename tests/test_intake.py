@@ -38,7 +38,7 @@ def test_accepts_a_batch_and_stores_it_before_answering(client, tenant, runtime)
     rows = outbox(runtime)
     assert [r.source_event_id for r in rows] == [f"evt-{i}" for i in range(5)]
     assert all(r.state == "pending" for r in rows)
-    assert orjson.loads(rows[0].payload)["event_type"] == "Push Pending Delivery"
+    assert orjson.loads(rows[0].amplitude_event)["event_type"] == "Push Pending Delivery"
 
 
 def test_a_single_object_is_accepted_too(client, tenant):

@@ -90,8 +90,8 @@ def test_platform_from_device_type(device_type, platform):
 
 @pytest.mark.parametrize("placeholder", ["", "  ", "null", "NULL", "anonymous", "0", "-1", "undefined"])
 def test_placeholder_external_ids_count_as_absent(placeholder):
-    assert mapping.real_id(placeholder) is None
-    assert mapping.real_id(" user-1 ") == "user-1"
+    assert mapping.non_placeholder_id(placeholder) is None
+    assert mapping.non_placeholder_id(" user-1 ") == "user-1"
 
 
 def test_long_strings_are_cut_at_amplitudes_limit():

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, select, text, update
 
 from bridge.cohorts.models import CohortBatch, CohortMember
 from bridge.db import metadata
-from bridge.migrate import alembic_config, head, schema_state, upgrade
+from bridge.migrate import alembic_config, downgrade, head, schema_state, upgrade
 
 NOW = datetime(2026, 11, 24, 9, tzinfo=UTC)
 
@@ -71,7 +71,7 @@ def test_0004_keeps_stored_cohorts_and_holds_a_computed_time_past_2038(unmigrate
     batches, members = CohortBatch.__table__.c, CohortMember.__table__.c
     year_2100 = 4_102_444_800
     with engine.begin() as conn:
-        assert conn.execute(select(batches.computed_time, batches.payload, batches.unusable_users,
+        assert conn.execute(select(batches.computed_time, batches.user_ids, batches.unusable_users,
                                    batches.unusable_reasons, batches.unusable_examples)).one() == (
             1763856000, '["u1"]', 0, {}, [])
         assert conn.execute(select(members.user_id, members.computed_time)).one() == ("u1", 1763856000)
@@ -112,3 +112,45 @@ def test_the_unknown_subscription_state_keeps_existing_values_and_downgrades_to_
 def stored_states(conn) -> dict[str, bool | None]:
     rows = conn.execute(text("SELECT subscription_id, subscribed FROM subscriptions"))
     return {sub: None if state is None else bool(state) for sub, state in rows}
+
+
+def test_0009_names_the_payload_columns_for_what_they_hold(unmigrated_database_url):
+    """0009 splits outbox_events.payload: the source item of an event waiting for its user moves to
+    `source_item`, every other event's Amplitude event stays, as `amplitude_event`; a cohort batch's
+    `payload` becomes `user_ids`. Downgraded, each is back in `payload`."""
+    url = unmigrated_database_url
+    upgrade(url, "0008")
+    engine = create_engine(url)
+    held = {"pending": ("pending", None), "dead": ("dead", "amplitude_400"), "skipped": ("skipped", "unresolved_user")}
+    payloads = {"pending": '{"event_type":"Push Clicked"}', "dead": '{"event_type":"Email Opened"}',
+                "skipped": '{"event":{"id":"skipped"}}'}
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO apps (id, name, amplitude_api_key, region, created_at, updated_at) "
+                          "VALUES ('a1', 'App', 'amp-key', 'us', :now, :now)"), {"now": NOW})
+        for event_id, (state, reason) in held.items():
+            conn.execute(text(
+                "INSERT INTO outbox_events (app_id, source_event_id, kind, state, reason, insert_id, payload, attempts, "
+                "next_attempt_at, created_at) VALUES ('a1', :id, 'message.push.clicked', :state, :reason, :id, "
+                ":payload, 0, :now, :now)"), {"id": event_id, "state": state, "reason": reason,
+                                              "payload": payloads[event_id], "now": NOW})
+        conn.execute(text(
+            'INSERT INTO cohort_batches (app_id, cohort_id, cohort_name, message_id, in_cohort, computed_time, '
+            'user_count, payload, state, entered, "left", already_known, stale, duplicate_users, retries, received_at, '
+            "public_id) VALUES ('a1', 'c1', 'Churn', 'm1', :yes, 1763856000, 1, '[\"u1\"]', 'received', 0, 0, 0, 0, 0, "
+            "0, :now, 'b1')"), {"yes": True, "now": NOW})
+
+    upgrade(url)
+
+    with engine.connect() as conn:
+        assert dict((row[0], tuple(row[1:])) for row in conn.execute(
+            text("SELECT source_event_id, amplitude_event, source_item FROM outbox_events"))) == {
+            "pending": (payloads["pending"], None), "dead": (payloads["dead"], None),
+            "skipped": (None, payloads["skipped"])}
+        assert conn.scalar(text("SELECT user_ids FROM cohort_batches")) == '["u1"]'
+
+    downgrade(url, "0008")
+
+    with engine.connect() as conn:
+        assert dict(conn.execute(text("SELECT source_event_id, payload FROM outbox_events")).all()) == payloads
+        assert conn.scalar(text("SELECT payload FROM cohort_batches")) == '["u1"]'
+    engine.dispose()

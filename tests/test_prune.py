@@ -48,6 +48,6 @@ def test_applied_cohort_batches_lose_their_user_lists_but_keep_their_history(cli
     assert prune(runtime, older_than_days=30)["cohort_batch_user_lists"] == 1
     with runtime.session() as session:
         batch = session.scalars(select(CohortBatch)).one()
-    assert (batch.payload, batch.entered, batch.state) == ("[]", 2, "processed")
+    assert (batch.user_ids, batch.entered, batch.state) == ("[]", 2, "processed")
     report = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1", headers=tenant.auth).json
     assert report["users"]["in_cohort"] == 2  # membership itself is untouched

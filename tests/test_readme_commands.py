@@ -243,7 +243,7 @@ def outbox_row(app_id: str, **values) -> dict:
     payload = {"event_type": "Push Pending Delivery", "user_id": "user-1", "insert_id": event_id,
                "time": int(now.timestamp() * 1000)}
     return {"app_id": app_id, "source_event_id": event_id, "kind": "message.push.sent", "state": PENDING,
-            "insert_id": event_id, "payload": json.dumps(payload), "attempts": 0, "next_attempt_at": now,
+            "insert_id": event_id, "amplitude_event": json.dumps(payload), "attempts": 0, "next_attempt_at": now,
             "created_at": now, **values}
 
 

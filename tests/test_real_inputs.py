@@ -48,7 +48,7 @@ def sent(runtime) -> dict[str, dict]:
     """The Amplitude events the outbox holds, by source event id."""
     with runtime.session() as session:
         rows = session.scalars(select(OutboxEvent).where(OutboxEvent.state == "pending")).all()
-        return {row.source_event_id: orjson.loads(row.payload) for row in rows}
+        return {row.source_event_id: orjson.loads(row.amplitude_event) for row in rows}
 
 
 def errors_of(response) -> dict[int, dict[str, str]]:

@@ -21,7 +21,7 @@ from bridge.apps.service import create_app_record, rotate_token
 from bridge.cli import main
 from bridge.db import metadata, utcnow
 from bridge.intake.schemas import MAX_FREE_FORM_BYTES
-from bridge.intake.views import MAX_JSON_DEPTH
+from bridge.http import MAX_JSON_DEPTH
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app

@@ -44,14 +44,8 @@ def envelope(api_key: str) -> tuple[bytes, bytes]:
     return head, b'],"options":{"min_id_length":1}}'
 
 
-def request_size(api_key: str, payloads: list[bytes]) -> int:
-    head, tail = envelope(api_key)
-    return len(head) + len(tail) + sum(len(p) for p in payloads) + max(0, len(payloads) - 1)
-
-
 class AmplitudeClient:
-    def __init__(self, *, timeout: float, base_url_override: str | None = None, gzip_requests: bool = False):
-        self.base_url_override = base_url_override
+    def __init__(self, *, timeout: float, gzip_requests: bool = False):
         self.gzip_requests = gzip_requests
         self.http = httpx.Client(timeout=httpx.Timeout(timeout), limits=httpx.Limits(max_connections=20))
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import click
 from sqlalchemy import select
 
-from bridge.apps.models import REGIONS, TOKEN_KINDS, App
+from bridge.amplitude.regions import REGIONS
+from bridge.apps.models import TOKEN_KINDS, App
 from bridge.apps.service import AppConfigError, create_app_record, describe, rotate_token, update_app
-from bridge.cli import Context, echo_json, pass_ctx
+from bridge.commands import Context, echo_json, pass_ctx
 from bridge.delivery.scheduling import schedule_drain
 
 

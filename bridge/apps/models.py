@@ -8,7 +8,6 @@ from sqlmodel import Field, SQLModel
 
 from bridge.db import UtcDateTime, utcnow
 
-REGIONS = {"us": "https://api2.amplitude.com", "eu": "https://api.eu.amplitude.com"}
 TOKEN_KINDS = ("api", "cohort")
 
 
@@ -18,7 +17,7 @@ class App(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=36)
     name: str = Field(max_length=200)
     amplitude_api_key: str = Field(max_length=200)
-    region: str = Field(default="us", max_length=8)
+    region: str = Field(default="us", max_length=8)  # a key of bridge.amplitude.regions.REGIONS
     # None = every mapped lifecycle kind is sent; otherwise the list of event kinds to send.
     enabled_kinds: list[str] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
     # Delivery is held (events kept, not sent) while Amplitude rejects the API key.

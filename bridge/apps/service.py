@@ -9,7 +9,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from bridge import tokens
-from bridge.apps.models import REGIONS, TOKEN_KINDS, App, AppToken
+from bridge.amplitude.regions import REGIONS
+from bridge.apps.models import TOKEN_KINDS, App, AppToken
 from bridge.db import utcnow
 from bridge.mapping import MAPPED_KINDS
 
@@ -99,11 +100,6 @@ def valid_tokens(session: Session, app_id: str, kind: str) -> list[AppToken]:
             )
         )
     )
-
-
-def amplitude_base_url(app: App, override: str | None) -> str:
-    """Where this app's events go: the configured override (tests, proxies) or the region's host."""
-    return override or REGIONS[app.region]
 
 
 def describe(app: App) -> dict[str, object]:

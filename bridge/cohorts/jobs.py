@@ -32,8 +32,8 @@ from bridge.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
 
-B = CohortBatch.__table__.c
-C = Cohort.__table__.c
+batches = CohortBatch.__table__.c
+cohorts = Cohort.__table__.c
 # A batch is queued at most once at a time; the job forgets its key as it starts.
 _BATCH_KEY_TTL = 600.0
 # A batch still `received` this long after it arrived is queued again by the sweep.
@@ -85,16 +85,18 @@ def process_batch(batch_id: int, runtime: Runtime | None = None) -> BatchCounts 
 
 def _claim(session: Session, batch_id: int):
     """Count a run of the batch and mark it claimed, in a transaction of its own. The claimed row
-    (app_id, cohort_id, cohort_name, in_cohort, computed_time, payload, claimed_at), or None."""
+    (app_id, cohort_id, cohort_name, in_cohort, computed_time, user_ids, claimed_at), or None."""
     now = utcnow()
-    claimable = _unclaimed(session, now, B.id == batch_id, B.state == RECEIVED, B.attempts < MAX_ATTEMPTS)
+    claimable = _unclaimed(session, now, batches.id == batch_id, batches.state == RECEIVED,
+                           batches.attempts < MAX_ATTEMPTS)
     claim = session.execute(
         update(CohortBatch.__table__)
-        .where(B.id.in_(claimable.scalar_subquery()))
+        .where(batches.id.in_(claimable.scalar_subquery()))
         # A claim still set is that of a run that ended without a word: say so in the sync history.
-        .values(attempts=B.attempts + 1, claimed_at=now,
-                error=case((B.claimed_at.is_not(None), INTERRUPTED), else_=B.error))
-        .returning(B.app_id, B.cohort_id, B.cohort_name, B.in_cohort, B.computed_time, B.payload, B.claimed_at)
+        .values(attempts=batches.attempts + 1, claimed_at=now,
+                error=case((batches.claimed_at.is_not(None), INTERRUPTED), else_=batches.error))
+        .returning(batches.app_id, batches.cohort_id, batches.cohort_name, batches.in_cohort, batches.computed_time,
+                   batches.user_ids, batches.claimed_at)
     ).first()
     session.commit()
     return claim
@@ -105,7 +107,8 @@ def _apply(session: Session, batch_id: int, claim) -> BatchCounts | None:
     another run has claimed or applied it meanwhile."""
     now = utcnow()
     # The batch's row lock, held until commit, tells other runs on PostgreSQL that this one is alive.
-    mine = session.execute(select(B.id).where(B.id == batch_id, B.state == RECEIVED, B.claimed_at == claim.claimed_at)
+    mine = session.execute(select(batches.id).where(batches.id == batch_id, batches.state == RECEIVED,
+                                                    batches.claimed_at == claim.claimed_at)
                            .with_for_update()).first()
     if mine is None:
         session.rollback()
@@ -113,14 +116,14 @@ def _apply(session: Session, batch_id: int, claim) -> BatchCounts | None:
     # Updating the cohort row locks it until commit: the cohort's batches are applied one at a time.
     session.execute(
         update(Cohort.__table__)
-        .where(C.app_id == claim.app_id, C.cohort_id == claim.cohort_id)
+        .where(cohorts.app_id == claim.app_id, cohorts.cohort_id == claim.cohort_id)
         .values(name=claim.cohort_name, updated_at=now)
     )
     counts = apply_batch(session, claim.app_id, claim.cohort_id, claim.in_cohort, claim.computed_time,
-                         orjson.loads(claim.payload))
+                         orjson.loads(claim.user_ids))
     done = session.execute(
         update(CohortBatch.__table__)
-        .where(B.id == batch_id, B.state == RECEIVED, B.claimed_at == claim.claimed_at)
+        .where(batches.id == batch_id, batches.state == RECEIVED, batches.claimed_at == claim.claimed_at)
         .values(state=PROCESSED, processed_at=utcnow(), error=None, **asdict(counts))
     )
     if done.rowcount != 1:  # this run outlived its claim, and another run took the batch
@@ -136,9 +139,11 @@ def _unclaimed(session: Session, now: datetime, *conditions) -> Select:
     that recorded its failure, or claimed by a run that died (see the module's docstring). On
     PostgreSQL the rows are locked (SKIP LOCKED) until the caller's transaction ends."""
     if is_postgresql(session):
-        query = select(B.id).where(*conditions, or_(B.claimed_at.is_(None), B.claimed_at < now - CLAIM_GRACE))
+        query = select(batches.id).where(*conditions,
+                                         or_(batches.claimed_at.is_(None), batches.claimed_at < now - CLAIM_GRACE))
         return query.with_for_update(skip_locked=True)
-    return select(B.id).where(*conditions, or_(B.claimed_at.is_(None), B.claimed_at < now - CLAIM_LEASE))
+    return select(batches.id).where(*conditions,
+                                    or_(batches.claimed_at.is_(None), batches.claimed_at < now - CLAIM_LEASE))
 
 
 def _roll_back(session: Session) -> None:
@@ -154,16 +159,16 @@ def schedule_unprocessed(runtime: Runtime) -> int:
     finished is marked failed instead. Used by the periodic sweep."""
     now = utcnow()
     with runtime.job_session() as session:
-        abandoned = _unclaimed(session, now, B.state == RECEIVED, B.attempts >= MAX_ATTEMPTS)
+        abandoned = _unclaimed(session, now, batches.state == RECEIVED, batches.attempts >= MAX_ATTEMPTS)
         session.execute(
-            update(CohortBatch.__table__).where(B.id.in_(abandoned.scalar_subquery()))
+            update(CohortBatch.__table__).where(batches.id.in_(abandoned.scalar_subquery()))
             .values(state=FAILED, claimed_at=None,
                     error=f"Gave up after {MAX_ATTEMPTS} runs; the last one never finished. {INTERRUPTED}")
         )
         session.commit()
         ids = list(session.scalars(
-            _unclaimed(session, now, B.state == RECEIVED, B.received_at < now - RESCHEDULE_AFTER)
-            .order_by(B.received_at).limit(_SWEEP_LIMIT)
+            _unclaimed(session, now, batches.state == RECEIVED, batches.received_at < now - RESCHEDULE_AFTER)
+            .order_by(batches.received_at).limit(_SWEEP_LIMIT)
         ))
         session.commit()
     return sum(1 for batch_id in ids if schedule_batch(runtime, batch_id))
@@ -177,10 +182,10 @@ def _record_error(runtime: Runtime, batch_id: int, claimed_at: datetime, exc: Ex
     with runtime.job_session() as session:
         attempts = session.execute(
             update(CohortBatch.__table__)
-            .where(B.id == batch_id, B.state == RECEIVED, B.claimed_at == claimed_at)
+            .where(batches.id == batch_id, batches.state == RECEIVED, batches.claimed_at == claimed_at)
             .values(error=error[:2000], claimed_at=None,
-                    state=case((B.attempts >= MAX_ATTEMPTS, FAILED), else_=RECEIVED))
-            .returning(B.attempts)
+                    state=case((batches.attempts >= MAX_ATTEMPTS, FAILED), else_=RECEIVED))
+            .returning(batches.attempts)
         ).scalar_one_or_none()
         session.commit()
     log.warning("cohort batch %s failed (attempt %s of %d): %s", batch_id, attempts, MAX_ATTEMPTS, error)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from bridge.cohorts.models import CohortMember
 from bridge.db import dialect_insert, is_postgresql, utcnow
 
-M = CohortMember.__table__.c
+members = CohortMember.__table__.c
 # Users looked up and written per statement: a batch holds at most COHORT_MAX_USERS_PER_BATCH users.
 CHUNK_SIZE = 5000
 
@@ -74,11 +74,11 @@ def known_members(session: Session, app_id: str, cohort_id: str, user_ids: list[
     whatever their number, planned as an index lookup per id on the primary key, instead of an `IN`
     list of thousands of parameters to parse and plan. SQLite has no arrays and keeps `IN`."""
     if is_postgresql(session):
-        wanted = M.user_id == any_(bindparam("user_ids", user_ids, type_=ARRAY(String)))
+        wanted = members.user_id == any_(bindparam("user_ids", user_ids, type_=ARRAY(String)))
     else:
-        wanted = M.user_id.in_(user_ids)
-    return select(M.user_id, M.in_cohort, M.computed_time).where(
-        M.app_id == app_id, M.cohort_id == cohort_id, wanted)
+        wanted = members.user_id.in_(user_ids)
+    return select(members.user_id, members.in_cohort, members.computed_time).where(
+        members.app_id == app_id, members.cohort_id == cohort_id, wanted)
 
 
 def _upsert(session: Session, rows: list[dict]) -> None:

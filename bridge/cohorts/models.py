@@ -68,7 +68,7 @@ class CohortBatch(SQLModel, table=True):
     in_cohort: bool
     computed_time: int = Field(sa_column=Column(BigInteger, nullable=False))  # epoch seconds, as Amplitude sends it
     user_count: int = 0
-    payload: str = Field(sa_column=Column(Text, nullable=False))  # the batch's usable user ids, as a JSON array (their properties are not used)
+    user_ids: str = Field(sa_column=Column(Text, nullable=False))  # the batch's usable user ids, as a JSON array (their properties are not used)
     state: str = Field(default=RECEIVED, max_length=16)
     entered: int = 0
     left: int = 0

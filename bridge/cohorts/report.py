@@ -21,30 +21,32 @@ from bridge.cohorts.schemas import reason_counts
 from bridge.db import is_postgresql
 from bridge.registry.models import CHANNELS, Subscription
 
-M = CohortMember.__table__.c
-S = Subscription.__table__.c
-B = CohortBatch.__table__.c
-C = Cohort.__table__.c
+members = CohortMember.__table__.c
+records = Subscription.__table__.c
+batches = CohortBatch.__table__.c
+cohorts = Cohort.__table__.c
 
 # Members in the cohort, each with their matching records counted, then summed: one statement, one
 # pass over the join, whatever the cohort's size.
 _CHANNEL_SUMS = ",\n".join(
-    f"SUM(CASE WHEN s.channel = '{c}' THEN 1 ELSE 0 END) AS {c}_total,\n"
-    f"SUM(CASE WHEN s.channel = '{c}' AND s.subscribed THEN 1 ELSE 0 END) AS {c}_subscribed,\n"
-    f"SUM(CASE WHEN s.channel = '{c}' AND s.subscribed IS NULL THEN 1 ELSE 0 END) AS {c}_unknown"
+    f"SUM(CASE WHEN subscriptions.channel = '{c}' THEN 1 ELSE 0 END) AS {c}_total,\n"
+    f"SUM(CASE WHEN subscriptions.channel = '{c}' AND subscriptions.subscribed THEN 1 ELSE 0 END) AS {c}_subscribed,\n"
+    f"SUM(CASE WHEN subscriptions.channel = '{c}' AND subscriptions.subscribed IS NULL THEN 1 ELSE 0 END) AS {c}_unknown"
     for c in CHANNELS
 )
 REPORT_SQL = text(f"""
 WITH per_user AS (
-    SELECT m.user_id,
-           COUNT(s.id) AS records,
-           SUM(CASE WHEN s.subscribed THEN 1 ELSE 0 END) AS subscribed,
-           SUM(CASE WHEN s.id IS NOT NULL AND s.subscribed IS NULL THEN 1 ELSE 0 END) AS unknown_state,
+    SELECT cohort_members.user_id,
+           COUNT(subscriptions.id) AS records,
+           SUM(CASE WHEN subscriptions.subscribed THEN 1 ELSE 0 END) AS subscribed,
+           SUM(CASE WHEN subscriptions.id IS NOT NULL AND subscriptions.subscribed IS NULL THEN 1 ELSE 0 END)
+               AS unknown_state,
            {_CHANNEL_SUMS}
-    FROM cohort_members m
-    LEFT JOIN subscriptions s ON s.app_id = m.app_id AND s.external_id = m.user_id
-    WHERE m.app_id = :app_id AND m.cohort_id = :cohort_id AND m.in_cohort
-    GROUP BY m.user_id
+    FROM cohort_members
+    LEFT JOIN subscriptions
+           ON subscriptions.app_id = cohort_members.app_id AND subscriptions.external_id = cohort_members.user_id
+    WHERE cohort_members.app_id = :app_id AND cohort_members.cohort_id = :cohort_id AND cohort_members.in_cohort
+    GROUP BY cohort_members.user_id
 )
 SELECT COUNT(*) AS in_cohort,
        COALESCE(SUM(CASE WHEN records > 0 THEN 1 ELSE 0 END), 0) AS matched,
@@ -56,21 +58,23 @@ SELECT COUNT(*) AS in_cohort,
        COALESCE(SUM(unknown_state), 0) AS devices_unknown,
        {", ".join(f"COALESCE(SUM({c}_{n}), 0) AS {c}_{n}"
                   for c in CHANNELS for n in ("total", "subscribed", "unknown"))},
-       (SELECT COUNT(*) FROM subscriptions x
-         WHERE x.app_id = :app_id AND (x.external_id IS NULL OR x.external_id = '')) AS app_records_without_external_id
+       (SELECT COUNT(*) FROM subscriptions
+         WHERE subscriptions.app_id = :app_id
+           AND (subscriptions.external_id IS NULL OR subscriptions.external_id = '')) AS app_records_without_external_id
 FROM per_user
 """)
 
 # The headline numbers (users, matched users, records, subscribed records) as one flat join aggregate
 # written by hand: the yardstick the report's speed is measured against (PostgreSQL, psycopg parameters).
 EQUIVALENT_SQL = """
-SELECT COUNT(DISTINCT m.user_id) AS in_cohort,
-       COUNT(DISTINCT s.external_id) AS matched,
-       COUNT(s.id) AS devices_total,
-       COUNT(s.id) FILTER (WHERE s.subscribed) AS devices_subscribed
-FROM cohort_members m
-LEFT JOIN subscriptions s ON s.app_id = m.app_id AND s.external_id = m.user_id
-WHERE m.app_id = %(app_id)s AND m.cohort_id = %(cohort_id)s AND m.in_cohort
+SELECT COUNT(DISTINCT cohort_members.user_id) AS in_cohort,
+       COUNT(DISTINCT subscriptions.external_id) AS matched,
+       COUNT(subscriptions.id) AS devices_total,
+       COUNT(subscriptions.id) FILTER (WHERE subscriptions.subscribed) AS devices_subscribed
+FROM cohort_members
+LEFT JOIN subscriptions
+       ON subscriptions.app_id = cohort_members.app_id AND subscriptions.external_id = cohort_members.user_id
+WHERE cohort_members.app_id = %(app_id)s AND cohort_members.cohort_id = %(cohort_id)s AND cohort_members.in_cohort
 """
 
 
@@ -182,8 +186,8 @@ def unusable_entries(session: Session, cohort: Cohort) -> dict[str, int]:
     """The entries without a usable user_id in all of the cohort's batches, per reason (the most frequent
     first). They were set aside on receipt, so they are in no membership number."""
     reasons: Counter[str] = Counter()
-    for batch_reasons in session.scalars(select(B.unusable_reasons).where(
-            B.app_id == cohort.app_id, B.cohort_id == cohort.cohort_id, B.unusable_users > 0)):
+    for batch_reasons in session.scalars(select(batches.unusable_reasons).where(
+            batches.app_id == cohort.app_id, batches.cohort_id == cohort.cohort_id, batches.unusable_users > 0)):
         reasons.update(batch_reasons)
     return reason_counts(reasons)
 
@@ -222,40 +226,41 @@ def _page(rows: list, limit: int, key) -> Page:
 def list_cohorts(session: Session, app_id: str, *, after: str | None, limit: int) -> Page:
     """The app's cohorts by cohort_id, each with how many users are in it now."""
     in_cohort = (
-        select(func.count()).where(M.app_id == C.app_id, M.cohort_id == C.cohort_id, M.in_cohort)
+        select(func.count())
+        .where(members.app_id == cohorts.app_id, members.cohort_id == cohorts.cohort_id, members.in_cohort)
         .scalar_subquery()
     )
-    query = select(C.cohort_id, C.name.label("cohort_name"), C.created_at, C.updated_at,
-                   in_cohort.label("users_in_cohort")).where(C.app_id == app_id)
+    query = select(cohorts.cohort_id, cohorts.name.label("cohort_name"), cohorts.created_at, cohorts.updated_at,
+                   in_cohort.label("users_in_cohort")).where(cohorts.app_id == app_id)
     if after is not None:
-        query = query.where(C.cohort_id > after)
-    rows = session.execute(query.order_by(C.cohort_id).limit(limit + 1)).all()
+        query = query.where(cohorts.cohort_id > after)
+    rows = session.execute(query.order_by(cohorts.cohort_id).limit(limit + 1)).all()
     return _page(rows, limit, lambda r: (r.cohort_id,))
 
 
 def sync_history(session: Session, cohort: Cohort, *, before: int | None, limit: int) -> Page:
     """The cohort's webhook batches, newest first, with what each did to the membership."""
     query = select(
-        B.public_id.label("batch_id"), B.id, B.message_id, B.in_cohort, B.computed_time, B.user_count, B.state,
-        B.entered, B.left, B.already_known, B.stale, B.duplicate_users, B.unusable_users, B.unusable_reasons,
-        B.unusable_examples, B.retries, B.error,
-        B.received_at, B.processed_at,
-    ).where(B.app_id == cohort.app_id, B.cohort_id == cohort.cohort_id)
+        batches.public_id.label("batch_id"), batches.id, batches.message_id, batches.in_cohort, batches.computed_time,
+        batches.user_count, batches.state, batches.entered, batches.left, batches.already_known, batches.stale,
+        batches.duplicate_users, batches.unusable_users, batches.unusable_reasons, batches.unusable_examples,
+        batches.retries, batches.error, batches.received_at, batches.processed_at,
+    ).where(batches.app_id == cohort.app_id, batches.cohort_id == cohort.cohort_id)
     if before is not None:
-        query = query.where(B.id < before)
-    rows = session.execute(query.order_by(B.id.desc()).limit(limit + 1)).all()
+        query = query.where(batches.id < before)
+    rows = session.execute(query.order_by(batches.id.desc()).limit(limit + 1)).all()
     return _page(rows, limit, lambda r: (r.id,))
 
 
 def unmatched_users(session: Session, cohort: Cohort, *, after: str | None, limit: int) -> Page:
     """Users in the cohort with no channel record carrying their id as External User ID, by user_id."""
-    has_record = exists().where(S.app_id == M.app_id, S.external_id == M.user_id)
-    query = select(M.user_id).where(
-        M.app_id == cohort.app_id, M.cohort_id == cohort.cohort_id, M.in_cohort, ~has_record
+    has_record = exists().where(records.app_id == members.app_id, records.external_id == members.user_id)
+    query = select(members.user_id).where(
+        members.app_id == cohort.app_id, members.cohort_id == cohort.cohort_id, members.in_cohort, ~has_record
     )
     if after is not None:
-        query = query.where(M.user_id > after)
-    rows = session.execute(query.order_by(M.user_id).limit(limit + 1)).all()
+        query = query.where(members.user_id > after)
+    rows = session.execute(query.order_by(members.user_id).limit(limit + 1)).all()
     return _page(rows, limit, lambda r: (r.user_id,))
 
 
@@ -270,21 +275,21 @@ def audience(session: Session, cohort: Cohort, *, channel: str | None = None, su
     optionally only one channel and/or one subscription state: True (subscribed), False
     (unsubscribed) or UNKNOWN (`subscribed` None); None lists every state."""
     query = (
-        select(*(S[name] for name in AUDIENCE_COLUMNS), S.id)
+        select(*(records[name] for name in AUDIENCE_COLUMNS), records.id)
         .join_from(CohortMember.__table__, Subscription.__table__,
-                   and_(S.app_id == M.app_id, S.external_id == M.user_id))
-        .where(M.app_id == cohort.app_id, M.cohort_id == cohort.cohort_id, M.in_cohort)
+                   and_(records.app_id == members.app_id, records.external_id == members.user_id))
+        .where(members.app_id == cohort.app_id, members.cohort_id == cohort.cohort_id, members.in_cohort)
     )
     if channel is not None:
-        query = query.where(S.channel == channel)
+        query = query.where(records.channel == channel)
     if subscribed == UNKNOWN:
-        query = query.where(S.subscribed.is_(None))
+        query = query.where(records.subscribed.is_(None))
     elif subscribed is not None:
-        query = query.where(S.subscribed == subscribed)
+        query = query.where(records.subscribed == subscribed)
     if after is not None:
         user_id, record_id = after
-        query = query.where(M.user_id >= user_id, or_(M.user_id > user_id, S.id > record_id))
-    rows = session.execute(query.order_by(M.user_id, S.id).limit(limit + 1)).all()
+        query = query.where(members.user_id >= user_id, or_(members.user_id > user_id, records.id > record_id))
+    rows = session.execute(query.order_by(members.user_id, records.id).limit(limit + 1)).all()
     return _page(rows, limit, lambda r: (r.external_id, r.id))
 
 

@@ -10,7 +10,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from bridge import times
 from bridge.fields import DisplayName, as_identifier, path_segment, printable, sentence
-from bridge.mapping import real_id
+from bridge.mapping import non_placeholder_id
 from bridge.text import has_unprintable
 
 MAX_USER_ID_LENGTH = 256
@@ -96,7 +96,7 @@ def usable_user_id(entry: object) -> str | Unusable:
     if has_unprintable(value):
         return Unusable("control_character_in_user_id",
                         f"user_id {orjson.dumps(value).decode()[:80]} contains a control character or a bidirectional mark.")
-    if real_id(value) is None:
+    if non_placeholder_id(value) is None:
         return Unusable("placeholder_user_id",
                         f"user_id {orjson.dumps(value).decode()} is a placeholder, never an External User ID.")
     return value

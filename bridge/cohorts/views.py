@@ -12,9 +12,7 @@ answer {"items": [...], "next": cursor-or-null}; cursors are opaque and bound to
 """
 from __future__ import annotations
 
-import csv
 import gc
-import io
 import re
 import threading
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from bridge.apidoc import APP_ID, Body, documented, path_parameter, query_parameter
-from bridge.auth import require_token
+from bridge.apps.auth import require_token
 from bridge.cohorts import report
 from bridge.cohorts.jobs import schedule_batch
 from bridge.cohorts.models import RECEIVED, Cohort
@@ -41,18 +39,14 @@ from bridge.cohorts.schemas import (
 )
 from bridge.cohorts.webhook import store_batch
 from bridge.errors import ApiError
-from bridge.intake.schemas import flatten_errors
-from bridge.intake.views import read_json_body
-from bridge.paging import after_key, next_cursor
+from bridge.http import choice_arg, csv_response, read_json_body, wants_csv
+from bridge.paging import DEFAULT_LIMIT, MAX_LIMIT, after_key, next_cursor, page_limit
 from bridge.registry.models import CHANNELS
-from bridge.spreadsheet import safe_row
+from bridge.validation import flatten_errors
 
 bp = Blueprint("cohorts", __name__)
 
-MAX_LIMIT = 1000
-DEFAULT_LIMIT = 100
 RECENT_SYNCS = 10
-_CSV_FLUSH_ROWS = 1000
 
 COHORT_PATH = (APP_ID, path_parameter("cohort_id", 128))
 PAGING = (query_parameter("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
@@ -157,7 +151,7 @@ def _collector_paused() -> Iterator[None]:
 @require_token("api")
 def list_cohorts(app_id: str):
     (after,) = after_key((str,)) or (None,)
-    return _paged(CohortPageSchema(), report.list_cohorts(g.db, app_id, after=after, limit=_limit()))
+    return _paged(CohortPageSchema(), report.list_cohorts(g.db, app_id, after=after, limit=page_limit()))
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>")
@@ -177,7 +171,7 @@ def cohort_report(app_id: str, cohort_id: str):
 def cohort_syncs(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
     (before,) = after_key((int,)) or (None,)
-    return _paged(SyncPageSchema(), report.sync_history(g.db, cohort, before=before, limit=_limit()))
+    return _paged(SyncPageSchema(), report.sync_history(g.db, cohort, before=before, limit=page_limit()))
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/unmatched")
@@ -187,7 +181,7 @@ def cohort_syncs(app_id: str, cohort_id: str):
 def cohort_unmatched(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
     (after,) = after_key((str,)) or (None,)
-    return _paged(UnmatchedPageSchema(), report.unmatched_users(g.db, cohort, after=after, limit=_limit()))
+    return _paged(UnmatchedPageSchema(), report.unmatched_users(g.db, cohort, after=after, limit=page_limit()))
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/devices")
@@ -204,15 +198,13 @@ def cohort_devices(app_id: str, cohort_id: str):
     unsubscribed records, never those of unknown state); `format=csv` (or `Accept: text/csv`) streams
     every matching record as CSV instead of one JSON page, an unknown state as an empty cell."""
     cohort = _cohort(app_id, cohort_id)
-    channel = request.args.get("channel")
-    if channel is not None and channel not in CHANNELS:
-        raise ApiError(400, "invalid_parameter", f"channel must be one of {', '.join(CHANNELS)}.", {"channel": channel})
+    channel = choice_arg("channel", CHANNELS)
     subscribed = _state_arg("subscribed")
-    if _wants_csv():
+    if wants_csv():
         return _csv_response(cohort, channel, subscribed)
     after = after_key((str, int))
     return _paged(AudiencePageSchema(),
-                  report.audience(g.db, cohort, channel=channel, subscribed=subscribed, after=after, limit=_limit()))
+                  report.audience(g.db, cohort, channel=channel, subscribed=subscribed, after=after, limit=page_limit()))
 
 
 def _cohort(app_id: str, cohort_id: str) -> Cohort:
@@ -226,36 +218,18 @@ def _csv_response(cohort: Cohort, channel: str | None, subscribed: report.State)
     runtime = current_app.extensions["bridge"]
 
     def rows():
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(report.AUDIENCE_COLUMNS)
         with runtime.session() as session:
-            for n, item in enumerate(report.iter_audience(session, cohort, channel=channel, subscribed=subscribed), 1):
-                writer.writerow(safe_row(_csv_value(item[column]) for column in report.AUDIENCE_COLUMNS))
-                if n % _CSV_FLUSH_ROWS == 0:
-                    yield buffer.getvalue()
-                    buffer.seek(0)
-                    buffer.truncate()
-        yield buffer.getvalue()
+            for item in report.iter_audience(session, cohort, channel=channel, subscribed=subscribed):
+                yield [_csv_value(item[column]) for column in report.AUDIENCE_COLUMNS]
 
     filename = re.sub(r"[^A-Za-z0-9._-]", "_", cohort.cohort_id)
-    return Response(rows(), mimetype="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="cohort-{filename}-devices.csv"'})
+    return csv_response(report.AUDIENCE_COLUMNS, rows(), f"cohort-{filename}-devices.csv")
 
 
 def _csv_value(value: object) -> object:
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else value
-
-
-def _wants_csv() -> bool:
-    if "format" in request.args:
-        fmt = request.args["format"]
-        if fmt not in ("json", "csv"):
-            raise ApiError(400, "invalid_parameter", "format must be json or csv.", {"format": fmt})
-        return fmt == "csv"
-    return request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"
 
 
 def _state_arg(name: str) -> report.State:
@@ -269,15 +243,6 @@ def _state_arg(name: str) -> report.State:
     if raw.lower() == report.UNKNOWN:
         return report.UNKNOWN
     raise ApiError(400, "invalid_parameter", f"{name} must be true, false or unknown.", {name: raw})
-
-
-def _limit() -> int:
-    raw = request.args.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ApiError(400, "invalid_parameter", f"limit must be a whole number from 1 to {MAX_LIMIT}.", {"limit": raw})
-    return int(raw)
 
 
 def _paged(schema: Schema, page: report.Page) -> dict[str, object]:

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from bridge.cohorts.models import Cohort, CohortBatch, new_public_id
 from bridge.db import dialect_insert, utcnow
 
-B = CohortBatch.__table__.c
-C = Cohort.__table__.c
+batches = CohortBatch.__table__.c
+cohorts = Cohort.__table__.c
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class StoredBatch:
 
 def store_batch(session: Session, app_id: str, body: dict) -> StoredBatch:
     """Store one validated webhook body (`CohortWebhookSchema`, `users` loaded as `BatchUsers`) as a
-    `received` batch: its usable user ids as a JSON array in `payload`, its unusable entries counted
+    `received` batch: its usable user ids as a JSON array in `user_ids`, its unusable entries counted
     per reason with their examples. Make sure its cohort row exists.
 
     A message_id the app already sent is not stored again: its batch's `retries` goes up by one and
@@ -48,27 +48,28 @@ def store_batch(session: Session, app_id: str, body: dict) -> StoredBatch:
             in_cohort=body["in_cohort"],
             computed_time=body["computed_time"],
             user_count=users.sent,
-            payload=orjson.dumps(users.user_ids).decode(),
+            user_ids=orjson.dumps(users.user_ids).decode(),
             unusable_users=users.unusable,
             unusable_reasons=users.unusable_reasons,
             unusable_examples=users.unusable_examples,
             received_at=now,
         )
         .on_conflict_do_nothing(index_elements=["app_id", "message_id"])
-        .returning(B.id, B.public_id, B.state, B.retries)
+        .returning(batches.id, batches.public_id, batches.state, batches.retries)
     ).first()
     if inserted is None:
         known = session.execute(
             update(CohortBatch.__table__)
-            .where(B.app_id == app_id, B.message_id == body["message_id"])
-            .values(retries=B.retries + 1)
-            .returning(B.id, B.public_id, B.state, B.retries)
+            .where(batches.app_id == app_id, batches.message_id == body["message_id"])
+            .values(retries=batches.retries + 1)
+            .returning(batches.id, batches.public_id, batches.state, batches.retries)
         ).one()
         session.commit()
         return StoredBatch(known.id, known.public_id, True, known.state, known.retries)
     # Insert the cohort only when it is missing: even ON CONFLICT DO NOTHING would wait for the row
     # lock a running batch of this cohort holds (the job keeps the name current).
-    if session.scalar(select(C.cohort_id).where(C.app_id == app_id, C.cohort_id == body["cohort_id"])) is None:
+    known = select(cohorts.cohort_id).where(cohorts.app_id == app_id, cohorts.cohort_id == body["cohort_id"])
+    if session.scalar(known) is None:
         session.execute(
             dialect_insert(session, Cohort.__table__)
             .values(app_id=app_id, cohort_id=body["cohort_id"], name=body["cohort_name"],

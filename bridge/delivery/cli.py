@@ -8,7 +8,7 @@ import click
 from bridge import times
 
 from bridge.apps.models import App
-from bridge.cli import Context, echo_json, pass_ctx
+from bridge.commands import Context, echo_json, pass_ctx
 from bridge.delivery.models import REPLAYABLE_REASONS
 from bridge.delivery.replay import replay as run_replay
 from bridge.delivery.scheduling import schedule_drain

@@ -27,8 +27,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from bridge.amplitude import client as amp
+from bridge.amplitude.regions import base_url
 from bridge.apps.models import App
-from bridge.apps.service import amplitude_base_url
 from bridge.db import is_postgresql, utcnow
 from bridge.delivery.models import (
     AMPLITUDE_400,
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 shutdown_requested = threading.Event()
 
 TABLE = OutboxEvent.__table__
-T = TABLE.c
+outbox = TABLE.c
 
 
 @dataclass(slots=True)
@@ -77,15 +77,15 @@ def drain_app(app_id: str, runtime: Runtime | None = None) -> DrainReport:
 
 def _due(app_id: str, now: datetime, limit: int):
     return (
-        select(T.id, T.payload)
-        .where(T.app_id == app_id, T.state == PENDING, T.next_attempt_at <= now)
-        .order_by(T.next_attempt_at, T.id)
+        select(outbox.id, outbox.amplitude_event)
+        .where(outbox.app_id == app_id, outbox.state == PENDING, outbox.next_attempt_at <= now)
+        .order_by(outbox.next_attempt_at, outbox.id)
         .limit(limit)
     )
 
 
 def _claimed(rows) -> list[Claimed]:
-    return [Claimed(event_id, payload.encode()) for event_id, payload in rows]
+    return [Claimed(event_id, amplitude_event.encode()) for event_id, amplitude_event in rows]
 
 
 class Locks:
@@ -100,18 +100,18 @@ class Locks:
 
     def claimable(self, session: Session, app_id: str, limit: int) -> int:
         """How many of the app's due events (up to `limit`) no other worker holds. Rolls back the locks it takes."""
-        free = _due(app_id, utcnow(), limit).with_only_columns(T.id).with_for_update(skip_locked=True).subquery()
+        free = _due(app_id, utcnow(), limit).with_only_columns(outbox.id).with_for_update(skip_locked=True).subquery()
         count = session.scalar(select(func.count()).select_from(free))
         session.rollback()
         return count
 
     def mine(self, ids: list[int]):
-        return T.id == any_(bindparam("ids", ids, type_=ARRAY(BigInteger)))  # one array parameter
+        return outbox.id == any_(bindparam("ids", ids, type_=ARRAY(BigInteger)))  # one array parameter
 
     def update_free(self, session: Session, conditions: list, values: dict[str, object]) -> None:
         """Update rows matching `conditions` that no other worker holds (skipped, never waited for)."""
-        free = select(T.id).where(*conditions).with_for_update(skip_locked=True)
-        session.execute(update(TABLE).where(T.id.in_(free.scalar_subquery())).values(**values))
+        free = select(outbox.id).where(*conditions).with_for_update(skip_locked=True)
+        session.execute(update(TABLE).where(outbox.id.in_(free.scalar_subquery())).values(**values))
 
     def checkpoint(self, session: Session) -> None:
         session.flush()  # keep the transaction (and the locks) until the whole batch is recorded
@@ -132,13 +132,13 @@ class Leases:
 
     def claim(self, session: Session, app_id: str, limit: int) -> list[Claimed]:
         now = utcnow()
-        due = (select(T.id).where(T.app_id == app_id, T.state == PENDING, T.next_attempt_at <= now,
-                                  or_(T.lease_expires_at.is_(None), T.lease_expires_at < now))
-               .order_by(T.next_attempt_at, T.id).limit(limit))
+        due = (select(outbox.id).where(outbox.app_id == app_id, outbox.state == PENDING, outbox.next_attempt_at <= now,
+                                  or_(outbox.lease_expires_at.is_(None), outbox.lease_expires_at < now))
+               .order_by(outbox.next_attempt_at, outbox.id).limit(limit))
         rows = session.execute(
-            update(TABLE).where(T.id.in_(due.scalar_subquery()))
+            update(TABLE).where(outbox.id.in_(due.scalar_subquery()))
             .values(lease_owner=self.owner, lease_expires_at=now + timedelta(seconds=self.seconds))
-            .returning(T.id, T.payload)
+            .returning(outbox.id, outbox.amplitude_event)
         )
         claimed = sorted(_claimed(rows), key=lambda c: c.id)  # RETURNING has no order
         session.commit()
@@ -147,16 +147,17 @@ class Leases:
     def claimable(self, session: Session, app_id: str, limit: int) -> int:
         """How many of the app's due events (up to `limit`) no live lease holds."""
         now = utcnow()
-        free = (select(T.id).where(T.app_id == app_id, T.state == PENDING, T.next_attempt_at <= now,
-                                   or_(T.lease_expires_at.is_(None), T.lease_expires_at < now)).limit(limit).subquery())
+        free = (select(outbox.id).where(outbox.app_id == app_id, outbox.state == PENDING, outbox.next_attempt_at <= now,
+                                        or_(outbox.lease_expires_at.is_(None), outbox.lease_expires_at < now))
+                .limit(limit).subquery())
         return session.scalar(select(func.count()).select_from(free))
 
     def mine(self, ids: list[int]):
-        return T.id.in_(ids) & (T.lease_owner == self.owner)
+        return outbox.id.in_(ids) & (outbox.lease_owner == self.owner)
 
     def update_free(self, session: Session, conditions: list, values: dict[str, object]) -> None:
         """Update rows matching `conditions` that are not leased by a live worker."""
-        free = or_(T.lease_owner.is_(None), T.lease_owner == self.owner, T.lease_expires_at < utcnow())
+        free = or_(outbox.lease_owner.is_(None), outbox.lease_owner == self.owner, outbox.lease_expires_at < utcnow())
         session.execute(update(TABLE).where(*conditions, free).values(**values))
 
     def checkpoint(self, session: Session) -> None:
@@ -224,9 +225,9 @@ class Pusher:
         linger = self.settings.linger_seconds
         if linger <= 0:
             return
-        due = (select(T.next_attempt_at, T.attempts)
-               .where(T.app_id == app_id, T.state == PENDING, T.next_attempt_at <= utcnow())
-               .order_by(T.next_attempt_at, T.id).limit(self.settings.batch_size).subquery())
+        due = (select(outbox.next_attempt_at, outbox.attempts)
+               .where(outbox.app_id == app_id, outbox.state == PENDING, outbox.next_attempt_at <= utcnow())
+               .order_by(outbox.next_attempt_at, outbox.id).limit(self.settings.batch_size).subquery())
         with self.runtime.session() as session:
             count, oldest, retries = session.execute(
                 select(func.count(), func.min(due.c.next_attempt_at), func.max(due.c.attempts))).one()
@@ -242,12 +243,12 @@ class Pusher:
     def _deliver(self, session: Session, app: App, batch: list[Claimed], report: DrainReport) -> bool:
         """Send `batch`, splitting as Amplitude's answers require, recording each outcome in `session`.
         False if the app should stop draining for now."""
-        base_url = amplitude_base_url(app, self.settings.amplitude_base_url)
+        url = base_url(app.region, self.settings.amplitude_base_url)
         work = deque(self._split_by_size(app.amplitude_api_key, batch))
         keep_going = True
         while work:
             chunk = work.popleft()
-            answer = self.runtime.amplitude.send(base_url, app.amplitude_api_key, [c.payload for c in chunk])
+            answer = self.runtime.amplitude.send(url, app.amplitude_api_key, [c.payload for c in chunk])
             delivered_before = report.delivered
             keep_going, more = self._record(session, app, chunk, answer, report)
             # The app's counters are written with the outcome they count: on SQLite each request's outcome
@@ -372,12 +373,12 @@ class Pusher:
         """Throttled users' and devices' other pending events wait too, instead of drawing more 429s."""
         targets = []
         if users:
-            targets.append(T.user_id.in_(sorted(users)))
+            targets.append(outbox.user_id.in_(sorted(users)))
         if devices:
-            targets.append(T.device_id.in_(sorted(devices)))
+            targets.append(outbox.device_id.in_(sorted(devices)))
         if targets:
-            self.claims.update_free(session, [T.app_id == app_id, T.state == PENDING, T.next_attempt_at < until,
-                                              or_(*targets)], {"next_attempt_at": until})
+            self.claims.update_free(session, [outbox.app_id == app_id, outbox.state == PENDING,
+                                              outbox.next_attempt_at < until, or_(*targets)], {"next_attempt_at": until})
 
     def _retry_later(self, session: Session, events: list[Claimed], error: str, report: DrainReport) -> None:
         """A failure that may pass (5xx, timeout, connection): back off, or dead-letter past the window."""
@@ -425,7 +426,8 @@ def _details(session: Session, events: list[Claimed]) -> dict[int, object]:
     ids = [e.id for e in events]
     found: dict[int, object] = {}
     for start in range(0, len(ids), 5000):
-        query = select(T.id, T.user_id, T.device_id, T.attempts, T.failing_since).where(T.id.in_(ids[start:start + 5000]))
+        query = (select(outbox.id, outbox.user_id, outbox.device_id, outbox.attempts, outbox.failing_since)
+                 .where(outbox.id.in_(ids[start:start + 5000])))
         found.update({row.id: row for row in session.execute(query)})
     return found
 

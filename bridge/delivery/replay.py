@@ -13,7 +13,7 @@ from bridge.db import utcnow
 from bridge.delivery.models import DEAD, PENDING, SKIPPED, UNRESOLVED_USER, OutboxEvent
 from bridge.registry.service import external_ids_for
 
-T = OutboxEvent.__table__.c
+outbox = OutboxEvent.__table__.c
 
 
 @dataclass
@@ -25,20 +25,20 @@ class ReplayResult:
 
 def replay(session: Session, *, app_id: str | None = None, since: datetime | None = None,
            reason: str | None = None) -> ReplayResult:
-    """Re-queue dead events matching the filters (same payload, same insert_id: Amplitude cannot count
+    """Re-queue dead events matching the filters (same Amplitude event, same insert_id: Amplitude cannot count
     them twice). With reason "unresolved_user", re-resolve skipped events through the channel registry
     instead, and queue those whose user is now known."""
     if reason == UNRESOLVED_USER:
         return _resolve_skipped(session, app_id=app_id, since=since)
-    filters = [T.state == DEAD]
+    filters = [outbox.state == DEAD]
     if app_id:
-        filters.append(T.app_id == app_id)
+        filters.append(outbox.app_id == app_id)
     if since:
-        filters.append(T.created_at >= since)
+        filters.append(outbox.created_at >= since)
     if reason:
-        filters.append(T.reason == reason)
+        filters.append(outbox.reason == reason)
     result = ReplayResult()
-    result.app_ids = set(session.scalars(select(T.app_id).where(*filters).distinct()))
+    result.app_ids = set(session.scalars(select(outbox.app_id).where(*filters).distinct()))
     done = session.execute(
         update(OutboxEvent.__table__).where(*filters).values(
             state=PENDING, reason=None, attempts=0, failing_since=None, next_attempt_at=utcnow(),
@@ -50,16 +50,17 @@ def replay(session: Session, *, app_id: str | None = None, since: datetime | Non
 
 
 def _resolve_skipped(session: Session, *, app_id: str | None, since: datetime | None) -> ReplayResult:
-    filters = [T.state == SKIPPED, T.reason == UNRESOLVED_USER]
+    filters = [outbox.state == SKIPPED, outbox.reason == UNRESOLVED_USER]
     if app_id:
-        filters.append(T.app_id == app_id)
+        filters.append(outbox.app_id == app_id)
     if since:
-        filters.append(T.created_at >= since)
+        filters.append(outbox.created_at >= since)
     result = ReplayResult()
     last_id = 0
     while True:
         rows = session.execute(
-            select(T.id, T.app_id, T.device_id, T.payload).where(*filters, T.id > last_id).order_by(T.id).limit(1000)
+            select(outbox.id, outbox.app_id, outbox.device_id, outbox.source_item)
+            .where(*filters, outbox.id > last_id).order_by(outbox.id).limit(1000)
         ).all()
         if not rows:
             break
@@ -74,11 +75,11 @@ def _resolve_skipped(session: Session, *, app_id: str | None, since: datetime | 
                 if not user_id:
                     result.still_unresolved += 1
                     continue
-                item = orjson.loads(row.payload)
+                item = orjson.loads(row.source_item)
                 event = mapping.to_amplitude(_revive(item), user_id)
-                session.execute(update(OutboxEvent.__table__).where(T.id == row.id).values(
+                session.execute(update(OutboxEvent.__table__).where(outbox.id == row.id).values(
                     state=PENDING, reason=None, last_error=None, user_id=user_id,
-                    payload=orjson.dumps(event).decode(), next_attempt_at=utcnow()))
+                    amplitude_event=orjson.dumps(event).decode(), source_item=None, next_attempt_at=utcnow()))
                 result.requeued += 1
                 result.app_ids.add(app)
         session.commit()

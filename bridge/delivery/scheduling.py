@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 # A drain is queued at most once per app at a time; the job forgets the key as it starts.
 _DRAIN_KEY_TTL = 60.0
+# The drain job, named by its path (bridge.jobs.resolve) rather than imported: the pusher, which holds it,
+# imports this module to queue its own next drains.
+DRAIN_APP = "bridge.delivery.pusher.drain_app"
 
 
 def drain_key(app_id: str) -> str:
@@ -29,10 +32,8 @@ def schedule_drain(runtime: Runtime, app_id: str) -> bool:
 
     Best effort by design: the events are already committed, so if the queue is unreachable the
     periodic sweep queues the drain once it is back. Callers never fail because of the queue."""
-    from bridge.delivery.pusher import drain_app
-
     try:
-        return runtime.runner.enqueue_once(DELIVERY, drain_key(app_id), _DRAIN_KEY_TTL, drain_app, app_id)
+        return runtime.runner.enqueue_once(DELIVERY, drain_key(app_id), _DRAIN_KEY_TTL, DRAIN_APP, app_id)
     except Exception as exc:  # noqa: BLE001 - Redis down or restarting
         log.warning("could not queue a drain of app %s (%s); the sweep will", app_id, exc)
         return False
@@ -87,7 +88,8 @@ class DrainRequests:
 
 
 def due_app_ids(runtime: Runtime) -> list[str]:
-    """Apps with events due now: pending, past their next attempt, not leased, app not held."""
+    """Apps with events due now: pending, past their next attempt, under no live lease (SQLite's claims;
+    PostgreSQL's row locks do not hide events from this read), app not held."""
     now = utcnow()
     with runtime.session() as session:
         held = select(App.id).where(App.delivery_held_until.is_not(None), App.delivery_held_until > now)

@@ -8,7 +8,7 @@ from bridge.apps.models import App
 from bridge.db import utcnow
 from bridge.delivery.models import DEAD, PENDING, SKIPPED, OutboxEvent
 
-T = OutboxEvent.__table__.c
+outbox = OutboxEvent.__table__.c
 
 
 def delivery_stats(session: Session, app: App) -> dict[str, object]:
@@ -19,12 +19,14 @@ def delivery_stats(session: Session, app: App) -> dict[str, object]:
     Delivered events have left the outbox; their number is the app's running total."""
     counts: dict[str, dict[str, int]] = {PENDING: {}, DEAD: {}, SKIPPED: {}}
     rows = session.execute(
-        select(T.state, T.reason, func.count()).where(T.app_id == app.id).group_by(T.state, T.reason)
+        select(outbox.state, outbox.reason, func.count())
+        .where(outbox.app_id == app.id).group_by(outbox.state, outbox.reason)
     )
     for state, reason, n in rows:
         counts.setdefault(state, {})[reason or "-"] = n
     pending = session.execute(
-        select(func.count().filter(T.attempts > 0), func.min(T.created_at)).where(T.app_id == app.id, T.state == PENDING)
+        select(func.count().filter(outbox.attempts > 0), func.min(outbox.created_at))
+        .where(outbox.app_id == app.id, outbox.state == PENDING)
     ).one()
     now = utcnow()
     held = app.delivery_held_until is not None and app.delivery_held_until > now

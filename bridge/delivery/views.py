@@ -5,7 +5,7 @@ from flask import Blueprint, g
 
 from bridge.apidoc import APP_ID, documented
 from bridge.apps.models import App
-from bridge.auth import require_token
+from bridge.apps.auth import require_token
 from bridge.delivery.schemas import DeliveryStatsSchema
 from bridge.delivery.stats import delivery_stats
 

@@ -8,6 +8,7 @@ from bridge import times
 from bridge.fields import DateTimeText, EpochTime, Identifier, OptionalText, path_segment, printable, without_nul
 from bridge.text import has_unprintable
 from bridge.mapping import KINDS_REQUIRING_MESSAGE_ID, MAPPED_KINDS, localized
+from bridge.validation import RejectedItemSchema
 
 _ID = validate.Length(min=1, max=128)
 MAX_FREE_FORM_BYTES = 16 * 1024  # `data` and `user`: kept as sent, so bounded as a whole
@@ -200,27 +201,6 @@ def _free_form(value: object) -> object:
     if type(value) is not dict or len(orjson.dumps(value)) > MAX_FREE_FORM_BYTES:
         return _INVALID
     return dict(value)
-
-
-def flatten_errors(errors: dict, prefix: str = "") -> dict[str, str]:
-    """marshmallow's nested error dict → {"event.kind": "message", ...}, one message per field."""
-    flat: dict[str, str] = {}
-    for key, value in errors.items():
-        path = f"{prefix}.{key}" if prefix and key != "_schema" else (prefix or str(key))
-        if isinstance(value, dict):
-            flat.update(flatten_errors(value, path))
-        elif isinstance(value, list):
-            flat[path] = " ".join(str(v) for v in value)
-        else:
-            flat[path] = str(value)
-    return flat
-
-
-class RejectedItemSchema(Schema):
-    """An item a request could not take: its position in the array and a message per field."""
-
-    index = fields.Integer(required=True)
-    errors = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
 
 
 class IntakeResultSchema(Schema):

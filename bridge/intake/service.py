@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 from bridge import mapping
 from bridge.db import dialect_insert, is_postgresql, utcnow
 from bridge.delivery.models import PENDING, SKIPPED, UNRESOLVED_USER, EventReceipt, OutboxEvent
-from bridge.intake.schemas import flatten_errors, load_item
+from bridge.intake.schemas import load_item
 from bridge.registry.service import Observation, Recorded, observe_events, recorded, users_by_time
+from bridge.validation import rejection
 
 
 @dataclass
@@ -54,7 +55,7 @@ class PreparedEvent:
     item: dict  # the validated item (intake.schemas.ItemSchema)
     observation: Observation  # what it tells the registry
     user_id: str | None  # from the event, or the newest earlier event of its subscription in the request
-    payload: str | None  # the Amplitude event as JSON, once user_id is known
+    amplitude_event: str | None  # the Amplitude event as JSON, once user_id is known
 
 
 def prepare(app_id: str, enabled_kinds: Iterable[str] | None, items: Sequence[object]) -> Prepared:
@@ -71,8 +72,7 @@ def prepare(app_id: str, enabled_kinds: Iterable[str] | None, items: Sequence[ob
         try:
             item = load_item(raw) if isinstance(raw, dict) else _not_an_object()
         except ValidationError as exc:
-            errors = exc.messages if isinstance(exc.messages, dict) else {"_item": exc.messages}
-            result.rejected.append({"index": index, "errors": flatten_errors(errors)})
+            result.rejected.append(rejection(index, exc))
             continue
         if item["event"]["id"] in valid:
             result.duplicates += 1
@@ -138,7 +138,8 @@ def _amplitude_json(item: dict, user_id: str) -> str:
 
 
 def _observation(event: dict) -> Observation:
-    return Observation(event["subscription_id"], event.get("subscription_device_type"), mapping.real_id(event.get("external_id")),
+    return Observation(event["subscription_id"], event.get("subscription_device_type"),
+                       mapping.non_placeholder_id(event.get("external_id")),
                        event["kind"], mapping.epoch_millis(event.get("timestamp"), event.get("datetime")))
 
 
@@ -148,11 +149,11 @@ def _not_an_object():
 
 def _outbox_row(app_id: str, ev: PreparedEvent, known: dict[str, Recorded], now: datetime) -> dict:
     event = ev.item["event"]
-    user_id, payload = ev.user_id, ev.payload
+    user_id, amplitude_event = ev.user_id, ev.amplitude_event
     if user_id is None:
         held = known.get(event["subscription_id"])
         user_id = held.external_id if held else None  # the registry's External User ID, if it has one
-        payload = _amplitude_json(ev.item, user_id) if user_id else None
+        amplitude_event = _amplitude_json(ev.item, user_id) if user_id else None
     row = {
         "app_id": app_id,
         "source_event_id": event["id"],
@@ -166,12 +167,12 @@ def _outbox_row(app_id: str, ev: PreparedEvent, known: dict[str, Recorded], now:
         "created_at": now,
     }
     if user_id:
-        row.update(state=PENDING, reason=None, last_error=None, payload=payload)
+        row.update(state=PENDING, reason=None, last_error=None, amplitude_event=amplitude_event, source_item=None)
     else:
         # Kept (with the source event) so a replay can send it once the registry knows the user.
         row.update(state=SKIPPED, reason=UNRESOLVED_USER,
                    last_error="no External User ID on the event and none recorded for its subscription",
-                   payload=orjson.dumps(ev.item, default=str).decode())
+                   amplitude_event=None, source_item=orjson.dumps(ev.item, default=str).decode())
     return row
 
 
@@ -179,11 +180,11 @@ def _outbox_row(app_id: str, ev: PreparedEvent, known: dict[str, Recorded], now:
 # the rows travelling as one JSON parameter. A row whose receipt already exists is dropped by the join,
 # so it is never stored twice.
 _COLUMNS = ("app_id", "source_event_id", "kind", "state", "reason", "last_error", "insert_id", "user_id",
-            "device_id", "subscription_device_type", "payload")
+            "device_id", "subscription_device_type", "amplitude_event", "source_item")
 _STORE_SQL = f"""
 WITH incoming AS (
     SELECT * FROM ROWS FROM (json_to_recordset(%(rows)s::json) AS ({", ".join(f"{c} text" for c in _COLUMNS)}))
-        WITH ORDINALITY AS t({", ".join(_COLUMNS)}, position)
+        WITH ORDINALITY AS posted({", ".join(_COLUMNS)}, position)
 ), fresh AS (
     INSERT INTO event_receipts (app_id, source_event_id, created_at)
     SELECT app_id, source_event_id, %(now)s FROM incoming
@@ -191,9 +192,9 @@ WITH incoming AS (
     RETURNING app_id, source_event_id
 )
 INSERT INTO outbox_events ({", ".join(_COLUMNS)}, attempts, next_attempt_at, created_at)
-SELECT {", ".join(f"i.{c}" for c in _COLUMNS)}, 0, %(now)s, %(now)s
-FROM incoming i JOIN fresh f ON f.app_id = i.app_id AND f.source_event_id = i.source_event_id
-ORDER BY i.position
+SELECT {", ".join(f"incoming.{c}" for c in _COLUMNS)}, 0, %(now)s, %(now)s
+FROM incoming JOIN fresh ON fresh.app_id = incoming.app_id AND fresh.source_event_id = incoming.source_event_id
+ORDER BY incoming.position
 RETURNING app_id, source_event_id, state
 """
 

@@ -1,26 +1,19 @@
 """POST /v1/apps/<app_id>/events — the messaging platform's event stream."""
 from __future__ import annotations
 
-import json
-import re
-
-import orjson
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, current_app, g
 
 from bridge.apidoc import APP_ID, Body, documented
-from bridge.auth import require_token
+from bridge.apps.auth import require_token
 from bridge.delivery.scheduling import DrainRequests
 from bridge.errors import ApiError
+from bridge.http import read_items
 from bridge.intake.backlog import Backlog
 from bridge.intake.committer import GroupCommit, Overloaded
 from bridge.intake.schemas import IntakeResultSchema, ItemSchema
 from bridge.intake.service import Prepared, prepare
 
 bp = Blueprint("intake", __name__)
-
-# Deepest nesting of arrays and objects a body may have. Real payloads need 4 or 5 levels; a deeper one
-# could exhaust a serializer later (orjson refuses to write more than 254 levels).
-MAX_JSON_DEPTH = 32
 
 
 @bp.record_once
@@ -38,91 +31,6 @@ def _set_up(state) -> None:
                     max_wait_seconds=settings.intake_max_wait_seconds, after_commit=ask_for_drains),
         Backlog(runtime.sessions, settings.intake_max_backlog),
     )
-
-
-def read_json_body() -> object:
-    """The request's JSON body, or a 4xx: 415 if it is not declared JSON, 400 if it does not parse or
-    nests arrays and objects more than MAX_JSON_DEPTH levels deep."""
-    if not request.is_json:
-        raise ApiError(415, "unsupported_media_type", "Send the body as JSON with 'Content-Type: application/json'.")
-    raw = request.get_data(cache=False)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        body = _repaired(raw, exc)
-    if _nested_deeper_than(body, MAX_JSON_DEPTH):
-        raise ApiError(400, "too_deeply_nested",
-                       f"The body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep.", {"limit": MAX_JSON_DEPTH})
-    return body
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _repaired(raw: bytes, error: orjson.JSONDecodeError) -> object:
-    """The body parsed despite broken text, or 400 invalid_json if it is not JSON at all.
-
-    orjson refuses a whole body for one string holding a lone UTF-16 surrogate escape (`"\\ud83c"`, a
-    half emoji cut by a client) or a byte that is not UTF-8. Such text is repaired instead: each broken
-    character becomes U+FFFD, so one broken title does not refuse the other items of the request,
-    nor make the platform resend it forever. Only bodies orjson refuses take this slower path.
-    """
-    try:
-        body = json.loads(raw.decode("utf-8", errors="replace"), parse_constant=_not_json)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {error}.") from None
-    if _nested_deeper_than(body, MAX_JSON_DEPTH):
-        return body  # refused by the caller as too deeply nested; not walked here
-    return _without_lone_surrogates(body)
-
-
-def _not_json(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _without_lone_surrogates(value: object) -> object:
-    """`value` with every lone surrogate in its strings (keys too) replaced by U+FFFD. json pairs the
-    valid surrogate escapes into one character, so any surrogate left is a lone one."""
-    if type(value) is str:
-        return _SURROGATE.sub("\ufffd", value)
-    if type(value) is list:
-        return [_without_lone_surrogates(item) for item in value]
-    if type(value) is dict:
-        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
-    return value
-
-
-def _nested_deeper_than(value: object, limit: int) -> bool:
-    """True if `value` has more than `limit` levels of arrays and objects (a scalar has none).
-    Walks level by level, without recursion, and stops at the first level past the limit."""
-    level = [value] if type(value) in (dict, list) else []
-    depth = 0
-    while level:
-        depth += 1
-        if depth > limit:
-            return True
-        below = []
-        for node in level:
-            for child in node.values() if type(node) is dict else node:
-                if type(child) is dict or type(child) is list:
-                    below.append(child)
-        level = below
-    return False
-
-
-def read_items(limit: int) -> list[object]:
-    """One object or an array of up to `limit` objects, as a list."""
-    body = read_json_body()
-    if isinstance(body, dict):
-        return [body]
-    if not isinstance(body, list):
-        raise ApiError(400, "invalid_body", "The body must be a JSON object or an array of objects.")
-    if not body:
-        raise ApiError(400, "empty_batch", "The array holds no items.")
-    if len(body) > limit:
-        raise ApiError(413, "too_many_items", f"At most {limit} items per request; this one has {len(body)}.",
-                       {"limit": limit, "received": len(body)})
-    return body
 
 
 INTAKE_RESULT = IntakeResultSchema()

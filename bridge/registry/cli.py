@@ -10,7 +10,7 @@ from sqlalchemy import select
 from tqdm import tqdm
 
 from bridge.apps.models import App
-from bridge.cli import Context, echo_json, pass_ctx
+from bridge.commands import Context, echo_json, pass_ctx
 from bridge.registry.importer import ImportLimits, UnreadableFile, import_subscriptions
 
 

@@ -25,7 +25,7 @@ from typing import NamedTuple, TextIO
 
 from sqlalchemy.orm import Session
 
-from bridge.mapping import real_id
+from bridge.mapping import non_placeholder_id
 from bridge.registry.csvfile import CapReached, CsvFile, ImportLimits, UnreadableFile, field_size_limit, open_csv
 from bridge.registry.schemas import (
     CHANNEL_OF_TYPE,
@@ -266,7 +266,7 @@ def _subscription_id(value: str) -> str | None:
 
 
 def _external_id(value: str) -> str | None:
-    return real_id(clean_id(value, MAX_LENGTH["external_id"]))
+    return non_placeholder_id(clean_id(value, MAX_LENGTH["external_id"]))
 
 
 def _legacy_type(value: str) -> str:

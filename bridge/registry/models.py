@@ -38,6 +38,8 @@ class Subscription(SQLModel, table=True):
     timezone: str | None = Field(default=None, max_length=64)
     country: str | None = Field(default=None, max_length=8)
     last_active_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    # When the platform created the record (the API's `created_at`); `created_at` is when the bridge first
+    # recorded it (the API's `recorded_at`): registry.schemas declares the API's names.
     source_created_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)

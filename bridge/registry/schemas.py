@@ -12,9 +12,12 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, val
 
 from bridge.fields import Timestamp, sentence
 from bridge.text import SLASH_REFUSED, has_unprintable
-from bridge.intake.schemas import RejectedItemSchema, flatten_errors
-from bridge.mapping import real_id
+from bridge.validation import RejectedItemSchema, rejection
+from bridge.mapping import non_placeholder_id
 from bridge.registry.models import CHANNELS, Subscription
+
+# At most this many records per `POST /v1/apps/<app_id>/subscriptions`.
+MAX_RECORDS_PER_REQUEST = 1000
 
 CHANNEL_OF_TYPE: dict[str, str] = {
     "iOSPush": "push", "AndroidPush": "push", "FireOSPush": "push", "WindowsPhonePush": "push",
@@ -150,7 +153,7 @@ class ExternalId(Text):
     """An External User ID; empty and placeholder values ("null", "anonymous", ...) mean none."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        return real_id(super()._deserialize(value, attr, data, **kwargs))
+        return non_placeholder_id(super()._deserialize(value, attr, data, **kwargs))
 
 
 class RecordType(fields.Field):
@@ -212,8 +215,10 @@ class UpsertResultSchema(Schema):
 
 
 class SubscriptionSchema(Schema):
-    """A channel record (`Subscription`) as the API shows it: the fields it accepts, plus when the bridge
-    recorded and last changed it."""
+    """A channel record (`Subscription`) as the API shows it. Three fields have an API name other than
+    their column's, declared here (`attribute`) and in RecordSchema (`data_key`) only: `last_active`
+    (last_active_at), `created_at` (source_created_at: when the platform created the record) and
+    `recorded_at` (created_at: when the bridge first recorded it)."""
 
     subscription_id = fields.String(required=True)
     channel = fields.String(required=True, validate=validate.OneOf(CHANNELS))
@@ -235,6 +240,9 @@ class SubscriptionSchema(Schema):
     updated_at = fields.DateTime(required=True)
 
 
+SUBSCRIPTION_SCHEMA = SubscriptionSchema()
+
+
 def load_records(items: list[object]) -> tuple[list[dict], list[dict]]:
     """The valid records among `items`, and for each invalid one {"index", "errors": {field: message}}."""
     records, rejected = [], []
@@ -244,6 +252,5 @@ def load_records(items: list[object]) -> tuple[list[dict], list[dict]]:
                 raise ValidationError({"_item": ["Each record must be a JSON object."]})
             records.append(RECORD_SCHEMA.load(raw))
         except ValidationError as exc:
-            errors = exc.messages if isinstance(exc.messages, dict) else {"_item": exc.messages}
-            rejected.append({"index": index, "errors": flatten_errors(errors)})
+            rejected.append(rejection(index, exc))
     return records, rejected

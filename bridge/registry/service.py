@@ -63,7 +63,7 @@ class Observation(NamedTuple):
 
     subscription_id: str
     device_type: str | None  # the event's subscription_device_type ("iOS", "Email", ...)
-    external_id: str | None  # already cleaned of placeholders (mapping.real_id)
+    external_id: str | None  # already cleaned of placeholders (mapping.non_placeholder_id)
     kind: str  # e.g. message.push.received
     at: float  # event time in epoch milliseconds: orders events, and dates the user it names
 

@@ -6,15 +6,15 @@ from dataclasses import asdict
 from flask import Blueprint, g
 
 from bridge.apidoc import APP_ID, Body, documented, path_parameter
-from bridge.auth import require_token
+from bridge.apps.auth import require_token
 from bridge.errors import ApiError
-from bridge.intake.views import read_items
-from bridge.registry.schemas import MAX_LENGTH, RecordSchema, SubscriptionSchema, UpsertResultSchema, load_records
+from bridge.http import read_items
+from bridge.registry.schemas import (MAX_LENGTH, MAX_RECORDS_PER_REQUEST, SUBSCRIPTION_SCHEMA, RecordSchema,
+                                     SubscriptionSchema, UpsertResultSchema, load_records)
 from bridge.registry.service import UpsertCounts, find_record, upsert_records
 
 bp = Blueprint("registry", __name__)
 
-MAX_RECORDS_PER_REQUEST = 1000
 UPSERT_RESULT = UpsertResultSchema()
 
 
@@ -42,4 +42,4 @@ def get_subscription(app_id: str, subscription_id: str):
     record = find_record(g.db, app_id, subscription_id)
     if record is None:
         raise ApiError(404, "subscription_not_found", f"No subscription {subscription_id!r} in this app.")
-    return SubscriptionSchema().dump(record)
+    return SUBSCRIPTION_SCHEMA.dump(record)
