@@ -17,7 +17,7 @@ from bridge.cohorts.schemas import BatchUsers
 from bridge.cohorts.webhook import store_batch
 from bridge.registry.importer import import_subscriptions
 from bridge.registry.models import Subscription
-from conftest import FIXTURES
+from support import FIXTURES
 
 COHORT = "7b2k9xq"
 BASE = "/v1/apps/{}/cohorts"

@@ -5,7 +5,6 @@ import dataclasses
 import json
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
 import orjson
 import pytest
@@ -17,8 +16,7 @@ from bridge.cohorts import jobs, membership
 from bridge.cohorts.models import PROCESSED, RECEIVED, Cohort, CohortBatch, CohortMember
 from bridge.db import utcnow
 from bridge.maintenance import sweep
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+from support import FIXTURES
 
 URL = "/v1/apps/{}/amplitude/cohorts"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from processes import ROOT
+from support.processes import ROOT
 
 
 def test_the_demo_delivers_every_resolvable_fixture_event_once():

@@ -8,7 +8,8 @@ import csv
 import httpx
 import pytest
 
-from processes import bridge_cli, start_web, start_worker, wait_until
+from support.databases import truncate
+from support.processes import bridge_cli, start_web, start_worker, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -53,9 +54,7 @@ def batch(message_id: str, users: range, in_cohort: bool, computed_time: int) ->
 
 @pytest.fixture
 def env(postgresql_url, redis_url):
-    from conftest import _truncate
-
-    _truncate(postgresql_url)
+    truncate(postgresql_url)
     return {"DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url, "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789",
             "AMPLITUDE_BASE_URL": "http://127.0.0.1:9", "SWEEP_INTERVAL_SECONDS": "0.3", "LOG_LEVEL": "INFO"}
 

@@ -18,8 +18,9 @@ import pytest
 
 from bridge import mapping
 from bridge.amplitude.sink import AmplitudeSink
-from conftest import FIXTURES
-from processes import BRIDGE, bridge_cli, start_web, start_worker, wait_until
+from support import FIXTURES
+from support.databases import truncate
+from support.processes import BRIDGE, bridge_cli, start_web, start_worker, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -32,9 +33,7 @@ def sink():
 
 @pytest.fixture
 def env(postgresql_url, redis_url, sink):
-    from conftest import _truncate
-
-    _truncate(postgresql_url)
+    truncate(postgresql_url)
     return {
         "DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url, "AMPLITUDE_BASE_URL": sink.url,
         "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789",

@@ -24,10 +24,9 @@ from sqlalchemy.orm import Session
 
 from bridge.amplitude.sink import AmplitudeSink
 from bridge.apps.service import create_app_record
-from conftest import _truncate, _unavailable
-from faults_support import (USERS, WORKER_ENV, Bridge, PrivateRedis, claimers, hold_delivery, libpq_url,
-                            restart_postgresql)
-from processes import parse_log_line, start_web, wait_until
+from support.databases import libpq_url, truncate, unavailable
+from support.faults import USERS, WORKER_ENV, Bridge, PrivateRedis, claimers, hold_delivery, restart_postgresql
+from support.processes import parse_log_line, start_web, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -35,7 +34,7 @@ pytestmark = pytest.mark.faults
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory):
     if shutil.which("redis-server") is None:
-        _unavailable("redis-server (the fault suite runs its own)", FileNotFoundError("redis-server"))
+        unavailable("redis-server (the fault suite runs its own)", FileNotFoundError("redis-server"))
     redis = PrivateRedis(tmp_path_factory.mktemp("redis"))
     redis.start()
     yield redis
@@ -45,7 +44,7 @@ def private_redis(tmp_path_factory):
 @pytest.fixture(scope="module")
 def web(postgresql_url, private_redis, tmp_path_factory):
     """One gunicorn for the module; each scenario gets its own app, sink and workers."""
-    _truncate(postgresql_url)
+    truncate(postgresql_url)
     env = {"DATABASE_URL": libpq_url(postgresql_url), "REDIS_URL": private_redis.url, "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789",
            "AMPLITUDE_BASE_URL": "http://127.0.0.1:9", "LOG_LEVEL": "WARNING"}
     process, url = start_web(env, tmp_path_factory.mktemp("web") / "web.log")

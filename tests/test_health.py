@@ -27,7 +27,7 @@ from bridge.migrate import downgrade, shipped_head, upgrade
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
-from processes import BRIDGE, ROOT, SECRET_KEY, free_port
+from support.processes import BRIDGE, ROOT, SECRET_KEY, free_port
 
 HEAD = shipped_head()
 ITEM = {"event": {"id": "e1", "kind": "message.push.sent", "timestamp": 1763856000, "subscription_id": "s1",

@@ -33,8 +33,8 @@ from bridge.delivery.pusher import drain_app
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
-from conftest import _truncate
-from processes import BRIDGE, SECRET_KEY, Process, start_web
+from support.databases import truncate
+from support.processes import BRIDGE, SECRET_KEY, Process, start_web
 
 pytestmark = pytest.mark.hostile
 
@@ -335,7 +335,7 @@ def test_a_worker_kept_for_delivery_delivers_while_cohort_work_is_stuck_and_a_ki
     A cohort batch stuck on a lock holds the cohorts worker; another app's event still reaches Amplitude.
     While that run lives, nothing starts the batch again; once it is SIGKILLed, the run is counted, and
     the batch is claimed again after CLAIM_GRACE and applied, once."""
-    _truncate(postgresql_url)
+    truncate(postgresql_url)
     env = {"DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url, "SECRET_KEY": SECRET_KEY,
            "AMPLITUDE_BASE_URL": sink.url, "SWEEP_INTERVAL_SECONDS": "0.3", "DELIVERY_LINGER_SECONDS": "0", "LOG_LEVEL": "INFO"}
     runtime = Runtime(Settings.from_env({**env, "JOB_RUNNER": "manual"}))

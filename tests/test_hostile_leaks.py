@@ -23,7 +23,7 @@ from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
 from bridge.worker import BridgeWorker
-from conftest import Tenant
+from support.factories import Tenant
 
 pytestmark = pytest.mark.hostile
 

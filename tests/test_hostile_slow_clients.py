@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from processes import SECRET_KEY, bridge_cli, log_records, start_web, wait_until
+from support.processes import SECRET_KEY, bridge_cli, log_records, start_web, wait_until
 
 pytestmark = pytest.mark.hostile
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from bridge.delivery.models import OutboxEvent
-from conftest import FIXTURES
+from support import FIXTURES
 
 
 

@@ -42,7 +42,7 @@ from bridge.mapping import MAPPED_KINDS
 from bridge.migrate import alembic_config
 from bridge.registry.models import Subscription
 from bridge.settings import normalize_database_url
-from processes import BRIDGE, ROOT, Process, free_port, wait_until_answering
+from support.processes import BRIDGE, ROOT, Process, free_port, wait_until_answering
 
 README = ROOT / "README.md"
 PROCFILE = ROOT / "Procfile"

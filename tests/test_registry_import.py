@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from bridge.cli import main
 from bridge.registry.importer import import_subscriptions
 from bridge.registry.models import Subscription
-from conftest import FIXTURES
+from support import FIXTURES
 
 LEGACY = FIXTURES / "subscriptions-legacy.csv"
 LEGACY_NO_NOTIFICATION_TYPES = FIXTURES / "subscriptions-legacy-no-notification-types.csv"

@@ -25,7 +25,7 @@ from bridge.intake.views import MAX_JSON_DEPTH
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
-from conftest import Tenant
+from support.factories import Tenant
 
 PUBLIC = {"/healthz", "/livez", "/openapi.json"}
 WEBHOOK = "/v1/apps/<app_id>/amplitude/cohorts"

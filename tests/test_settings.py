@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from bridge.cli import main
 from bridge.settings import ConfigurationError, Settings
-from processes import ROOT, SECRET_KEY
+from support.processes import ROOT, SECRET_KEY
 
 
 def test_defaults_are_the_embedded_mode():

@@ -18,7 +18,8 @@ from redis import Redis
 from bridge import worker
 from bridge.amplitude.sink import AmplitudeSink
 from bridge.settings import Settings
-from processes import SECRET_KEY, bridge_cli, log_records, start_web, start_worker, wait_until
+from support.databases import truncate
+from support.processes import SECRET_KEY, bridge_cli, log_records, start_web, start_worker, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -45,9 +46,7 @@ def test_the_workers_redis_client_waits_longer_than_its_blpop(redis_url):
 
 
 def test_an_event_posted_to_an_idle_worker_reaches_amplitude_within_2_seconds(postgresql_url, redis_url, tmp_path):
-    from conftest import _truncate
-
-    _truncate(postgresql_url)
+    truncate(postgresql_url)
     db = int(redis_url.rsplit("/", 1)[1])
     with AmplitudeSink(api_keys={"amp-idle-key"}) as sink:
         env = {"DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url,

@@ -22,7 +22,8 @@ import psycopg
 
 from bridge import mapping
 from bridge.amplitude.sink import AmplitudeSink
-from processes import Process, free_port, start_worker, wait_until
+from support.databases import libpq_url
+from support.processes import Process, free_port, start_worker, wait_until
 
 KINDS = sorted(mapping.MAPPED_KINDS)
 USERS = [f"user-{n:02d}" for n in range(10)]
@@ -36,10 +37,6 @@ WORKER_ENV = {
     "DELIVERY_BACKOFF_CAP_SECONDS": "0.5", "DELIVERY_THROTTLE_PAUSE_SECONDS": "1", "AMPLITUDE_TIMEOUT_SECONDS": "1",
     "DELIVERY_RETRY_WINDOW_SECONDS": "3600", "LOG_LEVEL": "INFO",
 }
-
-
-def libpq_url(database_url: str) -> str:
-    return database_url.replace("+psycopg", "")
 
 
 class PrivateRedis:
