@@ -19,14 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import create_engine
-from sqlalchemy.orm import Session
 
 from bridge.amplitude.sink import AmplitudeSink
-from bridge.apps.service import create_app_record
+from bridge.runtime import Runtime
+from bridge.settings import Settings
 from support.databases import libpq_url, truncate, unavailable
+from support.factories import channel_record, cohort_batch, new_tenant
 from support.faults import USERS, WORKER_ENV, Bridge, PrivateRedis, claimers, hold_delivery, restart_postgresql
-from support.processes import parse_log_line, start_web, wait_until
+from support.processes import SECRET_KEY, parse_log_line, start_web, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -45,7 +45,7 @@ def private_redis(tmp_path_factory):
 def web(postgresql_url, private_redis, tmp_path_factory):
     """One gunicorn for the module; each scenario gets its own app, sink and workers."""
     truncate(postgresql_url)
-    env = {"DATABASE_URL": libpq_url(postgresql_url), "REDIS_URL": private_redis.url, "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789",
+    env = {"DATABASE_URL": libpq_url(postgresql_url), "REDIS_URL": private_redis.url, "SECRET_KEY": SECRET_KEY,
            "AMPLITUDE_BASE_URL": "http://127.0.0.1:9", "LOG_LEVEL": "WARNING"}
     process, url = start_web(env, tmp_path_factory.mktemp("web") / "web.log")
     yield env, url
@@ -60,12 +60,13 @@ def bridge(request, web, private_redis, postgresql_url, tmp_path):
     private_redis.flushall()
     name = request.node.originalname.removeprefix("test_")
     amplitude_key = f"amp-{name[:20]}"
-    engine = create_engine(postgresql_url)
-    with Session(engine, expire_on_commit=False) as session:
-        app, issued = create_app_record(session, name=name, amplitude_api_key=amplitude_key)
-    engine.dispose()
+    runtime = Runtime(Settings.from_env({"DATABASE_URL": postgresql_url, "JOB_RUNNER": "manual"}))
+    try:
+        tenant = new_tenant(runtime, name, amplitude_api_key=amplitude_key)
+    finally:
+        runtime.close()
     sink = AmplitudeSink(api_keys={amplitude_key}).start()
-    harness = Bridge(name=name, url=url, app_id=app.id, api_key=issued.api_key, cohort_token=issued.cohort_token,
+    harness = Bridge(name=name, url=url, app_id=tenant.app_id, api_key=tenant.api_key, cohort_token=tenant.cohort_token,
                      amplitude_key=amplitude_key, database_url=postgresql_url, sink=sink, logs=tmp_path,
                      redis=private_redis, worker_env={**env, **WORKER_ENV, "AMPLITUDE_BASE_URL": sink.url})
     yield harness
@@ -296,14 +297,14 @@ def test_cohort_batches_retried_reordered_and_a_worker_killed(bridge):
     base = f"{bridge.url}/v1/apps/{bridge.app_id}"
     users = [f"cu-{i:05d}" for i in range(6010)]
     with_records = {u for i, u in enumerate(users) if i % 3 == 0}
-    records = [{"subscription_id": f"sub-{u}", "type": "AndroidPush", "external_id": u} for u in sorted(with_records)]
+    records = [channel_record(f"sub-{u}", "AndroidPush", external_id=u) for u in sorted(with_records)]
     for start in range(0, len(records), 1000):
         answer = httpx.post(f"{base}/subscriptions", json=records[start:start + 1000], headers=api, timeout=30)
         assert answer.status_code == 200, answer.text
 
     def batch(message_id, members, in_cohort, computed_time):
-        return {"cohort_id": "faults", "cohort_name": "Faults", "message_id": message_id, "in_cohort": in_cohort,
-                "computed_time": str(computed_time), "users": [{"user_id": users[i]} for i in members]}
+        return cohort_batch([users[i] for i in members], message_id=message_id, in_cohort=in_cohort,
+                            computed_time=computed_time, cohort_id="faults", cohort_name="Faults")
 
     def post(body):
         answer = httpx.post(f"{base}/amplitude/cohorts", json=body, headers=hook, timeout=30)

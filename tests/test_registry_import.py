@@ -9,7 +9,6 @@ import shutil
 from datetime import UTC, datetime
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from bridge.cli import main
@@ -30,13 +29,6 @@ LEGACY_REJECTED = [
                            "last_active: 'yesterday' is not a date-time (ISO 8601) or epoch seconds"},
     {"line": 74, "reason": "expected 19 fields as in the header, found 3"},
 ]
-
-
-@pytest.fixture
-def cli(settings_env, monkeypatch):
-    for key, value in settings_env.items():
-        monkeypatch.setenv(key, value)
-    return CliRunner()
 
 
 def run_import(cli, tenant, path, *options):

@@ -19,6 +19,7 @@ from bridge import worker
 from bridge.amplitude.sink import AmplitudeSink
 from bridge.settings import Settings
 from support.databases import truncate
+from support.factories import event_item
 from support.processes import SECRET_KEY, bridge_cli, log_records, start_web, start_worker, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -63,10 +64,7 @@ def test_an_event_posted_to_an_idle_worker_reaches_amplitude_within_2_seconds(po
 
             wait_until(idle_past_the_default_timeout, 30, "the worker's BLPOP to outlast redis-py's default timeout",
                        interval=0.5)
-            item = {"event": {"id": "idle-1", "kind": "message.push.clicked", "timestamp": 1763856000,
-                              "subscription_id": "sub-idle", "subscription_device_type": "AndroidPush",
-                              "external_id": "user-idle"},
-                    "message": {"id": "msg-idle", "name": "Idle", "title": "Hi", "contents": {"en": "Hello"}}}
+            item = event_item("idle-1", "message.push.clicked", "sub-idle", "user-idle", device_type="AndroidPush")
             posted = time.monotonic()
             answer = httpx.post(f"{url}/v1/apps/{app['app_id']}/events", json=[item], timeout=10,
                                 headers={"Authorization": f"Bearer {app['api_key']}"})

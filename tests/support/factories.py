@@ -6,6 +6,7 @@ A field passed as OMIT is left out of the item altogether (None sends JSON null)
 """
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,39 +36,44 @@ def _present(fields: dict) -> dict:
 MESSAGE = {"id": "msg-1", "name": "Campaign", "title": "Hi", "contents": {"en": "Hello"}}
 
 
-def event_item(event_id: object = "evt-1", kind: object = "message.push.sent", *, timestamp: object = T0,
-               subscription_id: object = "sub-1", external_id: object = "user-1", device_type: object = OMIT,
+def event_item(event_id: object = "evt-1", kind: object = "message.push.sent", subscription_id: object = "sub-1",
+               external_id: object = "user-1", *, timestamp: object = T0, device_type: object = "iOS",
                message: object = MESSAGE, data: object = OMIT, **event_fields: object) -> dict:
     """One item of an events request body, as the platform sends it:
     `{"event": {...}, "message": {...}, "data": {...}}`.
 
-    `device_type` is the event's `subscription_device_type`; `event_fields` are further keys of
-    `event` (`datetime`, `session_id`, …). Any argument may be a value the intake must refuse (a number
-    for an id, a string for the timestamp), and OMIT leaves its key out."""
+    `device_type` is the event's `subscription_device_type` ("iOS", "Android", "Email", … as the
+    platform names them); `event_fields` are further keys of `event` (`datetime`, …). Any argument may
+    be a value the intake must refuse (a number for an id, a string for the timestamp), and OMIT leaves
+    its key out."""
     event = _present({"id": event_id, "kind": kind, "timestamp": timestamp, "subscription_id": subscription_id,
                       "subscription_device_type": device_type, "external_id": external_id, **event_fields})
-    return _present({"event": event, "message": message, "data": data})
+    return copy.deepcopy(_present({"event": event, "message": message, "data": data}))  # a test may edit its item
 
 
 def event_items(n: int, *, start: int = 0, prefix: str = "evt", users: int = 5, subscriptions: int = 7,
                 kinds: Sequence[str] = ("message.push.sent",), **fields: object) -> list[dict]:
     """`n` event items numbered i = start … start + n - 1: id `{prefix}-{i}`, timestamp T0 + i, kind
-    `kinds[i % len(kinds)]`, on subscription `sub-{i % subscriptions}` of user `user-{i % users}`;
-    `fields` as `event_item` takes them, the same for every item."""
-    return [event_item(f"{prefix}-{i}", kinds[i % len(kinds)], timestamp=T0 + i,
-                       subscription_id=f"sub-{i % subscriptions}", external_id=f"user-{i % users}", **fields)
+    `kinds[i % len(kinds)]`, on subscription `sub-{i % subscriptions}` of user `user-{i % users}`.
+    `fields`, as `event_item` takes them, are the same for every item and win over these."""
+    return [event_item(**{"event_id": f"{prefix}-{i}", "kind": kinds[i % len(kinds)], "timestamp": T0 + i,
+                          "subscription_id": f"sub-{i % subscriptions}", "external_id": f"user-{i % users}", **fields})
             for i in range(start, start + n)]
 
 
 # -- Amplitude's cohort webhook: POST /v1/apps/<app_id>/amplitude/cohorts ----------------------------
 
-def cohort_batch(message_id: str, users: Iterable[object] = ("user-1",), *, in_cohort: bool = True,
+def cohort_batch(users: int | Iterable[object] = 1, *, message_id: str | None = None, in_cohort: bool = True,
                  computed_time: int = T0, cohort_id: str = COHORT_ID, cohort_name: str = "Churn risk",
                  **fields: object) -> dict:
-    """One cohort webhook body as Amplitude posts it. `users`: user ids (each sent as `{"user_id": id}`),
-    or entries sent as they are (a dict, None, …); `computed_time` (epoch seconds) is sent as a string,
-    as Amplitude does. `message_id` is the batch's identity: the same one again is a retry."""
+    """One cohort webhook body as Amplitude posts it. `users`: a count n (users `user-000000` …
+    `user-{n-1:06d}`), user ids (each sent as `{"user_id": id}`), or entries sent as they are (a dict,
+    None, …). `computed_time` (epoch seconds) is sent as a string, as Amplitude does. `message_id` is
+    the batch's identity, the same one again being Amplitude's retry: a new one unless given."""
+    if isinstance(users, int):
+        users = [f"user-{i:06d}" for i in range(users)]
     entries = [{"user_id": user} if isinstance(user, str) else user for user in users]
+    message_id = message_id or f"{cohort_id}::{'enter' if in_cohort else 'exit'}::{uuid.uuid4().hex[:12]}"
     return {"cohort_id": cohort_id, "cohort_name": cohort_name, "message_id": message_id, "in_cohort": in_cohort,
             "computed_time": str(computed_time), "users": entries, **fields}
 

@@ -23,6 +23,7 @@ import psycopg
 from bridge import mapping
 from bridge.amplitude.sink import AmplitudeSink
 from support.databases import libpq_url
+from support.factories import OMIT, T0, event_item
 from support.processes import Process, free_port, start_worker, wait_until
 
 KINDS = sorted(mapping.MAPPED_KINDS)
@@ -122,15 +123,6 @@ def hold_delivery(database_url: str, app_id: str, held: bool) -> None:
         conn.execute("UPDATE apps SET delivery_held_until = CASE WHEN %s THEN now() + interval '1 hour' END, "
                      "delivery_held_reason = CASE WHEN %s THEN 'held by the test' END WHERE id = %s",
                      (held, held, app_id))
-
-
-def event_item(event_id: str, n: int, subscription: str, external_id: str | None) -> dict:
-    event = {"id": event_id, "kind": KINDS[n % len(KINDS)], "timestamp": 1763856000 + n,
-             "subscription_id": subscription, "subscription_device_type": "AndroidPush"}
-    if external_id:
-        event["external_id"] = external_id
-    return {"event": event, "data": {"target_id": "cta"},
-            "message": {"id": f"msg-{n % 4}", "name": f"Campaign {n % 4}", "title": "Hi", "contents": {"en": "Hello"}}}
 
 
 @dataclass
@@ -242,7 +234,8 @@ class Load:
             else:
                 user = USERS[n % len(USERS)]
                 subscription = f"{self.tag}-{user}-d{(n // len(USERS)) % DEVICES_PER_USER}"
-            items.append(event_item(event_id, n, subscription, user))
+            items.append(event_item(event_id, KINDS[n % len(KINDS)], subscription, user or OMIT, timestamp=T0 + n,
+                                    device_type="AndroidPush", data={"target_id": "cta"}))
         return items, len(repeated)
 
     def _run(self) -> None:
