@@ -27,11 +27,13 @@ def test_old_receipts_are_forgotten_and_recent_ones_kept(client, tenant, runtime
     assert (again["accepted"], again["duplicates"]) == (1, 1)
 
 
-def test_prune_refuses_to_go_under_amplitudes_window(runtime):
+def test_prune_refuses_to_go_under_amplitudes_window(client, tenant, runtime):
+    with freeze_time(utcnow() - timedelta(days=5)):  # inside Amplitude's 7 days, past the 3 asked for
+        client.post(f"/v1/apps/{tenant.app_id}/events", json=event_items(2), headers=tenant.auth)
     with pytest.raises(ValueError, match="7 days"):
         prune(runtime, older_than_days=3)
     with runtime.session() as session:
-        assert session.scalar(select(func.count()).select_from(EventReceipt)) == 0
+        assert session.scalar(select(func.count()).select_from(EventReceipt)) == 2  # nothing was forgotten
 
 
 def test_applied_cohort_batches_lose_their_user_lists_but_keep_their_history(client, tenant, runtime):

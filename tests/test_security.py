@@ -25,7 +25,7 @@ from bridge.intake.views import MAX_JSON_DEPTH
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
-from support.factories import OMIT, Tenant, channel_record, cohort_batch, event_item, new_tenant
+from support.factories import OMIT, Tenant, channel_record, cohort_batch, event_item, event_items, new_tenant
 
 PUBLIC = {"/healthz", "/livez", "/openapi.json"}
 WEBHOOK = "/v1/apps/<app_id>/amplitude/cohorts"
@@ -34,8 +34,10 @@ WEBHOOK = "/v1/apps/<app_id>/amplitude/cohorts"
 def routes(app) -> list[tuple[str, str]]:
     """(method, rule) of every route the app serves but the public ones, read from its URL map, so a
     route added later is in every test below without being listed."""
-    return sorted((method, rule.rule) for rule in app.url_map.iter_rules() if rule.rule not in PUBLIC
-                  for method in rule.methods - {"HEAD", "OPTIONS"})
+    found = sorted((method, rule.rule) for rule in app.url_map.iter_rules() if rule.rule not in PUBLIC
+                   for method in rule.methods - {"HEAD", "OPTIONS"})
+    assert {("POST", "/v1/apps/<app_id>/events"), ("POST", WEBHOOK)} <= set(found), found  # the loops check something
+    return found
 
 
 def call(client, method: str, rule: str, app_id: str, headers: dict[str, str]):
@@ -100,19 +102,20 @@ def test_every_route_takes_one_of_its_apps_tokens_and_refuses_the_other(app, cli
 
 
 def test_an_apps_own_token_shows_nothing_of_another_apps_data(client, tenant, other, runtime):
-    record = {"subscription_id": "sub-a", "type": "Email", "identifier": "a@example.com", "external_id": "u1"}
+    record = channel_record("sub-a", "Email", identifier="a@example.com", external_id="u1")
     assert client.post(f"/v1/apps/{tenant.app_id}/subscriptions", json=record, headers=tenant.auth).status_code == 200
-    batch = {"cohort_id": "vip", "in_cohort": True, "computed_time": 1763856000, "message_id": "m1",
-             "users": [{"user_id": "u1"}]}
-    assert client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=batch,
+    assert client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_batch(["u1"], cohort_id="vip"),
                        headers=tenant.cohort_auth).status_code == 200
     runtime.runner.run_pending()
+    assert client.post(f"/v1/apps/{tenant.app_id}/events", json=event_items(2), headers=tenant.auth).status_code == 202
+    assert client.get(f"/v1/apps/{tenant.app_id}/deliveries/stats", headers=tenant.auth).json["pending"] == 2
     mine = f"/v1/apps/{other.app_id}"
 
     assert client.get(f"{mine}/subscriptions/sub-a", headers=other.auth).json["error"] == "subscription_not_found"
     assert client.get(f"{mine}/cohorts/vip", headers=other.auth).json["error"] == "cohort_not_found"
     assert client.get(f"{mine}/cohorts", headers=other.auth).json["items"] == []
-    assert client.get(f"{mine}/deliveries/stats", headers=other.auth).json["pending"] == 0
+    stats = client.get(f"{mine}/deliveries/stats", headers=other.auth).json
+    assert (stats["pending"], stats["delivered"], stats["skipped"]["total"], stats["dead"]["total"]) == (0, 0, 0, 0)
 
 
 # -- (b) tokens stored as digests, compared in constant time ----------------------------------------
