@@ -4,7 +4,8 @@ Amplitude-compatible sink with fault injection, under a steady event load from t
 Every scenario ends with the same check (`Bridge.converge_and_check`): once nothing is pending, the
 sink has ingested exactly the accepted events whose user was resolvable, each insert_id counted once,
 and every other accepted event is in the delivery stats with its reason. Time is compressed
-(`WORKER_ENV`): backoffs of a tenth of a second, a one-second throttle pause and client timeout.
+(`WORKER_ENV`): backoffs of a tenth of a second, a one-second throttle pause and client timeout, and
+cohort batches re-queued by the sweep two seconds after their job or run was lost.
 Run with `-s` to see one summary line per scenario; BRIDGE_FAULT_REPORT=path also writes them as JSON.
 """
 from __future__ import annotations
@@ -332,7 +333,7 @@ def test_cohort_batches_retried_reordered_and_a_worker_killed(bridge):
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                     "AND wait_event_type = 'Lock' AND query ILIKE 'UPDATE cohorts %%'").fetchone()[0] == 1
 
-        # 60 s: a run that found nothing to claim leaves the batch to the sweep, 30 s after it arrived.
+        # A run that found nothing to claim leaves the batch to the sweep, COHORT_RESCHEDULE_SECONDS after it arrived.
         wait_until(claimed_but_not_applied, 60, "the worker to start applying the batch")
         retried = batch("enter-b", range(5000, 6000), True, t1)
         post(retried)
@@ -347,7 +348,8 @@ def test_cohort_batches_retried_reordered_and_a_worker_killed(bridge):
     load.stop()
 
     wait_until(lambda: len(syncs()) == 5 and all(s["processed_at"] for s in syncs()), 90,
-               "every batch to be applied (the killed one after the sweep re-queues it, 30 s after it arrived)")
+               "every batch to be applied (the killed one once the sweep re-queues it, COHORT_RESCHEDULE_SECONDS "
+               "after the dead run claimed it)")
     history = {s["message_id"]: s for s in syncs()}
     report = httpx.get(f"{base}/cohorts/faults", headers=api, timeout=10).json()
     unmatched, page = [], {"next": None}

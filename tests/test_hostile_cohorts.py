@@ -299,7 +299,7 @@ def test_a_worker_kept_for_delivery_delivers_while_cohort_work_is_stuck_and_a_ki
     """Real processes: `bridge web`, `bridge worker --queues cohorts` and `bridge worker --queues delivery`.
     A cohort batch stuck on a lock holds the cohorts worker; another app's event still reaches Amplitude.
     While that run lives, nothing starts the batch again; once it is SIGKILLed, the run is counted, and
-    the batch is claimed again after CLAIM_GRACE and applied, once."""
+    the batch is claimed again after COHORT_RESCHEDULE_SECONDS and applied, once."""
     truncate(postgresql_url)
     env = {"DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url, "SECRET_KEY": SECRET_KEY,
            "AMPLITUDE_BASE_URL": sink.url, "SWEEP_INTERVAL_SECONDS": "0.3", "DELIVERY_LINGER_SECONDS": "0", "LOG_LEVEL": "INFO"}
@@ -336,9 +336,9 @@ def test_a_worker_kept_for_delivery_delivers_while_cohort_work_is_stuck_and_a_ki
             cohort_worker.signal(signal.SIGKILL)
             cohort_worker.wait(10)
         assert (batch(stuck).state, batch(stuck).attempts) == ("received", 1)  # the killed run counts
-        with freeze_time(claimed.claimed_at + jobs.CLAIM_GRACE - timedelta(seconds=1)):
+        with freeze_time(claimed.claimed_at + jobs.reschedule_after(runtime) - timedelta(seconds=1)):
             assert jobs.schedule_unprocessed(runtime) == 0  # a claim just made is left to its run
-        with freeze_time(claimed.claimed_at + jobs.CLAIM_GRACE + timedelta(seconds=1)):
+        with freeze_time(claimed.claimed_at + jobs.reschedule_after(runtime) + timedelta(seconds=1)):
             assert jobs.schedule_unprocessed(runtime) == 1  # its run is gone: no lock holds the batch
             runtime.runner.run_pending()
         applied = batch(stuck)
