@@ -57,8 +57,8 @@ def test_the_sink_help_names_its_command_and_documents_its_control_paths(cli):
     result = cli.invoke(main, ["sink", "--help"])
     assert result.exit_code == 0
     assert result.output.startswith("usage: bridge sink ")
-    for path in ("/_sink/faults", "/_sink/throttle", "/_sink/reset", "/_sink/stats", "/_sink/events", "/_sink/arrivals",
-                 "POST /2/httpapi, POST /batch"):
+    for path in ("/_sink/faults", "/_sink/throttle", "/_sink/reset", "/_sink/stats", "/_sink/events", "/_sink/requests",
+                 "/_sink/arrivals", "POST /2/httpapi, POST /batch"):
         assert path in result.output
 
 

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import httpx
 import psycopg
@@ -27,7 +28,7 @@ from bridge.settings import Settings
 from support.databases import libpq_url, truncate, unavailable
 from support.factories import channel_record, cohort_batch, new_tenant
 from support.faults import USERS, WORKER_ENV, Bridge, PrivateRedis, claimers, hold_delivery, restart_postgresql
-from support.processes import SECRET_KEY, parse_log_line, start_web, wait_until
+from support.processes import SECRET_KEY, start_web, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -101,7 +102,8 @@ def test_sigterm_during_a_batch_exits_within_herokus_30s(bridge):
     bridge.wait_delivering()
     bridge.sink.add_faults([{"status": 413, "delay": 2}])
     bridge.wait_in_flight()
-    sent = time.monotonic()
+    in_hand = bridge.rq_worker(worker)  # its jobs so far; the one in hand cannot end before the 413 comes
+    sent, sent_at = time.monotonic(), time.time()
     worker.signal(signal.SIGTERM)
     try:
         code = worker.wait(30)
@@ -109,14 +111,15 @@ def test_sigterm_during_a_batch_exits_within_herokus_30s(bridge):
         pytest.fail(f"the worker was still running 30 s after SIGTERM:\n{worker.output()[-3000:]}")
     took = time.monotonic() - sent
     bridge.faults["sigterm"] += 1
-    log = worker.output()
-    after = log[log.index("warm shut down requested"):]
-    assert code == 0, log[-3000:]
+    requests = bridge.sink.requests()
+    ended = bridge.rq_record_after_exit(in_hand)
+    assert code == 0, worker.output()[-3000:]
     assert took > 1, "the worker exited without waiting for the answer to the batch in hand"
-    sent_lines = [parse_log_line(line, "text")["msg"] for line in after.splitlines() if "/2/httpapi" in line]
-    statuses = [line.rsplit('"', 2)[-2].split()[1] for line in sent_lines]  # httpx's `... "HTTP/1.1 413 ..."`
-    assert statuses == ["413", "200", "200"], after[-3000:]  # the batch in hand, then its two halves
-    assert ": bridge: bridge.delivery.pusher.drain_app(" not in after, "the worker took another job after SIGTERM"
+    assert [r["status"] for r in requests if r["at"] < sent_at][-1:] == [413], requests[-5:]  # the batch in hand
+    assert [r["status"] for r in requests if r["at"] >= sent_at] == [200, 200], requests[-5:]  # and its two halves
+    jobs_before = in_hand.successful_job_count + in_hand.failed_job_count
+    assert ended is not None and ended.successful_job_count + ended.failed_job_count == jobs_before + 1, \
+        "the worker took another job after SIGTERM"
     bridge.start_worker()
     summary = bridge.converge_and_check(load, sigterm_exit_seconds=round(took, 2))
     assert summary["sink_duplicates_ignored"] == 0
@@ -138,16 +141,19 @@ def test_redis_flushed_then_killed_and_restarted(bridge):
     bridge.redis.kill()
     bridge.faults["redis_kill9"] += 1
     load.wait_for_events(500)  # the platform posts on while Redis is down
-    up = time.monotonic()
+    up, restarted_at = time.monotonic(), datetime.now(UTC)
     bridge.redis.restart()
     while_down = [status for at, status in load.attempt_log if down < at < up]
     bridge.wait_delivering(300)
+    # Redis kept nothing: a worker RQ lists now is an RQ loop started again in a surviving process.
+    restarted = wait_until(lambda: [w for w in bridge.rq_workers().values() if w.birth_date >= restarted_at], 30,
+                           "a worker's RQ loop to start again on the new Redis")
     exited = [w for w in workers if w.popen.poll() is not None]
     bridge.converge_and_check(load, web_answers_while_redis_down=len(while_down),
-                              workers_exited=len(exited))
+                              workers_exited=len(exited), rq_loops_restarted=len(restarted))
     assert while_down and set(while_down) == {202}, while_down
     assert not exited, "a worker did not survive the Redis restart:\n" + exited[0].output()[-3000:]
-    assert any("starting it again" in w.output() for w in workers)  # the mid-batch worker's RQ loop was restarted
+    assert {w.pid for w in restarted} <= {w.popen.pid for w in workers}, restarted
 
 
 def test_postgresql_restarts_drop_every_connection(bridge):
@@ -273,17 +279,18 @@ def test_two_workers_drain_the_same_app(bridge):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     workers = [bridge.start_worker(DELIVERY_BATCH_SIZE="100") for _ in range(2)]
-    wait_until(lambda: all("Listening on" in w.output() for w in workers), 30, "both workers to listen")
+    registered = [bridge.rq_worker(w) for w in workers]  # both RQ loops are up before the backlog is released
     hold_delivery(bridge.database_url, bridge.app_id, False)
     bridge.wait_delivering(2500)
     watching.set()
     watcher.join()
     load.stop()
     wait_until(lambda: (bridge.stats() or {}).get("pending") == 0, 60, "the outbox to drain")
-    batches = [w.output().count("/2/httpapi") for w in workers]
-    summary = bridge.converge_and_check(load, most_concurrent_claims=most, batches_per_worker=batches)
+    records = bridge.rq_workers()
+    jobs = [records[w.pid].successful_job_count if w.pid in records else 0 for w in registered]
+    summary = bridge.converge_and_check(load, most_concurrent_claims=most, drain_jobs_per_worker=jobs)
     assert most >= 2, "the two workers never held claims at the same time"
-    assert all(batches), batches
+    assert all(jobs), jobs  # each worker finished drains of the backlog
     assert summary["sink_duplicates_ignored"] == 0
 
 
@@ -322,7 +329,7 @@ def test_cohort_batches_retried_reordered_and_a_worker_killed(bridge):
 
     with psycopg.connect(libpq_url(bridge.database_url)) as blocker:
         blocker.execute("SELECT 1 FROM cohorts WHERE app_id = %s AND cohort_id = 'faults' FOR UPDATE", (bridge.app_id,))
-        killed = post(batch("enter-a", range(0, 5000), True, t1))["batch_id"]
+        post(batch("enter-a", range(0, 5000), True, t1))
 
         def claimed_but_not_applied():
             """The worker's run waits on the cohort row's lock: it has claimed the batch and holds the

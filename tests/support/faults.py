@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from redis import Redis
+from rq import Worker
 
 from bridge import mapping
 from bridge.amplitude.sink import AmplitudeSink
@@ -295,6 +297,22 @@ class Bridge:
 
     def alive_workers(self) -> list[Process]:
         return [w for w in self.workers if w.popen.poll() is None]
+
+    def rq_workers(self) -> dict[int, Worker]:
+        """RQ's registry of the workers on this scenario's Redis, by process id: each started RQ loop
+        registers itself (name, birth, the jobs it finished or failed) before it takes a job."""
+        with Redis.from_url(self.redis.url, socket_timeout=5) as redis:
+            return {worker.pid: worker for worker in Worker.all(connection=redis)}
+
+    def rq_worker(self, process: Process, timeout: float = 30) -> Worker:
+        """RQ's record of the worker loop running in `process`, once it has registered."""
+        return wait_until(lambda: self.rq_workers().get(process.popen.pid), timeout,
+                          f"the worker (pid {process.popen.pid}) to register with RQ")
+
+    def rq_record_after_exit(self, worker: Worker) -> Worker | None:
+        """RQ's record of a worker loop that has ended: RQ keeps it 60 s, with its death and job counts."""
+        with Redis.from_url(self.redis.url, socket_timeout=5) as redis:
+            return Worker.find_by_key(worker.key, connection=redis)
 
     def stats(self) -> dict | None:
         try:
