@@ -14,6 +14,8 @@ from support import ROOT
 # The fairness figure's command as the README shows it (tests/test_readme_commands.py checks it is shown).
 README_FAIRNESS = "bin/bench --only fairness"
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.usefixtures("postgresql_url")
 def test_the_benchmark_suite_runs_on_tiny_sizes(redis_url):

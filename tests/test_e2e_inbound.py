@@ -12,7 +12,7 @@ from support.databases import libpq_url, truncate
 from support.factories import cohort_batch, event_item
 from support.processes import SECRET_KEY, bridge_cli, start_web, start_worker, wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 LEGACY_HEADER = ["id", "identifier", "session_count", "language", "timezone", "game_version", "device_os", "device_type",
                  "device_model", "ad_id", "tags", "last_active", "playtime", "amount_spent", "created_at",

@@ -22,7 +22,7 @@ from support.databases import libpq_url, truncate
 from support.factories import event_items
 from support.processes import BRIDGE, SECRET_KEY, bridge_cli, start_web, start_worker, wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 AMPLITUDE_KEY = "amp-e2e-key"  # the apps' key: the sink's events are read under it, so a wrong key shows
 

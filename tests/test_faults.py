@@ -30,7 +30,7 @@ from support.factories import channel_record, cohort_batch, new_tenant
 from support.faults import USERS, WORKER_ENV, Bridge, PrivateRedis, claimers, hold_delivery, restart_postgresql
 from support.processes import SECRET_KEY, start_web, wait_until
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

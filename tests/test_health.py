@@ -144,6 +144,7 @@ def test_a_database_that_does_not_answer_is_a_503_within_the_statement_timeout(w
     assert answer.json["database"] == "error: canceling statement due to statement timeout"
 
 
+@pytest.mark.slow
 def test_a_new_postgresql_connection_gives_up_after_the_connect_timeout(silent_server):
     """A database host that accepts and never answers (or drops packets) fails the connection, instead of
     holding a request, a job or /healthz for minutes."""

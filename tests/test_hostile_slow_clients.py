@@ -65,6 +65,7 @@ def closed_by_server(connection: socket.socket) -> bool:
         return exc.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("count", [50, 200])
 def test_slow_clients_cannot_starve_the_web_tier(bridge, count):
     web, url, app = bridge

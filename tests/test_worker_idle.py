@@ -46,6 +46,7 @@ def test_the_workers_redis_client_waits_longer_than_its_blpop(redis_url):
         sweeping.close()
 
 
+@pytest.mark.slow
 def test_an_event_posted_to_an_idle_worker_reaches_amplitude_within_2_seconds(postgresql_url, redis_url, tmp_path):
     truncate(postgresql_url)
     db = int(redis_url.rsplit("/", 1)[1])
