@@ -56,6 +56,7 @@ class Settings:
     cohort_max_body_bytes: int = variable("COHORT_MAX_BODY_BYTES")
     cohort_max_users_per_batch: int = variable("COHORT_MAX_USERS_PER_BATCH")
     cohort_max_concurrent_bodies: int = variable("COHORT_MAX_CONCURRENT_BODIES")
+    cohort_reschedule_seconds: int = variable("COHORT_RESCHEDULE_SECONDS")
     auth_cache_seconds: float = variable("AUTH_CACHE_SECONDS")
     intake_max_queued_events: int = variable("INTAKE_MAX_QUEUED_EVENTS")
     intake_max_wait_seconds: float = variable("INTAKE_MAX_WAIT_SECONDS")
@@ -117,6 +118,7 @@ class Settings:
                                                  + COHORT_ENVELOPE_BYTES, low=1024),
             cohort_max_users_per_batch=cohort_users,
             cohort_max_concurrent_bodies=reader.integer("COHORT_MAX_CONCURRENT_BODIES", 2, low=1, high=64),
+            cohort_reschedule_seconds=reader.integer("COHORT_RESCHEDULE_SECONDS", 30, low=1, high=3600),
             auth_cache_seconds=reader.number("AUTH_CACHE_SECONDS", 5.0, low=0),
             intake_max_queued_events=reader.integer("INTAKE_MAX_QUEUED_EVENTS", 20_000, low=1),
             intake_max_wait_seconds=reader.number("INTAKE_MAX_WAIT_SECONDS", 1.0, low=0.01),

@@ -16,7 +16,7 @@ import pytest
 
 from bridge import logs
 from bridge.settings import LOG_FORMATS
-from processes import BRIDGE, ROOT, SECRET_KEY, free_port, log_records, parse_log_line, start_web, wait_until
+from support.processes import BRIDGE, ROOT, SECRET_KEY, free_port, log_records, parse_log_line, start_web, wait_until
 
 UNKNOWN_APP = "no-such-app"
 

@@ -5,6 +5,7 @@ import gzip
 import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from http.client import HTTPConnection
 from urllib.parse import urlsplit
@@ -285,6 +286,23 @@ def test_reset_fault_drops_the_connection(sink, http):
     assert len(sink.events()) == 1
 
 
+def test_every_request_is_logged_with_its_path_arrival_and_answer(sink, http):
+    sink.add_faults([{"status": 413}, {"reset": True}])
+    before = time.time()
+    assert post(http, body([event()])).status_code == 413
+    with pytest.raises(httpx.TransportError):
+        post(http, body([event()]), path="/batch")
+    assert post(http, body([event()])).status_code == 200
+    after = time.time()
+
+    log = sink.requests()
+    assert [(r["path"], r["status"]) for r in log] == [("/2/httpapi", 413), ("/batch", None), ("/2/httpapi", 200)]
+    assert before <= log[0]["at"] <= log[1]["at"] <= log[2]["at"] <= after
+    assert http.get("/_sink/requests").json() == log
+    sink.reset()
+    assert sink.requests() == []
+
+
 def test_delay_fault_outlasts_a_client_timeout(sink):
     sink.add_faults([{"status": 503, "delay": 0.3}])
 
@@ -352,7 +370,7 @@ def test_without_recording_events_counters_and_dedup_still_work():
     with AmplitudeSink(record_events=False) as sink, httpx.Client(base_url=sink.url) as http:
         post(http, body([event(insert_id="a"), event(insert_id="a"), event()]))
 
-        assert sink.events() == []
+        assert sink.events() == [] and sink.requests() == []
         assert (sink.stats()["events_ingested"], sink.stats()["duplicates"]) == (2, 1)
 
 

@@ -5,7 +5,6 @@ import json
 from datetime import timedelta
 
 import pytest
-from click.testing import CliRunner
 from freezegun import freeze_time
 from sqlalchemy import select
 
@@ -13,13 +12,7 @@ from bridge.apps.models import App, AppToken
 from bridge.apps.service import AppConfigError, create_app_record, rotate_token
 from bridge.cli import main
 from bridge.db import utcnow
-
-
-@pytest.fixture
-def cli(settings_env, monkeypatch):
-    for key, value in settings_env.items():
-        monkeypatch.setenv(key, value)
-    return CliRunner()
+from support.factories import event_item, new_tenant
 
 
 def test_cli_creates_an_app_and_prints_its_tokens_once(cli, runtime):
@@ -64,17 +57,16 @@ def test_the_sink_help_names_its_command_and_documents_its_control_paths(cli):
     result = cli.invoke(main, ["sink", "--help"])
     assert result.exit_code == 0
     assert result.output.startswith("usage: bridge sink ")
-    for path in ("/_sink/faults", "/_sink/throttle", "/_sink/reset", "/_sink/stats", "/_sink/events", "/_sink/arrivals",
-                 "POST /2/httpapi, POST /batch"):
+    for path in ("/_sink/faults", "/_sink/throttle", "/_sink/reset", "/_sink/stats", "/_sink/events", "/_sink/requests",
+                 "/_sink/arrivals", "POST /2/httpapi, POST /batch"):
         assert path in result.output
 
 
 def test_the_api_key_is_a_bearer_token_for_its_own_app_only(client, runtime, tenant):
-    with runtime.session() as session:
-        _, other = create_app_record(session, name="Other", amplitude_api_key="other-key")
+    other = new_tenant(runtime, "Other")
     url = f"/v1/apps/{tenant.app_id}/deliveries/stats"
     assert client.get(url, headers=tenant.auth).status_code == 200
-    assert client.get(url, headers={"Authorization": f"Bearer {other.api_key}"}).status_code == 401
+    assert client.get(url, headers=other.auth).status_code == 401
 
 
 def test_rotation_keeps_the_old_token_valid_for_the_grace_period(client, runtime, tenant):
@@ -121,9 +113,7 @@ def test_an_apps_enabled_kinds_reach_the_intake_within_the_auth_cache_delay(clie
     from bridge.apps.service import update_app
 
     def post(i: int):
-        item = {"event": {"id": f"e{i}", "kind": "message.push.sent", "timestamp": 1763856000, "subscription_id": "s",
-                          "external_id": "u"}, "message": {"id": "m", "name": "n"}}
-        return client.post(f"/v1/apps/{tenant.app_id}/events", json=item, headers=tenant.auth).json
+        return client.post(f"/v1/apps/{tenant.app_id}/events", json=event_item(f"e{i}"), headers=tenant.auth).json
 
     with freeze_time(utcnow()) as frozen:
         assert post(1)["accepted"] == 1

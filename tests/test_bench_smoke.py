@@ -8,17 +8,19 @@ import sys
 
 import pytest
 
-from conftest import ROOT_DIR
+from support import ROOT
 
 
 # The fairness figure's command as the README shows it (tests/test_readme_commands.py checks it is shown).
 README_FAIRNESS = "bin/bench --only fairness"
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.usefixtures("postgresql_url")
 def test_the_benchmark_suite_runs_on_tiny_sizes(redis_url):
-    done = subprocess.run([sys.executable, "-m", "bench", "--quick"], cwd=ROOT_DIR, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT_DIR), "BRIDGE_BENCH_REDIS_URL": redis_url})
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "BRIDGE_BENCH_REDIS_URL": redis_url})
     assert done.returncode == 0, done.stderr[-3000:]
     for figure in ("intake, durable", "delivery, 2 workers", "official SDK, defaults", "end to end at 2,000 events/s",
                    "single event, recurring subscriptions", "single event p50 / p90 / p99", "web CPU per single-event request",
@@ -34,7 +36,7 @@ def test_the_benchmark_suite_runs_on_tiny_sizes(redis_url):
 @pytest.mark.usefixtures("postgresql_url")
 def test_the_readme_fairness_command_runs_as_written(redis_url):
     """`bin/bench` itself (it installs the bench extras first), on tiny sizes (BRIDGE_BENCH_QUICK=1)."""
-    done = subprocess.run(README_FAIRNESS.split(), cwd=ROOT_DIR, capture_output=True, text=True, timeout=600,
+    done = subprocess.run(README_FAIRNESS.split(), cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "BRIDGE_BENCH_QUICK": "1", "BRIDGE_BENCH_REDIS_URL": redis_url})
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| fairness")]

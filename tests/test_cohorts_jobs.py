@@ -11,12 +11,14 @@ from sqlalchemy import select
 from bridge.cohorts import jobs
 from bridge.cohorts.models import CohortBatch
 from bridge.db import utcnow
+from bridge.runtime import Runtime
+from bridge.settings import Settings
+from support.factories import cohort_batch, store_cohort_batch
 
 
 def test_a_failing_batch_keeps_its_error_and_is_marked_failed_after_the_last_attempt(client, tenant, runtime, monkeypatch):
-    body = {"cohort_name": "Churn risk", "cohort_id": "c1", "in_cohort": True, "computed_time": "1763856000",
-            "message_id": "m1", "users": [{"user_id": "user-1", "user_properties": {}}]}
-    assert client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=body, headers=tenant.cohort_auth).status_code == 200
+    assert client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_batch(cohort_id="c1"),
+                       headers=tenant.cohort_auth).status_code == 200
 
     def database_trouble(*args, **kwargs):
         raise RuntimeError("deadlock detected")
@@ -42,9 +44,7 @@ class WorkerKilled(BaseException):
 
 def test_a_run_killed_mid_batch_still_counts_and_the_batch_fails_after_the_last_attempt(client, tenant, runtime,
                                                                                       monkeypatch):
-    body = {"cohort_name": "Big", "cohort_id": "c1", "in_cohort": True, "computed_time": "1763856000",
-            "message_id": "m1", "users": [{"user_id": "user-1"}]}
-    assert client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=body,
+    assert client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_batch(cohort_id="c1"),
                        headers=tenant.cohort_auth).status_code == 200
     with runtime.session() as session:
         batch_id = session.scalars(select(CohortBatch.id)).one()
@@ -73,3 +73,30 @@ def test_a_run_killed_mid_batch_still_counts_and_the_batch_fails_after_the_last_
         batch = session.get(CohortBatch, batch_id)
     assert (batch.state, batch.attempts) == ("failed", jobs.MAX_ATTEMPTS)
     assert batch.error.startswith(f"Gave up after {jobs.MAX_ATTEMPTS} runs; the last one never finished.")
+
+
+def test_the_sweep_waits_cohort_reschedule_seconds_after_arrival_and_after_a_dead_runs_claim(settings_env, tenant,
+                                                                                           monkeypatch):
+    """COHORT_RESCHEDULE_SECONDS (5 here) is how long a batch is left to its job, and on PostgreSQL to a
+    run that claimed it; SQLite, without row locks, leaves a claim alone for CLAIM_LEASE."""
+    runtime = Runtime(Settings.from_env({**settings_env, "COHORT_RESCHEDULE_SECONDS": "5"}))
+
+    def killed(*args, **kwargs):
+        raise WorkerKilled
+
+    monkeypatch.setattr(jobs, "apply_batch", killed)
+    try:
+        with freeze_time(utcnow()) as clock:
+            store_cohort_batch(runtime, tenant.app_id, "m1", ["user-1"])  # its job is lost
+            clock.tick(timedelta(seconds=4))
+            assert jobs.schedule_unprocessed(runtime) == 0
+            clock.tick(timedelta(seconds=2))
+            assert jobs.schedule_unprocessed(runtime) == 1
+            with pytest.raises(WorkerKilled):  # the run claims the batch and dies
+                runtime.runner.run_pending()
+            clock.tick(timedelta(seconds=4))
+            assert jobs.schedule_unprocessed(runtime) == 0
+            clock.tick(timedelta(seconds=2))
+            assert jobs.schedule_unprocessed(runtime) == (0 if runtime.settings.is_sqlite else 1)
+    finally:
+        runtime.close()

@@ -11,23 +11,12 @@ from sqlalchemy import select
 from bridge.cohorts import membership
 from bridge.cohorts.jobs import process_batch
 from bridge.cohorts.models import Cohort, CohortBatch, CohortMember
-from bridge.cohorts.schemas import BatchUsers
-from bridge.cohorts.webhook import store_batch
-
-COHORT = "7b2k9xq"
-
-
-def store(runtime, tenant, message_id: str, in_cohort: bool, computed_time: int, user_ids: list[str],
-          name: str = "Churn risk") -> int:
-    body = {"cohort_id": COHORT, "cohort_name": name, "message_id": message_id, "in_cohort": in_cohort,
-            "computed_time": computed_time, "users": BatchUsers(user_ids)}
-    with runtime.session() as session:
-        return store_batch(session, tenant.app_id, body).batch_id
-
+from support.factories import COHORT_ID, store_cohort_batch
 
 def apply(runtime, tenant, message_id, in_cohort, computed_time, user_ids) -> CohortBatch:
     """Store and apply one batch; returns the batch as recorded."""
-    batch_id = store(runtime, tenant, message_id, in_cohort, computed_time, user_ids)
+    batch_id = store_cohort_batch(runtime, tenant.app_id, message_id, user_ids, in_cohort=in_cohort,
+                                  computed_time=computed_time)
     process_batch(batch_id, runtime=runtime)
     with runtime.session() as session:
         return session.get(CohortBatch, batch_id)
@@ -91,7 +80,8 @@ BATCHES = [
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(len(BATCHES))))[::17])
 def test_any_processing_order_ends_in_the_same_state(runtime, tenant, order):
-    ids = [store(runtime, tenant, *BATCHES[i]) for i in order]
+    ids = [store_cohort_batch(runtime, tenant.app_id, message_id, user_ids, in_cohort=in_cohort, computed_time=at)
+           for message_id, in_cohort, at, user_ids in (BATCHES[i] for i in order)]
     for batch_id in ids:
         process_batch(batch_id, runtime=runtime)
 
@@ -127,7 +117,7 @@ def test_large_batches_are_applied_in_chunks(runtime, tenant, monkeypatch):
 
 
 def test_processing_twice_is_harmless(runtime, tenant):
-    batch_id = store(runtime, tenant, "m1", True, 100, ["a", "b"])
+    batch_id = store_cohort_batch(runtime, tenant.app_id, "m1", ["a", "b"], computed_time=100)
 
     assert process_batch(batch_id, runtime=runtime).entered == 2
     assert process_batch(batch_id, runtime=runtime) is None
@@ -138,13 +128,13 @@ def test_processing_twice_is_harmless(runtime, tenant):
 
 def test_applying_a_batch_stamps_the_cohort_and_the_batch(runtime, tenant):
     with freeze_time("2026-11-20 10:00:00"):
-        batch_id = store(runtime, tenant, "m1", True, 100, ["a"])
+        batch_id = store_cohort_batch(runtime, tenant.app_id, "m1", ["a"], computed_time=100)
     with freeze_time("2026-11-20 10:00:03"):
-        store(runtime, tenant, "m2", True, 200, ["b"], name="Churn risk (renamed)")
+        store_cohort_batch(runtime, tenant.app_id, "m2", ["b"], computed_time=200, cohort_name="Churn risk (renamed)")
         process_batch(batch_id, runtime=runtime)
 
     with runtime.session() as session:
-        cohort = session.get(Cohort, (tenant.app_id, COHORT))
+        cohort = session.get(Cohort, (tenant.app_id, COHORT_ID))
         batch = session.get(CohortBatch, batch_id)
     applied_at = datetime(2026, 11, 20, 10, 0, 3, tzinfo=UTC)
     assert (cohort.created_at, cohort.updated_at) == (datetime(2026, 11, 20, 10, 0, tzinfo=UTC), applied_at)

@@ -10,25 +10,21 @@ import psycopg
 import pytest
 from sqlalchemy import insert, update
 
-from bridge.apps.service import create_app_record
 from bridge.cohorts import report
 from bridge.cohorts.jobs import process_batch
-from bridge.cohorts.schemas import BatchUsers
-from bridge.cohorts.webhook import store_batch
 from bridge.registry.importer import import_subscriptions
 from bridge.registry.models import Subscription
-from conftest import FIXTURES
+from support import FIXTURES
+from support.factories import COHORT_ID as COHORT
+from support.factories import cohort_batch, new_tenant, store_cohort_batch
 
-COHORT = "7b2k9xq"
 BASE = "/v1/apps/{}/cohorts"
 
 
 def sync(runtime, app_id: str, message_id: str, in_cohort: bool, computed_time: int, user_ids, cohort=COHORT):
-    body = {"cohort_id": cohort, "cohort_name": "Churn risk", "message_id": message_id, "in_cohort": in_cohort,
-            "computed_time": computed_time, "users": BatchUsers(list(user_ids))}
-    with runtime.session() as session:
-        batch_id = store_batch(session, app_id, body).batch_id
-    process_batch(batch_id, runtime=runtime)
+    """Store one batch of `cohort` and apply it."""
+    process_batch(store_cohort_batch(runtime, app_id, message_id, user_ids, in_cohort=in_cohort,
+                                     computed_time=computed_time, cohort_id=cohort), runtime=runtime)
 
 
 def add_records(runtime, app_id: str, *records: tuple[str | None, str, bool | None]):
@@ -46,9 +42,7 @@ def add_records(runtime, app_id: str, *records: tuple[str | None, str, bool | No
 
 @pytest.fixture
 def other_app(runtime):
-    with runtime.session() as session:
-        record, issued = create_app_record(session, name="Other", amplitude_api_key="amp-other-" + uuid.uuid4().hex[:6])
-    return record.id, issued.api_key
+    return new_tenant(runtime, "Other")
 
 
 @pytest.fixture
@@ -65,7 +59,7 @@ def dataset(runtime, tenant, other_app):
                 ("u6", "email", True), ("u6", "email", True),
                 ("u7", "push", True),
                 (None, "push", True), ("", "email", True))
-    add_records(runtime, other_app[0], ("u1", "push", True), ("u5", "push", True), ("u4", "sms", True))
+    add_records(runtime, other_app.app_id, ("u1", "push", True), ("u5", "push", True), ("u4", "sms", True))
 
 
 def get(client, tenant, path="", **params):
@@ -244,8 +238,7 @@ def test_a_cohort_where_every_user_has_one_subscribed_record_needs_no_explanatio
 
 def webhook(client, tenant, message_id: str, in_cohort: bool, users: list) -> None:
     """Post one batch to the cohort webhook, as Amplitude does."""
-    body = {"cohort_id": COHORT, "cohort_name": "Churn risk", "in_cohort": in_cohort, "computed_time": "1764201600",
-            "message_id": message_id, "users": users}
+    body = cohort_batch(users, message_id=message_id, in_cohort=in_cohort, computed_time=1764201600)
     response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=body, headers=tenant.cohort_auth)
     assert response.status_code == 200, response.get_json()
 
@@ -359,14 +352,14 @@ def test_unknown_cohort_is_404(client, tenant, path):
 
 
 def test_an_apps_key_does_not_read_another_apps_cohorts(client, runtime, tenant, other_app):
-    other_id, other_key = other_app
+    other_id = other_app.app_id
     sync(runtime, other_id, "enter", True, 100, ["u1"])
 
     assert client.get(BASE.format(other_id) + f"/{COHORT}", headers=tenant.auth).status_code == 401
     assert client.get(BASE.format(other_id), headers=tenant.auth).status_code == 401
     assert get(client, tenant, f"/{COHORT}").status_code == 404
     assert client.get(BASE.format(other_id) + f"/{COHORT}",
-                      headers={"Authorization": f"Bearer {other_key}"}).status_code == 200
+                      headers=other_app.auth).status_code == 200
 
 
 def test_the_cohort_token_does_not_read(client, tenant, dataset):

@@ -3,22 +3,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
 from datetime import timedelta
-from pathlib import Path
 
 import orjson
 import pytest
 from freezegun import freeze_time
 from sqlalchemy import func, select
 
-from bridge.apps.service import create_app_record
 from bridge.cohorts import jobs, membership
 from bridge.cohorts.models import PROCESSED, RECEIVED, Cohort, CohortBatch, CohortMember
 from bridge.db import utcnow
 from bridge.maintenance import sweep
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+from support import FIXTURES
+from support.factories import new_tenant
 
 URL = "/v1/apps/{}/amplitude/cohorts"
 
@@ -119,10 +116,8 @@ def test_the_api_key_is_not_a_cohort_token(client, runtime, tenant):
 
 
 def test_another_apps_cohort_token_is_refused(client, runtime, tenant):
-    with runtime.session() as session:
-        _record, issued = create_app_record(session, name="Other", amplitude_api_key="amp-other-" + uuid.uuid4().hex[:6])
-    response = post(client, tenant, fixture("cohort-entered.json"),
-                    headers={"Authorization": f"Bearer {issued.cohort_token}"})
+    other = new_tenant(runtime, "Other")
+    response = post(client, tenant, fixture("cohort-entered.json"), headers=other.cohort_auth)
     assert response.status_code == 401
 
 

@@ -9,19 +9,13 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import select
 
-from bridge.amplitude.sink import AmplitudeSink
 from bridge.apps.models import App
 from bridge.apps.service import update_app
 from bridge.db import utcnow
 from bridge.delivery.models import OutboxEvent
 from bridge.delivery.pusher import Pusher, drain_app
 from bridge.delivery.replay import replay
-
-
-@pytest.fixture
-def sink():
-    with AmplitudeSink() as server:
-        yield server
+from support.factories import MESSAGE, OMIT, event_items
 
 
 @pytest.fixture
@@ -33,12 +27,7 @@ def settings_env(database_url, sink):
     }
 
 
-def events(n: int, start: int = 0, users: int = 5, contents: str = "Hello") -> list[dict]:
-    return [{
-        "event": {"id": f"evt-{i}", "kind": "message.push.sent", "timestamp": 1763856000 + i,
-                  "subscription_id": f"sub-{i % 11:04d}", "external_id": f"user-{i % users}"},
-        "message": {"id": "msg-1", "name": "Campaign", "title": "Hi", "contents": contents},
-    } for i in range(start, start + n)]
+LONG_MESSAGE = {**MESSAGE, "contents": {"en": "x" * 1000}}  # ~1.3 KB an event, as sent to Amplitude
 
 
 def accept(client, tenant, items: list[dict]) -> None:
@@ -75,7 +64,7 @@ def received_ids(sink) -> list[str]:
 
 
 def test_events_reach_amplitude_once_in_batches_of_at_most_2000(client, tenant, runtime, sink):
-    accept(client, tenant, events(4500))
+    accept(client, tenant, event_items(4500))
     assert runtime.runner.run_pending() >= 1
     assert sorted(received_ids(sink)) == sorted(f"evt-{i}" for i in range(4500))
     assert sink.stats()["requests"] == {200: 3}  # 2,000 + 2,000 + 500
@@ -85,7 +74,7 @@ def test_events_reach_amplitude_once_in_batches_of_at_most_2000(client, tenant, 
 
 
 def test_requests_stay_under_one_megabyte(client, tenant, runtime, sink):
-    accept(client, tenant, events(2000, contents="x" * 1000))  # ~1.3 KB each: 2,000 would be ~2.6 MB
+    accept(client, tenant, event_items(2000, message=LONG_MESSAGE))  # ~1.3 KB each: 2,000 would be ~2.6 MB
     runtime.runner.run_pending()
     stats = sink.stats()
     assert stats["requests"].get(413) is None and stats["requests"][200] >= 3
@@ -96,7 +85,7 @@ def test_between_the_requests_of_a_batch_every_event_is_seen_waiting_or_delivere
                                                                                    monkeypatch):
     """On SQLite each request's outcome commits on its own: the app's delivered total commits with it, so a
     reader (the stats, `bin/demo`) never finds delivered events gone from the outbox but not yet counted."""
-    accept(client, tenant, events(2000, contents="x" * 1000))  # three requests under 1 MB
+    accept(client, tenant, event_items(2000, message=LONG_MESSAGE))  # three requests under 1 MB
     accounted_for = []
     send = runtime.amplitude.send
 
@@ -112,7 +101,7 @@ def test_between_the_requests_of_a_batch_every_event_is_seen_waiting_or_delivere
 
 
 def test_400_drops_only_the_events_amplitude_names(client, tenant, runtime, sink):
-    accept(client, tenant, events(6))
+    accept(client, tenant, event_items(6))
     sink.add_faults([{"status": 400, "body": {"code": 400, "error": "Invalid field values on some events",
                                              "events_with_invalid_fields": {"time": [1, 4]}}}])
     runtime.runner.run_pending()
@@ -123,7 +112,7 @@ def test_400_drops_only_the_events_amplitude_names(client, tenant, runtime, sink
 
 
 def test_a_400_that_names_no_event_is_bisected_down_to_the_bad_one(client, tenant, runtime, sink):
-    accept(client, tenant, events(4))
+    accept(client, tenant, event_items(4))
     unnamed = {"status": 400, "body": {"code": 400, "error": "Request missing required field"}}
     # whole batch refused, then its first half, then evt-0 alone: evt-0 is dead, the rest delivered
     sink.add_faults([unnamed, unnamed, unnamed])
@@ -133,7 +122,7 @@ def test_a_400_that_names_no_event_is_bisected_down_to_the_bad_one(client, tenan
 
 
 def test_amplitudes_own_validation_is_honoured(client, tenant, runtime, sink):
-    items = events(3)
+    items = event_items(3)
     items[1]["event"]["subscription_id"] = "null"  # a placeholder device id Amplitude refuses
     accept(client, tenant, items)
     runtime.runner.run_pending()
@@ -142,7 +131,7 @@ def test_amplitudes_own_validation_is_honoured(client, tenant, runtime, sink):
 
 def test_invalid_api_key_holds_the_apps_events_until_the_key_is_fixed(client, tenant, runtime, sink):
     sink.api_keys = frozenset({"the-right-key"})
-    accept(client, tenant, events(10))
+    accept(client, tenant, event_items(10))
     runtime.runner.run_pending()
     assert states(runtime) == {"pending": 10}
     stats = client.get(f"/v1/apps/{tenant.app_id}/deliveries/stats", headers=tenant.auth).json
@@ -157,7 +146,7 @@ def test_invalid_api_key_holds_the_apps_events_until_the_key_is_fixed(client, te
 
 
 def test_413_splits_and_resends(client, tenant, runtime, sink):
-    accept(client, tenant, events(10))
+    accept(client, tenant, event_items(10))
     sink.add_faults([{"status": 413}])
     runtime.runner.run_pending()
     assert sink.stats()["requests"] == {413: 1, 200: 2}
@@ -165,7 +154,7 @@ def test_413_splits_and_resends(client, tenant, runtime, sink):
 
 
 def test_429_holds_throttled_users_about_30s_and_sends_the_rest_now(client, tenant, runtime, sink):
-    accept(client, tenant, events(20, users=4))
+    accept(client, tenant, event_items(20, users=4))
     sink.throttle(users={"user-1"}, daily_quota_users={"user-2"})
     with freeze_time(utcnow()) as frozen:
         runtime.runner.run_pending()
@@ -186,7 +175,7 @@ def test_429_holds_throttled_users_about_30s_and_sends_the_rest_now(client, tena
 
 
 def test_5xx_backs_off_exponentially_with_jitter_then_delivers(client, tenant, runtime, sink):
-    accept(client, tenant, events(3))
+    accept(client, tenant, event_items(3))
     sink.add_faults([{"status": 503, "times": 4}])
     pusher = Pusher(runtime, rng=random.Random(7))
     expected = Pusher(runtime, rng=random.Random(7))
@@ -218,7 +207,7 @@ def test_the_backoff_is_capped():
 
 
 def test_past_the_retry_window_events_are_dead_lettered_and_replay_brings_them_back(client, tenant, runtime, sink):
-    accept(client, tenant, events(2))
+    accept(client, tenant, event_items(2))
     sink.add_faults([{"status": 502, "times": 100}])
     with freeze_time(utcnow()) as frozen:
         for _ in range(61):  # 61 minutes of failures: past the one-hour window
@@ -238,7 +227,7 @@ def test_past_the_retry_window_events_are_dead_lettered_and_replay_brings_them_b
 
 
 def test_a_500_that_did_ingest_is_retried_and_counted_once_by_insert_id(client, tenant, runtime, sink):
-    accept(client, tenant, events(5))
+    accept(client, tenant, event_items(5))
     sink.add_faults([{"status": 500, "ingest": True}])
     with freeze_time(utcnow()) as frozen:
         drain_app(tenant.app_id, runtime=runtime)
@@ -251,7 +240,7 @@ def test_a_500_that_did_ingest_is_retried_and_counted_once_by_insert_id(client, 
 
 @pytest.mark.parametrize("fault", [{"reset": True}, {"status": 504, "delay": 2.5}], ids=["reset", "timeout"])
 def test_connection_failures_and_timeouts_are_retried(client, tenant, runtime, sink, fault):
-    accept(client, tenant, events(2))
+    accept(client, tenant, event_items(2))
     sink.add_faults([fault])
     runtime.runner.run_pending()
     row = rows(runtime)["evt-0"]
@@ -263,7 +252,7 @@ def test_connection_failures_and_timeouts_are_retried(client, tenant, runtime, s
 
 
 def test_two_pushers_never_hold_the_same_event(client, tenant, runtime):
-    accept(client, tenant, events(3000))
+    accept(client, tenant, event_items(3000))
     first, second, third = Pusher(runtime), Pusher(runtime), Pusher(runtime)
     with runtime.session() as s1, runtime.session() as s2, runtime.session() as s3:
         a = {c.id for c in first.claims.claim(s1, tenant.app_id, 2000)}
@@ -273,7 +262,7 @@ def test_two_pushers_never_hold_the_same_event(client, tenant, runtime):
 
 
 def test_a_dead_workers_claim_lapses_and_its_events_are_claimed_again(client, tenant, runtime, sink):
-    accept(client, tenant, events(5))
+    accept(client, tenant, event_items(5))
     with runtime.session() as session:
         assert len(Pusher(runtime).claims.claim(session, tenant.app_id, 2000)) == 5
     # the worker "dies" here: its session ends without recording any outcome
@@ -289,13 +278,11 @@ def test_a_dead_workers_claim_lapses_and_its_events_are_claimed_again(client, te
 def test_skipped_events_are_sent_once_the_user_is_known(client, tenant, runtime, sink):
     from bridge.registry.models import Subscription
 
-    items = events(2)
-    for item in items:
-        item["event"]["external_id"] = ""
+    items = event_items(2, external_id="", device_type=OMIT)  # no device type: the registry records nothing yet
     accept(client, tenant, items)
     assert states(runtime) == {"skipped": 2}
     with runtime.session() as session:
-        session.add(Subscription(app_id=tenant.app_id, subscription_id="sub-0000", channel="push", type="AndroidPush",
+        session.add(Subscription(app_id=tenant.app_id, subscription_id="sub-0", channel="push", type="AndroidPush",
                                  external_id="user-zero", subscribed=True))
         session.commit()
         result = replay(session, app_id=tenant.app_id, reason="unresolved_user")
@@ -326,9 +313,9 @@ def lingering(runtime, seconds: float, batch_size: int = 2000):
 
 def test_a_trickle_lingers_so_that_amplitude_gets_one_request_for_many_events(client, tenant, runtime, sink):
     with freeze_time() as clock:
-        accept(client, tenant, events(3))
+        accept(client, tenant, event_items(3))
         clock.tick(timedelta(seconds=0.2))
-        accept(client, tenant, events(2, start=3))
+        accept(client, tenant, event_items(2, start=3))
         patient = lingering(runtime, 1.5)
         wait = FrozenWait(clock)
         report = Pusher(patient, wait=wait).drain(tenant.app_id)
@@ -339,11 +326,11 @@ def test_a_trickle_lingers_so_that_amplitude_gets_one_request_for_many_events(cl
 
 def test_a_full_batch_or_an_old_event_does_not_linger(client, tenant, runtime, sink):
     with freeze_time() as clock:
-        accept(client, tenant, events(4))
+        accept(client, tenant, event_items(4))
         patient = lingering(runtime, 1.5, batch_size=4)
         wait = FrozenWait(clock)
         assert Pusher(patient, wait=wait).drain(tenant.app_id).delivered == 4  # a full batch: sent at once
-        accept(client, tenant, events(1, start=4))
+        accept(client, tenant, event_items(1, start=4))
         clock.tick(timedelta(seconds=2))  # already due for longer than the linger
         assert Pusher(patient, wait=wait).drain(tenant.app_id).delivered == 1
         patient.close()

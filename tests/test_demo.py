@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import subprocess
 
-from processes import ROOT
+import pytest
+
+from support.processes import ROOT
 
 
+@pytest.mark.slow
 def test_the_demo_delivers_every_resolvable_fixture_event_once():
     done = subprocess.run(["bin/demo"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

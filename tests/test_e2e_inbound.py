@@ -8,9 +8,11 @@ import csv
 import httpx
 import pytest
 
-from processes import bridge_cli, start_web, start_worker, wait_until
+from support.databases import libpq_url, truncate
+from support.factories import cohort_batch, event_item
+from support.processes import SECRET_KEY, bridge_cli, start_web, start_worker, wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 LEGACY_HEADER = ["id", "identifier", "session_count", "language", "timezone", "game_version", "device_os", "device_type",
                  "device_model", "ad_id", "tags", "last_active", "playtime", "amount_spent", "created_at",
@@ -46,17 +48,16 @@ def write_legacy_csv(path, records) -> None:
 
 
 def batch(message_id: str, users: range, in_cohort: bool, computed_time: int) -> dict:
-    return {"cohort_name": "Churn risk - 14 days inactive", "cohort_id": "7b2k9xq", "in_cohort": in_cohort,
-            "computed_time": str(computed_time), "message_id": message_id,
-            "users": [{"user_id": f"user-{i:05d}", "user_properties": {"plan": "pro"}} for i in users]}
+    """A webhook body of users `user-{i:05d}` (the import's External User IDs) with their properties."""
+    return cohort_batch([{"user_id": f"user-{i:05d}", "user_properties": {"plan": "pro"}} for i in users],
+                        message_id=message_id, in_cohort=in_cohort, computed_time=computed_time,
+                        cohort_name="Churn risk - 14 days inactive")
 
 
 @pytest.fixture
 def env(postgresql_url, redis_url):
-    from conftest import _truncate
-
-    _truncate(postgresql_url)
-    return {"DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url, "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789",
+    truncate(postgresql_url)
+    return {"DATABASE_URL": libpq_url(postgresql_url), "REDIS_URL": redis_url, "SECRET_KEY": SECRET_KEY,
             "AMPLITUDE_BASE_URL": "http://127.0.0.1:9", "SWEEP_INTERVAL_SECONDS": "0.3", "LOG_LEVEL": "INFO"}
 
 
@@ -74,10 +75,8 @@ def test_cohort_report_equals_the_truth(env, tmp_path):
     worker = start_worker(env, tmp_path / "worker.log")
     try:
         # A user with no record yet shows up in the event stream with a new push subscription.
-        event = {"event": {"id": "e2e-1", "kind": "message.push.received", "timestamp": 1763856000,
-                           "subscription_id": "aaaaaaaa-0000-4000-8000-000000000001",
-                           "subscription_device_type": "AndroidPush", "external_id": "user-00032"},
-                 "message": {"id": "m1", "name": "Hello"}}
+        event = event_item("e2e-1", "message.push.received", "aaaaaaaa-0000-4000-8000-000000000001", "user-00032",
+                           device_type="AndroidPush")
         assert httpx.post(f"{url}{base}/events", json=event, headers=api).status_code == 202
 
         first, second = batch("m::enter::0", range(0, 150), True, 1763856000), batch("m::enter::1", range(150, 300), True, 1763856000)

@@ -17,27 +17,22 @@ import psycopg
 import pytest
 
 from bridge import mapping
-from bridge.amplitude.sink import AmplitudeSink
-from conftest import FIXTURES
-from processes import BRIDGE, bridge_cli, start_web, start_worker, wait_until
+from support import FIXTURES
+from support.databases import libpq_url, truncate
+from support.factories import event_items
+from support.processes import BRIDGE, SECRET_KEY, bridge_cli, start_web, start_worker, wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-
-@pytest.fixture
-def sink():
-    with AmplitudeSink(api_keys={"amp-e2e-key"}) as server:
-        yield server
+AMPLITUDE_KEY = "amp-e2e-key"  # the apps' key: the sink's events are read under it, so a wrong key shows
 
 
 @pytest.fixture
 def env(postgresql_url, redis_url, sink):
-    from conftest import _truncate
-
-    _truncate(postgresql_url)
+    truncate(postgresql_url)
     return {
-        "DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url, "AMPLITUDE_BASE_URL": sink.url,
-        "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789",
+        "DATABASE_URL": libpq_url(postgresql_url), "REDIS_URL": redis_url, "AMPLITUDE_BASE_URL": sink.url,
+        "SECRET_KEY": SECRET_KEY,
         "DELIVERY_LEASE_SECONDS": "2", "SWEEP_INTERVAL_SECONDS": "0.3", "DELIVERY_BACKOFF_BASE_SECONDS": "0.2",
         "DELIVERY_BACKOFF_CAP_SECONDS": "1", "DELIVERY_THROTTLE_PAUSE_SECONDS": "1", "LOG_LEVEL": "INFO",
     }
@@ -45,7 +40,7 @@ def env(postgresql_url, redis_url, sink):
 
 def pending_and_held(database_url: str) -> tuple[int, int]:
     """Pending events, and how many of them a worker holds right now (row-locked by its open claim)."""
-    with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+    with psycopg.connect(libpq_url(database_url)) as conn:
         pending = conn.execute("SELECT count(*) FROM outbox_events WHERE state = 'pending'").fetchone()[0]
         free = conn.execute("SELECT count(*) FROM (SELECT id FROM outbox_events WHERE state = 'pending' "
                             "FOR UPDATE SKIP LOCKED) AS f").fetchone()[0]
@@ -54,15 +49,13 @@ def pending_and_held(database_url: str) -> tuple[int, int]:
 
 
 def generated(n: int) -> list[dict]:
-    return [{"event": {"id": f"gen-{i}", "kind": sorted(mapping.MAPPED_KINDS)[i % 10], "timestamp": 1763856000 + i,
-                       "subscription_id": f"sub-gen-{i % 300:05d}", "subscription_device_type": "AndroidPush",
-                       "external_id": f"user-gen-{i % 300:05d}"},
-             "message": {"id": f"msg-{i % 4}", "name": f"Campaign {i % 4}", "title": "Hi", "contents": {"en": "Hello"}},
-             "data": {"target_id": "cta"}} for i in range(n)]
+    """`n` events of every mapped kind, from 300 users on 300 Android devices."""
+    return event_items(n, prefix="gen", users=300, subscriptions=300, kinds=sorted(mapping.MAPPED_KINDS),
+                       device_type="AndroidPush", data={"target_id": "cta"})
 
 
 def test_every_trackable_event_reaches_amplitude_exactly_once(env, sink, tmp_path, postgresql_url):
-    app = bridge_cli(env, "apps", "create", "--name", "E2E", "--amplitude-api-key", "amp-e2e-key")
+    app = bridge_cli(env, "apps", "create", "--name", "E2E", "--amplitude-api-key", AMPLITUDE_KEY)
     auth = {"Authorization": f"Bearer {app['api_key']}"}
     fixture = json.loads((FIXTURES / "onesignal-events.json").read_text())
     invalid = [{"event": {"id": "bad-1", "kind": "message.push.sent"}, "message": {"name": "x"}}]
@@ -71,7 +64,7 @@ def test_every_trackable_event_reaches_amplitude_exactly_once(env, sink, tmp_pat
     # Amplitude ingests the first batch but answers slowly (the worker dies meanwhile), then has a bad stretch.
     sink.add_faults([{"status": 503, "ingest": True, "delay": 4}, {"status": 503, "times": 3}, {"status": 413},
                      {"status": 429, "body": {"code": 429, "error": "Too many requests for some devices and users",
-                                              "eps_threshold": 30, "throttled_users": {"user-gen-00007": 31}}}])
+                                              "eps_threshold": 30, "throttled_users": {"user-7": 31}}}])
     web, url = start_web(env, tmp_path / "web.log")
     workers = [start_worker(env, tmp_path / "worker-1.log")]
     try:
@@ -97,7 +90,7 @@ def test_every_trackable_event_reaches_amplitude_exactly_once(env, sink, tmp_pat
     trackable = {item["event"]["id"]: item for item in fixture + generated(3000)
                  if item["event"]["kind"] in mapping.MAPPED_KINDS}
     unresolved = {i for i, item in trackable.items() if not _resolvable(item, fixture)}
-    received = {e["insert_id"]: e for e in sink.events()}
+    received = {e["insert_id"]: e for e in sink.events(AMPLITUDE_KEY)}
     assert set(received) == set(trackable) - unresolved
     assert sink.stats()["duplicates"] >= 1  # the batch ingested before the SIGKILL was sent again...
     assert sink.stats()["unique_insert_ids"] == len(received)  # ...and Amplitude counted it once
@@ -123,7 +116,7 @@ def test_embedded_mode_bridge_web_alone_delivers(tmp_path, sink):
            "LOG_LEVEL": "INFO"}
     upgraded = subprocess.run([BRIDGE, "db", "upgrade"], env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
     assert upgraded.returncode == 0, upgraded.stderr
-    app = bridge_cli(env, "apps", "create", "--name", "Laptop", "--amplitude-api-key", "amp-e2e-key")
+    app = bridge_cli(env, "apps", "create", "--name", "Laptop", "--amplitude-api-key", AMPLITUDE_KEY)
     web, url = start_web(env, tmp_path / "web.log")
     try:
         items = generated(30)
@@ -134,7 +127,7 @@ def test_embedded_mode_bridge_web_alone_delivers(tmp_path, sink):
         basic = httpx.get(f"{url}/v1/apps/{app['app_id']}/deliveries/stats", auth=(app["api_key"], ""), timeout=10)
         assert basic.status_code == 401
         wait_until(lambda: len(sink.events()) == 30, 30, "the embedded delivery thread to send every event")
-        assert sorted(e["insert_id"] for e in sink.events()) == sorted(i["event"]["id"] for i in items)
+        assert sorted(e["insert_id"] for e in sink.events(AMPLITUDE_KEY)) == sorted(i["event"]["id"] for i in items)
         assert "embedded mode: one web process" in web.output()
         assert "/deliveries/stats" in web.output() and app["api_key"] not in web.output()
     finally:

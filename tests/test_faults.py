@@ -4,7 +4,8 @@ Amplitude-compatible sink with fault injection, under a steady event load from t
 Every scenario ends with the same check (`Bridge.converge_and_check`): once nothing is pending, the
 sink has ingested exactly the accepted events whose user was resolvable, each insert_id counted once,
 and every other accepted event is in the delivery stats with its reason. Time is compressed
-(`WORKER_ENV`): backoffs of a tenth of a second, a one-second throttle pause and client timeout.
+(`WORKER_ENV`): backoffs of a tenth of a second, a one-second throttle pause and client timeout, and
+cohort batches re-queued by the sweep two seconds after their job or run was lost.
 Run with `-s` to see one summary line per scenario; BRIDGE_FAULT_REPORT=path also writes them as JSON.
 """
 from __future__ import annotations
@@ -15,27 +16,27 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import create_engine
-from sqlalchemy.orm import Session
 
 from bridge.amplitude.sink import AmplitudeSink
-from bridge.apps.service import create_app_record
-from conftest import _truncate, _unavailable
-from faults_support import (USERS, WORKER_ENV, Bridge, PrivateRedis, claimers, hold_delivery, libpq_url,
-                            restart_postgresql)
-from processes import parse_log_line, start_web, wait_until
+from bridge.runtime import Runtime
+from bridge.settings import Settings
+from support.databases import libpq_url, truncate, unavailable
+from support.factories import channel_record, cohort_batch, new_tenant
+from support.faults import USERS, WORKER_ENV, Bridge, PrivateRedis, claimers, hold_delivery, restart_postgresql
+from support.processes import SECRET_KEY, start_web, wait_until
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory):
     if shutil.which("redis-server") is None:
-        _unavailable("redis-server (the fault suite runs its own)", FileNotFoundError("redis-server"))
+        unavailable("redis-server (the fault suite runs its own)", FileNotFoundError("redis-server"))
     redis = PrivateRedis(tmp_path_factory.mktemp("redis"))
     redis.start()
     yield redis
@@ -45,8 +46,8 @@ def private_redis(tmp_path_factory):
 @pytest.fixture(scope="module")
 def web(postgresql_url, private_redis, tmp_path_factory):
     """One gunicorn for the module; each scenario gets its own app, sink and workers."""
-    _truncate(postgresql_url)
-    env = {"DATABASE_URL": libpq_url(postgresql_url), "REDIS_URL": private_redis.url, "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789",
+    truncate(postgresql_url)
+    env = {"DATABASE_URL": libpq_url(postgresql_url), "REDIS_URL": private_redis.url, "SECRET_KEY": SECRET_KEY,
            "AMPLITUDE_BASE_URL": "http://127.0.0.1:9", "LOG_LEVEL": "WARNING"}
     process, url = start_web(env, tmp_path_factory.mktemp("web") / "web.log")
     yield env, url
@@ -61,12 +62,13 @@ def bridge(request, web, private_redis, postgresql_url, tmp_path):
     private_redis.flushall()
     name = request.node.originalname.removeprefix("test_")
     amplitude_key = f"amp-{name[:20]}"
-    engine = create_engine(postgresql_url)
-    with Session(engine, expire_on_commit=False) as session:
-        app, issued = create_app_record(session, name=name, amplitude_api_key=amplitude_key)
-    engine.dispose()
+    runtime = Runtime(Settings.from_env({"DATABASE_URL": postgresql_url, "JOB_RUNNER": "manual"}))
+    try:
+        tenant = new_tenant(runtime, name, amplitude_api_key=amplitude_key)
+    finally:
+        runtime.close()
     sink = AmplitudeSink(api_keys={amplitude_key}).start()
-    harness = Bridge(name=name, url=url, app_id=app.id, api_key=issued.api_key, cohort_token=issued.cohort_token,
+    harness = Bridge(name=name, url=url, app_id=tenant.app_id, api_key=tenant.api_key, cohort_token=tenant.cohort_token,
                      amplitude_key=amplitude_key, database_url=postgresql_url, sink=sink, logs=tmp_path,
                      redis=private_redis, worker_env={**env, **WORKER_ENV, "AMPLITUDE_BASE_URL": sink.url})
     yield harness
@@ -100,7 +102,8 @@ def test_sigterm_during_a_batch_exits_within_herokus_30s(bridge):
     bridge.wait_delivering()
     bridge.sink.add_faults([{"status": 413, "delay": 2}])
     bridge.wait_in_flight()
-    sent = time.monotonic()
+    in_hand = bridge.rq_worker(worker)  # its jobs so far; the one in hand cannot end before the 413 comes
+    sent, sent_at = time.monotonic(), time.time()
     worker.signal(signal.SIGTERM)
     try:
         code = worker.wait(30)
@@ -108,14 +111,15 @@ def test_sigterm_during_a_batch_exits_within_herokus_30s(bridge):
         pytest.fail(f"the worker was still running 30 s after SIGTERM:\n{worker.output()[-3000:]}")
     took = time.monotonic() - sent
     bridge.faults["sigterm"] += 1
-    log = worker.output()
-    after = log[log.index("warm shut down requested"):]
-    assert code == 0, log[-3000:]
+    requests = bridge.sink.requests()
+    ended = bridge.rq_record_after_exit(in_hand)
+    assert code == 0, worker.output()[-3000:]
     assert took > 1, "the worker exited without waiting for the answer to the batch in hand"
-    sent_lines = [parse_log_line(line, "text")["msg"] for line in after.splitlines() if "/2/httpapi" in line]
-    statuses = [line.rsplit('"', 2)[-2].split()[1] for line in sent_lines]  # httpx's `... "HTTP/1.1 413 ..."`
-    assert statuses == ["413", "200", "200"], after[-3000:]  # the batch in hand, then its two halves
-    assert ": bridge: bridge.delivery.pusher.drain_app(" not in after, "the worker took another job after SIGTERM"
+    assert [r["status"] for r in requests if r["at"] < sent_at][-1:] == [413], requests[-5:]  # the batch in hand
+    assert [r["status"] for r in requests if r["at"] >= sent_at] == [200, 200], requests[-5:]  # and its two halves
+    jobs_before = in_hand.successful_job_count + in_hand.failed_job_count
+    assert ended is not None and ended.successful_job_count + ended.failed_job_count == jobs_before + 1, \
+        "the worker took another job after SIGTERM"
     bridge.start_worker()
     summary = bridge.converge_and_check(load, sigterm_exit_seconds=round(took, 2))
     assert summary["sink_duplicates_ignored"] == 0
@@ -137,16 +141,19 @@ def test_redis_flushed_then_killed_and_restarted(bridge):
     bridge.redis.kill()
     bridge.faults["redis_kill9"] += 1
     load.wait_for_events(500)  # the platform posts on while Redis is down
-    up = time.monotonic()
+    up, restarted_at = time.monotonic(), datetime.now(UTC)
     bridge.redis.restart()
     while_down = [status for at, status in load.attempt_log if down < at < up]
     bridge.wait_delivering(300)
+    # Redis kept nothing: a worker RQ lists now is an RQ loop started again in a surviving process.
+    restarted = wait_until(lambda: [w for w in bridge.rq_workers().values() if w.birth_date >= restarted_at], 30,
+                           "a worker's RQ loop to start again on the new Redis")
     exited = [w for w in workers if w.popen.poll() is not None]
     bridge.converge_and_check(load, web_answers_while_redis_down=len(while_down),
-                              workers_exited=len(exited))
+                              workers_exited=len(exited), rq_loops_restarted=len(restarted))
     assert while_down and set(while_down) == {202}, while_down
     assert not exited, "a worker did not survive the Redis restart:\n" + exited[0].output()[-3000:]
-    assert any("starting it again" in w.output() for w in workers)  # the mid-batch worker's RQ loop was restarted
+    assert {w.pid for w in restarted} <= {w.popen.pid for w in workers}, restarted
 
 
 def test_postgresql_restarts_drop_every_connection(bridge):
@@ -272,17 +279,18 @@ def test_two_workers_drain_the_same_app(bridge):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     workers = [bridge.start_worker(DELIVERY_BATCH_SIZE="100") for _ in range(2)]
-    wait_until(lambda: all("Listening on" in w.output() for w in workers), 30, "both workers to listen")
+    registered = [bridge.rq_worker(w) for w in workers]  # both RQ loops are up before the backlog is released
     hold_delivery(bridge.database_url, bridge.app_id, False)
     bridge.wait_delivering(2500)
     watching.set()
     watcher.join()
     load.stop()
     wait_until(lambda: (bridge.stats() or {}).get("pending") == 0, 60, "the outbox to drain")
-    batches = [w.output().count("/2/httpapi") for w in workers]
-    summary = bridge.converge_and_check(load, most_concurrent_claims=most, batches_per_worker=batches)
+    records = bridge.rq_workers()
+    jobs = [records[w.pid].successful_job_count if w.pid in records else 0 for w in registered]
+    summary = bridge.converge_and_check(load, most_concurrent_claims=most, drain_jobs_per_worker=jobs)
     assert most >= 2, "the two workers never held claims at the same time"
-    assert all(batches), batches
+    assert all(jobs), jobs  # each worker finished drains of the backlog
     assert summary["sink_duplicates_ignored"] == 0
 
 
@@ -297,14 +305,14 @@ def test_cohort_batches_retried_reordered_and_a_worker_killed(bridge):
     base = f"{bridge.url}/v1/apps/{bridge.app_id}"
     users = [f"cu-{i:05d}" for i in range(6010)]
     with_records = {u for i, u in enumerate(users) if i % 3 == 0}
-    records = [{"subscription_id": f"sub-{u}", "type": "AndroidPush", "external_id": u} for u in sorted(with_records)]
+    records = [channel_record(f"sub-{u}", "AndroidPush", external_id=u) for u in sorted(with_records)]
     for start in range(0, len(records), 1000):
         answer = httpx.post(f"{base}/subscriptions", json=records[start:start + 1000], headers=api, timeout=30)
         assert answer.status_code == 200, answer.text
 
     def batch(message_id, members, in_cohort, computed_time):
-        return {"cohort_id": "faults", "cohort_name": "Faults", "message_id": message_id, "in_cohort": in_cohort,
-                "computed_time": str(computed_time), "users": [{"user_id": users[i]} for i in members]}
+        return cohort_batch([users[i] for i in members], message_id=message_id, in_cohort=in_cohort,
+                            computed_time=computed_time, cohort_id="faults", cohort_name="Faults")
 
     def post(body):
         answer = httpx.post(f"{base}/amplitude/cohorts", json=body, headers=hook, timeout=30)
@@ -321,7 +329,7 @@ def test_cohort_batches_retried_reordered_and_a_worker_killed(bridge):
 
     with psycopg.connect(libpq_url(bridge.database_url)) as blocker:
         blocker.execute("SELECT 1 FROM cohorts WHERE app_id = %s AND cohort_id = 'faults' FOR UPDATE", (bridge.app_id,))
-        killed = post(batch("enter-a", range(0, 5000), True, t1))["batch_id"]
+        post(batch("enter-a", range(0, 5000), True, t1))
 
         def claimed_but_not_applied():
             """The worker's run waits on the cohort row's lock: it has claimed the batch and holds the
@@ -332,7 +340,7 @@ def test_cohort_batches_retried_reordered_and_a_worker_killed(bridge):
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                     "AND wait_event_type = 'Lock' AND query ILIKE 'UPDATE cohorts %%'").fetchone()[0] == 1
 
-        # 60 s: a run that found nothing to claim leaves the batch to the sweep, 30 s after it arrived.
+        # A run that found nothing to claim leaves the batch to the sweep, COHORT_RESCHEDULE_SECONDS after it arrived.
         wait_until(claimed_but_not_applied, 60, "the worker to start applying the batch")
         retried = batch("enter-b", range(5000, 6000), True, t1)
         post(retried)
@@ -347,7 +355,8 @@ def test_cohort_batches_retried_reordered_and_a_worker_killed(bridge):
     load.stop()
 
     wait_until(lambda: len(syncs()) == 5 and all(s["processed_at"] for s in syncs()), 90,
-               "every batch to be applied (the killed one after the sweep re-queues it, 30 s after it arrived)")
+               "every batch to be applied (the killed one once the sweep re-queues it, COHORT_RESCHEDULE_SECONDS "
+               "after the dead run claimed it)")
     history = {s["message_id"]: s for s in syncs()}
     report = httpx.get(f"{base}/cohorts/faults", headers=api, timeout=10).json()
     unmatched, page = [], {"next": None}

@@ -19,7 +19,6 @@ from rq import Queue, Worker
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from bridge.apps.service import create_app_record
 from bridge.db import CONNECT_TIMEOUT_SECONDS, make_engine
 from bridge.health import DATABASE_STATEMENT_TIMEOUT_SECONDS, RECHECK_SECONDS, REDIS_TIMEOUT_SECONDS
 from bridge.jobs import COHORTS, DELIVERY, queue_name
@@ -27,11 +26,11 @@ from bridge.migrate import downgrade, shipped_head, upgrade
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
-from processes import BRIDGE, ROOT, SECRET_KEY, free_port
+from support.factories import event_item, new_tenant
+from support.processes import BRIDGE, ROOT, SECRET_KEY, free_port
 
 HEAD = shipped_head()
-ITEM = {"event": {"id": "e1", "kind": "message.push.sent", "timestamp": 1763856000, "subscription_id": "s1",
-                  "external_id": "u1"}, "message": {"id": "m1", "name": "Welcome"}}
+ITEM = event_item("e1")
 
 
 @pytest.fixture
@@ -145,6 +144,7 @@ def test_a_database_that_does_not_answer_is_a_503_within_the_statement_timeout(w
     assert answer.json["database"] == "error: canceling statement due to statement timeout"
 
 
+@pytest.mark.slow
 def test_a_new_postgresql_connection_gives_up_after_the_connect_timeout(silent_server):
     """A database host that accepts and never answers (or drops packets) fails the connection, instead of
     holding a request, a job or /healthz for minutes."""
@@ -228,9 +228,8 @@ def test_a_schema_ahead_of_this_code_is_served_and_reported_degraded(web, unmigr
     health = client.get("/healthz")
     assert (health.status_code, health.json["status"], health.json["schema"]) == (
         200, "degraded", {"current": "9999", "head": HEAD, "state": "ahead"})
-    with client.application.extensions["bridge"].session() as session:
-        app, issued = create_app_record(session, name="Shop", amplitude_api_key="amp-key")
-    answer = client.post(f"/v1/apps/{app.id}/events", json=ITEM, headers={"Authorization": f"Bearer {issued.api_key}"})
+    shop = new_tenant(client.application.extensions["bridge"], "Shop")
+    answer = client.post(f"/v1/apps/{shop.app_id}/events", json=ITEM, headers=shop.auth)
     assert answer.status_code == 202
 
 

@@ -8,7 +8,6 @@ import io
 import signal
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
@@ -22,9 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 import bridge.runtime
 from bridge import worker
-from bridge.amplitude.sink import AmplitudeSink
 from bridge.apps.models import App
-from bridge.apps.service import create_app_record
 from bridge.cohorts import jobs
 from bridge.cohorts.membership import apply_batch
 from bridge.cohorts.models import Cohort, CohortBatch
@@ -33,34 +30,11 @@ from bridge.delivery.pusher import drain_app
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
-from conftest import _truncate
-from processes import BRIDGE, SECRET_KEY, Process, start_web
+from support.databases import truncate
+from support.factories import cohort_batch, event_item, new_tenant
+from support.processes import BRIDGE, SECRET_KEY, Process, start_web, wait_until
 
 pytestmark = pytest.mark.hostile
-
-
-def wait_until(condition, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def cohort_body(cohort_id: str, users: int, message_id: str | None = None) -> dict:
-    return {"cohort_id": cohort_id, "cohort_name": "Big", "in_cohort": True, "computed_time": "1763856000",
-            "message_id": message_id or f"{cohort_id}::enter::0",
-            "users": [{"user_id": f"user-{i:06d}"} for i in range(users)]}
-
-
-def push_event(event_id: str) -> dict:
-    return {"event": {"id": event_id, "kind": "message.push.sent", "timestamp": 1763856000,
-                      "subscription_id": "sub-1", "external_id": "user-1"}, "message": {"id": "m1", "name": "Hi"}}
-
-
-@pytest.fixture
-def sink():
-    with AmplitudeSink() as server:
-        yield server
 
 
 @pytest.fixture
@@ -73,32 +47,25 @@ def rq_runtime(database_url, redis_url, sink, monkeypatch):
     rt.close()
 
 
-def new_app(runtime: Runtime, name: str):
-    with runtime.session() as session:
-        return create_app_record(session, name=name, amplitude_api_key=f"amp-{name}-{uuid.uuid4().hex[:8]}")
-
-
 def test_a_drain_runs_before_cohort_batches_queued_ahead_of_it(rq_runtime, sink):
     """One worker serving both queues (the default) takes the drain first, though three cohort batches
     of another app were queued before it: it starts with delivery, then takes turns."""
-    cohort_app, cohort_tokens = new_app(rq_runtime, "cohorts")
-    stream_app, stream_tokens = new_app(rq_runtime, "stream")
+    cohorts, stream = new_tenant(rq_runtime, "cohorts"), new_tenant(rq_runtime, "stream")
     client = create_app(runtime=rq_runtime).test_client()
     for n in range(3):
-        response = client.post(f"/v1/apps/{cohort_app.id}/amplitude/cohorts", json=cohort_body(f"c{n}", 2000),
-                               headers={"Authorization": f"Bearer {cohort_tokens.cohort_token}"})
+        response = client.post(f"/v1/apps/{cohorts.app_id}/amplitude/cohorts", json=cohort_batch(2000, cohort_id=f"c{n}"),
+                               headers=cohorts.cohort_auth)
         assert response.status_code == 200
-    response = client.post(f"/v1/apps/{stream_app.id}/events", json=push_event("e1"),
-                           headers={"Authorization": f"Bearer {stream_tokens.api_key}"})
+    response = client.post(f"/v1/apps/{stream.app_id}/events", json=event_item("e1"), headers=stream.auth)
     assert response.status_code == 202
     redis = rq_runtime.runner.redis
-    wait_until(lambda: redis.exists(f"bridge:once:drain:{stream_app.id}"))  # the drain is queued
+    wait_until(lambda: redis.exists(f"bridge:once:drain:{stream.app_id}"), 10, "the drain to be queued")
 
     worker.run(rq_runtime, burst=True)
 
     assert [e["insert_id"] for e in sink.events()] == ["e1"]
     with rq_runtime.session() as session:
-        delivered_at = session.get(App, stream_app.id).last_delivered_at
+        delivered_at = session.get(App, stream.app_id).last_delivered_at
         batches = session.execute(select(CohortBatch.state, CohortBatch.processed_at)).all()
     assert [state for state, _ in batches] == ["processed"] * 3
     assert delivered_at < min(processed_at for _, processed_at in batches)
@@ -107,24 +74,23 @@ def test_a_drain_runs_before_cohort_batches_queued_ahead_of_it(rq_runtime, sink)
 def test_a_cohort_batch_queued_behind_drains_waits_for_one_of_them_only(rq_runtime, sink):
     """A worker serving both queues takes turns: a steady stream keeps a drain queued at all times, and
     strict priority for delivery would hold cohort batches back for as long as it lasts."""
-    streams = [new_app(rq_runtime, f"stream-{n}") for n in range(3)]
-    cohort_app, cohort_tokens = new_app(rq_runtime, "cohorts")
+    streams = [new_tenant(rq_runtime, f"stream-{n}") for n in range(3)]
+    cohorts = new_tenant(rq_runtime, "cohorts")
     client = create_app(runtime=rq_runtime).test_client()
     redis = rq_runtime.runner.redis
-    for n, (app, tokens) in enumerate(streams):
-        response = client.post(f"/v1/apps/{app.id}/events", json=push_event(f"e{n}"),
-                               headers={"Authorization": f"Bearer {tokens.api_key}"})
+    for n, stream in enumerate(streams):
+        response = client.post(f"/v1/apps/{stream.app_id}/events", json=event_item(f"e{n}"), headers=stream.auth)
         assert response.status_code == 202
-        wait_until(lambda: redis.exists(f"bridge:once:drain:{app.id}"))  # queued in this order
-    response = client.post(f"/v1/apps/{cohort_app.id}/amplitude/cohorts", json=cohort_body("c1", 100),
-                           headers={"Authorization": f"Bearer {cohort_tokens.cohort_token}"})
+        wait_until(lambda: redis.exists(f"bridge:once:drain:{stream.app_id}"), 10, "the drains to be queued in order")
+    response = client.post(f"/v1/apps/{cohorts.app_id}/amplitude/cohorts", json=cohort_batch(100, cohort_id="c1"),
+                           headers=cohorts.cohort_auth)
     assert response.status_code == 200
 
     worker.run(rq_runtime, burst=True)
 
     assert sorted(e["insert_id"] for e in sink.events()) == ["e0", "e1", "e2"]
     with rq_runtime.session() as session:
-        delivered = sorted(session.get(App, app.id).last_delivered_at for app, _ in streams)
+        delivered = sorted(session.get(App, stream.app_id).last_delivered_at for stream in streams)
         processed_at = session.execute(select(CohortBatch.processed_at)).scalar_one()
     assert delivered[0] < processed_at < delivered[1]  # after the first drain, before the second
 
@@ -201,7 +167,7 @@ def test_job_statements_run_under_a_statement_timeout_in_every_transaction(runti
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_blocked_cohort_batch_is_cancelled_counted_each_run_and_fails_after_the_last(client, runtime, tenant):
-    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_body("c1", 3),
+    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_batch(3, cohort_id="c1"),
                            headers=tenant.cohort_auth)
     batch_id = internal_id(runtime, response.json["batch_id"])
     with row_locked(runtime, "cohorts", "app_id = :app_id", app_id=tenant.app_id):
@@ -221,7 +187,7 @@ def test_a_blocked_cohort_batch_is_cancelled_counted_each_run_and_fails_after_th
 def test_a_blocked_delivery_statement_is_cancelled(client, runtime, tenant):
     """The pusher records Amplitude's answer on the app row; a lock held on it elsewhere cancels the
     drain's statement after the timeout instead of holding the worker."""
-    assert client.post(f"/v1/apps/{tenant.app_id}/events", json=push_event("e1"), headers=tenant.auth).status_code == 202
+    assert client.post(f"/v1/apps/{tenant.app_id}/events", json=event_item("e1"), headers=tenant.auth).status_code == 202
     with row_locked(runtime, "apps", "id = :app_id", app_id=tenant.app_id):
         with pytest.raises(OperationalError, match="statement timeout"):
             in_thread(drain_app, tenant.app_id, runtime=runtime)
@@ -235,14 +201,14 @@ def stored(runtime) -> tuple[int, int]:
 
 
 def test_a_batch_over_the_user_cap_is_refused_with_a_413_and_nothing_is_stored(client, runtime, tenant):
-    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_body("c1", 10_001),
+    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_batch(10_001, cohort_id="c1"),
                            headers=tenant.cohort_auth)
     assert response.status_code == 413
     assert response.json["error"] == "too_many_users"
     assert response.json["details"] == {"field": "users", "limit": 10_000, "received": 10_001}
     assert "10,001 users; at most 10,000" in response.json["message"]
     assert stored(runtime) == (0, 0) and runtime.runner.pending == []
-    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_body("c1", 10_000),
+    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_batch(10_000, cohort_id="c1"),
                            headers=tenant.cohort_auth)
     assert response.status_code == 200 and response.json["users"] == 10_000
 
@@ -252,8 +218,8 @@ def test_the_body_limit_fits_a_full_batch_of_the_longest_ids_and_no_more(client,
     a body one byte over the limit (10,884,096 bytes by default) is refused before it is read."""
     limit = runtime.settings.cohort_max_body_bytes
     assert limit == 10_000 * (256 * 4 + 64) + 4096
-    body = cohort_body("c1", 0)
-    body["users"] = [{"user_id": f"{i:06d}" + "\U0001F600" * 250, "user_properties": {}} for i in range(10_000)]
+    body = cohort_batch([{"user_id": f"{i:06d}" + "\U0001F600" * 250, "user_properties": {}} for i in range(10_000)],
+                        cohort_id="c1")
     raw = orjson.dumps(body)
     raw = raw[:-1] + b',"pad":"' + b"x" * (limit - len(raw) - 9) + b'"}'
     assert len(raw) == limit
@@ -299,8 +265,7 @@ def test_large_bodies_beyond_the_concurrent_limit_are_answered_503_at_once(app, 
     slow ones end normally."""
     url = f"/v1/apps/{tenant.app_id}/amplitude/cohorts"
     headers = {**tenant.cohort_auth, "Content-Type": "application/json"}
-    big = [orjson.dumps({**cohort_body(f"big{n}", 0), "users": [{"user_id": f"{i:06d}" + "x" * 120} for i in range(10_000)]})
-           for n in range(3)]
+    big = [orjson.dumps(cohort_batch([f"{i:06d}" + "x" * 120 for i in range(10_000)], cohort_id=f"big{n}")) for n in range(3)]
     assert all(len(raw) > 1024 * 1024 for raw in big)
     go = threading.Event()
     bodies = [SlowBody(raw, go) for raw in big[:2]]
@@ -315,7 +280,7 @@ def test_large_bodies_beyond_the_concurrent_limit_are_answered_503_at_once(app, 
         response = client.post(url, data=big[2], headers=headers)
         assert response.status_code == 503 and response.json["error"] == "overloaded"
         assert response.headers["Retry-After"] == "2" and time.monotonic() - started < 1
-        small = client.post(url, json=cohort_body("small", 10), headers=tenant.cohort_auth)
+        small = client.post(url, json=cohort_batch(10, cohort_id="small"), headers=tenant.cohort_auth)
         assert small.status_code == 200
     finally:
         go.set()
@@ -334,14 +299,12 @@ def test_a_worker_kept_for_delivery_delivers_while_cohort_work_is_stuck_and_a_ki
     """Real processes: `bridge web`, `bridge worker --queues cohorts` and `bridge worker --queues delivery`.
     A cohort batch stuck on a lock holds the cohorts worker; another app's event still reaches Amplitude.
     While that run lives, nothing starts the batch again; once it is SIGKILLed, the run is counted, and
-    the batch is claimed again after CLAIM_GRACE and applied, once."""
-    _truncate(postgresql_url)
+    the batch is claimed again after COHORT_RESCHEDULE_SECONDS and applied, once."""
+    truncate(postgresql_url)
     env = {"DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url, "SECRET_KEY": SECRET_KEY,
            "AMPLITUDE_BASE_URL": sink.url, "SWEEP_INTERVAL_SECONDS": "0.3", "DELIVERY_LINGER_SECONDS": "0", "LOG_LEVEL": "INFO"}
     runtime = Runtime(Settings.from_env({**env, "JOB_RUNNER": "manual"}))
-    cohort_app, cohort_tokens = new_app(runtime, "cohorts")
-    stream_app, stream_tokens = new_app(runtime, "stream")
-    hook = {"Authorization": f"Bearer {cohort_tokens.cohort_token}"}
+    cohorts, stream = new_tenant(runtime, "cohorts"), new_tenant(runtime, "stream")
     web, url = start_web(env, tmp_path / "web.log")
     cohort_worker = Process([BRIDGE, "worker", "--queues", "cohorts"], env, tmp_path / "cohorts.log")
     delivery_worker = Process([BRIDGE, "worker", "--queues", "delivery"], env, tmp_path / "delivery.log")
@@ -351,15 +314,15 @@ def test_a_worker_kept_for_delivery_delivers_while_cohort_work_is_stuck_and_a_ki
             return session.get(CohortBatch, batch_id)
 
     try:
-        first = internal_id(runtime, httpx.post(f"{url}/v1/apps/{cohort_app.id}/amplitude/cohorts", json=cohort_body("c1", 10, "m1"),
-                                              headers=hook).json()["batch_id"])
+        webhook = f"{url}/v1/apps/{cohorts.app_id}/amplitude/cohorts"
+        first = internal_id(runtime, httpx.post(webhook, json=cohort_batch(10, cohort_id="c1"),
+                                                headers=cohorts.cohort_auth).json()["batch_id"])
         processes_wait(lambda: batch(first).state == "processed", 30, "the first batch", cohort_worker)
-        with row_locked(runtime, "cohorts", "app_id = :app_id", app_id=cohort_app.id):
-            stuck = internal_id(runtime, httpx.post(f"{url}/v1/apps/{cohort_app.id}/amplitude/cohorts", json=cohort_body("c1", 10, "m2"),
-                                                      headers=hook).json()["batch_id"])
+        with row_locked(runtime, "cohorts", "app_id = :app_id", app_id=cohorts.app_id):
+            stuck = internal_id(runtime, httpx.post(webhook, json=cohort_batch(10, cohort_id="c1"),
+                                                    headers=cohorts.cohort_auth).json()["batch_id"])
             processes_wait(lambda: batch(stuck).attempts == 1, 30, "the second batch's claim", cohort_worker)
-            response = httpx.post(f"{url}/v1/apps/{stream_app.id}/events", json=push_event("e1"),
-                                  headers={"Authorization": f"Bearer {stream_tokens.api_key}"})
+            response = httpx.post(f"{url}/v1/apps/{stream.app_id}/events", json=event_item("e1"), headers=stream.auth)
             assert response.status_code == 202
             processes_wait(lambda: [e["insert_id"] for e in sink.events()] == ["e1"], 30, "the event at Amplitude",
                            delivery_worker)
@@ -373,9 +336,9 @@ def test_a_worker_kept_for_delivery_delivers_while_cohort_work_is_stuck_and_a_ki
             cohort_worker.signal(signal.SIGKILL)
             cohort_worker.wait(10)
         assert (batch(stuck).state, batch(stuck).attempts) == ("received", 1)  # the killed run counts
-        with freeze_time(claimed.claimed_at + jobs.CLAIM_GRACE - timedelta(seconds=1)):
+        with freeze_time(claimed.claimed_at + jobs.reschedule_after(runtime) - timedelta(seconds=1)):
             assert jobs.schedule_unprocessed(runtime) == 0  # a claim just made is left to its run
-        with freeze_time(claimed.claimed_at + jobs.CLAIM_GRACE + timedelta(seconds=1)):
+        with freeze_time(claimed.claimed_at + jobs.reschedule_after(runtime) + timedelta(seconds=1)):
             assert jobs.schedule_unprocessed(runtime) == 1  # its run is gone: no lock holds the batch
             runtime.runner.run_pending()
         applied = batch(stuck)
@@ -400,6 +363,6 @@ def processes_wait(condition, seconds: float, what: str, process: Process) -> No
         return condition()
 
     try:
-        wait_until(ready, seconds)
+        wait_until(ready, seconds, what)
     except AssertionError as exc:
         raise AssertionError(f"{what}: {exc}\n{process.output()[-3000:]}") from None

@@ -12,9 +12,8 @@ from datetime import timedelta
 import pytest
 from freezegun import freeze_time
 
-from bridge.amplitude.sink import AmplitudeSink
-from bridge.apps.service import create_app_record
 from bridge.db import utcnow
+from support.factories import event_items, new_tenant
 
 pytestmark = pytest.mark.hostile
 
@@ -22,26 +21,12 @@ REQUEST_SECONDS = 0.25  # what one Amplitude request and its bookkeeping take, o
 
 
 @pytest.fixture
-def sink():
-    with AmplitudeSink(track_arrivals=True) as server:
-        yield server
-
-
-@pytest.fixture
 def settings_env(settings_env, sink):
     return {**settings_env, "AMPLITUDE_BASE_URL": sink.url, "DELIVERY_BATCH_SIZE": "10"}
 
 
-def push_events(prefix: str, n: int) -> list[dict]:
-    return [{"event": {"id": f"{prefix}-{i}", "kind": "message.push.sent", "timestamp": 1763856000 + i,
-                       "subscription_id": f"{prefix}-sub-{i % 7}", "external_id": f"{prefix}-user-{i % 5}"},
-             "message": {"id": "msg-1", "name": "Campaign"}} for i in range(n)]
-
-
 def test_an_apps_backlog_delays_another_apps_event_by_about_one_drain_budget(client, runtime, tenant, sink, monkeypatch):
-    with runtime.session() as session:
-        small_app, small = create_app_record(session, name="Small", amplitude_api_key="amp-small-key")
-        small_app_id = small_app.id
+    small = new_tenant(runtime, "Small")
     send = runtime.amplitude.send
     with freeze_time(utcnow()) as clock:
         def slow_send(*args):
@@ -50,12 +35,11 @@ def test_an_apps_backlog_delays_another_apps_event_by_about_one_drain_budget(cli
             return answer
 
         monkeypatch.setattr(runtime.amplitude, "send", slow_send)
-        backlog = push_events("big", 1000)  # 100 requests of 10 events: 25 s of sending
+        backlog = event_items(1000, prefix="big")  # 100 requests of 10 events: 25 s of sending
         for start in range(0, len(backlog), 1000):
             response = client.post(f"/v1/apps/{tenant.app_id}/events", json=backlog[start:start + 1000], headers=tenant.auth)
             assert response.status_code == 202
-        response = client.post(f"/v1/apps/{small_app_id}/events", json=push_events("small", 1),
-                               headers={"Authorization": f"Bearer {small.api_key}"})
+        response = client.post(f"/v1/apps/{small.app_id}/events", json=event_items(1, prefix="small"), headers=small.auth)
         assert response.status_code == 202
         answered = utcnow().timestamp()
         runtime.runner.run_pending(limit=200)  # bounded: a drain re-queues itself per budget

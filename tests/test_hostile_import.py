@@ -14,7 +14,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import delete, select
 
 from bridge.cli import main
@@ -24,13 +23,6 @@ pytestmark = pytest.mark.hostile
 
 HEADER = b"id,device_type,notification_types,invalid_identifier\n"
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def cli(settings_env, monkeypatch):
-    for key, value in settings_env.items():
-        monkeypatch.setenv(key, value)
-    return CliRunner()
 
 
 def rows(count: int, start: int = 0, device_type: str = "1") -> bytes:

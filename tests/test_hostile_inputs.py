@@ -16,6 +16,7 @@ from bridge.registry.models import Subscription
 from bridge.settings import ConfigurationError, Settings
 from bridge.registry.importer import import_subscriptions
 from bridge.spreadsheet import safe_cell
+from support.factories import channel_record, event_item
 
 pytestmark = pytest.mark.hostile
 
@@ -84,8 +85,7 @@ def test_a_value_cannot_forge_a_log_line_or_rewrite_the_terminal(log_format, lin
 @pytest.mark.parametrize("bad", ["u1\n2026-11-29 INFO forged", "u1\x1b[2J", "u1\u202egnp.exe", "u1\x85x"])
 def test_ids_with_control_characters_or_bidi_marks_are_refused_at_every_door(client, tenant, runtime, tmp_path, bad):
     message = "Must not contain control characters or bidirectional marks."
-    good = {"event": {"id": "ok", "kind": "message.push.clicked", "timestamp": 1763856000, "subscription_id": "s",
-                      "external_id": "u"}, "message": {"id": "m"}}
+    good = event_item("ok", "message.push.clicked", "s", "u", message={"id": "m"})
     items = []
     for field in ("id", "subscription_id", "external_id"):
         items.append({**good, "event": {**good["event"], "id": f"e-{field}", field: bad}})
@@ -97,8 +97,7 @@ def test_ids_with_control_characters_or_bidi_marks_are_refused_at_every_door(cli
         4: {"message.id": message}}
 
     response = client.post(f"/v1/apps/{tenant.app_id}/subscriptions", headers=tenant.auth, json=[
-        {"subscription_id": bad, "type": "iOSPush"}, {"subscription_id": "a", "type": "iOSPush", "external_id": bad},
-        {"subscription_id": "b", "type": "iOSPush", "identifier": bad}, {"subscription_id": "c", "type": "iOSPush"}])
+        channel_record(bad), channel_record("a", external_id=bad), channel_record("b", identifier=bad), channel_record("c")])
     assert response.json["added"] == 1
     assert [sorted(r["errors"]) for r in response.json["rejected"]] == [["subscription_id"], ["external_id"],
                                                                         ["identifier"]]

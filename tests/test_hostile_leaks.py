@@ -9,7 +9,6 @@ import io
 import json
 import logging
 import re
-import uuid
 
 import pytest
 from redis import Redis
@@ -17,13 +16,12 @@ from rq import Queue
 from rq.job import Job
 
 from bridge import logs
-from bridge.apps.service import create_app_record
 from bridge.registry.importer import import_subscriptions
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
 from bridge.worker import BridgeWorker
-from conftest import Tenant
+from support.factories import T0, channel_record, cohort_batch, event_item, new_tenant
 
 pytestmark = pytest.mark.hostile
 
@@ -127,20 +125,13 @@ def test_a_failed_job_is_recorded_without_its_message_and_logged_escaped(redis_u
 
 # -- paging cursors: opaque, signed, bound to their listing ---------------------------------------
 
-def _second_tenant(runtime) -> Tenant:
-    with runtime.session() as session:
-        record, issued = create_app_record(session, name="Other app", amplitude_api_key="amp-other-" + uuid.uuid4().hex[:8])
-    return Tenant(record.id, issued.api_key, issued.cohort_token, record.amplitude_api_key)
-
-
 def _cohort_with_two_devices(client, runtime, tenant, cohort_id: str = "c1") -> None:
     client.post(f"/v1/apps/{tenant.app_id}/subscriptions", headers=tenant.auth, json=[
-        {"subscription_id": f"{cohort_id}-s{n}", "type": "Email", "identifier": f"u{n}@example.com",
-         "external_id": f"{PRIVATE}-{n}", "notification_types": 1} for n in (1, 2)])
-    for n, message_id in enumerate((f"{cohort_id}-m1", f"{cohort_id}-m2")):
-        client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth, json={
-            "cohort_id": cohort_id, "cohort_name": "C", "in_cohort": True, "computed_time": str(1763856000 + n),
-            "message_id": message_id, "users": [{"user_id": f"{PRIVATE}-1"}, {"user_id": f"{PRIVATE}-2"}]})
+        channel_record(f"{cohort_id}-s{n}", "Email", identifier=f"u{n}@example.com", external_id=f"{PRIVATE}-{n}",
+                       notification_types=1) for n in (1, 2)])
+    for n in range(2):
+        client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth,
+                    json=cohort_batch([f"{PRIVATE}-1", f"{PRIVATE}-2"], cohort_id=cohort_id, computed_time=T0 + n))
     runtime.runner.run_pending()
 
 
@@ -172,7 +163,7 @@ def test_a_cursor_reveals_no_user_id_and_no_row_number(client, runtime, tenant, 
 
 
 def test_a_cursor_is_refused_when_altered_or_given_to_another_app_cohort_or_listing(client, runtime, tenant):
-    other = _second_tenant(runtime)
+    other = new_tenant(runtime, "Other app")
     for owner in (tenant, other):
         _cohort_with_two_devices(client, runtime, owner)
     _cohort_with_two_devices(client, runtime, tenant, "c2")
@@ -202,12 +193,11 @@ def test_a_cursor_from_a_server_with_another_key_is_refused(client, tenant, runt
 # -- per-app identifiers: no global sequence in answers -------------------------------------------
 
 def test_batch_ids_tell_an_app_nothing_of_other_apps_traffic(client, runtime, tenant):
-    other = _second_tenant(runtime)
+    other = new_tenant(runtime, "Other app")
 
     def post(owner, message_id):
-        return client.post(f"/v1/apps/{owner.app_id}/amplitude/cohorts", headers=owner.cohort_auth, json={
-            "cohort_id": "c1", "cohort_name": "C", "in_cohort": True, "computed_time": "1763856000",
-            "message_id": message_id, "users": [{"user_id": "u1"}]}).json["batch_id"]
+        return client.post(f"/v1/apps/{owner.app_id}/amplitude/cohorts", headers=owner.cohort_auth,
+                           json=cohort_batch(["u1"], cohort_id="c1", message_id=message_id)).json["batch_id"]
 
     mine = [post(tenant, "m1")] + [post(other, f"m{n}") for n in range(5)] + [post(tenant, "m2")]
     mine = [mine[0], mine[-1]]
@@ -224,9 +214,8 @@ def test_an_id_with_a_slash_is_refused_at_every_door_that_would_make_it_unreacha
     """A subscription id or cohort id is read back by GET …/subscriptions/<id> or …/cohorts/<id>, where a
     "/" (even sent as %2F) splits the path: such ids are refused, each item alone, naming the field."""
     message = "Contains '/', which an id shown in a URL path cannot hold."
-    good = {"event": {"id": "e0", "kind": "message.push.clicked", "timestamp": 1763856000, "subscription_id": "s",
-                      "external_id": "u/1"}, "message": {"id": "m"}}
-    slashed = {**good, "event": {**good["event"], "id": "e1", "subscription_id": "s/1"}}
+    good = event_item("e0", subscription_id="s", external_id="u/1")
+    slashed = event_item("e1", subscription_id="s/1", external_id="u/1")
     response = client.post(f"/v1/apps/{tenant.app_id}/events", json=[good, slashed], headers=tenant.auth)
     assert response.json["accepted"] == 1  # an External User ID is never in a path: "u/1" is fine
     assert response.json["rejected"] == [{"index": 1, "errors": {"event.subscription_id": message}}]
@@ -234,7 +223,7 @@ def test_an_id_with_a_slash_is_refused_at_every_door_that_would_make_it_unreacha
     assert single.status_code == 400 and single.json["details"]["rejected"][0]["errors"] == {"event.subscription_id": message}
 
     response = client.post(f"/v1/apps/{tenant.app_id}/subscriptions", headers=tenant.auth, json=[
-        {"subscription_id": "a/b", "type": "iOSPush"}, {"subscription_id": "ab", "type": "iOSPush"}])
+        channel_record("a/b"), channel_record("ab")])
     assert (response.json["added"], response.json["rejected"]) == (1, [{"index": 0, "errors": {"subscription_id": message}}])
     assert client.get(f"/v1/apps/{tenant.app_id}/subscriptions/ab", headers=tenant.auth).status_code == 200
 

@@ -16,7 +16,8 @@ import time
 import httpx
 import pytest
 
-from processes import SECRET_KEY, bridge_cli, log_records, start_web, wait_until
+from support.factories import event_item
+from support.processes import SECRET_KEY, bridge_cli, log_records, start_web, wait_until
 
 pytestmark = pytest.mark.hostile
 
@@ -64,12 +65,7 @@ def closed_by_server(connection: socket.socket) -> bool:
         return exc.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
-def event(n: int) -> dict:
-    return {"event": {"id": f"slow-{n}", "kind": "message.push.sent", "timestamp": 1764000000,
-                      "subscription_id": f"sub-{n}", "subscription_device_type": "iOSPush", "external_id": f"user-{n}"},
-            "message": {"id": "m-1", "name": "Welcome"}}
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("count", [50, 200])
 def test_slow_clients_cannot_starve_the_web_tier(bridge, count):
     web, url, app = bridge
@@ -79,7 +75,7 @@ def test_slow_clients_cannot_starve_the_web_tier(bridge, count):
             for n in range(5):
                 started = time.monotonic()
                 health = client.get(f"{url}/healthz")
-                intake = client.post(f"{url}/v1/apps/{app['app_id']}/events", content=json.dumps(event(n)),
+                intake = client.post(f"{url}/v1/apps/{app['app_id']}/events", content=json.dumps(event_item(f"slow-{n}")),
                                      headers={"Authorization": f"Bearer {app['api_key']}",
                                               "Content-Type": "application/json", "X-Request-ID": f"probe-{n}"})
                 assert health.status_code == 200 and intake.status_code == 202, (health.text, intake.text)

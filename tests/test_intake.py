@@ -9,17 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from bridge.delivery.models import OutboxEvent
-from conftest import FIXTURES
-
-
-
-def event(i: int, kind: str = "message.push.sent", external_id: str | None = "user-1", **extra) -> dict:
-    return {
-        "event": {"id": f"evt-{i}", "kind": kind, "timestamp": 1763856000 + i,
-                  "subscription_id": f"sub-{i % 7}", "subscription_device_type": "AndroidPush",
-                  "external_id": external_id, **extra},
-        "message": {"id": "msg-1", "name": "Campaign", "title": "Hi", "contents": {"en": "Hello"}},
-    }
+from support import FIXTURES
+from support.factories import event_item, event_items
 
 
 def outbox(runtime) -> list[OutboxEvent]:
@@ -32,7 +23,7 @@ def post(client, tenant, body, **headers):
 
 
 def test_accepts_a_batch_and_stores_it_before_answering(client, tenant, runtime):
-    response = post(client, tenant, [event(i) for i in range(5)])
+    response = post(client, tenant, event_items(5))
     assert response.status_code == 202
     assert response.json == {"accepted": 5, "skipped": 0, "duplicates": 0, "ignored": 0, "rejected": []}
     rows = outbox(runtime)
@@ -42,32 +33,32 @@ def test_accepts_a_batch_and_stores_it_before_answering(client, tenant, runtime)
 
 
 def test_a_single_object_is_accepted_too(client, tenant):
-    assert post(client, tenant, event(1)).json["accepted"] == 1
+    assert post(client, tenant, event_item("evt-1")).json["accepted"] == 1
 
 
 def test_reposting_the_same_event_ids_is_a_counted_no_op(client, tenant, runtime):
-    post(client, tenant, [event(1), event(2)])
-    again = post(client, tenant, [event(1), event(2), event(3), event(3)])
+    post(client, tenant, [event_item("evt-1"), event_item("evt-2")])
+    again = post(client, tenant, [event_item("evt-1"), event_item("evt-2"), event_item("evt-3"), event_item("evt-3")])
     assert again.json == {"accepted": 1, "skipped": 0, "duplicates": 3, "ignored": 0, "rejected": []}
     assert len(outbox(runtime)) == 3
 
 
 def test_unmapped_kinds_are_ignored_and_counted(client, tenant, runtime):
-    body = [event(1), {"event": {"id": "s1", "kind": "session.started"}}, {"event": {"id": "x", "kind": "user.tag.set", "whatever": 1}}]
+    body = [event_item("evt-1"), {"event": {"id": "s1", "kind": "session.started"}}, {"event": {"id": "x", "kind": "user.tag.set", "whatever": 1}}]
     assert post(client, tenant, body).json == {"accepted": 1, "skipped": 0, "duplicates": 0, "ignored": 2, "rejected": []}
     assert len(outbox(runtime)) == 1
 
 
 def test_invalid_items_are_reported_by_index_and_field_and_never_block_valid_ones(client, tenant, runtime):
-    no_id = event(2)
+    no_id = event_item("evt-2")
     del no_id["event"]["id"]
-    bad_time = event(3)
+    bad_time = event_item("evt-3")
     del bad_time["event"]["timestamp"]
-    no_message_id = event(4)
+    no_message_id = event_item("evt-4")
     del no_message_id["message"]["id"]
-    bad_title = event(5)
+    bad_title = event_item("evt-5")
     bad_title["message"]["title"] = 42
-    body = [event(1), no_id, bad_time, no_message_id, bad_title, "not an object", event(6)]
+    body = [event_item("evt-1"), no_id, bad_time, no_message_id, bad_title, "not an object", event_item("evt-6")]
     response = post(client, tenant, body)
     assert response.status_code == 202
     assert response.json["accepted"] == 2
@@ -82,7 +73,7 @@ def test_invalid_items_are_reported_by_index_and_field_and_never_block_valid_one
 
 
 def test_a_request_with_no_valid_item_is_a_400_with_the_same_details(client, tenant, runtime):
-    bad = event(1)
+    bad = event_item("evt-1")
     del bad["event"]["subscription_id"]
     response = post(client, tenant, [bad])
     assert response.status_code == 400
@@ -92,7 +83,8 @@ def test_a_request_with_no_valid_item_is_a_400_with_the_same_details(client, ten
 
 
 def test_events_without_a_resolvable_user_are_stored_as_skipped_with_the_reason(client, tenant, runtime):
-    response = post(client, tenant, [event(1, external_id=""), event(2, external_id="null"), event(3)])
+    response = post(client, tenant, [event_item("evt-1", external_id=""), event_item("evt-2", external_id="null"),
+                                     event_item("evt-3")])
     assert response.json["skipped"] == 2
     skipped = [r for r in outbox(runtime) if r.state == "skipped"]
     assert {r.reason for r in skipped} == {"unresolved_user"}
@@ -101,7 +93,8 @@ def test_events_without_a_resolvable_user_are_stored_as_skipped_with_the_reason(
 
 
 def test_an_event_without_external_id_takes_the_one_seen_on_its_subscription_in_the_same_request(client, tenant, runtime):
-    first, second = event(7, external_id="user-77"), event(14, external_id=None)  # both on sub-0
+    first = event_item("evt-7", external_id="user-77", subscription_id="sub-0")
+    second = event_item("evt-14", external_id=None, subscription_id="sub-0")
     assert post(client, tenant, [first, second]).json["accepted"] == 2
     assert {r.user_id for r in outbox(runtime)} == {"user-77"}
 
@@ -112,14 +105,14 @@ def test_the_apps_enabled_kinds_decide_what_is_sent(client, tenant, runtime):
 
     with runtime.session() as session:
         update_app(session, session.get(App, tenant.app_id), enabled_kinds=["message.push.clicked"])
-    body = [event(1, kind="message.push.sent"), event(2, kind="message.push.clicked")]
+    body = [event_item("evt-1", "message.push.sent"), event_item("evt-2", "message.push.clicked")]
     assert post(client, tenant, body).json["ignored"] == 1
     assert [r.kind for r in outbox(runtime)] == ["message.push.clicked"]
 
 
 def test_accepting_schedules_a_delivery_once(client, tenant, runtime):
-    post(client, tenant, [event(1)])
-    post(client, tenant, [event(2)])
+    post(client, tenant, [event_item("evt-1")])
+    post(client, tenant, [event_item("evt-2")])
     assert len(runtime.runner.pending) == 1
 
 
@@ -129,18 +122,18 @@ def test_accepting_schedules_a_delivery_once(client, tenant, runtime):
     ({"Authorization": "Basic abc"}, 401, "unauthorized"),
 ])
 def test_wrong_or_missing_token(client, tenant, headers, status, code):
-    response = client.post(f"/v1/apps/{tenant.app_id}/events", json=[event(1)], headers=headers)
+    response = client.post(f"/v1/apps/{tenant.app_id}/events", json=[event_item("evt-1")], headers=headers)
     assert (response.status_code, response.json["error"]) == (status, code)
 
 
 def test_the_cohort_token_does_not_open_the_event_api(client, tenant):
-    response = client.post(f"/v1/apps/{tenant.app_id}/events", json=[event(1)], headers=tenant.cohort_auth)
+    response = client.post(f"/v1/apps/{tenant.app_id}/events", json=[event_item("evt-1")], headers=tenant.cohort_auth)
     assert response.status_code == 401
 
 
 def test_an_unknown_app_is_answered_as_a_wrong_token_is_so_app_ids_cannot_be_probed(client, tenant):
-    unknown = client.post("/v1/apps/00000000-0000-4000-8000-000000000000/events", json=[event(1)], headers=tenant.auth)
-    wrong_token = client.post(f"/v1/apps/{tenant.app_id}/events", json=[event(1)],
+    unknown = client.post("/v1/apps/00000000-0000-4000-8000-000000000000/events", json=[event_item("evt-1")], headers=tenant.auth)
+    wrong_token = client.post(f"/v1/apps/{tenant.app_id}/events", json=[event_item("evt-1")],
                               headers={"Authorization": "Bearer not-a-token"})
     assert (unknown.status_code, unknown.json["error"]) == (401, "unauthorized")
     assert unknown.json == wrong_token.json
@@ -161,7 +154,7 @@ def test_malformed_requests_get_a_json_4xx(client, tenant, runtime, data, conten
 
 
 def test_more_than_1000_items_is_refused_whole(client, tenant, runtime):
-    response = post(client, tenant, [event(i) for i in range(1001)])
+    response = post(client, tenant, event_items(1001))
     assert (response.status_code, response.json["error"]) == (413, "too_many_items")
     assert outbox(runtime) == []
 
@@ -184,7 +177,7 @@ def test_events_are_kept_and_acknowledged_when_the_queue_is_down(client, tenant,
         raise ConnectionError("redis is restarting")
 
     monkeypatch.setattr(runtime.runner, "enqueue_once", queue_down)
-    response = post(client, tenant, [event(1)])
+    response = post(client, tenant, [event_item("evt-1")])
     assert response.status_code == 202 and response.json["accepted"] == 1
     assert [r.state for r in outbox(runtime)] == ["pending"]  # the sweep delivers it later
 
@@ -193,6 +186,6 @@ def test_an_unreachable_database_is_a_503_with_retry_after(tenant, settings_env)
     from bridge.web import create_app
 
     broken = create_app({**settings_env, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
-    response = broken.test_client().post(f"/v1/apps/{tenant.app_id}/events", json=[event(1)], headers=tenant.auth)
+    response = broken.test_client().post(f"/v1/apps/{tenant.app_id}/events", json=[event_item("evt-1")], headers=tenant.auth)
     assert response.status_code == 503 and response.json["error"] == "database_unavailable"
     assert response.headers["Retry-After"] == "5"

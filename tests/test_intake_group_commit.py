@@ -4,7 +4,6 @@ Retry-After, and drains are asked for without a Redis call per request."""
 from __future__ import annotations
 
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -17,12 +16,8 @@ from bridge.intake.committer import GroupCommit, Overloaded
 from bridge.intake.service import IntakeResult, prepare
 from bridge.runtime import Runtime
 from bridge.settings import Settings
-
-
-def item(i: int, user: str | None = "user-1") -> dict:
-    return {"event": {"id": f"evt-{i}", "kind": "message.push.sent", "timestamp": 1763856000 + i,
-                      "subscription_id": f"sub-{i % 5}", "subscription_device_type": "iOS", "external_id": user},
-            "message": {"id": "msg-1", "name": "Campaign", "title": "Hi", "contents": "Hello"}}
+from support.factories import event_item, event_items, new_tenant
+from support.processes import SECRET_KEY, wait_until
 
 
 def stored_ids(runtime) -> list[str]:
@@ -63,16 +58,9 @@ def submit_in_thread(group: GroupCommit, prepared, outcomes: dict) -> threading.
 
 def hold_the_writer(group: GroupCommit, gate: Gate, app_id: str, outcomes: dict) -> threading.Thread:
     """Submit evt-0 and wait until its writer is held in the gate: later requests queue behind it."""
-    first = submit_in_thread(group, prepare(app_id, None, [item(0)]), outcomes)
+    first = submit_in_thread(group, prepare(app_id, None, [event_item("evt-0")]), outcomes)
     assert gate.entered.wait(10)
     return first
-
-
-def wait_until(condition, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 def test_requests_waiting_behind_a_commit_share_the_next_one(runtime, tenant):
@@ -81,8 +69,8 @@ def test_requests_waiting_behind_a_commit_share_the_next_one(runtime, tenant):
     outcomes: dict = {}
     first = hold_the_writer(group, gate, tenant.app_id, outcomes)
     assert "evt-0" not in outcomes  # answered only after its commit's after-commit work
-    later = [submit_in_thread(group, prepare(tenant.app_id, None, [item(i)]), outcomes) for i in range(1, 6)]
-    wait_until(lambda: group._queued_events == 5)
+    later = [submit_in_thread(group, prepare(tenant.app_id, None, [event_item(f"evt-{i}")]), outcomes) for i in range(1, 6)]
+    wait_until(lambda: group._queued_events == 5, 10, "5 events to queue", interval=0.005)
     gate.opened.set()
     for thread in [first, *later]:
         thread.join(10)
@@ -92,7 +80,7 @@ def test_requests_waiting_behind_a_commit_share_the_next_one(runtime, tenant):
 
 
 def test_the_same_event_in_two_requests_of_one_group_is_stored_once(runtime, tenant):
-    prepared = [prepare(tenant.app_id, None, [item(1), item(2)]), prepare(tenant.app_id, None, [item(2), item(3)])]
+    prepared = [prepare(tenant.app_id, None, event_items(2, start=1)), prepare(tenant.app_id, None, event_items(2, start=2))]
     with runtime.session() as session:
         from bridge.intake.service import store
 
@@ -109,9 +97,9 @@ def test_a_request_that_fails_its_group_fails_alone(runtime, tenant):
     group = committer(runtime, gate)
     outcomes: dict = {}
     first = hold_the_writer(group, gate, tenant.app_id, outcomes)
-    good = submit_in_thread(group, prepare(tenant.app_id, None, [item(1)]), outcomes)
-    bad = submit_in_thread(group, prepare("no-such-app", None, [item(2)]), outcomes)  # its outbox row breaks a foreign key
-    wait_until(lambda: group._queued_events == 2)
+    good = submit_in_thread(group, prepare(tenant.app_id, None, [event_item("evt-1")]), outcomes)
+    bad = submit_in_thread(group, prepare("no-such-app", None, [event_item("evt-2")]), outcomes)  # its outbox row breaks a foreign key
+    wait_until(lambda: group._queued_events == 2, 10, "2 events to queue", interval=0.005)
     gate.opened.set()
     for thread in (first, good, bad):
         thread.join(10)
@@ -127,10 +115,10 @@ def test_past_the_queue_bound_a_request_is_refused_at_once_and_nothing_is_stored
     group = committer(runtime, gate, max_queued_events=3)
     outcomes: dict = {}
     first = hold_the_writer(group, gate, tenant.app_id, outcomes)
-    queued = submit_in_thread(group, prepare(tenant.app_id, None, [item(1), item(2), item(3)]), outcomes)
-    wait_until(lambda: group._queued_events == 3)
+    queued = submit_in_thread(group, prepare(tenant.app_id, None, event_items(3, start=1)), outcomes)
+    wait_until(lambda: group._queued_events == 3, 10, "3 events to queue", interval=0.005)
     with pytest.raises(Overloaded, match="already waiting"):
-        group.submit(prepare(tenant.app_id, None, [item(4)]))
+        group.submit(prepare(tenant.app_id, None, [event_item("evt-4")]))
     gate.opened.set()
     first.join(10)
     queued.join(10)
@@ -142,7 +130,7 @@ def test_a_request_no_writer_took_in_time_is_refused_and_never_stored(runtime, t
     group = committer(runtime, gate, max_wait_seconds=0.05)
     outcomes: dict = {}
     first = hold_the_writer(group, gate, tenant.app_id, outcomes)
-    late = submit_in_thread(group, prepare(tenant.app_id, None, [item(1)]), outcomes)
+    late = submit_in_thread(group, prepare(tenant.app_id, None, [event_item("evt-1")]), outcomes)
     late.join(10)
     assert isinstance(outcomes["evt-1"], Overloaded)
     gate.opened.set()
@@ -157,9 +145,9 @@ def test_an_overloaded_intake_answers_503_with_retry_after_in_the_error_shape(ap
     group.after_commit = gate
     outcomes: dict = {}
     first = hold_the_writer(group, gate, tenant.app_id, outcomes)
-    queued = submit_in_thread(group, prepare(tenant.app_id, None, [item(1)]), outcomes)
-    wait_until(lambda: group._queued_events == 1)
-    response = client.post(f"/v1/apps/{tenant.app_id}/events", json=item(2), headers=tenant.auth)
+    queued = submit_in_thread(group, prepare(tenant.app_id, None, [event_item("evt-1")]), outcomes)
+    wait_until(lambda: group._queued_events == 1, 10, "the event to queue", interval=0.005)
+    response = client.post(f"/v1/apps/{tenant.app_id}/events", json=event_item("evt-2"), headers=tenant.auth)
     gate.opened.set()
     first.join(10)
     queued.join(10)
@@ -173,28 +161,25 @@ def settings_env(settings_env):
 
 
 def test_an_app_past_its_backlog_bound_gets_429_and_the_others_do_not(client, tenant, runtime):
-    from bridge.apps.service import create_app_record
-
-    with runtime.session() as session:
-        other, other_tokens = create_app_record(session, name="Other", amplitude_api_key="amp-other")
+    other = new_tenant(runtime, "Other")
 
     def post(app_id: str, token: str, body):
         return client.post(f"/v1/apps/{app_id}/events", json=body, headers={"Authorization": f"Bearer {token}"})
 
     with freeze_time() as clock:
-        assert post(tenant.app_id, tenant.api_key, [item(i) for i in range(4)]).status_code == 202
+        assert post(tenant.app_id, tenant.api_key, event_items(4)).status_code == 202
         clock.tick(timedelta(seconds=6))  # the next request counts the backlog again
-        refused = post(tenant.app_id, tenant.api_key, [item(9)])
+        refused = post(tenant.app_id, tenant.api_key, [event_item("evt-9")])
         assert refused.status_code == 429 and refused.json["error"] == "backlog_full"
         assert refused.headers["Retry-After"] == "30" and refused.json["details"] == {"limit": 3}
         assert "evt-9" not in stored_ids(runtime)
-        assert post(other.id, other_tokens.api_key, [item(20)]).status_code == 202
+        assert post(other.app_id, other.api_key, [event_item("evt-20")]).status_code == 202
 
 
 @pytest.fixture
 def rq_runtime(database_url, redis_url):
     rt = Runtime(Settings.from_env({"DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_LEVEL": "WARNING",
-                                    "SECRET_KEY": "test-secret-key-0123456789abcdef0123456789"}))
+                                    "SECRET_KEY": SECRET_KEY}))
     yield rt
     rt.close()
 
@@ -213,6 +198,6 @@ def test_a_stream_of_commits_asks_redis_for_a_drain_a_few_times_not_once_per_req
     drains = DrainRequests(rq_runtime, interval=0.2)
     for _ in range(500):
         drains.ask([tenant.app_id])
-    wait_until(drains.idle)
+    wait_until(drains.idle, 10, "the drain requests to be sent")
     assert 1 <= len(calls) <= 3 and client.exists(f"bridge:once:{drain_key(tenant.app_id)}")
     assert client.llen(f"rq:queue:{rq_runtime.settings.queue_name}") == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import string
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -14,9 +13,9 @@ from marshmallow import ValidationError
 from bridge.intake.schemas import ITEM_SCHEMA, fast_load, load_item
 from bridge.mapping import MAPPED_KINDS
 from bridge.text import has_unprintable
-ROOT_DIR = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT_DIR / "fixtures"
-REFERENCE = ROOT_DIR.parent / "shared" / "reference" / "onesignal-event-stream.json"
+from support import FIXTURES, ROOT
+
+REFERENCE = ROOT.parent / "shared" / "reference" / "onesignal-event-stream.json"
 MISSING = object()  # a key left out of the item
 EARLIEST, LATEST = 946_684_800, 1_763_856_000  # 2000-01-01 and a time before the tests run, in epoch seconds
 

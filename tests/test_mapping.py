@@ -7,19 +7,14 @@ import pytest
 
 from bridge import mapping
 from bridge.intake.schemas import ITEM_SCHEMA
+from support.factories import OMIT, event_item
 
 SUB = "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9"
 
 
-def item(kind: str, **message) -> dict:
-    raw = {
-        "event": {"id": f"ev-{kind}", "kind": kind, "timestamp": 1763856123, "subscription_id": SUB,
-                  "subscription_device_type": "iOS", "external_id": "user-000123"},
-        "message": {"id": "msg-1", "name": "Spring sale", "title": {"en": "50% off", "de": "50% Rabatt"},
-                    "contents": {"de": "Öffnen", "en": "Open the app"}, **message},
-        "data": {"target_id": "cta-upgrade"},
-    }
-    return ITEM_SCHEMA.load(raw)
+SPRING_SALE = {"id": "msg-1", "name": "Spring sale", "title": {"en": "50% off", "de": "50% Rabatt"},
+               "contents": {"de": "Öffnen", "en": "Open the app"}}
+AT = 1763856123  # 2025-11-23T00:02:03Z
 
 
 PUSH = {"message_name": "Spring sale", "message": "50% off", "message_contents": "Open the app", "delivery_id": "msg-1"}
@@ -48,19 +43,20 @@ def test_the_table_covers_every_mapped_kind():
 
 @pytest.mark.parametrize(("kind", "event_type", "message_type", "props"), ROWS, ids=[r[0] for r in ROWS])
 def test_mapping_row(kind, event_type, message_type, props):
-    out = mapping.to_amplitude(item(kind), "user-000123")
+    raw = event_item(f"ev-{kind}", kind, SUB, "user-000123", timestamp=AT, message=SPRING_SALE,
+                     data={"target_id": "cta-upgrade"})
+    out = mapping.to_amplitude(ITEM_SCHEMA.load(raw), "user-000123")
     assert out["event_type"] == event_type
     assert out["event_properties"] == {**props, "message_type": message_type}
     assert out["user_id"] == "user-000123"
     assert out["device_id"] == SUB
-    assert out["time"] == 1763856123000
+    assert out["time"] == AT * 1000
     assert out["insert_id"] == f"ev-{kind}"
     assert out["platform"] == "iOS"
 
 
 def test_in_app_events_without_a_message_id_carry_no_delivery_id():
-    raw = {"event": {"id": "e1", "kind": "message.iam.displayed", "timestamp": 1763856000, "subscription_id": SUB},
-           "message": {"name": "Welcome"}}
+    raw = event_item("e1", "message.iam.displayed", SUB, OMIT, device_type=OMIT, message={"name": "Welcome"})
     out = mapping.to_amplitude(ITEM_SCHEMA.load(raw), "u1")
     assert out["event_properties"] == {"message_name": "Welcome", "message_type": "in-app"}
 
@@ -95,5 +91,6 @@ def test_placeholder_external_ids_count_as_absent(placeholder):
 
 
 def test_long_strings_are_cut_at_amplitudes_limit():
-    out = mapping.to_amplitude(item("message.push.sent", contents="x" * 5000), "u1")
+    raw = event_item(message={**SPRING_SALE, "contents": "x" * 5000})
+    out = mapping.to_amplitude(ITEM_SCHEMA.load(raw), "u1")
     assert len(out["event_properties"]["message_contents"]) == 1024

@@ -8,7 +8,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, select, text, update
+from sqlalchemy import Integer, MetaData, String, create_engine, select, text, update
 
 from bridge.cohorts.models import CohortBatch, CohortMember
 from bridge.db import metadata
@@ -42,12 +42,30 @@ def test_the_schema_state_says_where_a_database_stands(unmigrated_database_url):
     engine.dispose()
 
 
-def test_models_and_migrations_agree(database_url):
-    engine = create_engine(database_url)
+def schema_diff(url: str, declared: MetaData = metadata) -> list:
+    """What Alembic's autogenerate finds between the database at `url` and the `declared` tables:
+    tables, columns, indexes, constraints and column types (an empty list when they agree)."""
+    engine = create_engine(url)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), declared)
     engine.dispose()
-    assert diff == []
+    return diff
+
+
+def test_models_and_migrations_agree(database_url):
+    assert schema_diff(database_url) == []
+
+
+def test_the_agreement_check_sees_a_column_type_the_migrations_did_not_make(database_url):
+    """The check above compares column types too: models declaring other types than the migrated ones
+    (a shorter string, a smaller integer) are reported, on both databases."""
+    changed = MetaData(naming_convention=metadata.naming_convention)
+    for table in metadata.sorted_tables:
+        table.to_metadata(changed)
+    apps = changed.tables["apps"].c
+    apps.name.type, apps.delivered_total.type = String(100), Integer()
+    assert sorted((d[0][0], d[0][2], d[0][3]) for d in schema_diff(database_url, changed)) == [
+        ("modify_type", "apps", "delivered_total"), ("modify_type", "apps", "name")]
 
 
 def test_0004_keeps_stored_cohorts_and_holds_a_computed_time_past_2038(unmigrated_database_url):

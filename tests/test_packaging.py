@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bridge.migrate import head
-from processes import ROOT
+from support.processes import ROOT
 
 # What a fresh checkout lacks: the venv, caches, and what earlier builds left (a stale build/ would ship).
 NOT_IN_A_CHECKOUT = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",

@@ -10,38 +10,36 @@ from sqlalchemy import func, select
 from bridge.db import utcnow
 from bridge.delivery.models import EventReceipt
 from bridge.maintenance import prune
-
-
-def event(i: int) -> dict:
-    return {"event": {"id": f"evt-{i}", "kind": "message.push.sent", "timestamp": 1763856000, "subscription_id": "sub-1",
-                      "external_id": "user-1"}, "message": {"id": "m", "name": "Campaign"}}
+from support.factories import cohort_batch, event_item, event_items
 
 
 def test_old_receipts_are_forgotten_and_recent_ones_kept(client, tenant, runtime):
     now = utcnow()
     with freeze_time(now - timedelta(days=40)):
-        client.post(f"/v1/apps/{tenant.app_id}/events", json=[event(1), event(2)], headers=tenant.auth)
-    client.post(f"/v1/apps/{tenant.app_id}/events", json=[event(3)], headers=tenant.auth)
+        client.post(f"/v1/apps/{tenant.app_id}/events", json=event_items(2, start=1), headers=tenant.auth)
+    client.post(f"/v1/apps/{tenant.app_id}/events", json=[event_item("evt-3")], headers=tenant.auth)
     assert prune(runtime, older_than_days=30, batch=1) == {"event_receipts": 2, "cohort_batch_user_lists": 0}
     with runtime.session() as session:
         assert session.scalars(select(EventReceipt.source_event_id)).all() == ["evt-3"]
     # a re-post of a forgotten event is accepted again; a recent one is still a duplicate
-    again = client.post(f"/v1/apps/{tenant.app_id}/events", json=[event(1), event(3)], headers=tenant.auth).json
+    again = client.post(f"/v1/apps/{tenant.app_id}/events", json=[event_item("evt-1"), event_item("evt-3")],
+                        headers=tenant.auth).json
     assert (again["accepted"], again["duplicates"]) == (1, 1)
 
 
-def test_prune_refuses_to_go_under_amplitudes_window(runtime):
+def test_prune_refuses_to_go_under_amplitudes_window(client, tenant, runtime):
+    with freeze_time(utcnow() - timedelta(days=5)):  # inside Amplitude's 7 days, past the 3 asked for
+        client.post(f"/v1/apps/{tenant.app_id}/events", json=event_items(2), headers=tenant.auth)
     with pytest.raises(ValueError, match="7 days"):
         prune(runtime, older_than_days=3)
     with runtime.session() as session:
-        assert session.scalar(select(func.count()).select_from(EventReceipt)) == 0
+        assert session.scalar(select(func.count()).select_from(EventReceipt)) == 2  # nothing was forgotten
 
 
 def test_applied_cohort_batches_lose_their_user_lists_but_keep_their_history(client, tenant, runtime):
     from bridge.cohorts.models import CohortBatch
 
-    body = {"cohort_name": "Churn", "cohort_id": "c1", "in_cohort": True, "computed_time": "1763856000",
-            "message_id": "m1", "users": [{"user_id": "user-1"}, {"user_id": "user-2"}]}
+    body = cohort_batch(["user-1", "user-2"], cohort_id="c1")
     with freeze_time(utcnow() - timedelta(days=40)):
         client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=body, headers=tenant.cohort_auth)
         runtime.runner.run_pending()

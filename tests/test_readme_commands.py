@@ -42,7 +42,7 @@ from bridge.mapping import MAPPED_KINDS
 from bridge.migrate import alembic_config
 from bridge.registry.models import Subscription
 from bridge.settings import normalize_database_url
-from processes import BRIDGE, ROOT, Process, free_port, wait_until_answering
+from support.processes import BRIDGE, ROOT, Process, free_port, wait_until_answering
 
 README = ROOT / "README.md"
 PROCFILE = ROOT / "Procfile"
@@ -394,6 +394,7 @@ def test_the_sink_serves_until_terminated(tmp_path):
     assert sink.output().splitlines()[0] == url  # its URL is the first line it prints
 
 
+@pytest.mark.slow
 def test_the_schema_commands_say_what_they_did(tmp_path):
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'schema.db'}", "REDIS_URL": ""}
     current, downgrade = shlex.split(DB_CURRENT), shlex.split(DB_DOWNGRADE)

@@ -6,10 +6,10 @@ door it can come through: the event stream, the registry API, the CSV import.
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import orjson
 import pytest
-from click.testing import CliRunner
 from freezegun import freeze_time
 from sqlalchemy import select
 
@@ -19,20 +19,12 @@ from bridge.delivery.replay import replay
 from bridge.delivery.models import OutboxEvent
 from bridge.registry.importer import import_subscriptions
 from bridge.registry.service import find_record
+from support.factories import OMIT, T0, cohort_batch, event_item
 
-T0 = 1763856000  # 2025-11-23T00:00:00Z
 
 
-def item(event_id: str, kind: str = "message.push.clicked", *, sub: str = "sub-1", external_id: object = "user-1",
-         at: object = T0, message: object = None) -> dict:
-    event = {"id": event_id, "kind": kind, "subscription_id": sub, "subscription_device_type": "iOS",
-             "external_id": external_id}
-    if at is not None:
-        event["timestamp"] = at
-    raw = {"event": event}
-    if message is not None:
-        raw["message"] = message
-    return raw
+# This file's events: clicks on an iOS device, with a message that has only its id.
+clicked = partial(event_item, kind="message.push.clicked", device_type="iOS")
 
 
 def post_events(client, tenant, body):
@@ -63,15 +55,15 @@ def errors_of(response) -> dict[int, dict[str, str]]:
     {"id": "m-1", "name": "", "title": "", "contents": {"en": ""}}, {"id": "m-1", "title": None, "contents": {}},
 ], ids=["empty", "null", "missing", "spaces", "all-empty", "all-null"])
 def test_an_event_of_an_expired_message_is_sent_with_what_it_still_has(client, tenant, runtime, message):
-    response = post_events(client, tenant, [item("e1", message=message)])
+    response = post_events(client, tenant, [clicked("e1", message=message)])
     assert (response.status_code, response.json["accepted"], response.json["rejected"]) == (202, 1, [])
     assert sent(runtime)["e1"]["event_properties"] == {"message_type": "push", "delivery_id": "m-1"}
 
 
 def test_an_in_app_event_may_come_without_any_message(client, tenant, runtime):
-    response = post_events(client, tenant, [item("e1", "message.iam.displayed"),
-                                            item("e2", "message.push.received", message={"id": ""}),
-                                            item("e3", "message.push.received")])
+    response = post_events(client, tenant, [clicked("e1", kind="message.iam.displayed", message=OMIT),
+                                            clicked("e2", kind="message.push.received", message={"id": ""}),
+                                            clicked("e3", kind="message.push.received", message=OMIT)])
     assert response.json["accepted"] == 1
     assert sent(runtime)["e1"]["event_properties"] == {"message_type": "in-app"}
     errors = errors_of(response)
@@ -83,7 +75,7 @@ def test_an_in_app_event_may_come_without_any_message(client, tenant, runtime):
 
 def test_a_long_campaign_name_is_cut_to_amplitudes_limit(client, tenant, runtime):
     name = "Black Friday " + "x" * 3000
-    response = post_events(client, tenant, [item("e1", message={"id": "m-1", "name": name, "title": "t" * 5000})])
+    response = post_events(client, tenant, [clicked("e1", message={"id": "m-1", "name": name, "title": "t" * 5000})])
     assert response.json["accepted"] == 1
     properties = sent(runtime)["e1"]["event_properties"]
     assert properties["message_name"] == name[:1024]
@@ -97,7 +89,7 @@ def test_a_numeric_external_user_id_is_its_decimal_string_everywhere(client, ten
     response = post_events(client, tenant, [
         {"event": {"id": 9001, "kind": "message.push.clicked", "timestamp": T0, "subscription_id": 77,
                    "subscription_device_type": "iOS", "external_id": 40521}, "message": {"id": 123456}},
-        item("e2", external_id=True, message={"id": "m"}), item("e3", external_id=40521.5, message={"id": "m"}),
+        clicked("e2", external_id=True), clicked("e3", external_id=40521.5),
     ])
     assert response.json["accepted"] == 1
     event = sent(runtime)["9001"]
@@ -129,7 +121,7 @@ def test_a_numeric_external_user_id_is_its_decimal_string_everywhere(client, ten
     ("soon", "Must be epoch seconds (or milliseconds) as a number."),
 ])
 def test_an_implausible_timestamp_is_refused_alone_with_one_message_naming_it(client, tenant, runtime, value, message):
-    response = post_events(client, tenant, [item("e1", at=value, message={"id": "m"}), item("e2", message={"id": "m"})])
+    response = post_events(client, tenant, [clicked("e1", timestamp=value), clicked("e2")])
     assert response.json["accepted"] == 1
     assert errors_of(response) == {0: {"event.timestamp": message}}
 
@@ -137,10 +129,10 @@ def test_an_implausible_timestamp_is_refused_alone_with_one_message_naming_it(cl
 def test_the_window_ends_one_day_after_the_bridges_clock(client, tenant, runtime):
     with freeze_time("2025-11-23 00:00:00"):
         day = 86_400
-        response = post_events(client, tenant, [item("e1", at=T0 + day, message={"id": "m"}),
-                                                item("e2", at=(T0 + day) * 1000, message={"id": "m"}),
-                                                item("e3", at=T0 + day + 1, message={"id": "m"}),
-                                                item("e4", at=None, message={"id": "m"})])  # no time at all
+        response = post_events(client, tenant, [clicked("e1", timestamp=T0 + day),
+                                                clicked("e2", timestamp=(T0 + day) * 1000),
+                                                clicked("e3", timestamp=T0 + day + 1),
+                                                clicked("e4", timestamp=OMIT)])  # no time at all
     assert response.json["accepted"] == 2
     errors = errors_of(response)
     assert list(errors[2]) == ["event.timestamp"] and "2025-11-24T00:00:01Z" in errors[2]["event.timestamp"]
@@ -150,7 +142,7 @@ def test_the_window_ends_one_day_after_the_bridges_clock(client, tenant, runtime
 
 
 def test_milliseconds_are_read_as_milliseconds(client, tenant, runtime):
-    post_events(client, tenant, [item("e1", at=T0 * 1000 + 123, message={"id": "m"})])
+    post_events(client, tenant, [clicked("e1", timestamp=T0 * 1000 + 123)])
     assert sent(runtime)["e1"]["time"] == T0 * 1000 + 123
 
 
@@ -195,7 +187,7 @@ def test_the_csv_import_rejects_the_row_with_an_implausible_time(runtime, tenant
                                   "2026-11-20T09:15:00+01:00", "2026-11-20 08:15:00"])
 def test_one_date_time_rule_for_the_stream_the_api_and_the_import(client, tenant, runtime, tmp_path, text):
     expected = times.parse_datetime("2026-11-20T08:15:00Z")
-    raw = item("e1", at=None, message={"id": "m"})
+    raw = clicked("e1", timestamp=OMIT)
     raw["event"]["datetime"] = text
     response = post_events(client, tenant, [raw])
     assert response.json["accepted"] == 1, response.json
@@ -211,16 +203,16 @@ def test_one_date_time_rule_for_the_stream_the_api_and_the_import(client, tenant
 
 
 def test_timestamp_wins_when_it_and_datetime_disagree(client, tenant, runtime):
-    raw = item("e1", at=T0, message={"id": "m"})
+    raw = clicked("e1", timestamp=T0)
     raw["event"]["datetime"] = "2025-11-20T00:00:00Z"
     post_events(client, tenant, [raw])
     assert sent(runtime)["e1"]["time"] == T0 * 1000
 
 
 def test_a_datetime_outside_the_window_is_refused(client, tenant):
-    raw = item("e1", at=None, message={"id": "m"})
+    raw = clicked("e1", timestamp=OMIT)
     raw["event"]["datetime"] = "1970-01-01T00:00:00Z"
-    response = post_events(client, tenant, [raw, item("e2", message={"id": "m"})])
+    response = post_events(client, tenant, [raw, clicked("e2")])
     assert errors_of(response) == {0: {"event.datetime": "1970-01-01T00:00:00+00:00 is outside the accepted window "
                                                          "(2000-01-01 to one day after the bridge's clock)."}}
 
@@ -229,7 +221,7 @@ def test_a_datetime_outside_the_window_is_refused(client, tenant):
 
 
 def test_a_lone_surrogate_in_one_item_is_repaired_and_the_other_items_accepted(client, tenant, runtime):
-    items = [orjson.dumps(item(f"e{i}", message={"id": "m", "title": "Sale"})).decode() for i in range(500)]
+    items = [orjson.dumps(clicked(f"e{i}", message={"id": "m", "title": "Sale"})).decode() for i in range(500)]
     items[137] = items[137].replace('"title":"Sale"', '"title":"Sale \\ud83c"')
     items[138] = items[138].replace('"title":"Sale"', '"title":"Sale \\ud83d\\ude00"')  # a valid pair stays
     response = post_raw(client, tenant, "events", f"[{','.join(items)}]".encode(), tenant.auth)
@@ -240,7 +232,7 @@ def test_a_lone_surrogate_in_one_item_is_repaired_and_the_other_items_accepted(c
 
 
 def test_bytes_that_are_not_utf8_are_repaired_too(client, tenant, runtime):
-    body = orjson.dumps([item("e1", message={"id": "m", "name": "Caf_"})]).replace(b"Caf_", b"Caf\xe9")
+    body = orjson.dumps([clicked("e1", message={"id": "m", "name": "Caf_"})]).replace(b"Caf_", b"Caf\xe9")
     response = post_raw(client, tenant, "events", body, tenant.auth)
     assert response.json["accepted"] == 1
     assert sent(runtime)["e1"]["event_properties"]["message_name"] == "Caf\ufffd"
@@ -266,11 +258,11 @@ def test_a_body_that_is_not_json_is_still_refused(client, tenant, body):
 
 
 def test_an_event_without_a_user_is_credited_to_the_newest_earlier_user_by_time(client, tenant, runtime):
-    body = [item("ana", sub="shared", external_id="u-ana", at=T0 + 500, message={"id": "m"}),
-            item("ben", sub="shared", external_id="u-ben", at=T0 + 200, message={"id": "m"}),
-            item("click", sub="shared", external_id=None, at=T0 + 650, message={"id": "m"}),
-            item("early", sub="shared", external_id=None, at=T0 + 300, message={"id": "m"}),
-            item("first", sub="shared", external_id=None, at=T0 + 100, message={"id": "m"})]
+    body = [clicked("ana", subscription_id="shared", external_id="u-ana", timestamp=T0 + 500),
+            clicked("ben", subscription_id="shared", external_id="u-ben", timestamp=T0 + 200),
+            clicked("click", subscription_id="shared", external_id=None, timestamp=T0 + 650),
+            clicked("early", subscription_id="shared", external_id=None, timestamp=T0 + 300),
+            clicked("first", subscription_id="shared", external_id=None, timestamp=T0 + 100)]
     response = post_events(client, tenant, body)
     assert (response.json["accepted"], response.json["skipped"]) == (4, 1)
     events = sent(runtime)
@@ -280,9 +272,9 @@ def test_an_event_without_a_user_is_credited_to_the_newest_earlier_user_by_time(
 
 
 def test_a_replay_resolves_a_skipped_event_by_what_the_registry_recorded(client, tenant, runtime):
-    post_events(client, tenant, [item("first", sub="shared", external_id=None, at=T0 + 100, message={"id": "m"})])
-    post_events(client, tenant, [item("ana", sub="shared", external_id="u-ana", at=T0 + 500, message={"id": "m"}),
-                                 item("ben", sub="shared", external_id="u-ben", at=T0 + 200, message={"id": "m"})])
+    post_events(client, tenant, [clicked("first", subscription_id="shared", external_id=None, timestamp=T0 + 100)])
+    post_events(client, tenant, [clicked("ana", subscription_id="shared", external_id="u-ana", timestamp=T0 + 500),
+                                 clicked("ben", subscription_id="shared", external_id="u-ben", timestamp=T0 + 200)])
     with runtime.session() as session:
         result = replay(session, app_id=tenant.app_id, reason="unresolved_user")
     assert result.requeued == 1
@@ -293,14 +285,11 @@ def test_a_replay_resolves_a_skipped_event_by_what_the_registry_recorded(client,
     ("2025-11-23T00:00:00", 1), ("2025-11-23 00:00:00 UTC", 1), ("2025-11-23T01:00:00+01:00", 1), ("1763856000", 1),
     ("2100-01-01T00:00:00", None), ("0", None),
 ])
-def test_the_replay_command_reads_since_by_the_same_rule(client, tenant, runtime, settings_env, monkeypatch,
-                                                        since, requeued):
-    for key, value in settings_env.items():
-        monkeypatch.setenv(key, value)
+def test_the_replay_command_reads_since_by_the_same_rule(client, tenant, cli, since, requeued):
     with freeze_time("2025-11-23 00:00:05"):
-        post_events(client, tenant, [item("first", sub="shared", external_id=None, message={"id": "m"})])
-        post_events(client, tenant, [item("ana", sub="shared", external_id="u-ana", message={"id": "m"})])
-        result = CliRunner().invoke(main, ["deliveries", "replay", "--reason", "unresolved_user", "--since", since])
+        post_events(client, tenant, [clicked("first", subscription_id="shared", external_id=None)])
+        post_events(client, tenant, [clicked("ana", subscription_id="shared", external_id="u-ana")])
+        result = cli.invoke(main, ["deliveries", "replay", "--reason", "unresolved_user", "--since", since])
     if requeued is None:
         assert result.exit_code == 2 and "outside the accepted window" in result.output
     else:
@@ -313,9 +302,9 @@ def test_the_replay_command_reads_since_by_the_same_rule(client, tenant, runtime
 
 @pytest.mark.parametrize("value", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
 def test_a_date_past_what_utc_can_hold_is_a_field_error_not_a_500(client, tenant, value):
-    raw = item("e1", at=None, message={"id": "m"})
+    raw = clicked("e1", timestamp=OMIT)
     raw["event"]["datetime"] = value
-    response = post_events(client, tenant, [raw, item("e2", message={"id": "m"})])
+    response = post_events(client, tenant, [raw, clicked("e2")])
     assert response.status_code == 202
     assert errors_of(response) == {0: {"event.datetime": f"{value!r} is outside the accepted window (2000-01-01 "
                                                          "to one day after the bridge's clock)."}}
@@ -326,15 +315,14 @@ def test_a_date_past_what_utc_can_hold_is_a_field_error_not_a_500(client, tenant
 
 @pytest.mark.parametrize("digits", ["¹", "١٧٦٣٨٥٦٠٠٠"])
 def test_digits_other_than_ascii_are_refused_as_numbers(client, tenant, runtime, tmp_path, digits):
-    response = post_events(client, tenant, [item("e1", at=digits, message={"id": "m"}), item("e2", message={"id": "m"})])
+    response = post_events(client, tenant, [clicked("e1", timestamp=digits), clicked("e2")])
     assert errors_of(response) == {0: {"event.timestamp": "Must be epoch seconds (or milliseconds) as a number."}}
     path = tmp_path / "export.csv"
     path.write_text(f"id,identifier,device_type,notification_types\ns1,tok1,{digits[0]},{digits}\n")
     with runtime.session() as session:
         summary = import_subscriptions(session, tenant.app_id, path)
     assert summary.rejected == 1 and "device_type" in summary.errors[0]["reason"] and "notification_types" in summary.errors[0]["reason"]
-    client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth, json={
-        "cohort_id": "c1", "cohort_name": "C", "in_cohort": True, "computed_time": "1763856000",
-        "message_id": "m1", "users": [{"user_id": "u1"}]})
+    client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth,
+                json=cohort_batch(["u1"], cohort_id="c1"))
     response = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1/syncs?limit={digits}", headers=tenant.auth)
     assert (response.status_code, response.json["error"]) == (400, "invalid_parameter")

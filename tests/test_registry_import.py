@@ -9,13 +9,12 @@ import shutil
 from datetime import UTC, datetime
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from bridge.cli import main
 from bridge.registry.importer import import_subscriptions
 from bridge.registry.models import Subscription
-from conftest import FIXTURES
+from support import FIXTURES
 
 LEGACY = FIXTURES / "subscriptions-legacy.csv"
 LEGACY_NO_NOTIFICATION_TYPES = FIXTURES / "subscriptions-legacy-no-notification-types.csv"
@@ -30,13 +29,6 @@ LEGACY_REJECTED = [
                            "last_active: 'yesterday' is not a date-time (ISO 8601) or epoch seconds"},
     {"line": 74, "reason": "expected 19 fields as in the header, found 3"},
 ]
-
-
-@pytest.fixture
-def cli(settings_env, monkeypatch):
-    for key, value in settings_env.items():
-        monkeypatch.setenv(key, value)
-    return CliRunner()
 
 
 def run_import(cli, tenant, path, *options):

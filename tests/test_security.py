@@ -17,7 +17,7 @@ from sqlalchemy import select
 from bridge import tokens
 from bridge.amplitude.sink import AmplitudeSink
 from bridge.apps.models import AppToken
-from bridge.apps.service import create_app_record, rotate_token
+from bridge.apps.service import rotate_token
 from bridge.cli import main
 from bridge.db import metadata, utcnow
 from bridge.intake.schemas import MAX_FREE_FORM_BYTES
@@ -25,7 +25,7 @@ from bridge.http import MAX_JSON_DEPTH
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
-from conftest import Tenant
+from support.factories import OMIT, Tenant, channel_record, cohort_batch, event_item, event_items, new_tenant
 
 PUBLIC = {"/healthz", "/livez", "/openapi.json"}
 WEBHOOK = "/v1/apps/<app_id>/amplitude/cohorts"
@@ -34,8 +34,10 @@ WEBHOOK = "/v1/apps/<app_id>/amplitude/cohorts"
 def routes(app) -> list[tuple[str, str]]:
     """(method, rule) of every route the app serves but the public ones, read from its URL map, so a
     route added later is in every test below without being listed."""
-    return sorted((method, rule.rule) for rule in app.url_map.iter_rules() if rule.rule not in PUBLIC
-                  for method in rule.methods - {"HEAD", "OPTIONS"})
+    found = sorted((method, rule.rule) for rule in app.url_map.iter_rules() if rule.rule not in PUBLIC
+                   for method in rule.methods - {"HEAD", "OPTIONS"})
+    assert {("POST", "/v1/apps/<app_id>/events"), ("POST", WEBHOOK)} <= set(found), found  # the loops check something
+    return found
 
 
 def call(client, method: str, rule: str, app_id: str, headers: dict[str, str]):
@@ -49,12 +51,6 @@ def call(client, method: str, rule: str, app_id: str, headers: dict[str, str]):
 
 def token_kind(rule: str) -> str:
     return "cohort" if rule == WEBHOOK else "api"
-
-
-def new_tenant(runtime, name: str) -> Tenant:
-    with runtime.session() as session:
-        record, issued = create_app_record(session, name=name, amplitude_api_key=f"amp-{name}-{uuid.uuid4().hex[:8]}")
-    return Tenant(record.id, issued.api_key, issued.cohort_token, record.amplitude_api_key)
 
 
 @pytest.fixture
@@ -106,19 +102,20 @@ def test_every_route_takes_one_of_its_apps_tokens_and_refuses_the_other(app, cli
 
 
 def test_an_apps_own_token_shows_nothing_of_another_apps_data(client, tenant, other, runtime):
-    record = {"subscription_id": "sub-a", "type": "Email", "identifier": "a@example.com", "external_id": "u1"}
+    record = channel_record("sub-a", "Email", identifier="a@example.com", external_id="u1")
     assert client.post(f"/v1/apps/{tenant.app_id}/subscriptions", json=record, headers=tenant.auth).status_code == 200
-    batch = {"cohort_id": "vip", "in_cohort": True, "computed_time": 1763856000, "message_id": "m1",
-             "users": [{"user_id": "u1"}]}
-    assert client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=batch,
+    assert client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_batch(["u1"], cohort_id="vip"),
                        headers=tenant.cohort_auth).status_code == 200
     runtime.runner.run_pending()
+    assert client.post(f"/v1/apps/{tenant.app_id}/events", json=event_items(2), headers=tenant.auth).status_code == 202
+    assert client.get(f"/v1/apps/{tenant.app_id}/deliveries/stats", headers=tenant.auth).json["pending"] == 2
     mine = f"/v1/apps/{other.app_id}"
 
     assert client.get(f"{mine}/subscriptions/sub-a", headers=other.auth).json["error"] == "subscription_not_found"
     assert client.get(f"{mine}/cohorts/vip", headers=other.auth).json["error"] == "cohort_not_found"
     assert client.get(f"{mine}/cohorts", headers=other.auth).json["items"] == []
-    assert client.get(f"{mine}/deliveries/stats", headers=other.auth).json["pending"] == 0
+    stats = client.get(f"{mine}/deliveries/stats", headers=other.auth).json
+    assert (stats["pending"], stats["delivered"], stats["skipped"]["total"], stats["dead"]["total"]) == (0, 0, 0, 0)
 
 
 # -- (b) tokens stored as digests, compared in constant time ----------------------------------------
@@ -204,13 +201,12 @@ def rejecting_amplitude(settings_env):
         runtime.close()
 
 
-def test_secrets_appear_in_no_log_line_and_no_answer(rejecting_amplitude, settings_env, caplog):
+def test_secrets_appear_in_no_log_line_and_no_answer(rejecting_amplitude, cli, caplog):
     runtime, client = rejecting_amplitude
     own, other = new_tenant(runtime, "own"), new_tenant(runtime, "other")
     caplog.set_level(logging.DEBUG)
     events = f"/v1/apps/{own.app_id}/events"
-    item = {"event": {"id": "e1", "kind": "message.push.sent", "timestamp": 1763856000, "subscription_id": "s1",
-                      "external_id": "u1"}, "message": {"id": "m1", "name": "Welcome"}}
+    item = event_item("e1")
     json_headers = {**own.auth, "Content-Type": "application/json"}
     answers = [
         client.post(events, json=item, headers=other.auth),
@@ -223,7 +219,7 @@ def test_secrets_appear_in_no_log_line_and_no_answer(rejecting_amplitude, settin
     ]
     runtime.runner.run_pending()  # delivery: Amplitude refuses the key and echoes it
     answers.append(client.get(f"/v1/apps/{own.app_id}/deliveries/stats", headers=own.auth))
-    listed = CliRunner().invoke(main, ["apps", "list"], env=settings_env)
+    listed = cli.invoke(main, ["apps", "list"])
 
     assert answers[-1].json["held"] is not None and listed.exit_code == 0  # the refusal happened, and is shown
     shown = caplog.text + listed.output + "".join(answer.get_data(as_text=True) for answer in answers)
@@ -262,13 +258,10 @@ def depth(value: object) -> int:
 
 # Per POST route: a valid body that carries `free` in a free-form place, and the token it takes.
 BODIES = {
-    "events": (lambda free: {"event": {"id": f"e-{uuid.uuid4().hex}", "kind": "message.push.sent",
-                                       "timestamp": 1763856000, "subscription_id": "s1"},
-                             "message": {"id": "m1", "name": "Welcome"}, "data": free}, "api"),
-    "subscriptions": (lambda free: {"subscription_id": "s1", "type": "iOSPush", "extra": free}, "api"),
-    "amplitude/cohorts": (lambda free: {"cohort_id": "c", "in_cohort": True, "computed_time": 1763856000,
-                                        "message_id": f"m-{uuid.uuid4().hex}",
-                                        "users": [{"user_id": "u1", "user_properties": free}]}, "cohort"),
+    "events": (lambda free: event_item(f"e-{uuid.uuid4().hex}", external_id=OMIT, device_type=OMIT,
+                                       message={"id": "m1", "name": "Welcome"}, data=free), "api"),
+    "subscriptions": (lambda free: channel_record("s1", extra=free), "api"),
+    "amplitude/cohorts": (lambda free: cohort_batch([{"user_id": "u1", "user_properties": free}], cohort_id="c"), "cohort"),
 }
 
 

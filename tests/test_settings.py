@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from bridge.cli import main
 from bridge.settings import ConfigurationError, Settings
-from processes import ROOT, SECRET_KEY
+from support.processes import ROOT, SECRET_KEY
 
 
 def test_defaults_are_the_embedded_mode():
@@ -59,6 +59,8 @@ def test_redis_url_switches_jobs_to_rq():
     ({"DATABASE_URL": "postgres://bridge@db.internal:port/bridge"}, "DATABASE_URL"),
     ({"AMPLITUDE_BASE_URL": "http://amplitude.internal:port"}, "AMPLITUDE_BASE_URL"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of text, json, got 'xml'"),
+    ({"COHORT_RESCHEDULE_SECONDS": "0"}, "COHORT_RESCHEDULE_SECONDS must be a whole number between 1 and 3600"),
+    ({"COHORT_RESCHEDULE_SECONDS": "2.5"}, "COHORT_RESCHEDULE_SECONDS"),
 ])
 def test_bad_values_fail_fast_naming_the_variable(env, names):
     with pytest.raises(ConfigurationError, match=names):
@@ -90,6 +92,8 @@ def test_a_malformed_url_is_refused_in_one_line_with_its_password_masked(variabl
     ({"REDIS_URL": "unix:///run/redis.sock?db=1"}, "redis_url", "unix:///run/redis.sock?db=1"),
     ({"DATABASE_URL": "sqlite:////var/lib/bridge/bridge.db"}, "database_url", "sqlite:////var/lib/bridge/bridge.db"),
     ({"DATABASE_URL": "postgres:///bridge"}, "database_url", "postgresql+psycopg:///bridge"),
+    ({}, "cohort_reschedule_seconds", 30),
+    ({"COHORT_RESCHEDULE_SECONDS": "2"}, "cohort_reschedule_seconds", 2),
 ])
 def test_the_usual_forms_of_each_value_are_accepted(env, field, value):
     assert getattr(Settings.from_env({"SECRET_KEY": SECRET_KEY, **env}), field) == value

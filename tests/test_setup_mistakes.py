@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from processes import ROOT, SECRET_KEY, free_port, run_bridge
+from support.processes import ROOT, SECRET_KEY, free_port, run_bridge
 
 PASSWORD = "s3cret-pw"
 README = (ROOT / "README.md").read_text(encoding="utf-8")

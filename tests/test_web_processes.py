@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from bridge.migrate import upgrade
-from processes import ROOT, start_web
+from support.processes import ROOT, start_web
 
 
 def sockets_under(*directories: Path) -> list[Path]:

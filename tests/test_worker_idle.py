@@ -18,7 +18,9 @@ from redis import Redis
 from bridge import worker
 from bridge.amplitude.sink import AmplitudeSink
 from bridge.settings import Settings
-from processes import SECRET_KEY, bridge_cli, log_records, start_web, start_worker, wait_until
+from support.databases import truncate
+from support.factories import event_item
+from support.processes import SECRET_KEY, bridge_cli, log_records, start_web, start_worker, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -44,10 +46,9 @@ def test_the_workers_redis_client_waits_longer_than_its_blpop(redis_url):
         sweeping.close()
 
 
+@pytest.mark.slow
 def test_an_event_posted_to_an_idle_worker_reaches_amplitude_within_2_seconds(postgresql_url, redis_url, tmp_path):
-    from conftest import _truncate
-
-    _truncate(postgresql_url)
+    truncate(postgresql_url)
     db = int(redis_url.rsplit("/", 1)[1])
     with AmplitudeSink(api_keys={"amp-idle-key"}) as sink:
         env = {"DATABASE_URL": postgresql_url.replace("+psycopg", ""), "REDIS_URL": redis_url,
@@ -64,10 +65,7 @@ def test_an_event_posted_to_an_idle_worker_reaches_amplitude_within_2_seconds(po
 
             wait_until(idle_past_the_default_timeout, 30, "the worker's BLPOP to outlast redis-py's default timeout",
                        interval=0.5)
-            item = {"event": {"id": "idle-1", "kind": "message.push.clicked", "timestamp": 1763856000,
-                              "subscription_id": "sub-idle", "subscription_device_type": "AndroidPush",
-                              "external_id": "user-idle"},
-                    "message": {"id": "msg-idle", "name": "Idle", "title": "Hi", "contents": {"en": "Hello"}}}
+            item = event_item("idle-1", "message.push.clicked", "sub-idle", "user-idle", device_type="AndroidPush")
             posted = time.monotonic()
             answer = httpx.post(f"{url}/v1/apps/{app['app_id']}/events", json=[item], timeout=10,
                                 headers={"Authorization": f"Bearer {app['api_key']}"})

@@ -219,8 +219,9 @@ class AmplitudeSink:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, api_keys: set[str] | None = None, *,
                  record_events: bool = True, track_arrivals: bool = False):
-        """`api_keys`: the only keys accepted (None: any). `record_events` False keeps counters only.
-        `track_arrivals` keeps the wall-clock time each insert_id was first ingested (latency benchmarks)."""
+        """`api_keys`: the only keys accepted (None: any). `record_events` False keeps counters only (no
+        events, no request log). `track_arrivals` keeps the wall-clock time each insert_id was first
+        ingested (latency benchmarks)."""
         self.host, self.port = host, port
         self.api_keys = frozenset(api_keys) if api_keys is not None else None
         self.record_events = record_events
@@ -235,6 +236,7 @@ class AmplitudeSink:
         self._arrivals: dict[str, float] = {}
         self._seen: set[tuple[str, str, str]] = set()
         self._requests: Counter[int] = Counter()
+        self._request_log: list[dict] = []
         self._received = self._ingested = self._duplicates = self._resets = 0
         self._faults: deque[_Fault] = deque()
         self._throttle = _Throttle()
@@ -315,19 +317,30 @@ class AmplitudeSink:
         with self._lock:
             return [event for key, event in self._events if api_key is None or key == api_key]
 
+    def requests(self) -> list[dict]:
+        """Every ingestion request in arrival order: `{"path": "/2/httpapi", "at": wall-clock seconds it
+        arrived, "status": the status answered (None: the connection was dropped unanswered)}`.
+
+        Empty when the sink was made with record_events=False."""
+        with self._lock:
+            return [dict(entry) for entry in self._request_log]
+
     def arrivals(self) -> dict[str, float]:
         """insert_id → wall-clock time it was first ingested (only with track_arrivals)."""
         with self._lock:
             return dict(self._arrivals)
 
     def reset(self) -> None:
-        """Forget every event, counter, queued fault and throttle setting."""
+        """Forget every event, request, counter, queued fault and throttle setting."""
         with self._lock:
             self._clear()
 
-    def _receive(self, endpoint: Endpoint, raw: bytes, content_encoding: str) -> _Reply:
-        """The answer to one ingestion request: the next scripted fault if any, else Amplitude's."""
+    def _receive(self, path: str, raw: bytes, content_encoding: str) -> _Reply:
+        """The answer to one ingestion request to `path`: the next scripted fault if any, else Amplitude's."""
+        endpoint, entry = ENDPOINTS[path], {"path": path, "at": time.time(), "status": None}
         with self._lock:
+            if self.record_events:
+                self._request_log.append(entry)
             fault = self._faults.popleft() if self._faults else None
         if fault is None:
             reply = _Reply(*self._ingest(endpoint, raw, content_encoding))
@@ -337,6 +350,7 @@ class AmplitudeSink:
             body = None if fault.status is None else fault.body or _error_body(fault.status, endpoint)
             reply = _Reply(fault.status, body, fault.delay)
         with self._lock:
+            entry["status"] = reply.status
             if reply.status is None:
                 self._resets += 1
             else:
@@ -409,7 +423,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         sink, path = self.server.sink, urlsplit(self.path).path
         if path in ENDPOINTS:
-            reply = sink._receive(ENDPOINTS[path], raw, self.headers.get("Content-Encoding", ""))
+            reply = sink._receive(path, raw, self.headers.get("Content-Encoding", ""))
             if reply.delay:
                 time.sleep(reply.delay)
             if reply.status is None:
@@ -442,6 +456,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if url.path == "/_sink/stats":
             self._send(200, self.server.sink.stats())
+        elif url.path == "/_sink/requests":
+            self._send(200, self.server.sink.requests())
         elif url.path == "/_sink/arrivals":
             self._send(200, self.server.sink.arrivals())
         elif url.path == "/_sink/events":
@@ -489,9 +505,10 @@ control (JSON):
   POST /_sink/throttle   {"users": [...], "devices": [...], "daily_quota_users": [...],
                           "daily_quota_devices": [...]}: answer 429 to requests with events of
                          these ids (replaces the last setting; {} stops throttling)
-  POST /_sink/reset      forget events, counters, faults and throttling
+  POST /_sink/reset      forget events, requests, counters, faults and throttling
   GET  /_sink/stats      counters: requests by status, events ingested, duplicates ignored
   GET  /_sink/events     the events ingested (?api_key=KEY: only that key's)
+  GET  /_sink/requests   every ingestion request: its path, when it arrived, the status answered
   GET  /_sink/arrivals   when each insert_id arrived (with --track-arrivals)
 """
 
@@ -505,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", dest="api_keys", action="append", metavar="KEY",
                         help="accept only this key (repeatable; default: accept any key)")
     parser.add_argument("--no-record-events", dest="record_events", action="store_false",
-                        help="keep counters only, not the events (long benchmarks)")
+                        help="keep counters only, not the events or the request log (long benchmarks)")
     parser.add_argument("--track-arrivals", action="store_true",
                         help="keep when each insert_id arrived (GET /_sink/arrivals; latency benchmarks)")
     args = parser.parse_args(argv)

@@ -8,8 +8,9 @@ A run counts itself before it does anything: the claim (attempt + 1, `claimed_at
 so a run that is killed, times out or loses its database still counts, and a batch that always kills
 its run ends `failed` after MAX_ATTEMPTS instead of restarting forever. No run starts a batch that a
 live run holds:
-- on PostgreSQL a run holds its batch's row lock while it applies it; a claim older than CLAIM_GRACE
-  whose row is not locked belongs to a run that died (the database released its lock);
+- on PostgreSQL a run holds its batch's row lock while it applies it; a claim older than
+  COHORT_RESCHEDULE_SECONDS whose row is not locked belongs to a run that died (the database released
+  its lock);
 - on SQLite, which has no row locks, a claim holds for CLAIM_LEASE, longer than a run can last (RQ
   stops a job after JOB_TIMEOUT_SECONDS).
 """
@@ -36,17 +37,20 @@ batches = CohortBatch.__table__.c
 cohorts = Cohort.__table__.c
 # A batch is queued at most once at a time; the job forgets its key as it starts.
 _BATCH_KEY_TTL = 600.0
-# A batch still `received` this long after it arrived is queued again by the sweep.
-RESCHEDULE_AFTER = timedelta(seconds=30)
 _SWEEP_LIMIT = 1000
 # After this many runs a batch is marked failed (shown in the sync history) and not retried.
 MAX_ATTEMPTS = 10
-# PostgreSQL: how long a claim whose row is not locked is left alone (a run locks it right after claiming).
-CLAIM_GRACE = timedelta(seconds=30)
 # SQLite: how long a run's claim keeps other runs off its batch: longer than any run can last.
 CLAIM_LEASE = timedelta(seconds=JOB_TIMEOUT_SECONDS + 60)
 INTERRUPTED = ("A run was interrupted before it could finish or record an error (its worker stopped or was "
                "killed, or it ran past the job timeout).")
+
+
+def reschedule_after(runtime: Runtime) -> timedelta:
+    """How long a batch is left alone before the sweep queues it again (COHORT_RESCHEDULE_SECONDS): after
+    it arrived, its job may be lost; on PostgreSQL, a claim this old whose row is not locked is a dead
+    run's (a live run locks the row right after claiming it)."""
+    return timedelta(seconds=runtime.settings.cohort_reschedule_seconds)
 
 
 def batch_key(batch_id: int) -> str:
@@ -69,7 +73,7 @@ def process_batch(batch_id: int, runtime: Runtime | None = None) -> BatchCounts 
     runtime = runtime or current()
     runtime.runner.forget(batch_key(batch_id))
     with runtime.job_session() as session:
-        claim = _claim(session, batch_id)
+        claim = _claim(session, batch_id, reschedule_after(runtime))
         if claim is None:
             return None
         try:
@@ -83,11 +87,11 @@ def process_batch(batch_id: int, runtime: Runtime | None = None) -> BatchCounts 
     return counts
 
 
-def _claim(session: Session, batch_id: int):
+def _claim(session: Session, batch_id: int, grace: timedelta):
     """Count a run of the batch and mark it claimed, in a transaction of its own. The claimed row
     (app_id, cohort_id, cohort_name, in_cohort, computed_time, user_ids, claimed_at), or None."""
     now = utcnow()
-    claimable = _unclaimed(session, now, batches.id == batch_id, batches.state == RECEIVED,
+    claimable = _unclaimed(session, now, grace, batches.id == batch_id, batches.state == RECEIVED,
                            batches.attempts < MAX_ATTEMPTS)
     claim = session.execute(
         update(CohortBatch.__table__)
@@ -134,13 +138,14 @@ def _apply(session: Session, batch_id: int, claim) -> BatchCounts | None:
     return counts
 
 
-def _unclaimed(session: Session, now: datetime, *conditions) -> Select:
+def _unclaimed(session: Session, now: datetime, grace: timedelta, *conditions) -> Select:
     """The ids of batches matching `conditions` that no live run holds: never claimed, given up by a run
-    that recorded its failure, or claimed by a run that died (see the module's docstring). On
-    PostgreSQL the rows are locked (SKIP LOCKED) until the caller's transaction ends."""
+    that recorded its failure, or claimed by a run that died (see the module's docstring; on PostgreSQL,
+    a claim is left alone for `grace`). On PostgreSQL the rows are locked (SKIP LOCKED) until the
+    caller's transaction ends."""
     if is_postgresql(session):
         query = select(batches.id).where(*conditions,
-                                         or_(batches.claimed_at.is_(None), batches.claimed_at < now - CLAIM_GRACE))
+                                         or_(batches.claimed_at.is_(None), batches.claimed_at < now - grace))
         return query.with_for_update(skip_locked=True)
     return select(batches.id).where(*conditions,
                                     or_(batches.claimed_at.is_(None), batches.claimed_at < now - CLAIM_LEASE))
@@ -154,12 +159,12 @@ def _roll_back(session: Session) -> None:
 
 
 def schedule_unprocessed(runtime: Runtime) -> int:
-    """Queue every batch still `received` RESCHEDULE_AFTER after it arrived and not held by a live run
-    (up to 1,000 per call); returns how many were queued. A batch whose last allowed run never
+    """Queue every batch still `received` `reschedule_after` after it arrived and not held by a live
+    run (up to 1,000 per call); returns how many were queued. A batch whose last allowed run never
     finished is marked failed instead. Used by the periodic sweep."""
-    now = utcnow()
+    now, wait = utcnow(), reschedule_after(runtime)
     with runtime.job_session() as session:
-        abandoned = _unclaimed(session, now, batches.state == RECEIVED, batches.attempts >= MAX_ATTEMPTS)
+        abandoned = _unclaimed(session, now, wait, batches.state == RECEIVED, batches.attempts >= MAX_ATTEMPTS)
         session.execute(
             update(CohortBatch.__table__).where(batches.id.in_(abandoned.scalar_subquery()))
             .values(state=FAILED, claimed_at=None,
@@ -167,7 +172,7 @@ def schedule_unprocessed(runtime: Runtime) -> int:
         )
         session.commit()
         ids = list(session.scalars(
-            _unclaimed(session, now, batches.state == RECEIVED, batches.received_at < now - RESCHEDULE_AFTER)
+            _unclaimed(session, now, wait, batches.state == RECEIVED, batches.received_at < now - wait)
             .order_by(batches.received_at).limit(_SWEEP_LIMIT)
         ))
         session.commit()

@@ -19,10 +19,14 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from redis import Redis
+from rq import Worker
 
 from bridge import mapping
 from bridge.amplitude.sink import AmplitudeSink
-from processes import Process, free_port, start_worker, wait_until
+from support.databases import libpq_url
+from support.factories import OMIT, T0, event_item
+from support.processes import Process, free_port, start_worker, wait_until
 
 KINDS = sorted(mapping.MAPPED_KINDS)
 USERS = [f"user-{n:02d}" for n in range(10)]
@@ -34,12 +38,8 @@ REPEATS_PER_REQUEST = 5  # ids of the previous request posted again: the platfor
 WORKER_ENV = {
     "DELIVERY_LEASE_SECONDS": "2", "SWEEP_INTERVAL_SECONDS": "0.3", "DELIVERY_BACKOFF_BASE_SECONDS": "0.1",
     "DELIVERY_BACKOFF_CAP_SECONDS": "0.5", "DELIVERY_THROTTLE_PAUSE_SECONDS": "1", "AMPLITUDE_TIMEOUT_SECONDS": "1",
-    "DELIVERY_RETRY_WINDOW_SECONDS": "3600", "LOG_LEVEL": "INFO",
+    "DELIVERY_RETRY_WINDOW_SECONDS": "3600", "COHORT_RESCHEDULE_SECONDS": "2", "LOG_LEVEL": "INFO",
 }
-
-
-def libpq_url(database_url: str) -> str:
-    return database_url.replace("+psycopg", "")
 
 
 class PrivateRedis:
@@ -125,15 +125,6 @@ def hold_delivery(database_url: str, app_id: str, held: bool) -> None:
         conn.execute("UPDATE apps SET delivery_held_until = CASE WHEN %s THEN now() + interval '1 hour' END, "
                      "delivery_held_reason = CASE WHEN %s THEN 'held by the test' END WHERE id = %s",
                      (held, held, app_id))
-
-
-def event_item(event_id: str, n: int, subscription: str, external_id: str | None) -> dict:
-    event = {"id": event_id, "kind": KINDS[n % len(KINDS)], "timestamp": 1763856000 + n,
-             "subscription_id": subscription, "subscription_device_type": "AndroidPush"}
-    if external_id:
-        event["external_id"] = external_id
-    return {"event": event, "data": {"target_id": "cta"},
-            "message": {"id": f"msg-{n % 4}", "name": f"Campaign {n % 4}", "title": "Hi", "contents": {"en": "Hello"}}}
 
 
 @dataclass
@@ -245,7 +236,8 @@ class Load:
             else:
                 user = USERS[n % len(USERS)]
                 subscription = f"{self.tag}-{user}-d{(n // len(USERS)) % DEVICES_PER_USER}"
-            items.append(event_item(event_id, n, subscription, user))
+            items.append(event_item(event_id, KINDS[n % len(KINDS)], subscription, user or OMIT, timestamp=T0 + n,
+                                    device_type="AndroidPush", data={"target_id": "cta"}))
         return items, len(repeated)
 
     def _run(self) -> None:
@@ -305,6 +297,22 @@ class Bridge:
 
     def alive_workers(self) -> list[Process]:
         return [w for w in self.workers if w.popen.poll() is None]
+
+    def rq_workers(self) -> dict[int, Worker]:
+        """RQ's registry of the workers on this scenario's Redis, by process id: each started RQ loop
+        registers itself (name, birth, the jobs it finished or failed) before it takes a job."""
+        with Redis.from_url(self.redis.url, socket_timeout=5) as redis:
+            return {worker.pid: worker for worker in Worker.all(connection=redis)}
+
+    def rq_worker(self, process: Process, timeout: float = 30) -> Worker:
+        """RQ's record of the worker loop running in `process`, once it has registered."""
+        return wait_until(lambda: self.rq_workers().get(process.popen.pid), timeout,
+                          f"the worker (pid {process.popen.pid}) to register with RQ")
+
+    def rq_record_after_exit(self, worker: Worker) -> Worker | None:
+        """RQ's record of a worker loop that has ended: RQ keeps it 60 s, with its death and job counts."""
+        with Redis.from_url(self.redis.url, socket_timeout=5) as redis:
+            return Worker.find_by_key(worker.key, connection=redis)
 
     def stats(self) -> dict | None:
         try:
