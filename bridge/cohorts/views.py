@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -35,6 +35,7 @@ from bridge.intake.schemas import flatten_errors
 from bridge.intake.views import read_json_body
 from bridge.paging import after_key, next_cursor
 from bridge.registry.models import CHANNELS
+from bridge.request_scope import get_db
 from bridge.spreadsheet import safe_row
 
 bp = Blueprint("cohorts", __name__)
@@ -74,7 +75,7 @@ def receive_batch(app_id: str):
         raise RequestEntityTooLarge()  # refused before a slot is taken or a byte is read
     with _body_slot(), _collector_paused():
         data = _webhook_payload(runtime.settings.cohort_max_users_per_batch)
-    stored = store_batch(g.db, app_id, data)
+    stored = store_batch(get_db(), app_id, data)
     if stored.state == RECEIVED:
         schedule_batch(runtime, stored.batch_id)  # after commit; a no-op if its job is already waiting
     return {
@@ -149,15 +150,15 @@ def _collector_paused() -> Iterator[None]:
 @require_token("api")
 def list_cohorts(app_id: str):
     (after,) = after_key((str,)) or (None,)
-    return _paged(report.list_cohorts(g.db, app_id, after=after, limit=_limit()))
+    return _paged(report.list_cohorts(get_db(), app_id, after=after, limit=_limit()))
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>")
 @require_token("api")
 def cohort_report(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
-    body = report.cohort_report(g.db, cohort)
-    body["recent_syncs"] = report.sync_history(g.db, cohort, before=None, limit=RECENT_SYNCS).items
+    body = report.cohort_report(get_db(), cohort)
+    body["recent_syncs"] = report.sync_history(get_db(), cohort, before=None, limit=RECENT_SYNCS).items
     return body
 
 
@@ -166,7 +167,7 @@ def cohort_report(app_id: str, cohort_id: str):
 def cohort_syncs(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
     (before,) = after_key((int,)) or (None,)
-    return _paged(report.sync_history(g.db, cohort, before=before, limit=_limit()))
+    return _paged(report.sync_history(get_db(), cohort, before=before, limit=_limit()))
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/unmatched")
@@ -174,7 +175,7 @@ def cohort_syncs(app_id: str, cohort_id: str):
 def cohort_unmatched(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
     (after,) = after_key((str,)) or (None,)
-    page = report.unmatched_users(g.db, cohort, after=after, limit=_limit())
+    page = report.unmatched_users(get_db(), cohort, after=after, limit=_limit())
     return {"items": [item["user_id"] for item in page.items], "next": next_cursor(page.next_key)}
 
 
@@ -192,11 +193,11 @@ def cohort_devices(app_id: str, cohort_id: str):
     if _wants_csv():
         return _csv_response(cohort, channel, subscribed)
     after = after_key((str, int))
-    return _paged(report.audience(g.db, cohort, channel=channel, subscribed=subscribed, after=after, limit=_limit()))
+    return _paged(report.audience(get_db(), cohort, channel=channel, subscribed=subscribed, after=after, limit=_limit()))
 
 
 def _cohort(app_id: str, cohort_id: str) -> Cohort:
-    cohort = g.db.get(Cohort, (app_id, cohort_id))
+    cohort = get_db().get(Cohort, (app_id, cohort_id))
     if cohort is None:
         raise ApiError(404, "cohort_not_found", f"No cohort {cohort_id!r} has been synced to this app.")
     return cohort

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask import Blueprint, g
+from flask import Blueprint
 
 from bridge.auth import require_token
 from bridge.errors import ApiError
@@ -11,6 +11,7 @@ from bridge.intake.views import read_items
 from bridge.registry.models import Subscription
 from bridge.registry.schemas import load_records
 from bridge.registry.service import UpsertCounts, find_record, upsert_records
+from bridge.request_scope import get_db
 
 bp = Blueprint("registry", __name__)
 
@@ -25,15 +26,14 @@ def post_subscriptions(app_id: str):
     if not records:
         raise ApiError(400, "invalid_subscriptions", "No record in the request is valid; see details.rejected.",
                        {**UpsertCounts().as_dict(), "rejected": rejected})
-    counts = upsert_records(g.db, app_id, records)
-    g.db.commit()
+    counts = upsert_records(get_db(), app_id, records)
     return {**counts.as_dict(), "rejected": rejected}, 200
 
 
 @bp.get("/v1/apps/<app_id>/subscriptions/<subscription_id>")
 @require_token("api")
 def get_subscription(app_id: str, subscription_id: str):
-    record = find_record(g.db, app_id, subscription_id)
+    record = find_record(get_db(), app_id, subscription_id)
     if record is None:
         raise ApiError(404, "subscription_not_found", f"No subscription {subscription_id!r} in this app.")
     return describe(record)
