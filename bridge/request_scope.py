@@ -4,7 +4,8 @@ A view asks for the session with `get_db()` (opened on first use, so a request t
 opens none); the services it calls add and flush. The app commits it once the view has returned
 (`commit`, called by bridge.web), so an error at the commit is answered like the view's own (503 for
 a database that went away); a view that raises leaves it uncommitted. `close` ends it in the request's
-teardown, rolling back whatever was not committed.
+teardown, rolling back whatever was not committed. The jobs its transaction asked for are queued by
+that commit (bridge.jobs.after_commit_once).
 """
 from __future__ import annotations
 

@@ -19,12 +19,11 @@ _current: Runtime | None = None
 class Runtime:
     def __init__(self, settings: Settings):
         from bridge.amplitude.client import AmplitudeClient
-        from bridge.jobs import make_runner
+        from bridge.jobs import make_runner, session_info
         from bridge.paging import Cursors
 
         self.settings = settings
         self.engine = make_engine(settings.database_url)
-        self.sessions = make_session_factory(self.engine)
         self.amplitude = AmplitudeClient(
             timeout=settings.http_timeout_seconds,
             base_url_override=settings.amplitude_base_url,
@@ -32,6 +31,8 @@ class Runtime:
         )
         self.cursors = Cursors(settings.secret_key)
         self.runner = make_runner(self)
+        # Every session's commit queues the jobs its transaction asked for (bridge.jobs.after_commit_once).
+        self.sessions = make_session_factory(self.engine, session_info(self.runner))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -22,7 +22,9 @@ def store(runtime, tenant, message_id: str, in_cohort: bool, computed_time: int,
     body = {"cohort_id": COHORT, "cohort_name": name, "message_id": message_id, "in_cohort": in_cohort,
             "computed_time": computed_time, "users": BatchUsers(user_ids)}
     with runtime.session() as session:
-        return store_batch(session, tenant.app_id, body).batch_id
+        batch_id = store_batch(session, tenant.app_id, body).batch_id
+        session.commit()
+    return batch_id
 
 
 def apply(runtime, tenant, message_id, in_cohort, computed_time, user_ids) -> CohortBatch:

@@ -28,6 +28,7 @@ def sync(runtime, app_id: str, message_id: str, in_cohort: bool, computed_time: 
             "computed_time": computed_time, "users": BatchUsers(list(user_ids))}
     with runtime.session() as session:
         batch_id = store_batch(session, app_id, body).batch_id
+        session.commit()
     process_batch(batch_id, runtime=runtime)
 
 
@@ -48,6 +49,7 @@ def add_records(runtime, app_id: str, *records: tuple[str | None, str, bool | No
 def other_app(runtime):
     with runtime.session() as session:
         record, issued = create_app_record(session, name="Other", amplitude_api_key="amp-other-" + uuid.uuid4().hex[:6])
+        session.commit()
     return record.id, issued.api_key
 
 
@@ -199,6 +201,7 @@ def test_the_audience_lists_unknown_states_as_null_and_filters_them_apart(client
 def test_an_export_without_notification_types_is_reported_as_unknown_not_unsubscribed(client, runtime, tenant):
     with runtime.session() as session:
         import_subscriptions(session, tenant.app_id, FIXTURES / "subscriptions-legacy-no-notification-types.csv")
+        session.commit()
     body = json.loads((FIXTURES / "cohort-initial-sync.json").read_text())
     sync(runtime, tenant.app_id, body["message_id"], True, 100, [u["user_id"] for u in body["users"]])
 

@@ -26,8 +26,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from bridge.auth import require_token
 from bridge.cohorts import report
-from bridge.cohorts.jobs import schedule_batch
-from bridge.cohorts.models import RECEIVED, Cohort
+from bridge.cohorts.models import Cohort
 from bridge.cohorts.schemas import WEBHOOK_SCHEMA
 from bridge.cohorts.webhook import store_batch
 from bridge.errors import ApiError
@@ -75,9 +74,7 @@ def receive_batch(app_id: str):
         raise RequestEntityTooLarge()  # refused before a slot is taken or a byte is read
     with _body_slot(), _collector_paused():
         data = _webhook_payload(runtime.settings.cohort_max_users_per_batch)
-    stored = store_batch(get_db(), app_id, data)
-    if stored.state == RECEIVED:
-        schedule_batch(runtime, stored.batch_id)  # after commit; a no-op if its job is already waiting
+    stored = store_batch(get_db(), app_id, data)  # its job is queued by the request's commit
     return {
         "status": "duplicate" if stored.duplicate else "accepted",
         "batch_id": stored.public_id,
