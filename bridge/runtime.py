@@ -36,7 +36,8 @@ class Runtime:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that is closed on exit; callers commit explicitly."""
+        """A session that is closed on exit (rolling back what was not committed). Its owner (a job, a
+        command) commits; the services it calls only flush."""
         session = self.sessions()
         try:
             yield session

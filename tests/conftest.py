@@ -150,6 +150,7 @@ def tenant(runtime):
     """A freshly created app (tenant) with its plaintext tokens."""
     with runtime.session() as session:
         record, issued = create_app_record(session, name="Test app", amplitude_api_key="amp-test-key-" + uuid.uuid4().hex[:8])
+        session.commit()
     return Tenant(record.id, issued.api_key, issued.cohort_token, record.amplitude_api_key)
 
 

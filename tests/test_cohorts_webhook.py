@@ -121,6 +121,7 @@ def test_the_api_key_is_not_a_cohort_token(client, runtime, tenant):
 def test_another_apps_cohort_token_is_refused(client, runtime, tenant):
     with runtime.session() as session:
         _record, issued = create_app_record(session, name="Other", amplitude_api_key="amp-other-" + uuid.uuid4().hex[:6])
+        session.commit()
     response = post(client, tenant, fixture("cohort-entered.json"),
                     headers={"Authorization": f"Bearer {issued.cohort_token}"})
     assert response.status_code == 401

@@ -64,6 +64,7 @@ def bridge(request, web, private_redis, postgresql_url, tmp_path):
     engine = create_engine(postgresql_url)
     with Session(engine, expire_on_commit=False) as session:
         app, issued = create_app_record(session, name=name, amplitude_api_key=amplitude_key)
+        session.commit()
     engine.dispose()
     sink = AmplitudeSink(api_keys={amplitude_key}).start()
     harness = Bridge(name=name, url=url, app_id=app.id, api_key=issued.api_key, cohort_token=issued.cohort_token,

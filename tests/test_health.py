@@ -230,6 +230,7 @@ def test_a_schema_ahead_of_this_code_is_served_and_reported_degraded(web, unmigr
         200, "degraded", {"current": "9999", "head": HEAD, "state": "ahead"})
     with client.application.extensions["bridge"].session() as session:
         app, issued = create_app_record(session, name="Shop", amplitude_api_key="amp-key")
+        session.commit()
     answer = client.post(f"/v1/apps/{app.id}/events", json=ITEM, headers={"Authorization": f"Bearer {issued.api_key}"})
     assert answer.status_code == 202
 

@@ -75,7 +75,9 @@ def rq_runtime(database_url, redis_url, sink, monkeypatch):
 
 def new_app(runtime: Runtime, name: str):
     with runtime.session() as session:
-        return create_app_record(session, name=name, amplitude_api_key=f"amp-{name}-{uuid.uuid4().hex[:8]}")
+        created = create_app_record(session, name=name, amplitude_api_key=f"amp-{name}-{uuid.uuid4().hex[:8]}")
+        session.commit()
+    return created
 
 
 def test_a_drain_runs_before_cohort_batches_queued_ahead_of_it(rq_runtime, sink):

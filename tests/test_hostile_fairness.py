@@ -41,6 +41,7 @@ def push_events(prefix: str, n: int) -> list[dict]:
 def test_an_apps_backlog_delays_another_apps_event_by_about_one_drain_budget(client, runtime, tenant, sink, monkeypatch):
     with runtime.session() as session:
         small_app, small = create_app_record(session, name="Small", amplitude_api_key="amp-small-key")
+        session.commit()
         small_app_id = small_app.id
     send = runtime.amplitude.send
     with freeze_time(utcnow()) as clock:

@@ -112,6 +112,7 @@ def test_the_apps_enabled_kinds_decide_what_is_sent(client, tenant, runtime):
 
     with runtime.session() as session:
         update_app(session, session.get(App, tenant.app_id), enabled_kinds=["message.push.clicked"])
+        session.commit()
     body = [event(1, kind="message.push.sent"), event(2, kind="message.push.clicked")]
     assert post(client, tenant, body).json["ignored"] == 1
     assert [r.kind for r in outbox(runtime)] == ["message.push.clicked"]

@@ -285,6 +285,7 @@ def test_a_replay_resolves_a_skipped_event_by_what_the_registry_recorded(client,
                                  item("ben", sub="shared", external_id="u-ben", at=T0 + 200, message={"id": "m"})])
     with runtime.session() as session:
         result = replay(session, app_id=tenant.app_id, reason="unresolved_user")
+        session.commit()
     assert result.requeued == 1
     assert sent(runtime)["first"]["user_id"] == "u-ana"
 
