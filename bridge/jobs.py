@@ -262,7 +262,7 @@ def _send_on_commit(session: Session) -> None:
 
 @event.listens_for(Session, "after_transaction_end")
 def _forget_on_rollback(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:  # the transaction ended without a commit (which sent them): forget them
+    if transaction.parent is None:  # the outermost transaction ended: what its commit did not send is forgotten
         session.info.pop(_WISHES, None)
 
 
