@@ -121,6 +121,7 @@ def new_app(database_url: str):
     runtime = Runtime(Settings.from_env({"DATABASE_URL": database_url, "JOB_RUNNER": "manual"}))
     with runtime.session() as session:
         app, tokens = create_app_record(session, name="bench", amplitude_api_key="bench-key")
+        session.commit()
     runtime.close()
     return app.id, tokens
 

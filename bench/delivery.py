@@ -40,6 +40,7 @@ def fill_outbox(database_url: str, n: int) -> str:
     runtime = Runtime(Settings.from_env({"DATABASE_URL": database_url, "JOB_RUNNER": "manual"}))
     with runtime.session() as session:
         app, _ = create_app_record(session, name="bench", amplitude_api_key="bench-amplitude-key")
+        session.commit()
         for start in range(0, n, 1000):
             ingest(session, app.id, app.enabled_kinds, source_events(min(1000, n - start), start))
             session.commit()

@@ -92,8 +92,10 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine, expire_on_commit=False)
+def make_session_factory(engine: Engine, info: dict[str, object] | None = None) -> sessionmaker[Session]:
+    """Sessions on `engine`, each starting with a copy of `info` as its `Session.info` (bridge.jobs.session_info:
+    where its commits send the jobs they ask for)."""
+    return sessionmaker(bind=engine, expire_on_commit=False, info=info)
 
 
 def dialect_insert(session: Session, table):

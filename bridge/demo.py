@@ -42,6 +42,7 @@ def run_demo(events_file: Path, timeout: float = 60.0) -> dict[str, object]:
         runtime = install(Runtime(settings))
         with runtime.session() as session:
             app, tokens = create_app_record(session, name="Demo", amplitude_api_key="demo-amplitude-key")
+            session.commit()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log lines in the demo's output
         server = make_server("127.0.0.1", 0, create_app(runtime=runtime), threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()

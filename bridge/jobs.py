@@ -14,6 +14,11 @@ Every job goes to one of two queues, named by kind: `delivery` (outbox drains) a
 batches), so that a heavy cohort batch never waits in front of a drain. With RQ they are two Redis
 queues, and a worker serving both takes turns between them (delivery first when it starts), so
 neither kind can starve the other; the in-process runners keep one order.
+
+Work that a transaction creates is queued by that transaction's commit, never before: code that writes
+asks with `after_commit_once(session, ...)`, and the session's commit hands the job to the runner (a
+rollback, or a session closed without commit, forgets it). So no job is ever queued for rows that were
+not committed, and none is forgotten once they are.
 """
 from __future__ import annotations
 
@@ -22,8 +27,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
 
 if TYPE_CHECKING:
     from bridge.settings import Settings
@@ -62,6 +70,15 @@ class JobRunner:
     def forget(self, key: str) -> None:
         """Called by a job as it starts: a later `enqueue_once(key)` schedules a fresh run."""
         raise NotImplementedError
+
+    def send(self, wishes: Iterable[Wish]) -> None:
+        """Enqueue what a commit asked for (`after_commit_once`), now. Never raises: the rows are
+        committed, so a job the queue did not take is queued again by the periodic sweep."""
+        for wish in wishes:
+            try:
+                self.enqueue_once(wish.queue, wish.key, wish.ttl, wish.func, *wish.args)
+            except Exception as exc:  # noqa: BLE001 - Redis down or restarting
+                log.warning("could not queue %s (%s); the sweep will", wish.key, exc)
 
     def close(self) -> None:
         pass
@@ -192,6 +209,112 @@ class ThreadRunner(JobRunner):
         self.jobs.put(None)
         if self.thread is not None:
             self.thread.join(timeout=30)
+
+
+class Wish(NamedTuple):
+    """A job a transaction asks for: `func(*args)` on the queue of kind `queue`, unless a job with `key`
+    is already waiting (for at most `ttl` seconds), as `JobRunner.enqueue_once`."""
+
+    queue: str
+    key: str
+    ttl: float
+    func: Job
+    args: tuple[object, ...]
+
+
+class Sender(Protocol):
+    def send(self, wishes: Iterable[Wish]) -> None: ...
+
+
+_WISHES = "bridge.jobs:wishes"  # session.info: {key: Wish}, what the session's transaction asks for
+_SENDER = "bridge.jobs:sender"  # session.info: the Sender its commits hand them to
+
+
+def session_info(sender: Sender) -> dict[str, object]:
+    """The `info` of a session factory whose sessions' commits hand their jobs to `sender` (a JobRunner,
+    or a `BatchedSender`): bridge.db.make_session_factory(engine, session_info(runner))."""
+    return {_SENDER: sender}
+
+
+def after_commit_once(session: Session, queue: str, key: str, ttl: float, func: Job, *args: object) -> None:
+    """Enqueue `func(*args)` as `JobRunner.enqueue_once` would, once the transaction of `session` now
+    open (or next begun) commits; forgotten if it rolls back or the session closes without committing.
+    Asked twice for `key` within one transaction, it is queued once.
+
+    Only for work the database records (the periodic sweep queues it again if the queue is unreachable
+    at the commit). Raises RuntimeError for a session that was not made by a Runtime's session factory,
+    whose commit could not send it."""
+    if _SENDER not in session.info:
+        raise RuntimeError("this session cannot queue jobs: make it from Runtime.sessions")
+    _check_queue(queue)
+    if not session.in_transaction():
+        session.begin()  # the wish belongs to a transaction: this one's rollback must forget it
+    session.info.setdefault(_WISHES, {})[key] = Wish(queue, key, ttl, func, args)
+
+
+@event.listens_for(Session, "after_commit")
+def _send_on_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint: the jobs wait for the transaction's own commit
+    wishes = session.info.pop(_WISHES, None)
+    if not wishes:
+        return
+    try:
+        session.info[_SENDER].send(wishes.values())
+    except Exception:  # noqa: BLE001 - the commit stands; the sweep finds the work again
+        log.exception("queueing the jobs of a commit failed; the sweep will")
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_on_rollback(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the outermost transaction ended: what its commit did not send is forgotten
+        session.info.pop(_WISHES, None)
+
+
+class BatchedSender:
+    """Sends the jobs of many commits to a remote runner (Redis) from a thread, at most one round per
+    `interval` seconds whatever the number of commits, each key once per round: a stream of thousands of
+    small commits costs Redis a few calls per second instead of one per commit, and no commit waits on
+    Redis. The jobs wait at most `interval` longer for it. With an in-process runner (a list append) the
+    jobs are sent at once. For long-lived processes (web): what is waiting dies with the process, for the
+    sweep to find again."""
+
+    def __init__(self, runner: JobRunner, interval: float = 0.05):
+        self.runner = runner
+        self.interval = interval
+        self._wishes: dict[str, Wish] = {}
+        self._sending = False
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def send(self, wishes: Iterable[Wish]) -> None:
+        if not self.runner.remote:
+            self.runner.send(wishes)
+            return
+        with self._lock:
+            self._wishes.update((wish.key, wish) for wish in wishes)
+            if self._thread is None or not self._thread.is_alive():  # started lazily: after gunicorn's fork
+                self._thread = threading.Thread(target=self._loop, name="bridge-batched-sender", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                wishes, self._wishes = self._wishes, {}
+                self._sending = True
+            self.runner.send(sorted(wishes.values(), key=lambda wish: wish.key))
+            with self._lock:
+                self._sending = False
+            time.sleep(self.interval)
+
+    def idle(self) -> bool:
+        """True when every job handed over has been sent to the queue."""
+        with self._lock:
+            return not self._wishes and not self._sending
 
 
 def _check_queue(queue: str) -> None:

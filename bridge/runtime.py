@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from sqlalchemy.orm import Session
 
 from bridge.db import limit_statements, make_engine, make_session_factory
-from bridge.jobs import make_runner
+from bridge.jobs import make_runner, session_info
 from bridge.settings import Settings
 
 _current: Runtime | None = None
@@ -26,17 +26,19 @@ class Runtime:
 
         self.settings = settings
         self.engine = make_engine(settings.database_url)
-        self.sessions = make_session_factory(self.engine)
         self.amplitude = AmplitudeClient(
             timeout=settings.http_timeout_seconds,
             gzip_requests=settings.gzip_requests,
         )
         self.cursors = Cursors(settings.secret_key)
         self.runner = make_runner(settings, self)
+        # Every session's commit queues the jobs its transaction asked for (bridge.jobs.after_commit_once).
+        self.sessions = make_session_factory(self.engine, session_info(self.runner))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that is closed on exit; callers commit explicitly."""
+        """A session that is closed on exit (rolling back what was not committed). Its owner (a job, a
+        command) commits; the services it calls only flush."""
         session = self.sessions()
         try:
             yield session

@@ -8,10 +8,9 @@ import uuid
 from collections.abc import Mapping
 
 from flask import Flask, g, request
-from sqlalchemy.exc import DBAPIError
 from werkzeug.routing import BaseConverter
 
-from bridge import logs
+from bridge import logs, request_scope
 from bridge.apidoc import documented
 from bridge.apps.auth import TokenCache
 from bridge.cohorts.views import bp as cohorts_bp
@@ -34,6 +33,17 @@ class PathSegment(BaseConverter):
     regex = "[^/\x00]+"
 
 
+class BridgeFlask(Flask):
+    """Flask, owning each request's unit of work: the session a view used (`request_scope.get_db`) is
+    committed as soon as the view returns, so a failed commit is answered like an error of the view; a
+    view that raises leaves it to the teardown, which rolls it back."""
+
+    def dispatch_request(self):
+        response = super().dispatch_request()
+        request_scope.commit()
+        return response
+
+
 def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | None = None) -> Flask:
     """Build the web app. `overrides` are environment-style settings laid over the process environment."""
     if runtime is None:
@@ -42,7 +52,7 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
     settings = runtime.settings
     logs.configure(settings.log_level, log_format=settings.log_format)
 
-    app = Flask(__name__, static_folder=None)
+    app = BridgeFlask(__name__, static_folder=None)
     app.url_map.converters["default"] = PathSegment
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.extensions["bridge"] = runtime
@@ -71,12 +81,7 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
 
     @app.teardown_request
     def _close_session(_exc):
-        db = g.pop("db", None)
-        if db is not None:
-            try:
-                db.close()
-            except DBAPIError as exc:  # the connection died under the request: it is discarded, the answer stands
-                log.warning("closing the request's database session failed: %s", exc.orig)
+        request_scope.close()
 
     @app.get("/healthz")
     @documented("Health check (readiness)", answer=HealthSchema, unavailable=HealthSchema)

@@ -74,6 +74,7 @@ def test_rotation_keeps_the_old_token_valid_for_the_grace_period(client, runtime
     with freeze_time(utcnow()) as frozen:
         with runtime.session() as session:
             new = rotate_token(session, tenant.app_id, "api", grace_seconds=3600)
+            session.commit()
         assert client.get(url, headers=tenant.auth).status_code == 200
         assert client.get(url, headers={"Authorization": f"Bearer {new}"}).status_code == 200
         frozen.tick(timedelta(seconds=3601))
@@ -84,6 +85,7 @@ def test_rotation_keeps_the_old_token_valid_for_the_grace_period(client, runtime
 def test_rotation_with_no_grace_revokes_at_once(client, runtime, tenant):
     with runtime.session() as session:
         rotate_token(session, tenant.app_id, "api", grace_seconds=0)
+        session.commit()
     assert client.get(f"/v1/apps/{tenant.app_id}/deliveries/stats", headers=tenant.auth).status_code == 401
 
 
@@ -93,6 +95,7 @@ def test_a_revocation_reaches_a_process_that_saw_the_token_within_the_auth_cache
         assert client.get(url, headers=tenant.auth).status_code == 200  # now remembered by this process
         with runtime.session() as session:
             rotate_token(session, tenant.app_id, "api", grace_seconds=0)
+            session.commit()
         assert client.get(url, headers=tenant.auth).status_code == 200
         frozen.tick(timedelta(seconds=runtime.settings.auth_cache_seconds))
         assert client.get(url, headers=tenant.auth).status_code == 401
@@ -103,6 +106,7 @@ def test_a_remembered_token_still_ends_exactly_with_its_grace_period(client, run
     with freeze_time(utcnow()) as frozen:
         with runtime.session() as session:
             rotate_token(session, tenant.app_id, "api", grace_seconds=2)
+            session.commit()
         assert runtime.settings.auth_cache_seconds > 2
         assert client.get(url, headers=tenant.auth).status_code == 200
         frozen.tick(timedelta(seconds=2))
@@ -119,6 +123,7 @@ def test_an_apps_enabled_kinds_reach_the_intake_within_the_auth_cache_delay(clie
         assert post(1)["accepted"] == 1
         with runtime.session() as session:
             update_app(session, session.get(App, tenant.app_id), enabled_kinds=["message.push.clicked"])
+            session.commit()
         frozen.tick(timedelta(seconds=runtime.settings.auth_cache_seconds))
         assert post(2)["ignored"] == 1
 

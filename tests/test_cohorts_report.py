@@ -193,6 +193,7 @@ def test_the_audience_lists_unknown_states_as_null_and_filters_them_apart(client
 def test_an_export_without_notification_types_is_reported_as_unknown_not_unsubscribed(client, runtime, tenant):
     with runtime.session() as session:
         import_subscriptions(session, tenant.app_id, FIXTURES / "subscriptions-legacy-no-notification-types.csv")
+        session.commit()
     body = json.loads((FIXTURES / "cohort-initial-sync.json").read_text())
     sync(runtime, tenant.app_id, body["message_id"], True, 100, [u["user_id"] for u in body["users"]])
 

@@ -141,6 +141,7 @@ def test_invalid_api_key_holds_the_apps_events_until_the_key_is_fixed(client, te
     assert sink.stats()["requests"] == {400: 1}
     with runtime.session() as session:
         update_app(session, session.get(App, tenant.app_id), amplitude_api_key="the-right-key")
+        session.commit()
     drain_app(tenant.app_id, runtime=runtime)
     assert states(runtime) == {"delivered": 10}
 
@@ -222,6 +223,7 @@ def test_past_the_retry_window_events_are_dead_lettered_and_replay_brings_them_b
         sink.reset()
         with runtime.session() as session:
             assert replay(session, app_id=tenant.app_id, reason="retry_window_exceeded").requeued == 2
+            session.commit()
         drain_app(tenant.app_id, runtime=runtime)
     assert states(runtime) == {"delivered": 2}
 
@@ -286,6 +288,7 @@ def test_skipped_events_are_sent_once_the_user_is_known(client, tenant, runtime,
                                  external_id="user-zero", subscribed=True))
         session.commit()
         result = replay(session, app_id=tenant.app_id, reason="unresolved_user")
+        session.commit()
     assert (result.requeued, result.still_unresolved) == (1, 1)
     drain_app(tenant.app_id, runtime=runtime)
     assert [(e["insert_id"], e["user_id"]) for e in sink.events()] == [("evt-0", "user-zero")]

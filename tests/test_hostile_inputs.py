@@ -108,6 +108,7 @@ def test_ids_with_control_characters_or_bidi_marks_are_refused_at_every_door(cli
                                  [bad, "tok", "0", "u"], ["s2", bad, "0", "u"], ["s3", "tok", "0", bad], ["s4", "t", "0", "u"]])
     with runtime.session() as session:
         summary = import_subscriptions(session, tenant.app_id, path)
+        session.commit()
     assert (summary.added, summary.rejected) == (1, 3)
 
     response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth, json={

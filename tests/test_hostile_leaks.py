@@ -231,10 +231,12 @@ def test_an_id_with_a_slash_is_refused_at_every_door_that_would_make_it_unreacha
     path.write_text("id,identifier,device_type,external_user_id\nx/y,tok,0,u\nxy,tok,0,u\n")
     with runtime.session() as session:
         summary = import_subscriptions(session, tenant.app_id, path)
+        session.commit()
     assert (summary.added, summary.rejected) == (1, 1) and "'/'" in summary.errors[0]["reason"]
     path.write_text("external_id,email,phone_number,subscription_id,subscribed\nu,a@example.com,,q/r,yes\n")
     with runtime.session() as session:
         assert import_subscriptions(session, tenant.app_id, path).rejected == 1
+        session.commit()
 
     refused = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth, json={
         "cohort_id": "q8/v2", "cohort_name": "C", "in_cohort": True, "computed_time": "1763856000",

@@ -105,6 +105,7 @@ def test_the_apps_enabled_kinds_decide_what_is_sent(client, tenant, runtime):
 
     with runtime.session() as session:
         update_app(session, session.get(App, tenant.app_id), enabled_kinds=["message.push.clicked"])
+        session.commit()
     body = [event_item("evt-1", "message.push.sent"), event_item("evt-2", "message.push.clicked")]
     assert post(client, tenant, body).json["ignored"] == 1
     assert [r.kind for r in outbox(runtime)] == ["message.push.clicked"]

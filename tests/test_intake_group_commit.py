@@ -10,10 +10,12 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import func, select
 
+from bridge.db import make_session_factory
 from bridge.delivery.models import EventReceipt, OutboxEvent
-from bridge.delivery.scheduling import DrainRequests, drain_key
+from bridge.delivery.scheduling import drain_after_commit, drain_key
 from bridge.intake.committer import GroupCommit, Overloaded
 from bridge.intake.service import IntakeResult, prepare
+from bridge.jobs import BatchedSender, session_info
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from support.factories import event_item, event_items, new_tenant
@@ -26,22 +28,32 @@ def stored_ids(runtime) -> list[str]:
 
 
 class Gate:
-    """An after-commit hook that holds the first writer until opened, so that requests pile up behind it."""
+    """Holds a group's writer after its commit until opened, so that requests pile up behind it."""
 
     def __init__(self):
         self.entered = threading.Event()
         self.opened = threading.Event()
         self.groups: list[list[str]] = []
 
-    def __call__(self, committed) -> None:
-        self.groups.append([p.events[0].item["event"]["id"] for p in committed])
-        self.entered.set()
-        assert self.opened.wait(10)
+    def hold(self, group: GroupCommit) -> None:
+        commit = group._commit
+
+        def commit_then_wait(batch):
+            error = commit(batch)
+            if error is None:
+                self.groups.append([p.events[0].item["event"]["id"] for p in batch])
+                self.entered.set()
+                assert self.opened.wait(10)
+            return error
+
+        group._commit = commit_then_wait
 
 
 def committer(runtime, gate, **limits) -> GroupCommit:
-    return GroupCommit(runtime.sessions, max_queued_events=limits.get("max_queued_events", 1000),
-                       max_wait_seconds=limits.get("max_wait_seconds", 10), after_commit=gate)
+    group = GroupCommit(runtime.sessions, max_queued_events=limits.get("max_queued_events", 1000),
+                        max_wait_seconds=limits.get("max_wait_seconds", 10))
+    gate.hold(group)
+    return group
 
 
 def submit_in_thread(group: GroupCommit, prepared, outcomes: dict) -> threading.Thread:
@@ -68,7 +80,7 @@ def test_requests_waiting_behind_a_commit_share_the_next_one(runtime, tenant):
     group = committer(runtime, gate)
     outcomes: dict = {}
     first = hold_the_writer(group, gate, tenant.app_id, outcomes)
-    assert "evt-0" not in outcomes  # answered only after its commit's after-commit work
+    assert "evt-0" not in outcomes  # answered only after its commit and what follows it
     later = [submit_in_thread(group, prepare(tenant.app_id, None, [event_item(f"evt-{i}")]), outcomes) for i in range(1, 6)]
     wait_until(lambda: group._queued_events == 5, 10, "5 events to queue", interval=0.005)
     gate.opened.set()
@@ -142,7 +154,7 @@ def test_an_overloaded_intake_answers_503_with_retry_after_in_the_error_shape(ap
     group = app.extensions["bridge.intake"][0]
     group.max_queued_events = 1
     gate = Gate()
-    group.after_commit = gate
+    gate.hold(group)
     outcomes: dict = {}
     first = hold_the_writer(group, gate, tenant.app_id, outcomes)
     queued = submit_in_thread(group, prepare(tenant.app_id, None, [event_item("evt-1")]), outcomes)
@@ -195,9 +207,12 @@ def test_a_stream_of_commits_asks_redis_for_a_drain_a_few_times_not_once_per_req
         return real_set(*args, **kwargs)
 
     monkeypatch.setattr(client, "set", counted_set)
-    drains = DrainRequests(rq_runtime, interval=0.2)
+    sender = BatchedSender(rq_runtime.runner, interval=0.2)
+    sessions = make_session_factory(rq_runtime.engine, session_info(sender))  # as the intake's group commit has
     for _ in range(500):
-        drains.ask([tenant.app_id])
-    wait_until(drains.idle, 10, "the drain requests to be sent")
+        with sessions() as session:
+            drain_after_commit(session, tenant.app_id)
+            session.commit()
+    wait_until(sender.idle, 10, "the drain requests to be sent")
     assert 1 <= len(calls) <= 3 and client.exists(f"bridge:once:{drain_key(tenant.app_id)}")
     assert client.llen(f"rq:queue:{rq_runtime.settings.queue_name}") == 1

@@ -277,6 +277,7 @@ def test_a_replay_resolves_a_skipped_event_by_what_the_registry_recorded(client,
                                  clicked("ben", subscription_id="shared", external_id="u-ben", timestamp=T0 + 200)])
     with runtime.session() as session:
         result = replay(session, app_id=tenant.app_id, reason="unresolved_user")
+        session.commit()
     assert result.requeued == 1
     assert sent(runtime)["first"]["user_id"] == "u-ana"
 

@@ -271,7 +271,8 @@ def test_a_repeated_subscription_is_one_record_and_the_later_row_wins(cli, tenan
 def test_progress_is_reported_per_committed_chunk_up_to_the_whole_file(tenant, runtime):
     seen: list[int] = []
     with runtime.session() as session:
-        summary = import_subscriptions(session, tenant.app_id, LEGACY, chunk_size=20, on_progress=seen.append)
+        summary = import_subscriptions(session, tenant.app_id, LEGACY, chunk_size=20, on_progress=seen.append,
+                                       checkpoint=session.commit)
     assert summary.added == LEGACY_GOOD_ROWS
     assert len(seen) == 4 and seen == sorted(seen) and seen[-1] == LEGACY.stat().st_size
 

@@ -177,10 +177,12 @@ def test_rotation_keeps_old_tokens_valid_for_the_grace_period_on_every_route(app
     with freeze_time(utcnow()) as frozen:
         with runtime.session() as session:
             second = rotate_token(session, tenant.app_id, kind, grace_seconds=3600)
+            session.commit()
         assert valid(first) and valid(second)
         frozen.tick(timedelta(seconds=1800))
         with runtime.session() as session:
             third = rotate_token(session, tenant.app_id, kind, grace_seconds=3600)
+            session.commit()
         assert valid(first) and valid(second) and valid(third)
         frozen.tick(timedelta(seconds=1801))  # the first grace is over; a later rotation did not extend it
         assert (valid(first), valid(second), valid(third)) == (False, True, True)

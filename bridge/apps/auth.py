@@ -71,14 +71,14 @@ class TokenCache:
 def require_token(kind: str) -> Callable:
     """Decorate a view taking `app_id`: 401 unless the bearer token is one of that app's valid `kind`
     tokens; an unknown app is answered the same way, so app ids cannot be probed without a token.
-    The app's `AppAccess` is put on `g.app` and a session on `g.db`."""
+    The app's `AppAccess` is put on `g.app`. The tokens are read in a session of their own, closed
+    before the view runs: the request's session (`request_scope.get_db`) is the view's."""
 
     def decorator(view: Callable) -> Callable:
         @wraps(view)
         def wrapped(app_id: str, **kwargs):
             presented = _bearer()
-            g.db = current_app.extensions["bridge"].sessions()
-            g.app = _authenticate(current_app.extensions["bridge.tokens"], g.db, app_id, kind, presented)
+            g.app = _authenticate(current_app.extensions["bridge.tokens"], app_id, kind, presented)
             return view(app_id, **kwargs)
 
         wrapped.token_kind = kind  # type: ignore[attr-defined]  # read by token_kind_of (the OpenAPI document)
@@ -92,18 +92,18 @@ def token_kind_of(view: Callable) -> str | None:
     return getattr(view, "token_kind", None)
 
 
-def _authenticate(cache: TokenCache, db, app_id: str, kind: str, presented: str | None) -> AppAccess:
+def _authenticate(cache: TokenCache, app_id: str, kind: str, presented: str | None) -> AppAccess:
     key = (app_id, kind, tokens.digest(presented)) if presented else None
     if key is not None and (access := cache.get(key)) is not None:
         return access
-    app = db.get(App, app_id) if len(app_id) <= 36 else None
-    matched = tokens.match(presented, valid_tokens(db, app_id, kind)) if presented and app is not None else None
-    if matched is None:
-        which = "api_key" if kind == "api" else "cohort_token"
-        raise ApiError(401, "unauthorized", f"Send this app's {which} as 'Authorization: Bearer <token>'.")
-    access = AppAccess(app.id, tuple(app.enabled_kinds) if app.enabled_kinds else None)
+    with current_app.extensions["bridge"].session() as db:  # closed at once: the connection goes back to the pool
+        app = db.get(App, app_id) if len(app_id) <= 36 else None
+        matched = tokens.match(presented, valid_tokens(db, app_id, kind)) if presented and app is not None else None
+        if matched is None:
+            which = "api_key" if kind == "api" else "cohort_token"
+            raise ApiError(401, "unauthorized", f"Send this app's {which} as 'Authorization: Bearer <token>'.")
+        access = AppAccess(app.id, tuple(app.enabled_kinds) if app.enabled_kinds else None)
     cache.put(key, access, matched.expires_at)
-    db.rollback()  # end the read: the connection goes back to the pool while the view works
     return access
 
 

@@ -8,7 +8,7 @@ from bridge.amplitude.regions import REGIONS
 from bridge.apps.models import TOKEN_KINDS, App
 from bridge.apps.service import AppConfigError, create_app_record, describe, rotate_token, update_app
 from bridge.commands import Context, echo_json, pass_ctx
-from bridge.delivery.scheduling import schedule_drain
+from bridge.delivery.scheduling import drain_after_commit
 
 
 def _kinds(value: str | None) -> list[str] | None:
@@ -41,6 +41,7 @@ def create(ctx: Context, name: str, amplitude_api_key: str, region: str, kinds: 
                                             region=region, enabled_kinds=_kinds(kinds))
         except AppConfigError as exc:
             raise click.ClickException(str(exc)) from None
+        session.commit()
         echo_json({**describe(app), "api_key": issued.api_key, "cohort_token": issued.cohort_token})
 
 
@@ -61,17 +62,17 @@ def list_apps(ctx: Context) -> None:
 @pass_ctx
 def update(ctx: Context, app_id: str, name, amplitude_api_key, region, kinds) -> None:
     """Change an app's settings."""
-    runtime = ctx.runtime
-    with runtime.session() as session:
+    with ctx.runtime.session() as session:
         app = _load(session, app_id)
         enabled = ... if kinds is None else (None if kinds == "all" else _kinds(kinds))
         try:
             update_app(session, app, name=name, amplitude_api_key=amplitude_api_key, region=region, enabled_kinds=enabled)
         except AppConfigError as exc:
             raise click.ClickException(str(exc)) from None
+        if amplitude_api_key:
+            drain_after_commit(session, app_id)  # delivery held for the old key resumes
+        session.commit()
         echo_json(describe(app))
-    if amplitude_api_key:
-        schedule_drain(runtime, app_id)
 
 
 @apps.command("rotate-token")
@@ -88,4 +89,5 @@ def rotate(ctx: Context, app_id: str, kind: str, grace_seconds: int) -> None:
             token = rotate_token(session, app_id, kind, grace_seconds)
         except AppConfigError as exc:
             raise click.ClickException(str(exc)) from None
+        session.commit()
     echo_json({"app_id": app_id, "kind": kind, "token": token, "previous_valid_for_seconds": grace_seconds})

@@ -1,4 +1,6 @@
-"""Creating apps, changing their settings, and issuing and rotating their tokens."""
+"""Creating apps, changing their settings, and issuing and rotating their tokens.
+
+Each function flushes its changes into the caller's transaction; the caller (a command, a test) commits."""
 from __future__ import annotations
 
 import uuid
@@ -33,13 +35,13 @@ def create_app_record(
     region: str = "us",
     enabled_kinds: list[str] | None = None,
 ) -> tuple[App, IssuedTokens]:
-    """Create an app and its first tokens. The plaintext tokens are returned once and never stored."""
+    """Create an app and its first tokens (flushed, not committed). The plaintext tokens are returned
+    once and never stored. Raises AppConfigError for an invalid setting."""
     app = App(id=str(uuid.uuid4()), name=_name(name), amplitude_api_key=_api_key(amplitude_api_key),
               region=_region(region), enabled_kinds=_kinds(enabled_kinds))
     session.add(app)
     session.flush()
     issued = IssuedTokens(api_key=_issue(session, app.id, "api"), cohort_token=_issue(session, app.id, "cohort"))
-    session.commit()
     return app, issued
 
 
@@ -52,7 +54,8 @@ def update_app(
     region: str | None = None,
     enabled_kinds: list[str] | None | object = ...,
 ) -> App:
-    """Change an app's settings. A new Amplitude key releases delivery held for an invalid key."""
+    """Change an app's settings (flushed, not committed). A new Amplitude key releases delivery held for an
+    invalid key: the caller then has its events drained (`drain_after_commit`). Raises AppConfigError."""
     if name is not None:
         app.name = _name(name)
     if region is not None:
@@ -65,12 +68,13 @@ def update_app(
         app.delivery_held_until = None
     app.updated_at = utcnow()
     session.add(app)
-    session.commit()
+    session.flush()
     return app
 
 
 def rotate_token(session: Session, app_id: str, kind: str, grace_seconds: int = 24 * 3600) -> str:
-    """Issue a new token of `kind`; the ones valid now stay valid for `grace_seconds` more, then expire."""
+    """Issue a new token of `kind` (flushed, not committed); the ones valid now stay valid for
+    `grace_seconds` more, then expire. Raises AppConfigError for an unknown kind or a negative grace."""
     if kind not in TOKEN_KINDS:
         raise AppConfigError(f"token kind must be one of {', '.join(TOKEN_KINDS)}")
     if grace_seconds < 0:
@@ -83,9 +87,7 @@ def rotate_token(session: Session, app_id: str, kind: str, grace_seconds: int = 
         .where(or_(AppToken.expires_at.is_(None), AppToken.expires_at > expiry))
         .values(expires_at=expiry)
     )
-    token = _issue(session, app_id, kind)
-    session.commit()
-    return token
+    return _issue(session, app_id, kind)
 
 
 def valid_tokens(session: Session, app_id: str, kind: str) -> list[AppToken]:

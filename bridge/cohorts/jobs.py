@@ -28,7 +28,7 @@ from bridge import failures
 from bridge.cohorts.membership import BatchCounts, apply_batch
 from bridge.cohorts.models import FAILED, PROCESSED, RECEIVED, Cohort, CohortBatch
 from bridge.db import is_postgresql, utcnow
-from bridge.jobs import COHORTS, JOB_TIMEOUT_SECONDS
+from bridge.jobs import COHORTS, JOB_TIMEOUT_SECONDS, after_commit_once
 from bridge.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,15 @@ def batch_key(batch_id: int) -> str:
     return f"cohort-batch:{batch_id}"
 
 
+def batch_after_commit(session: Session, batch_id: int) -> None:
+    """Queue `process_batch(batch_id)` when the transaction of `session` commits, unless it is already
+    waiting then (`bridge.jobs.after_commit_once`); nothing if it rolls back."""
+    after_commit_once(session, COHORTS, batch_key(batch_id), _BATCH_KEY_TTL, process_batch, batch_id)
+
+
 def schedule_batch(runtime: Runtime, batch_id: int) -> bool:
-    """Queue `process_batch(batch_id)` unless it is already waiting. True if queued."""
+    """Queue `process_batch(batch_id)` now, unless it is already waiting. True if queued. For batches
+    already committed (the sweep); a transaction uses `batch_after_commit`."""
     return runtime.runner.enqueue_once(COHORTS, batch_key(batch_id), _BATCH_KEY_TTL, process_batch, batch_id)
 
 

@@ -18,15 +18,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, request
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from bridge.apidoc import APP_ID, Body, documented, path_parameter, query_parameter
 from bridge.apps.auth import require_token
 from bridge.cohorts import report
-from bridge.cohorts.jobs import schedule_batch
-from bridge.cohorts.models import RECEIVED, Cohort
+from bridge.cohorts.models import Cohort
 from bridge.cohorts.schemas import (
     WEBHOOK_SCHEMA,
     AudiencePageSchema,
@@ -42,6 +41,7 @@ from bridge.errors import ApiError
 from bridge.http import choice_arg, csv_response, read_json_body, wants_csv
 from bridge.paging import DEFAULT_LIMIT, MAX_LIMIT, after_key, next_cursor, page_limit
 from bridge.registry.models import CHANNELS
+from bridge.request_scope import get_db
 from bridge.validation import flatten_errors
 
 bp = Blueprint("cohorts", __name__)
@@ -84,9 +84,7 @@ def receive_batch(app_id: str):
         raise RequestEntityTooLarge()  # refused before a slot is taken or a byte is read
     with _body_slot(), _collector_paused():
         data = _webhook_payload(runtime.settings.cohort_max_users_per_batch)
-    stored = store_batch(g.db, app_id, data)
-    if stored.state == RECEIVED:
-        schedule_batch(runtime, stored.batch_id)  # after commit; a no-op if its job is already waiting
+    stored = store_batch(get_db(), app_id, data)  # its job is queued by the request's commit
     return WebhookAckSchema().dump({"batch": stored, "body": data})
 
 
@@ -151,7 +149,7 @@ def _collector_paused() -> Iterator[None]:
 @require_token("api")
 def list_cohorts(app_id: str):
     (after,) = after_key((str,)) or (None,)
-    return _paged(CohortPageSchema(), report.list_cohorts(g.db, app_id, after=after, limit=page_limit()))
+    return _paged(CohortPageSchema(), report.list_cohorts(get_db(), app_id, after=after, limit=page_limit()))
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>")
@@ -159,8 +157,8 @@ def list_cohorts(app_id: str):
 @require_token("api")
 def cohort_report(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
-    body = report.cohort_report(g.db, cohort)
-    body["recent_syncs"] = report.sync_history(g.db, cohort, before=None, limit=RECENT_SYNCS).items
+    body = report.cohort_report(get_db(), cohort)
+    body["recent_syncs"] = report.sync_history(get_db(), cohort, before=None, limit=RECENT_SYNCS).items
     return CohortReportSchema().dump(body)
 
 
@@ -171,7 +169,7 @@ def cohort_report(app_id: str, cohort_id: str):
 def cohort_syncs(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
     (before,) = after_key((int,)) or (None,)
-    return _paged(SyncPageSchema(), report.sync_history(g.db, cohort, before=before, limit=page_limit()))
+    return _paged(SyncPageSchema(), report.sync_history(get_db(), cohort, before=before, limit=page_limit()))
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/unmatched")
@@ -181,7 +179,7 @@ def cohort_syncs(app_id: str, cohort_id: str):
 def cohort_unmatched(app_id: str, cohort_id: str):
     cohort = _cohort(app_id, cohort_id)
     (after,) = after_key((str,)) or (None,)
-    return _paged(UnmatchedPageSchema(), report.unmatched_users(g.db, cohort, after=after, limit=page_limit()))
+    return _paged(UnmatchedPageSchema(), report.unmatched_users(get_db(), cohort, after=after, limit=page_limit()))
 
 
 @bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/devices")
@@ -204,11 +202,11 @@ def cohort_devices(app_id: str, cohort_id: str):
         return _csv_response(cohort, channel, subscribed)
     after = after_key((str, int))
     return _paged(AudiencePageSchema(),
-                  report.audience(g.db, cohort, channel=channel, subscribed=subscribed, after=after, limit=page_limit()))
+                  report.audience(get_db(), cohort, channel=channel, subscribed=subscribed, after=after, limit=page_limit()))
 
 
 def _cohort(app_id: str, cohort_id: str) -> Cohort:
-    cohort = g.db.get(Cohort, (app_id, cohort_id))
+    cohort = get_db().get(Cohort, (app_id, cohort_id))
     if cohort is None:
         raise ApiError(404, "cohort_not_found", f"No cohort {cohort_id!r} has been synced to this app.")
     return cohort

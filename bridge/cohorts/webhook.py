@@ -11,7 +11,8 @@ import orjson
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from bridge.cohorts.models import Cohort, CohortBatch, new_public_id
+from bridge.cohorts.jobs import batch_after_commit
+from bridge.cohorts.models import RECEIVED, Cohort, CohortBatch, new_public_id
 from bridge.db import dialect_insert, utcnow
 
 batches = CohortBatch.__table__.c
@@ -33,7 +34,10 @@ def store_batch(session: Session, app_id: str, body: dict) -> StoredBatch:
     per reason with their examples. Make sure its cohort row exists.
 
     A message_id the app already sent is not stored again: its batch's `retries` goes up by one and
-    the stored batch is returned with `duplicate` set. Commits.
+    the stored batch is returned with `duplicate` set.
+
+    Flushes, and asks for the batch's job while the batch waits to be applied (`received`), sent when
+    the caller commits (a no-op if its job is already waiting then).
     """
     now = utcnow()
     users = body["users"]
@@ -64,8 +68,7 @@ def store_batch(session: Session, app_id: str, body: dict) -> StoredBatch:
             .values(retries=batches.retries + 1)
             .returning(batches.id, batches.public_id, batches.state, batches.retries)
         ).one()
-        session.commit()
-        return StoredBatch(known.id, known.public_id, True, known.state, known.retries)
+        return _queued(session, StoredBatch(known.id, known.public_id, True, known.state, known.retries))
     # Insert the cohort only when it is missing: even ON CONFLICT DO NOTHING would wait for the row
     # lock a running batch of this cohort holds (the job keeps the name current).
     known = select(cohorts.cohort_id).where(cohorts.app_id == app_id, cohorts.cohort_id == body["cohort_id"])
@@ -76,5 +79,10 @@ def store_batch(session: Session, app_id: str, body: dict) -> StoredBatch:
                     created_at=now, updated_at=now)
             .on_conflict_do_nothing(index_elements=["app_id", "cohort_id"])
         )
-    session.commit()
-    return StoredBatch(inserted.id, inserted.public_id, False, inserted.state, inserted.retries)
+    return _queued(session, StoredBatch(inserted.id, inserted.public_id, False, inserted.state, inserted.retries))
+
+
+def _queued(session: Session, stored: StoredBatch) -> StoredBatch:
+    if stored.state == RECEIVED:
+        batch_after_commit(session, stored.batch_id)
+    return stored

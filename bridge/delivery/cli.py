@@ -11,7 +11,6 @@ from bridge.apps.models import App
 from bridge.commands import Context, echo_json, pass_ctx
 from bridge.delivery.models import REPLAYABLE_REASONS
 from bridge.delivery.replay import replay as run_replay
-from bridge.delivery.scheduling import schedule_drain
 from bridge.delivery.schemas import DeliveryStatsSchema
 from bridge.delivery.stats import delivery_stats
 
@@ -58,9 +57,7 @@ def stats(ctx: Context, app_id: str) -> None:
 @pass_ctx
 def replay(ctx: Context, app_id: str | None, since: datetime | None, reason: str | None) -> None:
     """Re-queue dead-lettered events for delivery (same insert_id: never counted twice)."""
-    runtime = ctx.runtime
-    with runtime.session() as session:
-        result = run_replay(session, app_id=app_id, since=since, reason=reason)
-    for queued_app in sorted(result.app_ids):
-        schedule_drain(runtime, queued_app)
+    with ctx.runtime.session() as session:
+        result = run_replay(session, app_id=app_id, since=since, reason=reason, checkpoint=session.commit)
+        session.commit()  # which queues the drains
     echo_json({"requeued": result.requeued, "still_unresolved": result.still_unresolved, "apps": sorted(result.app_ids)})

@@ -1,6 +1,7 @@
 """Putting dead-lettered (or unattributable) events back in line for delivery."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 from bridge import mapping
 from bridge.db import utcnow
 from bridge.delivery.models import DEAD, PENDING, SKIPPED, UNRESOLVED_USER, OutboxEvent
+from bridge.delivery.scheduling import drain_after_commit
 from bridge.registry.service import external_ids_for
 
 outbox = OutboxEvent.__table__.c
@@ -24,12 +26,16 @@ class ReplayResult:
 
 
 def replay(session: Session, *, app_id: str | None = None, since: datetime | None = None,
-           reason: str | None = None) -> ReplayResult:
+           reason: str | None = None, checkpoint: Callable[[], None] = lambda: None) -> ReplayResult:
     """Re-queue dead events matching the filters (same Amplitude event, same insert_id: Amplitude cannot count
     them twice). With reason "unresolved_user", re-resolve skipped events through the channel registry
-    instead, and queue those whose user is now known."""
+    instead, and queue those whose user is now known.
+
+    Flushes, and asks for a drain of every app with events re-queued, sent when the caller commits.
+    Skipped events are re-resolved 1,000 at a time, `checkpoint()` called after each such chunk: a
+    caller passing its `session.commit` keeps every transaction short on a big outbox."""
     if reason == UNRESOLVED_USER:
-        return _resolve_skipped(session, app_id=app_id, since=since)
+        return _resolve_skipped(session, app_id=app_id, since=since, checkpoint=checkpoint)
     filters = [outbox.state == DEAD]
     if app_id:
         filters.append(outbox.app_id == app_id)
@@ -45,11 +51,13 @@ def replay(session: Session, *, app_id: str | None = None, since: datetime | Non
             lease_owner=None, lease_expires_at=None)
     )
     result.requeued = done.rowcount or 0
-    session.commit()
+    for requeued_app in sorted(result.app_ids):
+        drain_after_commit(session, requeued_app)
     return result
 
 
-def _resolve_skipped(session: Session, *, app_id: str | None, since: datetime | None) -> ReplayResult:
+def _resolve_skipped(session: Session, *, app_id: str | None, since: datetime | None,
+                     checkpoint: Callable[[], None]) -> ReplayResult:
     filters = [outbox.state == SKIPPED, outbox.reason == UNRESOLVED_USER]
     if app_id:
         filters.append(outbox.app_id == app_id)
@@ -82,7 +90,8 @@ def _resolve_skipped(session: Session, *, app_id: str | None, since: datetime | 
                     amplitude_event=orjson.dumps(event).decode(), source_item=None, next_attempt_at=utcnow()))
                 result.requeued += 1
                 result.app_ids.add(app)
-        session.commit()
+                drain_after_commit(session, app)
+        checkpoint()
     return result
 
 

@@ -1,16 +1,15 @@
-"""When draining happens: after intake commits, when a drain finds more work, and on the periodic sweep."""
+"""When draining happens: when a transaction that queues events for delivery commits (intake, replay, a
+new Amplitude key), when a drain finds more work, and on the periodic sweep."""
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Iterable
 
 from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from bridge.apps.models import App
 from bridge.db import utcnow
-from bridge.jobs import DELIVERY
+from bridge.jobs import DELIVERY, after_commit_once
 from bridge.delivery.models import PENDING, OutboxEvent
 from bridge.runtime import Runtime
 
@@ -27,8 +26,16 @@ def drain_key(app_id: str) -> str:
     return f"drain:{app_id}"
 
 
+def drain_after_commit(session: Session, app_id: str) -> None:
+    """Queue a drain of `app_id`'s outbox when the transaction of `session` commits, unless one is
+    already waiting then (`bridge.jobs.after_commit_once`); nothing if it rolls back. Once per app per
+    commit, however often it is asked."""
+    after_commit_once(session, DELIVERY, drain_key(app_id), _DRAIN_KEY_TTL, DRAIN_APP, app_id)
+
+
 def schedule_drain(runtime: Runtime, app_id: str) -> bool:
-    """Queue a drain of `app_id`'s outbox unless one is already waiting. True if queued.
+    """Queue a drain of `app_id`'s outbox now, unless one is already waiting. True if queued. For events
+    already committed (the sweep, a drain that finds more); a transaction uses `drain_after_commit`.
 
     Best effort by design: the events are already committed, so if the queue is unreachable the
     periodic sweep queues the drain once it is back. Callers never fail because of the queue."""
@@ -37,54 +44,6 @@ def schedule_drain(runtime: Runtime, app_id: str) -> bool:
     except Exception as exc:  # noqa: BLE001 - Redis down or restarting
         log.warning("could not queue a drain of app %s (%s); the sweep will", app_id, exc)
         return False
-
-
-class DrainRequests:
-    """Drains asked for by the intake after each commit, without making it wait on the queue.
-
-    With an in-process runner the drain is queued at once (it is a list append). With RQ, a thread
-    of this process sends the requests, at most one round per `interval` seconds whatever the
-    number of commits, so a stream of thousands of small requests costs Redis a few calls per second
-    per app instead of one per request; the events wait at most `interval` longer for it."""
-
-    def __init__(self, runtime: Runtime, interval: float = 0.05):
-        self.runtime = runtime
-        self.interval = interval
-        self._apps: set[str] = set()
-        self._sending = False
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def ask(self, app_ids: Iterable[str]) -> None:
-        if not self.runtime.runner.remote:
-            for app_id in app_ids:
-                schedule_drain(self.runtime, app_id)
-            return
-        with self._lock:
-            self._apps.update(app_ids)
-            if self._thread is None or not self._thread.is_alive():  # started lazily: after gunicorn's fork
-                self._thread = threading.Thread(target=self._loop, name="bridge-drain-requests", daemon=True)
-                self._thread.start()
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            with self._lock:
-                apps, self._apps = self._apps, set()
-                self._sending = True
-            for app_id in sorted(apps):
-                schedule_drain(self.runtime, app_id)
-            with self._lock:
-                self._sending = False
-            time.sleep(self.interval)
-
-    def idle(self) -> bool:
-        """True when every drain asked for has been sent to the queue."""
-        with self._lock:
-            return not self._apps and not self._sending
 
 
 def due_app_ids(runtime: Runtime) -> list[str]:

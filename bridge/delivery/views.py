@@ -1,13 +1,14 @@
 """GET /v1/apps/<app_id>/deliveries/stats."""
 from __future__ import annotations
 
-from flask import Blueprint, g
+from flask import Blueprint
 
 from bridge.apidoc import APP_ID, documented
 from bridge.apps.models import App
 from bridge.apps.auth import require_token
 from bridge.delivery.schemas import DeliveryStatsSchema
 from bridge.delivery.stats import delivery_stats
+from bridge.request_scope import get_db
 
 bp = Blueprint("delivery", __name__)
 
@@ -16,4 +17,5 @@ bp = Blueprint("delivery", __name__)
 @documented("Delivery stats", answer=DeliveryStatsSchema, path=(APP_ID,))
 @require_token("api")
 def stats(app_id: str):
-    return DeliveryStatsSchema().dump(delivery_stats(g.db, g.db.get(App, app_id)))
+    db = get_db()
+    return DeliveryStatsSchema().dump(delivery_stats(db, db.get(App, app_id)))

@@ -6,9 +6,10 @@ one fsync) per request would cap the intake far below that, so each web process 
 - a request validates its items on its own thread (`service.prepare`), then hands them to the process's
   `GroupCommit` and waits;
 - a request arriving while no one writes becomes the writer: it takes what is queued (up to
-  `MAX_GROUP_EVENTS` events, oldest first), stores it in one transaction (`service.store`), commits,
-  asks for the drains after the commit, and wakes every request of the group with its own result;
-  the oldest request still queued is then woken to write the next group.
+  `MAX_GROUP_EVENTS` events, oldest first), stores it in one transaction (`service.store`) and commits
+  it (the commit sends the drains the transaction asked for: one per app), then wakes every request
+  of the group with its own result; the oldest request still queued is then woken to write the next
+  group.
 
 Under a light load a group is one request and nothing waits; under a heavy one the groups grow and the
 commits per second stay few. Every request is answered after the commit that holds its events, so the
@@ -24,7 +25,6 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -58,16 +58,15 @@ class _Ticket:
 
 
 class GroupCommit:
-    """One per web process. `submit` blocks until the request's events are committed (or refused).
+    """One per web process, the owner of the intake's transactions: `submit` blocks until the
+    request's events are committed (or refused).
 
     Only the requests concerned are woken: those of a finished group, and the next writer."""
 
-    def __init__(self, sessions: sessionmaker[Session], *, max_queued_events: int, max_wait_seconds: float,
-                 after_commit: Callable[[Sequence[Prepared]], None]):
+    def __init__(self, sessions: sessionmaker[Session], *, max_queued_events: int, max_wait_seconds: float):
         self.sessions = sessions
         self.max_queued_events = max_queued_events
         self.max_wait_seconds = max_wait_seconds
-        self.after_commit = after_commit
         self._lock = threading.Lock()
         self._queue: deque[_Ticket] = deque()
         self._queued_events = 0
@@ -145,12 +144,6 @@ class GroupCommit:
             else:
                 for ticket in group:
                     ticket.error = error
-            committed = [t.prepared for t in group if t.error is None]
-            if committed:
-                try:
-                    self.after_commit(committed)
-                except Exception:  # noqa: BLE001 - the events are committed; the sweep finds them anyway
-                    log.exception("asking for a drain after a commit failed; the sweep will")
         finally:
             for ticket in group:  # whatever happened, no request waits for this group any longer
                 ticket.done = True

@@ -5,7 +5,8 @@
 2. `store` (whoever owns the transaction: the intake's group commit, or `ingest`): resolve the other
    events' users through the channel registry, keep the registry current, and write receipts and
    outbox rows; events whose id was accepted before are counted as duplicates. It flushes and never
-   commits: the caller commits, then answers.
+   commits, and asks for a drain of each app it queued events for, which that transaction's commit
+   sends (`drain_after_commit`): the caller commits, then answers.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 from bridge import mapping
 from bridge.db import dialect_insert, is_postgresql, utcnow
 from bridge.delivery.models import PENDING, SKIPPED, UNRESOLVED_USER, EventReceipt, OutboxEvent
+from bridge.delivery.scheduling import drain_after_commit
 from bridge.intake.schemas import load_item
 from bridge.registry.service import Observation, Recorded, observe_events, recorded, users_by_time
 from bridge.validation import rejection
@@ -92,8 +94,9 @@ def store(session: Session, batch: Sequence[Prepared]) -> None:
     """Write the events of every request in `batch` (any apps) and complete each one's result.
 
     An event id accepted before, or earlier in `batch`, counts as a duplicate of the later request.
-    Flushes; the caller commits and only then may answer. The results are completed only once every
-    statement succeeded, so a caller may retry after a failure."""
+    Flushes, and asks for a drain of every app with new events queued, sent by the commit; the caller
+    commits and only then may answer. The results are completed only once every statement succeeded,
+    so a caller may retry after a failure."""
     now = utcnow()
     owners: dict[tuple[str, str], Prepared] = {}
     repeated: list[Prepared] = []
@@ -123,6 +126,8 @@ def store(session: Session, batch: Sequence[Prepared]) -> None:
             prepared.result.accepted += 1
         else:
             prepared.result.skipped += 1
+    for app_id in {prepared.app_id for prepared in batch if prepared.result.accepted}:
+        drain_after_commit(session, app_id)
 
 
 def ingest(session: Session, app_id: str, enabled_kinds: Iterable[str] | None, items: Sequence[object]) -> IntakeResult:

@@ -5,30 +5,29 @@ from flask import Blueprint, current_app, g
 
 from bridge.apidoc import APP_ID, Body, documented
 from bridge.apps.auth import require_token
-from bridge.delivery.scheduling import DrainRequests
+from bridge.db import make_session_factory
 from bridge.errors import ApiError
 from bridge.http import read_items
 from bridge.intake.backlog import Backlog
 from bridge.intake.committer import GroupCommit, Overloaded
 from bridge.intake.schemas import IntakeResultSchema, ItemSchema
-from bridge.intake.service import Prepared, prepare
+from bridge.intake.service import prepare
+from bridge.jobs import BatchedSender, session_info
 
 bp = Blueprint("intake", __name__)
 
 
 @bp.record_once
 def _set_up(state) -> None:
-    """One group commit and one backlog bound per web process (see committer.py and backlog.py)."""
+    """One group commit and one backlog bound per web process (see committer.py and backlog.py). The
+    group commit's sessions send the drains their commits ask for through a `BatchedSender`: with Redis,
+    a few calls per second per app, not one per commit."""
     runtime = state.app.extensions["bridge"]
     settings = runtime.settings
-    drains = DrainRequests(runtime)
-
-    def ask_for_drains(committed: list[Prepared]) -> None:
-        drains.ask({p.app_id for p in committed if p.result.accepted})
-
+    sessions = make_session_factory(runtime.engine, session_info(BatchedSender(runtime.runner)))
     state.app.extensions["bridge.intake"] = (
-        GroupCommit(runtime.sessions, max_queued_events=settings.intake_max_queued_events,
-                    max_wait_seconds=settings.intake_max_wait_seconds, after_commit=ask_for_drains),
+        GroupCommit(sessions, max_queued_events=settings.intake_max_queued_events,
+                    max_wait_seconds=settings.intake_max_wait_seconds),
         Backlog(runtime.sessions, settings.intake_max_backlog),
     )
 

@@ -54,7 +54,8 @@ def import_file(ctx: Context, app_id: str, file: Path, errors_file: Path | None,
             with errors_file.open("w", newline="", encoding="utf-8") if errors_file else nullcontext() as errors_to:
                 summary = import_subscriptions(session, app_id, file, chunk_size=chunk_size, errors_to=errors_to,
                                                on_progress=lambda done: bar.update(done - bar.n),
-                                               limits=ImportLimits.of(ctx.runtime.settings))
+                                               limits=ImportLimits.of(ctx.runtime.settings),
+                                               checkpoint=session.commit)  # one transaction per chunk
         except UnreadableFile as exc:
             raise click.ClickException(str(exc)) from None
         finally:

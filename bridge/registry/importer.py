@@ -7,9 +7,11 @@ fields (notification_types, external_user_id, country, timezone_id, ...) are the
 for. A record's timezone is timezone_id (an IANA name, "Europe/Berlin") when the row has one, else the
 offset as given.
 
-The file is streamed and merged into the registry chunk by chunk, one transaction per chunk, so memory
-stays flat whatever the file's size, and importing the same file again changes nothing. What one import
-reads is capped (bridge.registry.csvfile): past a cap it stops, the rows before it staying imported.
+The file is streamed and merged into the registry chunk by chunk, so memory stays flat whatever the
+file's size, and importing the same file again changes nothing. The caller owns the transactions: it
+passes `checkpoint=session.commit` (as `bridge subscriptions import` does) for one transaction per
+chunk. What one import reads is capped (bridge.registry.csvfile): past a cap it stops, the rows before
+it merged (and, committed by chunk, staying imported).
 """
 from __future__ import annotations
 
@@ -89,6 +91,7 @@ def import_subscriptions(
     errors_to: TextIO | None = None,
     on_progress: Callable[[int], None] | None = None,
     limits: ImportLimits | None = None,
+    checkpoint: Callable[[], None] = lambda: None,
 ) -> ImportSummary:
     """Merge the records of the CSV file at `path` into `app_id`'s registry and say what happened.
 
@@ -97,16 +100,19 @@ def import_subscriptions(
     unsubscribed), and when a whole column is missing for it the summary warns (ImportSummary.warnings).
     `errors_to`, if given, receives rejected rows as CSV (line, reason, then the row): the first
     `limits.max_errors_file_rows` of them; the others are counted in `rejections_not_written`.
-    `on_progress` is called as chunks are committed, with the bytes of the file read so far.
+    `on_progress` is called as chunks are merged, with the bytes of the file read so far.
     `limits` defaults to the settings' defaults. Raises UnreadableFile when the file cannot be read,
-    and ImportStopped when it passes a cap; the rows before either stay imported.
+    and ImportStopped when it passes a cap; the rows before either are merged.
+
+    Flushes; `checkpoint()` is called after each chunk is merged, on the thread that merged it (the one
+    using `session`): the caller passes `session.commit` for one transaction per chunk.
     """
     started = time.perf_counter()
     limits = limits or ImportLimits.of(Settings.from_env({}))
     summary = ImportSummary()
     try:
         with (field_size_limit(limits.max_line_bytes), open_csv(path, limits) as source,
-              _ChunkWriter(session, app_id, summary, on_progress) as writer):
+              _ChunkWriter(session, app_id, summary, on_progress, checkpoint) as writer):
             missing = _merge_rows(path, source, writer, summary, errors_to, chunk_size, limits.max_errors_file_rows)
     except CapReached as exc:
         where = f"at line {exc.line}" if exc.line else "before reading a row"
@@ -169,11 +175,13 @@ def _missing_column_warning(column: str, rows: int) -> dict[str, object]:
 
 
 class _ChunkWriter:
-    """Merges chunks into the registry, one transaction each, on a thread of its own, so the database
+    """Merges chunks into the registry on a thread of its own, `checkpoint()` after each, so the database
     works on one chunk while the next is parsed. At most one chunk is in flight."""
 
-    def __init__(self, session: Session, app_id: str, summary: ImportSummary, on_progress: Callable[[int], None] | None):
+    def __init__(self, session: Session, app_id: str, summary: ImportSummary, on_progress: Callable[[int], None] | None,
+                 checkpoint: Callable[[], None]):
         self._session, self._app_id, self._summary, self._on_progress = session, app_id, summary, on_progress
+        self._checkpoint = checkpoint
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-import")
         self._in_flight: tuple[Future[UpsertCounts], int] | None = None
 
@@ -185,7 +193,7 @@ class _ChunkWriter:
 
     def _merge(self, records: list[dict]) -> UpsertCounts:
         counts = upsert_records(self._session, self._app_id, records)
-        self._session.commit()
+        self._checkpoint()
         return counts
 
     def settle(self) -> None:
