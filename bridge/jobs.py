@@ -53,7 +53,7 @@ def queue_name(settings: Settings, kind: str) -> str:
     """The Redis queue of `kind`: `RQ_QUEUE` itself for delivery (the queue every job used before the
     kinds existed, so jobs waiting there at an upgrade still run), `RQ_QUEUE-cohorts` for cohorts."""
     _check_queue(kind)
-    return settings.queue_name if kind == DELIVERY else f"{settings.queue_name}-{kind}"
+    return settings.rq_queue if kind == DELIVERY else f"{settings.rq_queue}-{kind}"
 
 
 class JobRunner:

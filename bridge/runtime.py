@@ -27,8 +27,8 @@ class Runtime:
         self.settings = settings
         self.engine = make_engine(settings.database_url)
         self.amplitude = AmplitudeClient(
-            timeout=settings.http_timeout_seconds,
-            gzip_requests=settings.gzip_requests,
+            timeout=settings.amplitude_timeout_seconds,
+            gzip_requests=settings.delivery_gzip,
         )
         self.cursors = Cursors(settings.secret_key)
         self.runner = make_runner(settings, self)

@@ -62,20 +62,20 @@ class Settings:
     intake_max_wait_seconds: float = variable("INTAKE_MAX_WAIT_SECONDS")
     intake_max_backlog: int = variable("INTAKE_MAX_BACKLOG")
     # Delivery
-    batch_size: int = variable("DELIVERY_BATCH_SIZE")
-    max_request_bytes: int = variable("DELIVERY_MAX_REQUEST_BYTES")
-    gzip_requests: bool = variable("DELIVERY_GZIP")
-    http_timeout_seconds: float = variable("AMPLITUDE_TIMEOUT_SECONDS")
-    lease_seconds: int = variable("DELIVERY_LEASE_SECONDS")
-    retry_window_seconds: int = variable("DELIVERY_RETRY_WINDOW_SECONDS")
-    backoff_base_seconds: float = variable("DELIVERY_BACKOFF_BASE_SECONDS")
-    backoff_cap_seconds: float = variable("DELIVERY_BACKOFF_CAP_SECONDS")
-    throttle_pause_seconds: int = variable("DELIVERY_THROTTLE_PAUSE_SECONDS")
-    invalid_key_pause_seconds: int = variable("DELIVERY_INVALID_KEY_PAUSE_SECONDS")
-    drain_budget_seconds: float = variable("DELIVERY_DRAIN_BUDGET_SECONDS")
-    linger_seconds: float = variable("DELIVERY_LINGER_SECONDS")
+    delivery_batch_size: int = variable("DELIVERY_BATCH_SIZE")
+    delivery_max_request_bytes: int = variable("DELIVERY_MAX_REQUEST_BYTES")
+    delivery_gzip: bool = variable("DELIVERY_GZIP")
+    amplitude_timeout_seconds: float = variable("AMPLITUDE_TIMEOUT_SECONDS")
+    delivery_lease_seconds: int = variable("DELIVERY_LEASE_SECONDS")
+    delivery_retry_window_seconds: int = variable("DELIVERY_RETRY_WINDOW_SECONDS")
+    delivery_backoff_base_seconds: float = variable("DELIVERY_BACKOFF_BASE_SECONDS")
+    delivery_backoff_cap_seconds: float = variable("DELIVERY_BACKOFF_CAP_SECONDS")
+    delivery_throttle_pause_seconds: int = variable("DELIVERY_THROTTLE_PAUSE_SECONDS")
+    delivery_invalid_key_pause_seconds: int = variable("DELIVERY_INVALID_KEY_PAUSE_SECONDS")
+    delivery_drain_budget_seconds: float = variable("DELIVERY_DRAIN_BUDGET_SECONDS")
+    delivery_linger_seconds: float = variable("DELIVERY_LINGER_SECONDS")
     sweep_interval_seconds: float = variable("SWEEP_INTERVAL_SECONDS")
-    queue_name: str = variable("RQ_QUEUE")
+    rq_queue: str = variable("RQ_QUEUE")
     job_statement_timeout_seconds: float = variable("JOB_STATEMENT_TIMEOUT_SECONDS")
     # Import (`bridge subscriptions import`)
     import_max_bytes: int = variable("IMPORT_MAX_BYTES")
@@ -123,20 +123,20 @@ class Settings:
             intake_max_queued_events=reader.integer("INTAKE_MAX_QUEUED_EVENTS", 20_000, low=1),
             intake_max_wait_seconds=reader.number("INTAKE_MAX_WAIT_SECONDS", 1.0, low=0.01),
             intake_max_backlog=reader.integer("INTAKE_MAX_BACKLOG", 1_000_000, low=0),
-            batch_size=reader.integer("DELIVERY_BATCH_SIZE", 2000, low=1, high=2000),
-            max_request_bytes=reader.integer("DELIVERY_MAX_REQUEST_BYTES", 1_000_000, low=10_000, high=1_000_000),
-            gzip_requests=reader.boolean("DELIVERY_GZIP", False),
-            http_timeout_seconds=reader.number("AMPLITUDE_TIMEOUT_SECONDS", 10.0, low=0.1),
-            lease_seconds=reader.integer("DELIVERY_LEASE_SECONDS", 60, low=1),
-            retry_window_seconds=reader.integer("DELIVERY_RETRY_WINDOW_SECONDS", 24 * 3600, low=1),
-            backoff_base_seconds=reader.number("DELIVERY_BACKOFF_BASE_SECONDS", 2.0, low=0.01),
-            backoff_cap_seconds=reader.number("DELIVERY_BACKOFF_CAP_SECONDS", 600.0, low=0.01),
-            throttle_pause_seconds=reader.integer("DELIVERY_THROTTLE_PAUSE_SECONDS", 30, low=1),
-            invalid_key_pause_seconds=reader.integer("DELIVERY_INVALID_KEY_PAUSE_SECONDS", 600, low=1),
-            drain_budget_seconds=reader.number("DELIVERY_DRAIN_BUDGET_SECONDS", 1.0, low=0.1),
-            linger_seconds=reader.number("DELIVERY_LINGER_SECONDS", 0.5, low=0),
+            delivery_batch_size=reader.integer("DELIVERY_BATCH_SIZE", 2000, low=1, high=2000),
+            delivery_max_request_bytes=reader.integer("DELIVERY_MAX_REQUEST_BYTES", 1_000_000, low=10_000, high=1_000_000),
+            delivery_gzip=reader.boolean("DELIVERY_GZIP", False),
+            amplitude_timeout_seconds=reader.number("AMPLITUDE_TIMEOUT_SECONDS", 10.0, low=0.1),
+            delivery_lease_seconds=reader.integer("DELIVERY_LEASE_SECONDS", 60, low=1),
+            delivery_retry_window_seconds=reader.integer("DELIVERY_RETRY_WINDOW_SECONDS", 24 * 3600, low=1),
+            delivery_backoff_base_seconds=reader.number("DELIVERY_BACKOFF_BASE_SECONDS", 2.0, low=0.01),
+            delivery_backoff_cap_seconds=reader.number("DELIVERY_BACKOFF_CAP_SECONDS", 600.0, low=0.01),
+            delivery_throttle_pause_seconds=reader.integer("DELIVERY_THROTTLE_PAUSE_SECONDS", 30, low=1),
+            delivery_invalid_key_pause_seconds=reader.integer("DELIVERY_INVALID_KEY_PAUSE_SECONDS", 600, low=1),
+            delivery_drain_budget_seconds=reader.number("DELIVERY_DRAIN_BUDGET_SECONDS", 1.0, low=0.1),
+            delivery_linger_seconds=reader.number("DELIVERY_LINGER_SECONDS", 0.5, low=0),
             sweep_interval_seconds=reader.number("SWEEP_INTERVAL_SECONDS", 5.0, low=0.05),
-            queue_name=reader.text("RQ_QUEUE") or "bridge",
+            rq_queue=reader.text("RQ_QUEUE") or "bridge",
             # Well under RQ's 600 s job timeout: a runaway statement is cancelled by PostgreSQL, and the
             # job records why, instead of RQ killing the job mid-query.
             job_statement_timeout_seconds=reader.number("JOB_STATEMENT_TIMEOUT_SECONDS", 60.0, low=0.1, high=500),
@@ -146,13 +146,13 @@ class Settings:
             import_max_rows=reader.integer("IMPORT_MAX_ROWS", 50_000_000, low=1, high=2**50),
             import_max_errors_file_rows=reader.integer("IMPORT_MAX_ERRORS_FILE_ROWS", 10_000, low=0, high=2**50),
         )
-        if settings.backoff_cap_seconds < settings.backoff_base_seconds:
+        if settings.delivery_backoff_cap_seconds < settings.delivery_backoff_base_seconds:
             raise ConfigurationError("DELIVERY_BACKOFF_CAP_SECONDS must be >= DELIVERY_BACKOFF_BASE_SECONDS")
         return settings
 
     @classmethod
     def variables(cls) -> dict[str, str]:
-        """Field name → the environment variable it is read from, e.g. `{"batch_size": "DELIVERY_BATCH_SIZE"}`."""
+        """Field name → the environment variable it is read from, e.g. `{"delivery_batch_size": "DELIVERY_BATCH_SIZE"}`."""
         return {f.name: f.metadata["variable"] for f in fields(cls)}
 
     def redacted(self) -> dict[str, object]:

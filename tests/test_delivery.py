@@ -311,7 +311,7 @@ def lingering(runtime, seconds: float, batch_size: int = 2000):
     """A runtime like the test's, whose drains linger `seconds` (and claim `batch_size` events)."""
     from bridge.runtime import Runtime
 
-    return Runtime(dataclasses.replace(runtime.settings, linger_seconds=seconds, batch_size=batch_size))
+    return Runtime(dataclasses.replace(runtime.settings, delivery_linger_seconds=seconds, delivery_batch_size=batch_size))
 
 
 def test_a_trickle_lingers_so_that_amplitude_gets_one_request_for_many_events(client, tenant, runtime, sink):

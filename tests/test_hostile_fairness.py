@@ -47,5 +47,5 @@ def test_an_apps_backlog_delays_another_apps_event_by_about_one_drain_budget(cli
     arrivals = sink.arrivals()
     assert len(arrivals) == 1001  # everything delivered, once
     waited = arrivals["small-0"] - answered
-    assert waited <= runtime.settings.drain_budget_seconds + 2 * REQUEST_SECONDS
+    assert waited <= runtime.settings.delivery_drain_budget_seconds + 2 * REQUEST_SECONDS
     assert waited <= 2, f"app B's event waited {waited:.2f} s behind app A's backlog"

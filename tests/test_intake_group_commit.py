@@ -215,4 +215,4 @@ def test_a_stream_of_commits_asks_redis_for_a_drain_a_few_times_not_once_per_req
             session.commit()
     wait_until(sender.idle, 10, "the drain requests to be sent")
     assert 1 <= len(calls) <= 3 and client.exists(f"bridge:once:{drain_key(tenant.app_id)}")
-    assert client.llen(f"rq:queue:{rq_runtime.settings.queue_name}") == 1
+    assert client.llen(f"rq:queue:{rq_runtime.settings.rq_queue}") == 1

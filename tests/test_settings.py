@@ -16,7 +16,7 @@ def test_defaults_are_the_embedded_mode():
     s = Settings.from_env({})
     assert s.database_url == "sqlite:///bridge.db"
     assert s.redis_url is None and s.job_runner == "thread"
-    assert (s.port, s.batch_size, s.max_body_bytes) == (5000, 2000, 2 * 1024 * 1024)
+    assert (s.port, s.delivery_batch_size, s.max_body_bytes) == (5000, 2000, 2 * 1024 * 1024)
 
 
 @pytest.mark.parametrize("url", ["postgres://u:p@h:5432/d", "postgresql://u:p@h:5432/d"])
@@ -115,6 +115,11 @@ def test_settings_read_exactly_the_variables_their_fields_declare():
     env = _Recording({"REDIS_URL": "redis://127.0.0.1:6379/0", "SECRET_KEY": SECRET_KEY})
     Settings.from_env(env)
     assert env.read == set(Settings.variables().values())
+
+
+def test_each_field_is_named_after_its_variable():
+    """`settings.delivery_batch_size` is DELIVERY_BATCH_SIZE: code and configuration use one name."""
+    assert {field: variable for field, variable in Settings.variables().items() if field != variable.lower()} == {}
 
 
 def readme_configuration_variables() -> set[str]:

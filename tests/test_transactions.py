@@ -213,7 +213,7 @@ def test_a_command_commits_and_its_commit_queues_the_drain(settings_env, runtime
     rq = Runtime(Settings.from_env(env))
     try:
         assert rq.runner.redis.exists(f"bridge:once:{drain_key(tenant.app_id)}")
-        assert rq.runner.redis.llen(f"rq:queue:{rq.settings.queue_name}") == 1
+        assert rq.runner.redis.llen(f"rq:queue:{rq.settings.rq_queue}") == 1
     finally:
         rq.close()
     with runtime.session() as session:

@@ -180,7 +180,7 @@ class Pusher:
         owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         with runtime.session() as session:
             postgres = is_postgresql(session)
-        self.claims = Locks() if postgres else Leases(owner, self.settings.lease_seconds)
+        self.claims = Locks() if postgres else Leases(owner, self.settings.delivery_lease_seconds)
 
     def drain(self, app_id: str) -> DrainReport:
         """Deliver `app_id`'s due events in full batches until none are due, the time budget ends, or
@@ -189,7 +189,7 @@ class Pusher:
         self._linger(app_id)
         # From here on, events committed after this claim need a drain of their own: let them ask.
         self.runtime.runner.forget(drain_key(app_id))
-        deadline = self.clock() + self.settings.drain_budget_seconds
+        deadline = self.clock() + self.settings.delivery_drain_budget_seconds
         while not shutdown_requested.is_set():
             with self.runtime.job_session() as session:
                 app = session.get(App, app_id)
@@ -197,15 +197,15 @@ class Pusher:
                     report.held = app is not None
                     return report
                 session.expunge(app)
-                batch = self.claims.claim(session, app_id, self.settings.batch_size)
+                batch = self.claims.claim(session, app_id, self.settings.delivery_batch_size)
                 if not batch:
                     return report
-                if len(batch) == self.settings.batch_size:
+                if len(batch) == self.settings.delivery_batch_size:
                     schedule_drain(self.runtime, app_id)  # more is waiting: let an idle worker join in
                 report.batches += 1
                 keep_going = self._deliver(session, app, batch, report)
                 session.commit()
-            if not keep_going or len(batch) < self.settings.batch_size:
+            if not keep_going or len(batch) < self.settings.delivery_batch_size:
                 # A partial batch took all that was due; what came in since asked for a drain of its
                 # own, which lingers for it instead of sending it in dribs now.
                 return report
@@ -222,17 +222,17 @@ class Pusher:
         requests of hundreds of events, as Amplitude asks of its clients, instead of a request per event.
         Only fresh events linger: when a retried event is due, or another worker holds due events of
         this app, the drain goes on at once."""
-        linger = self.settings.linger_seconds
+        linger = self.settings.delivery_linger_seconds
         if linger <= 0:
             return
         due = (select(outbox.next_attempt_at, outbox.attempts)
                .where(outbox.app_id == app_id, outbox.state == PENDING, outbox.next_attempt_at <= utcnow())
-               .order_by(outbox.next_attempt_at, outbox.id).limit(self.settings.batch_size).subquery())
+               .order_by(outbox.next_attempt_at, outbox.id).limit(self.settings.delivery_batch_size).subquery())
         with self.runtime.session() as session:
             count, oldest, retries = session.execute(
                 select(func.count(), func.min(due.c.next_attempt_at), func.max(due.c.attempts))).one()
-            free = self.claims.claimable(session, app_id, self.settings.batch_size) if count else 0
-        if count == 0 or count >= self.settings.batch_size or retries or free < count:
+            free = self.claims.claimable(session, app_id, self.settings.delivery_batch_size) if count else 0
+        if count == 0 or count >= self.settings.delivery_batch_size or retries or free < count:
             return
         remaining = linger - (utcnow() - oldest).total_seconds()
         if remaining > 0:
@@ -265,7 +265,7 @@ class Pusher:
     def _split_by_size(self, api_key: str, batch: list[Claimed]) -> list[list[Claimed]]:
         """Cut `batch` into requests under the size limit (Amplitude: < 1 MB per HTTP V2 request)."""
         head, tail = amp.envelope(api_key)
-        budget = self.settings.max_request_bytes - len(head) - len(tail) - 1
+        budget = self.settings.delivery_max_request_bytes - len(head) - len(tail) - 1
         chunks: list[list[Claimed]] = [[]]
         size = 0
         for event in batch:
@@ -341,7 +341,7 @@ class Pusher:
         if not held and not quota:
             self._retry_later(session, chunk, answer.error, report)  # a 429 naming no one: back off
             return False, []
-        pause_until = utcnow() + timedelta(seconds=self.settings.throttle_pause_seconds)
+        pause_until = utcnow() + timedelta(seconds=self.settings.delivery_throttle_pause_seconds)
         self._mark(session, held, next_attempt_at=pause_until)
         self._pause_others(session, app_id, held_users, held_devices, pause_until)
         report.throttled += len(held)
@@ -383,7 +383,7 @@ class Pusher:
     def _retry_later(self, session: Session, events: list[Claimed], error: str, report: DrainReport) -> None:
         """A failure that may pass (5xx, timeout, connection): back off, or dead-letter past the window."""
         now = utcnow()
-        window = timedelta(seconds=self.settings.retry_window_seconds)
+        window = timedelta(seconds=self.settings.delivery_retry_window_seconds)
         details = _details(session, events)
         expired = [e for e in events if details[e.id].failing_since is not None
                    and now - details[e.id].failing_since >= window]
@@ -411,13 +411,13 @@ class Pusher:
             values.update(last_delivery_error=error[:2000], last_delivery_error_at=now)
         if held:
             values.update(delivery_held_reason=f"Amplitude rejected the API key: {error}",
-                          delivery_held_until=now + timedelta(seconds=self.settings.invalid_key_pause_seconds))
+                          delivery_held_until=now + timedelta(seconds=self.settings.delivery_invalid_key_pause_seconds))
         if values:
             session.execute(update(App).where(App.id == app.id).values(**values))
 
     def backoff(self, attempt: int) -> float:
         """Seconds before retry number `attempt` (1, 2, ...): exponential, capped, with jitter in [d/2, d]."""
-        ceiling = min(self.settings.backoff_cap_seconds, self.settings.backoff_base_seconds * 2 ** (attempt - 1))
+        ceiling = min(self.settings.delivery_backoff_cap_seconds, self.settings.delivery_backoff_base_seconds * 2 ** (attempt - 1))
         return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
 
 
