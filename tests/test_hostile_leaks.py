@@ -71,11 +71,9 @@ def test_an_exception_message_cannot_forge_a_log_line_or_rewrite_the_terminal(lo
     assert any(line.startswith("Stack (most recent call last):") for line in lines)
 
 
-def test_a_json_log_line_holds_the_traceback_escaped_in_one_line():
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.LineFormatter("json"))
-    log = logging.getLogger("bridge.test_hostile_leaks.json")
+def _log_leaky_job_through(handler: logging.Handler, logger: str) -> None:
+    """`leaky_job`'s exception logged (`log.exception`) by `logger`, with `handler` attached meanwhile."""
+    log = logging.getLogger(logger)
     log.addHandler(handler)
     try:
         try:
@@ -84,6 +82,13 @@ def test_a_json_log_line_holds_the_traceback_escaped_in_one_line():
             log.exception("failed")
     finally:
         log.removeHandler(handler)
+
+
+def test_a_json_log_line_holds_the_traceback_escaped_in_one_line():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.LineFormatter("json"))
+    _log_leaky_job_through(handler, "bridge.test_hostile_leaks.json")
     [line] = stream.getvalue().splitlines()
     assert "\x1b" not in line and "\u202e" not in line
     trace = json.loads(line)["exc"].split("\n")
@@ -95,15 +100,7 @@ def test_a_json_log_line_holds_the_traceback_escaped_in_one_line():
 def test_a_traceback_another_handler_formatted_first_is_escaped_too(log_lines):
     plain = logging.StreamHandler(io.StringIO())  # e.g. a library's own handler, formatting the record first
     plain.setFormatter(logging.Formatter())
-    log = logging.getLogger("bridge.test_hostile_leaks.plain")
-    log.addHandler(plain)
-    try:
-        try:
-            leaky_job("u1")
-        except ValueError:
-            log.exception("failed")
-    finally:
-        log.removeHandler(plain)
+    _log_leaky_job_through(plain, "bridge.test_hostile_leaks.plain")
     assert _forged(log_lines()) == []
 
 
