@@ -61,9 +61,14 @@ class Proc:
     """A child process whose peak RSS can be read before it is stopped."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, *, read_stdout: bool = False,
-                 cwd: Path = ROOT):
+                 cwd: Path = ROOT, log: Path | None = None):
         """Start `args` in `cwd`. Its output is discarded unless `read_stdout` (then it must be read, or
-        the child blocks once the pipe is full)."""
+        the child blocks once the pipe is full) or `log` (stdout and stderr appended to that file)."""
+        if log is not None:
+            with log.open("ab") as out:
+                self.popen = subprocess.Popen(args, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out,
+                                              stderr=subprocess.STDOUT)
+            return
         self.popen = subprocess.Popen(args, cwd=cwd, env={**os.environ, **(env or {})},
                                       stdout=subprocess.PIPE if read_stdout else subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, text=True)
@@ -160,14 +165,16 @@ def wait_until_up(url: str, proc: Proc | None = None, timeout: float = 30) -> st
             time.sleep(0.1)
 
 
-def start_server(args: list[str], env: dict[str, str]) -> Proc:
-    """`python <args>` from SERVER_TREE, importing its `bridge` package (the output discarded)."""
-    return Proc([sys.executable, *args], _server_env(env), cwd=SERVER_TREE)
+def start_server(args: list[str], env: dict[str, str], log: Path | None = None) -> Proc:
+    """`python <args>` from SERVER_TREE, importing its `bridge` package (the output discarded, or
+    appended to `log`)."""
+    return Proc([sys.executable, *args], _server_env(env), cwd=SERVER_TREE, log=log)
 
 
-def start_bridge(args: list[str], env: dict[str, str]) -> Proc:
-    """`bridge <args>` from SERVER_TREE, as the Procfile runs it (the output discarded)."""
-    return start_server(["-m", "bridge", *args], env)
+def start_bridge(args: list[str], env: dict[str, str], log: Path | None = None) -> Proc:
+    """`bridge <args>` from SERVER_TREE, as the Procfile runs it (the output discarded, or appended to
+    `log`)."""
+    return start_server(["-m", "bridge", *args], env, log)
 
 
 def run_bridge(args: list[str], env: dict[str, str]) -> str:

@@ -10,7 +10,10 @@ could wait. The server runs from SERVER_TREE.
 """
 from __future__ import annotations
 
+import re
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import orjson
@@ -22,9 +25,14 @@ from bench.delivery import source_events
 GAPS = (10, 30, 60, 90)  # seconds of quiet before each event
 
 
-def measure(gaps: tuple[float, ...]) -> list[float]:
-    """One run: for each gap, the seconds from the event's 202 to its arrival at the sink."""
+ERROR_LINE = re.compile(r"\bERROR\b")  # a line the worker logged at ERROR, in either log format
+
+
+def measure(gaps: tuple[float, ...]) -> tuple[list[float], int]:
+    """One run: for each gap, the seconds from the event's 202 to its arrival at the sink; and how many
+    lines the worker logged at ERROR meanwhile (it logs to stdout, at LOG_LEVEL=WARNING here)."""
     items = source_events(len(gaps))
+    worker_log = Path(tempfile.mkdtemp(prefix="bridge-bench-idle-")) / "worker.log"
     with scratch_database("bridge_bench_idle", migrate=server_upgrade) as database_url:
         flush_redis()
         app = orjson.loads(run_bridge(["apps", "create", "--name", "idle", "--amplitude-api-key", "idle-key"],
@@ -35,7 +43,7 @@ def measure(gaps: tuple[float, ...]) -> list[float]:
         procs: list[Proc] = [sink]
         delays = []
         try:
-            procs.append(start_bridge(["worker"], env))
+            procs.append(start_bridge(["worker"], env, log=worker_log))
             web, base = start_bridge_web(env)
             procs.append(web)
             headers = {"Authorization": f"Bearer {app['api_key']}", "Content-Type": "application/json"}
@@ -56,14 +64,19 @@ def measure(gaps: tuple[float, ...]) -> list[float]:
         finally:
             for proc in reversed(procs):
                 proc.stop()
-    return delays
+    errors = sum(1 for line in worker_log.read_text(errors="replace").splitlines() if ERROR_LINE.search(line))
+    return delays, errors
 
 
 def run(gaps: tuple[float, ...], repeat: int) -> list[tuple[str, str, str]]:
-    runs = [measure(gaps) for _ in range(repeat)]
+    measured = [measure(gaps) for _ in range(repeat)]
+    runs = [delays for delays, _ in measured]
     per_gap = [median([r[i] for r in runs]) * 1000 for i in range(len(gaps))]
     worst = max(max(r) for r in runs) * 1000
     return [("idle worker: from 202 to sink after a quiet spell (ms)",
              " / ".join(f"{ms:,.0f}" for ms in per_gap),
              f"one event after {' / '.join(f'{g:g}' for g in gaps)} s of quiet; worst of {repeat} run(s): "
-             f"{worst:,.0f} ms; 1 worker, bridge web 1 x 8")]
+             f"{worst:,.0f} ms; 1 worker, bridge web 1 x 8"),
+            ("idle worker: ERROR lines in its log per run",
+             " / ".join(str(errors) for _, errors in measured),
+             f"over the {sum(gaps):g} s of quiet and the {len(gaps)} events of each run")]

@@ -10,6 +10,7 @@ import sys
 from typing import TextIO
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from bridge import connections, logs
 from bridge.runtime import Runtime, install
@@ -35,7 +36,6 @@ class Context:
         if self._runtime is None:
             settings = Settings.from_env()
             logs.configure(settings.log_level, self.log_stream, settings.log_format)
-            connections.check_database(settings.database_url)
             runtime = Runtime(settings)
             try:
                 _require_migrated(runtime)
@@ -62,11 +62,15 @@ class Refusal(click.ClickException):
 
 def _require_migrated(runtime: Runtime) -> None:
     """Raise Refusal unless the database's schema is at head, or ahead (a rolled-back release: the
-    older code runs on a newer schema)."""
+    older code runs on a newer schema); Unreachable if the database does not answer. This first
+    connection is the command's check that the database answers."""
     from bridge import migrate  # Alembic takes a quarter of a second to import: only commands that use the database
 
-    with runtime.engine.connect() as connection:
-        state = migrate.schema_state(connection)
+    try:
+        with runtime.engine.connect() as connection:
+            state = migrate.schema_state(connection)
+    except DBAPIError as exc:
+        raise connections.database_unreachable(runtime.settings.database_url, exc) from None
     if not state.usable:
         raise Refusal(f"the database at {mask_url(runtime.settings.database_url)} is {state.problem()}")
 

@@ -29,9 +29,14 @@ def check_database(url: str) -> None:
         with engine.connect():
             pass
     except DBAPIError as exc:
-        raise Unreachable(f"cannot connect to the database at {mask_url(url)}: {_one_line(exc.orig)}") from None
+        raise database_unreachable(url, exc) from None
     finally:
         engine.dispose()
+
+
+def database_unreachable(url: str, exc: DBAPIError) -> Unreachable:
+    """The Unreachable error for the database at `url`, from the driver's error `exc`."""
+    return Unreachable(f"cannot connect to the database at {mask_url(url)}: {_one_line(exc.orig)}")
 
 
 def check_redis(url: str) -> None:
