@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Text
+from sqlalchemy import JSON, BigInteger, Column, Index, String, Text
 from sqlmodel import Field, SQLModel
 
 from bridge.db import UtcDateTime, utcnow
@@ -20,6 +20,10 @@ class App(SQLModel, table=True):
     region: str = Field(default="us", max_length=8)  # a key of bridge.amplitude.regions.REGIONS
     # None = every mapped lifecycle kind is sent; otherwise the list of event kinds to send.
     enabled_kinds: list[str] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
+    # The naming profile: a key of bridge.mapping.PROFILES.
+    naming: str = Field(default="onesignal-2022", sa_column=Column(String(32), nullable=False, server_default="onesignal-2022"))
+    # The app's own Amplitude event_type per (canonical) kind, winning over the profile's; None = none.
+    event_names: dict[str, str] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
     # Delivery is held (events kept, not sent) while Amplitude rejects the API key.
     delivery_held_reason: str | None = Field(default=None, max_length=500)
     delivery_held_until: datetime | None = Field(default=None, sa_type=UtcDateTime)
