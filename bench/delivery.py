@@ -9,7 +9,7 @@ import orjson
 
 from bench.common import (BENCH_SECRET_KEY, REDIS_URL, Proc, analyze, flush_redis, median, scratch_database, sink_stats, start_sink,
                           wait_for_ingested)
-from bridge.apps.service import create_app_record
+from bridge.apps.service import create_app_record, vocabulary_of
 from bridge.intake.service import ingest
 from bridge.runtime import Runtime
 from bridge.settings import Settings
@@ -42,7 +42,7 @@ def fill_outbox(database_url: str, n: int) -> str:
         app, _ = create_app_record(session, name="bench", amplitude_api_key="bench-amplitude-key")
         session.commit()
         for start in range(0, n, 1000):
-            ingest(session, app.id, app.enabled_kinds, source_events(min(1000, n - start), start))
+            ingest(session, app.id, vocabulary_of(app), source_events(min(1000, n - start), start))
             session.commit()
     runtime.close()
     return app.id

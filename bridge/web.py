@@ -13,6 +13,7 @@ from werkzeug.routing import BaseConverter
 from bridge import logs, request_scope
 from bridge.apidoc import documented
 from bridge.apps.auth import TokenCache
+from bridge.apps.views import bp as apps_bp
 from bridge.cohorts.views import bp as cohorts_bp
 from bridge.delivery.views import bp as delivery_bp
 from bridge.errors import register_error_handlers
@@ -96,7 +97,7 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
         """Liveness: the process answers. No I/O, so a dependency's outage never restarts the process."""
         return LivenessSchema().dump({"status": "ok"})
 
-    for blueprint in (intake_bp, delivery_bp, registry_bp, cohorts_bp):
+    for blueprint in (apps_bp, intake_bp, delivery_bp, registry_bp, cohorts_bp):
         app.register_blueprint(blueprint)
 
     @app.get("/openapi.json")

@@ -31,7 +31,7 @@ def test_cli_creates_an_app_and_prints_its_tokens_once(cli, runtime):
 
 def test_cli_rejects_bad_settings_with_a_message(cli, runtime):
     result = cli.invoke(main, ["apps", "create", "--name", "x", "--amplitude-api-key", "k", "--kinds", "message.push.exploded"])
-    assert result.exit_code != 0 and "unknown event kinds: message.push.exploded" in result.output
+    assert result.exit_code != 0 and "unknown event kind 'message.push.exploded'" in result.output
 
 
 def test_the_region_is_read_whatever_its_case(cli, runtime):

@@ -10,6 +10,7 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import func, select
 
+from bridge.mapping import DEFAULT_VOCABULARY
 from bridge.db import make_session_factory
 from bridge.delivery.models import EventReceipt, OutboxEvent
 from bridge.delivery.scheduling import drain_after_commit, drain_key
@@ -70,7 +71,7 @@ def submit_in_thread(group: GroupCommit, prepared, outcomes: dict) -> threading.
 
 def hold_the_writer(group: GroupCommit, gate: Gate, app_id: str, outcomes: dict) -> threading.Thread:
     """Submit evt-0 and wait until its writer is held in the gate: later requests queue behind it."""
-    first = submit_in_thread(group, prepare(app_id, None, [event_item("evt-0")]), outcomes)
+    first = submit_in_thread(group, prepare(app_id, DEFAULT_VOCABULARY, [event_item("evt-0")]), outcomes)
     assert gate.entered.wait(10)
     return first
 
@@ -81,7 +82,7 @@ def test_requests_waiting_behind_a_commit_share_the_next_one(runtime, tenant):
     outcomes: dict = {}
     first = hold_the_writer(group, gate, tenant.app_id, outcomes)
     assert "evt-0" not in outcomes  # answered only after its commit and what follows it
-    later = [submit_in_thread(group, prepare(tenant.app_id, None, [event_item(f"evt-{i}")]), outcomes) for i in range(1, 6)]
+    later = [submit_in_thread(group, prepare(tenant.app_id, DEFAULT_VOCABULARY, [event_item(f"evt-{i}")]), outcomes) for i in range(1, 6)]
     wait_until(lambda: group._queued_events == 5, 10, "5 events to queue", interval=0.005)
     gate.opened.set()
     for thread in [first, *later]:
@@ -92,7 +93,7 @@ def test_requests_waiting_behind_a_commit_share_the_next_one(runtime, tenant):
 
 
 def test_the_same_event_in_two_requests_of_one_group_is_stored_once(runtime, tenant):
-    prepared = [prepare(tenant.app_id, None, event_items(2, start=1)), prepare(tenant.app_id, None, event_items(2, start=2))]
+    prepared = [prepare(tenant.app_id, DEFAULT_VOCABULARY, event_items(2, start=1)), prepare(tenant.app_id, DEFAULT_VOCABULARY, event_items(2, start=2))]
     with runtime.session() as session:
         from bridge.intake.service import store
 
@@ -109,8 +110,8 @@ def test_a_request_that_fails_its_group_fails_alone(runtime, tenant):
     group = committer(runtime, gate)
     outcomes: dict = {}
     first = hold_the_writer(group, gate, tenant.app_id, outcomes)
-    good = submit_in_thread(group, prepare(tenant.app_id, None, [event_item("evt-1")]), outcomes)
-    bad = submit_in_thread(group, prepare("no-such-app", None, [event_item("evt-2")]), outcomes)  # its outbox row breaks a foreign key
+    good = submit_in_thread(group, prepare(tenant.app_id, DEFAULT_VOCABULARY, [event_item("evt-1")]), outcomes)
+    bad = submit_in_thread(group, prepare("no-such-app", DEFAULT_VOCABULARY, [event_item("evt-2")]), outcomes)  # its outbox row breaks a foreign key
     wait_until(lambda: group._queued_events == 2, 10, "2 events to queue", interval=0.005)
     gate.opened.set()
     for thread in (first, good, bad):
@@ -127,10 +128,10 @@ def test_past_the_queue_bound_a_request_is_refused_at_once_and_nothing_is_stored
     group = committer(runtime, gate, max_queued_events=3)
     outcomes: dict = {}
     first = hold_the_writer(group, gate, tenant.app_id, outcomes)
-    queued = submit_in_thread(group, prepare(tenant.app_id, None, event_items(3, start=1)), outcomes)
+    queued = submit_in_thread(group, prepare(tenant.app_id, DEFAULT_VOCABULARY, event_items(3, start=1)), outcomes)
     wait_until(lambda: group._queued_events == 3, 10, "3 events to queue", interval=0.005)
     with pytest.raises(Overloaded, match="already waiting"):
-        group.submit(prepare(tenant.app_id, None, [event_item("evt-4")]))
+        group.submit(prepare(tenant.app_id, DEFAULT_VOCABULARY, [event_item("evt-4")]))
     gate.opened.set()
     first.join(10)
     queued.join(10)
@@ -142,7 +143,7 @@ def test_a_request_no_writer_took_in_time_is_refused_and_never_stored(runtime, t
     group = committer(runtime, gate, max_wait_seconds=0.05)
     outcomes: dict = {}
     first = hold_the_writer(group, gate, tenant.app_id, outcomes)
-    late = submit_in_thread(group, prepare(tenant.app_id, None, [event_item("evt-1")]), outcomes)
+    late = submit_in_thread(group, prepare(tenant.app_id, DEFAULT_VOCABULARY, [event_item("evt-1")]), outcomes)
     late.join(10)
     assert isinstance(outcomes["evt-1"], Overloaded)
     gate.opened.set()
@@ -157,7 +158,7 @@ def test_an_overloaded_intake_answers_503_with_retry_after_in_the_error_shape(ap
     gate.hold(group)
     outcomes: dict = {}
     first = hold_the_writer(group, gate, tenant.app_id, outcomes)
-    queued = submit_in_thread(group, prepare(tenant.app_id, None, [event_item("evt-1")]), outcomes)
+    queued = submit_in_thread(group, prepare(tenant.app_id, DEFAULT_VOCABULARY, [event_item("evt-1")]), outcomes)
     wait_until(lambda: group._queued_events == 1, 10, "the event to queue", interval=0.005)
     response = client.post(f"/v1/apps/{tenant.app_id}/events", json=event_item("evt-2"), headers=tenant.auth)
     gate.opened.set()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from marshmallow import ValidationError
 
 from bridge.intake.schemas import ITEM_SCHEMA, fast_load, load_item
-from bridge.mapping import MAPPED_KINDS
+from bridge.mapping import KNOWN_KINDS
 from bridge.text import has_unprintable
 from support import FIXTURES, ROOT
 
@@ -21,7 +21,7 @@ EARLIEST, LATEST = 946_684_800, 1_763_856_000  # 2000-01-01 and a time before th
 
 ids = st.one_of(st.text(string.ascii_letters + string.digits + "-", min_size=1, max_size=40),
                 st.sampled_from(["", "x" * 128, "x" * 129, "a\x00b", " ", "é" * 128]))
-kinds = st.one_of(st.sampled_from(sorted(MAPPED_KINDS)), st.sampled_from(["", "k" * 64, "k" * 65, "custom.kind", "a\x00"]))
+kinds = st.one_of(st.sampled_from(sorted(KNOWN_KINDS)), st.sampled_from(["", "k" * 64, "k" * 65, "custom.kind", "a\x00"]))
 numbers = st.one_of(st.integers(min_value=-10, max_value=10**19), st.floats(allow_nan=True),
                     st.sampled_from([0, 1763856000, 1763856000123, 1763856000123456, 99999999999, EARLIEST - 1,
                                      EARLIEST, EARLIEST * 1000 - 1, 10**20, True, "1763856000"]))
@@ -33,7 +33,7 @@ localized = st.one_of(texts, st.dictionaries(st.sampled_from(["en", "de", "fr"])
 
 
 PATHS = [("event", k) for k in ("id", "kind", "timestamp", "datetime", "subscription_id", "subscription_device_type",
-                                 "external_id")] + [("message", k) for k in ("id", "name", "title", "contents", "template_id")] \
+                                 "external_id", "data")] + [("message", k) for k in ("id", "name", "title", "contents", "template_id")] \
         + [("data",), ("user",), ("event",), ("message",)]
 odd_values = st.one_of(ids, kinds, numbers, moments, oddities, texts, localized, st.just(MISSING),
                        st.just({"big": "x" * 20_000}))
@@ -50,12 +50,13 @@ def valid_items() -> st.SearchStrategy:
     clean = st.text(max_size=30).filter(lambda v: not has_unprintable(v))
     event = st.fixed_dictionaries({
         "id": ids.filter(lambda v: 0 < len(v) <= 128 and not has_unprintable(v)),
-        "kind": st.sampled_from(sorted(MAPPED_KINDS)),
+        "kind": st.sampled_from(sorted(KNOWN_KINDS)),
         "subscription_id": st.uuids().map(str),
         "subscription_device_type": st.sampled_from(["iOS", "Email", None]),
         "external_id": st.one_of(st.none(), clean),
         "app_id": st.just("ignored"),
-    }, optional={"timestamp": st.one_of(st.integers(min_value=EARLIEST, max_value=LATEST),
+    }, optional={"data": st.sampled_from([None, {"failure_reason": "Bounced"}, {"page_id": "p1", "target_name": "Go"}]),
+                 "timestamp": st.one_of(st.integers(min_value=EARLIEST, max_value=LATEST),
                                         st.integers(min_value=EARLIEST * 1000, max_value=LATEST * 1000)),
                  "datetime": st.sampled_from(["2025-11-23T00:02:03Z", "2025-11-23T00:02:03+02:00"])}).filter(
         lambda e: "timestamp" in e or "datetime" in e)
@@ -134,7 +135,7 @@ def test_every_single_field_fault_is_loaded_as_the_schema_loads_it(base):
 
 @pytest.mark.parametrize("path", [REFERENCE, FIXTURES / "onesignal-events.json"], ids=["reference", "fixture"])
 def test_the_fast_path_takes_the_payloads_the_platform_sends(path):
-    mapped = [raw for raw in json.loads(path.read_text()) if raw["event"]["kind"] in MAPPED_KINDS]
+    mapped = [raw for raw in json.loads(path.read_text()) if raw["event"]["kind"] in KNOWN_KINDS]
     assert mapped
     for raw in mapped:
         assert fast_load(raw) is not None and fast_load(raw) == schema_load(raw)

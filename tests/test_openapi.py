@@ -124,6 +124,7 @@ SUCCESSES = [
     ("GET", "/healthz", None, "", None),
     ("GET", "/livez", None, "", None),
     ("GET", "/openapi.json", None, "", None),
+    ("GET", "/v1/apps/{app_id}", None, "", None),
     ("POST", "/v1/apps/{app_id}/events", [{
         "event": {"id": "e1", "kind": "message.push.sent", "timestamp": 1763856000, "subscription_id": SUBSCRIPTION,
                   "external_id": "u1"}, "message": {"id": "m1", "name": "Welcome"}}, {"event": {}}], "", None),

@@ -38,7 +38,6 @@ from rq import Queue
 from sqlalchemy import create_engine, func, insert, select, text
 
 from bridge.delivery.models import DEAD, PENDING, EventReceipt, OutboxEvent
-from bridge.mapping import MAPPED_KINDS
 from bridge.migrate import alembic_config
 from bridge.registry.models import Subscription
 from bridge.settings import normalize_database_url
@@ -49,8 +48,10 @@ PROCFILE = ROOT / "Procfile"
 SHELL_FENCES = {"bash", "sh", "console"}
 THIS_FILE = "tests/test_readme_commands.py"
 
-APPS_CREATE = 'bridge apps create --name "Shop" --amplitude-api-key KEY [--region us|eu] [--kinds message.push.sent,...]'
-APPS_UPDATE = "bridge apps update APP_ID [--amplitude-api-key KEY] [--region eu] [--kinds all|k1,k2]"
+APPS_CREATE = ('bridge apps create --name "Shop" --amplitude-api-key KEY [--region us|eu] '
+               '[--naming onesignal-2022|onesignal-current] [--kinds message.push.sent,...]')
+APPS_UPDATE = ('bridge apps update APP_ID [--amplitude-api-key KEY] [--region eu] [--naming onesignal-current] '
+               '[--event-name message.push.failed="Push Failed"] [--kinds all|k1,k2]')
 APPS_ROTATE = "bridge apps rotate-token APP_ID --kind api|cohort [--grace-seconds 86400]"
 APPS_LIST = "bridge apps list"
 STATS = "bridge deliveries stats --app APP_ID"
@@ -67,6 +68,7 @@ DB_DOWNGRADE = "bridge db downgrade 0007"
 CHOICES = {
     "us|eu": ("eu",),
     "message.push.sent,...": ("message.push.sent",),
+    "onesignal-2022|onesignal-current": ("onesignal-current",),
     "all|k1,k2": ("all",),  # a list of kinds is the same option as `apps create --kinds`
     "api|cohort": ("api", "cohort"),
 }
@@ -183,6 +185,11 @@ def option(words: list[str], name: str) -> str | None:
     return words[words.index(name) + 1] if name in words else None
 
 
+def options(words: list[str], name: str) -> list[str]:
+    """Every value of a repeatable option."""
+    return [words[i + 1] for i, word in enumerate(words) if word == name]
+
+
 def bridge(env: dict[str, str], words: list[str], values: dict[str, str] | None = None) -> str:
     """Run a README line's words through the installed `bridge` console script, placeholders replaced
     by `values`; returns its stdout, failing unless it exits 0."""
@@ -219,7 +226,8 @@ def a_new_app(words: list[str], app: dict) -> dict:
     """What `bridge apps create` prints: the app as asked for, with its tokens (shown only now)."""
     assert app["name"] == "Shop" and app["api_key"].startswith("bapi_") and app["cohort_token"].startswith("bcoh_")
     assert app["region"] == (option(words, "--region") or "us")
-    assert app["enabled_kinds"] == sorted(option(words, "--kinds").split(",") if "--kinds" in words else MAPPED_KINDS)
+    assert app["enabled_kinds"] == (sorted(option(words, "--kinds").split(",")) if "--kinds" in words else None)
+    assert app["naming"] == (option(words, "--naming") or "onesignal-2022")
     return app
 
 
@@ -299,7 +307,12 @@ def changes_the_app(setup: Embedded, words: list[str]) -> None:
     if region := option(words, "--region"):
         assert app["region"] == region
     if kinds := option(words, "--kinds"):
-        assert app["enabled_kinds"] == sorted(MAPPED_KINDS if kinds == "all" else kinds.split(","))
+        assert app["enabled_kinds"] == (None if kinds == "all" else sorted(kinds.split(",")))
+    if naming := option(words, "--naming"):
+        assert app["naming"] == naming
+    for value in options(words, "--event-name"):
+        kind, _, name = value.partition("=")
+        assert app["event_names"].get(kind) == (name or None)
 
 
 def issues_a_new_token(setup: Embedded, words: list[str]) -> None:

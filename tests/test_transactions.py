@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from bridge.mapping import DEFAULT_VOCABULARY
 from bridge.apps.models import App
 from bridge.apps.service import create_app_record, rotate_token, update_app
 from bridge.cli import main
@@ -109,7 +110,7 @@ def webhook_body(message_id: str) -> dict:
 
 def dead_event(runtime: Runtime, tenant) -> None:
     with runtime.session() as session:
-        store(session, [prepare(tenant.app_id, None, [item("evt-dead")])])
+        store(session, [prepare(tenant.app_id, DEFAULT_VOCABULARY, [item("evt-dead")])])
         session.execute(update(OutboxEvent).values(state=DEAD, reason="retry_window_exceeded"))
         session.commit()
 
@@ -122,7 +123,7 @@ def stored_batch(runtime: Runtime, tenant) -> None:
 
 # The services each owner kind calls: (what it needs stored first, the call).
 SERVICES = {
-    "request: intake store": (None, lambda s, t, tmp: store(s, [prepare(t.app_id, None, [item("evt-1")])])),
+    "request: intake store": (None, lambda s, t, tmp: store(s, [prepare(t.app_id, DEFAULT_VOCABULARY, [item("evt-1")])])),
     "request: cohort webhook": (None, lambda s, t, tmp: store_batch(s, t.app_id, webhook_body("m1"))),
     "request: subscriptions": (None, lambda s, t, tmp: upsert_records(s, t.app_id, load_records(
         [{"subscription_id": "s1", "type": "Email", "identifier": "a@example.com"}])[0])),

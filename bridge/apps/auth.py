@@ -3,7 +3,8 @@
 A valid (app, kind, token) is remembered in the process for `AUTH_CACHE_SECONDS` (and never past the
 token's own expiry), so the event stream's thousands of requests per second do not each read the
 tokens table. A rotated token's grace period is honoured exactly; a revocation (`rotate-token
---grace-seconds 0`) and a change of the app's enabled kinds reach every process within that delay.
+--grace-seconds 0`) and a change of the app's vocabulary (naming profile, event names, kinds sent)
+reach every process within that delay.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from flask import current_app, g, request
 
 from bridge import tokens
 from bridge.apps.models import App
-from bridge.apps.service import valid_tokens
+from bridge.apps.service import valid_tokens, vocabulary_of
 from bridge.db import utcnow
 from bridge.errors import ApiError
+from bridge.mapping import Vocabulary
 
 CACHE_MAX_ENTRIES = 10_000
 
@@ -32,7 +34,7 @@ class AppAccess:
     Views that show or change the app load it themselves."""
 
     id: str
-    enabled_kinds: tuple[str, ...] | None
+    vocabulary: Vocabulary  # which kinds the app sends to Amplitude, and their names
 
 
 class TokenCache:
@@ -102,7 +104,7 @@ def _authenticate(cache: TokenCache, app_id: str, kind: str, presented: str | No
         if matched is None:
             which = "api_key" if kind == "api" else "cohort_token"
             raise ApiError(401, "unauthorized", f"Send this app's {which} as 'Authorization: Bearer <token>'.")
-        access = AppAccess(app.id, tuple(app.enabled_kinds) if app.enabled_kinds else None)
+        access = AppAccess(app.id, vocabulary_of(app))
     cache.put(key, access, matched.expires_at)
     return access
 

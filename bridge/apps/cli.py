@@ -9,6 +9,25 @@ from bridge.apps.models import TOKEN_KINDS, App
 from bridge.apps.service import AppConfigError, create_app_record, describe, rotate_token, update_app
 from bridge.commands import Context, echo_json, pass_ctx
 from bridge.delivery.scheduling import drain_after_commit
+from bridge.mapping import NAMINGS
+
+
+def _event_names(values: tuple[str, ...]) -> dict[str, str | None]:
+    """`--event-name KIND=NAME` values: kind → event_type; `KIND=` (no name) → None, which removes it."""
+    names: dict[str, str | None] = {}
+    for value in values:
+        kind, equals, name = value.partition("=")
+        if not equals or not kind.strip():
+            raise click.BadParameter(f"{value!r}: expected KIND=NAME (KIND= removes the app's name for KIND)",
+                                     param_hint="--event-name")
+        names[kind.strip()] = name or None
+    return names
+
+
+NAMING = click.option("--naming", type=click.Choice(NAMINGS), help="The naming profile of the app's Amplitude events.")
+EVENT_NAME = click.option(
+    "--event-name", "event_names", multiple=True, metavar="KIND=NAME",
+    help="The app's own Amplitude event_type for KIND, over the profile's (repeatable); KIND= removes it.")
 
 
 def _kinds(value: str | None) -> list[str] | None:
@@ -31,14 +50,19 @@ def apps() -> None:
 @click.option("--name", required=True)
 @click.option("--amplitude-api-key", required=True, help="The Amplitude project's API key.")
 @click.option("--region", type=click.Choice(sorted(REGIONS), case_sensitive=False), default="us", show_default=True)
-@click.option("--kinds", help="Comma-separated event kinds to send (default: all mapped kinds).")
+@click.option("--kinds", help="Comma-separated event kinds to send (default: every kind with a name).")
+@NAMING
+@EVENT_NAME
 @pass_ctx
-def create(ctx: Context, name: str, amplitude_api_key: str, region: str, kinds: str | None) -> None:
+def create(ctx: Context, name: str, amplitude_api_key: str, region: str, kinds: str | None, naming: str | None,
+           event_names: tuple[str, ...]) -> None:
     """Create an app; prints app_id, api_key and cohort_token as JSON (tokens are shown only now)."""
+    names = _event_names(event_names)
     with ctx.runtime.session() as session:
         try:
             app, issued = create_app_record(session, name=name, amplitude_api_key=amplitude_api_key,
-                                            region=region, enabled_kinds=_kinds(kinds))
+                                            region=region, enabled_kinds=_kinds(kinds), naming=naming,
+                                            event_names={k: v for k, v in names.items() if v is not None})
         except AppConfigError as exc:
             raise click.ClickException(str(exc)) from None
         session.commit()
@@ -58,15 +82,19 @@ def list_apps(ctx: Context) -> None:
 @click.option("--name")
 @click.option("--amplitude-api-key", help="A new key also releases delivery held for an invalid key.")
 @click.option("--region", type=click.Choice(sorted(REGIONS), case_sensitive=False))
-@click.option("--kinds", help="Comma-separated event kinds to send; 'all' for every mapped kind.")
+@click.option("--kinds", help="Comma-separated event kinds to send; 'all' for every kind with a name.")
+@NAMING
+@EVENT_NAME
 @pass_ctx
-def update(ctx: Context, app_id: str, name, amplitude_api_key, region, kinds) -> None:
-    """Change an app's settings."""
+def update(ctx: Context, app_id: str, name, amplitude_api_key, region, kinds, naming, event_names) -> None:
+    """Change an app's settings. A new naming profile or event name applies to events accepted after it."""
+    names = _event_names(event_names)
     with ctx.runtime.session() as session:
         app = _load(session, app_id)
         enabled = ... if kinds is None else (None if kinds == "all" else _kinds(kinds))
         try:
-            update_app(session, app, name=name, amplitude_api_key=amplitude_api_key, region=region, enabled_kinds=enabled)
+            update_app(session, app, name=name, amplitude_api_key=amplitude_api_key, region=region, enabled_kinds=enabled,
+                       naming=naming, event_names=names)
         except AppConfigError as exc:
             raise click.ClickException(str(exc)) from None
         if amplitude_api_key:

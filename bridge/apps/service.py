@@ -4,6 +4,7 @@ Each function flushes its changes into the caller's transaction; the caller (a c
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -13,8 +14,8 @@ from sqlalchemy.orm import Session
 from bridge import tokens
 from bridge.amplitude.regions import REGIONS
 from bridge.apps.models import TOKEN_KINDS, App, AppToken
+from bridge import mapping
 from bridge.db import utcnow
-from bridge.mapping import MAPPED_KINDS
 
 
 class AppConfigError(ValueError):
@@ -34,11 +35,15 @@ def create_app_record(
     amplitude_api_key: str,
     region: str = "us",
     enabled_kinds: list[str] | None = None,
+    naming: str | None = None,
+    event_names: Mapping[str, str] | None = None,
 ) -> tuple[App, IssuedTokens]:
     """Create an app and its first tokens (flushed, not committed). The plaintext tokens are returned
-    once and never stored. Raises AppConfigError for an invalid setting."""
+    once and never stored. `naming`, `event_names` and `enabled_kinds` make its vocabulary
+    (`bridge.mapping.vocabulary`). Raises AppConfigError for an invalid setting."""
     app = App(id=str(uuid.uuid4()), name=_name(name), amplitude_api_key=_api_key(amplitude_api_key),
-              region=_region(region), enabled_kinds=_kinds(enabled_kinds))
+              region=_region(region))
+    _set_vocabulary(app, naming, dict(event_names or {}), enabled_kinds)
     session.add(app)
     session.flush()
     issued = IssuedTokens(api_key=_issue(session, app.id, "api"), cohort_token=_issue(session, app.id, "cohort"))
@@ -53,17 +58,32 @@ def update_app(
     amplitude_api_key: str | None = None,
     region: str | None = None,
     enabled_kinds: list[str] | None | object = ...,
+    naming: str | None = None,
+    event_names: Mapping[str, str | None] | None = None,
 ) -> App:
-    """Change an app's settings (flushed, not committed). A new Amplitude key releases delivery held for an
-    invalid key: the caller then has its events drained (`drain_after_commit`). Raises AppConfigError."""
-    if name is not None:
-        app.name = _name(name)
-    if region is not None:
-        app.region = _region(region)
-    if enabled_kinds is not ...:
-        app.enabled_kinds = _kinds(enabled_kinds)  # type: ignore[arg-type]
-    if amplitude_api_key is not None:
-        app.amplitude_api_key = _api_key(amplitude_api_key)
+    """Change an app's settings (flushed, not committed). `event_names` changes the app's own event_type
+    of each kind given (None removes it, the profile's name applies again); `enabled_kinds` None sends
+    every kind with a name. The vocabulary applies to events accepted after the commit. A new Amplitude
+    key releases delivery held for an invalid key: the caller then has its events drained
+    (`drain_after_commit`). Raises AppConfigError, and then changes nothing."""
+    new_name = _name(name) if name is not None else app.name
+    new_region = _region(region) if region is not None else app.region
+    new_key = _api_key(amplitude_api_key) if amplitude_api_key is not None else None
+    names = dict(app.event_names or {})
+    for kind, event_type in (event_names or {}).items():
+        try:
+            kind = mapping.check_kind(kind)
+        except mapping.VocabularyError as exc:
+            raise AppConfigError(str(exc)) from None
+        if event_type is None:
+            names.pop(kind, None)
+        else:
+            names[kind] = event_type
+    _set_vocabulary(app, naming or app.naming, names,
+                    app.enabled_kinds if enabled_kinds is ... else enabled_kinds)  # type: ignore[arg-type]
+    app.name, app.region = new_name, new_region
+    if new_key is not None:
+        app.amplitude_api_key = new_key
         app.delivery_held_reason = None
         app.delivery_held_until = None
     app.updated_at = utcnow()
@@ -104,14 +124,26 @@ def valid_tokens(session: Session, app_id: str, kind: str) -> list[AppToken]:
     )
 
 
+def vocabulary_of(app: App) -> mapping.Vocabulary:
+    """The app's vocabulary: which kinds it sends to Amplitude, under which event_type."""
+    return mapping.vocabulary(app.naming, app.event_names, app.enabled_kinds)
+
+
 def describe(app: App) -> dict[str, object]:
-    """An app as shown by the CLI and API: never its tokens, and its Amplitude key only masked."""
+    """An app as shown by the CLI and API: never its tokens, and its Amplitude key only masked.
+
+    `naming`, `event_names` (the app's own names, by kind) and `enabled_kinds` (None: every kind with a
+    name) are its settings; `event_types` is what they make: the event_type of every kind it sends."""
+    vocabulary = vocabulary_of(app)
     return {
         "app_id": app.id,
         "name": app.name,
         "region": app.region,
         "amplitude_api_key": _mask(app.amplitude_api_key),
-        "enabled_kinds": app.enabled_kinds or sorted(MAPPED_KINDS),
+        "naming": vocabulary.naming,
+        "event_names": dict(vocabulary.event_names),
+        "enabled_kinds": sorted(vocabulary.enabled) if vocabulary.enabled is not None else None,
+        "event_types": {row["kind"]: row["event_type"] for row in vocabulary.rows() if row["sent"]},
         "delivery_held_reason": app.delivery_held_reason,
         "created_at": app.created_at.isoformat(),
     }
@@ -145,15 +177,16 @@ def _region(region: str) -> str:
     return region
 
 
-def _kinds(kinds: list[str] | None) -> list[str] | None:
-    if kinds is None:
-        return None
-    unknown = sorted(set(kinds) - MAPPED_KINDS)
-    if unknown:
-        raise AppConfigError(f"unknown event kinds: {', '.join(unknown)} (known: {', '.join(sorted(MAPPED_KINDS))})")
-    if not kinds:
-        raise AppConfigError("enabled kinds must not be empty (omit it to send every kind)")
-    return sorted(set(kinds))
+def _set_vocabulary(app: App, naming: str, event_names: dict[str, str], enabled_kinds: list[str] | None) -> None:
+    """Check the three together (an enabled kind needs a name under the profile or the app's own), then
+    store them canonical; raises AppConfigError, naming the kind or name at fault, before changing anything."""
+    try:
+        vocabulary = mapping.vocabulary(naming, event_names, enabled_kinds)
+    except mapping.VocabularyError as exc:
+        raise AppConfigError(str(exc)) from None
+    app.naming = vocabulary.naming
+    app.event_names = dict(vocabulary.event_names) or None
+    app.enabled_kinds = sorted(vocabulary.enabled) if vocabulary.enabled is not None else None
 
 
 def _mask(secret: str) -> str:

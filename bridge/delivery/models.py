@@ -59,11 +59,11 @@ class OutboxEvent(SQLModel, table=True):
     user_id: str | None = Field(default=None, max_length=256)
     device_id: str | None = Field(default=None, max_length=256)
     subscription_device_type: str | None = Field(default=None, max_length=64)
-    # The Amplitude event as JSON, serialized once (at intake, or by the replay that resolves its user) so
-    # that batches are built by concatenation. None while the event waits for a user (`unresolved_user`).
+    # The Amplitude event as JSON, serialized once at intake so that batches are built by concatenation.
+    # While the event waits for a user (`unresolved_user`) it has no user_id, which the replay adds.
     amplitude_event: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    # The validated source item as JSON (intake.schemas.ItemSchema), kept only while the event waits for a
-    # user: the replay maps it to `amplitude_event` once the channel registry knows the user.
+    # Rows stored before 0010's release only: the validated source item as JSON of an event waiting for a
+    # user (amplitude_event NULL); the replay maps it once the channel registry knows the user.
     source_item: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)

@@ -67,7 +67,7 @@ def _resolve_skipped(session: Session, *, app_id: str | None, since: datetime | 
     last_id = 0
     while True:
         rows = session.execute(
-            select(outbox.id, outbox.app_id, outbox.device_id, outbox.source_item)
+            select(outbox.id, outbox.app_id, outbox.device_id, outbox.amplitude_event, outbox.source_item)
             .where(*filters, outbox.id > last_id).order_by(outbox.id).limit(1000)
         ).all()
         if not rows:
@@ -83,8 +83,7 @@ def _resolve_skipped(session: Session, *, app_id: str | None, since: datetime | 
                 if not user_id:
                     result.still_unresolved += 1
                     continue
-                item = orjson.loads(row.source_item)
-                event = mapping.to_amplitude(_revive(item), user_id)
+                event = _attributed(row, user_id)
                 session.execute(update(OutboxEvent.__table__).where(outbox.id == row.id).values(
                     state=PENDING, reason=None, last_error=None, user_id=user_id,
                     amplitude_event=orjson.dumps(event).decode(), source_item=None, next_attempt_at=utcnow()))
@@ -93,6 +92,15 @@ def _resolve_skipped(session: Session, *, app_id: str | None, since: datetime | 
                 drain_after_commit(session, app)
         checkpoint()
     return result
+
+
+def _attributed(row, user_id: str) -> dict:
+    """The row's Amplitude event with its user: named at intake (`amplitude_event` without user_id);
+    a row stored before events were named at intake holds only its source item, which is named as
+    every app's events then were (the onesignal-2022 profile)."""
+    if row.amplitude_event is not None:
+        return {**orjson.loads(row.amplitude_event), "user_id": user_id}
+    return mapping.to_amplitude(_revive(orjson.loads(row.source_item)), user_id, mapping.DEFAULT_VOCABULARY)
 
 
 def _revive(item: dict) -> dict:

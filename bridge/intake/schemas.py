@@ -7,7 +7,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, vali
 from bridge import times
 from bridge.fields import DateTimeText, EpochTime, Identifier, OptionalText, path_segment, printable, without_nul
 from bridge.text import has_unprintable
-from bridge.mapping import KINDS_REQUIRING_MESSAGE_ID, MAPPED_KINDS, localized
+from bridge.mapping import KINDS_REQUIRING_MESSAGE_ID, KNOWN_KINDS, localized
 from bridge.validation import RejectedItemSchema
 
 _ID = validate.Length(min=1, max=128)
@@ -52,8 +52,9 @@ class EventSchema(Schema):
 
     id = Identifier(required=True, validate=[_ID, printable])
     kind = fields.String(required=True, validate=[validate.Length(min=1, max=64), without_nul], metadata={
-        "description": "One of the mapped kinds listed; any other kind is counted as ignored.",
-        "anyOf": [{"enum": sorted(MAPPED_KINDS)}, {"not": {"enum": sorted(MAPPED_KINDS)}}]})
+        "description": "One of the stream's kinds listed (older spellings included); a kind the app does not "
+                       "send, or any other, is counted as ignored.",
+        "anyOf": [{"enum": sorted(KNOWN_KINDS)}, {"not": {"enum": sorted(KNOWN_KINDS)}}]})
     timestamp = EpochTime(load_default=None, allow_none=True, metadata={
         "description": "Epoch seconds (or milliseconds); wins over `datetime` when both are given."})
     datetime = DateTimeText(load_default=None, allow_none=True, metadata={
@@ -62,6 +63,9 @@ class EventSchema(Schema):
     subscription_device_type = fields.String(load_default=None, allow_none=True,
                                              validate=[validate.Length(max=64), without_nul])
     external_id = Identifier(load_default=None, allow_none=True, validate=[validate.Length(max=256), printable])
+    data = FreeFormObject(load_default=None, allow_none=True, metadata={
+        "description": "The stream's channel-specific fields (`failure_reason`, `page_id`, `page_name`, "
+                       "`target_id`, `target_name`), kept as sent."})
 
     @validates_schema(skip_on_field_errors=False, pass_original=True)
     def _has_time(self, data, original, **kwargs):
@@ -96,8 +100,11 @@ class ItemSchema(Schema):
     event = fields.Nested(EventSchema, required=True)
     message = fields.Nested(MessageSchema, required=True, metadata={
         "description": "May be absent, or hold only `id`, for events of messages OneSignal no longer keeps."})
-    data = FreeFormObject(load_default=None, allow_none=True)
-    user = FreeFormObject(load_default=None, allow_none=True)
+    data = FreeFormObject(load_default=None, allow_none=True, metadata={
+        "description": "Channel-specific fields as in `event.data`, for stream templates that put them here; "
+                       "`event.data` wins."})
+    user = FreeFormObject(load_default=None, allow_none=True, metadata={
+        "description": "The user's fields; `language` becomes the `language` property under onesignal-current."})
 
     @pre_load
     def _message_may_be_absent(self, data, **kwargs):
@@ -159,13 +166,13 @@ def fast_load(raw: object) -> dict | None:
         if message_id is not None or kind in KINDS_REQUIRING_MESSAGE_ID:
             return None
     title, contents = _localized(message.get("title")), _localized(message.get("contents"))
-    data, user = _free_form(raw.get("data")), _free_form(raw.get("user"))
-    if title is _INVALID or contents is _INVALID or data is _INVALID or user is _INVALID:
+    data, user, details = _free_form(raw.get("data")), _free_form(raw.get("user")), _free_form(event.get("data"))
+    if title is _INVALID or contents is _INVALID or data is _INVALID or user is _INVALID or details is _INVALID:
         return None
     return {
         "event": {"id": event["id"], "kind": kind, "timestamp": timestamp, "datetime": moment,
                   "subscription_id": event["subscription_id"], "subscription_device_type": event.get("subscription_device_type"),
-                  "external_id": event.get("external_id")},
+                  "external_id": event.get("external_id"), "data": details},
         "message": {"id": message_id, "name": _unless_blank(name), "title": title, "contents": contents,
                     "template_id": message.get("template_id")},
         "data": data,

@@ -10,7 +10,7 @@
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -46,6 +46,7 @@ class Prepared:
     app_id: str
     events: list[PreparedEvent]
     result: IntakeResult
+    vocabulary: mapping.Vocabulary  # the app's when the request came: its events are named by it
 
     @property
     def size(self) -> int:
@@ -60,15 +61,16 @@ class PreparedEvent:
     amplitude_event: str | None  # the Amplitude event as JSON, once user_id is known
 
 
-def prepare(app_id: str, enabled_kinds: Iterable[str] | None, items: Sequence[object]) -> Prepared:
-    """Validate `items` (decoded JSON values) for an app sending `enabled_kinds` (None: every mapped
-    kind). Invalid items are reported by index with a message per field and never block valid ones."""
+def prepare(app_id: str, vocabulary: mapping.Vocabulary, items: Sequence[object]) -> Prepared:
+    """Validate `items` (decoded JSON values) for an app whose `vocabulary` says which kinds it sends
+    and under which names; other kinds are counted as ignored. Invalid items are reported by index
+    with a message per field and never block valid ones."""
     result = IntakeResult()
-    enabled = frozenset(enabled_kinds) if enabled_kinds else mapping.MAPPED_KINDS
+    sent = vocabulary.sent
     valid: dict[str, dict] = {}
     for index, raw in enumerate(items):
         kind = raw.get("event", {}).get("kind") if isinstance(raw, dict) and isinstance(raw.get("event"), dict) else None
-        if isinstance(kind, str) and kind and kind not in enabled:
+        if isinstance(kind, str) and kind and kind not in sent:
             result.ignored += 1
             continue
         try:
@@ -85,9 +87,9 @@ def prepare(app_id: str, enabled_kinds: Iterable[str] | None, items: Sequence[ob
     # in this request, by time (registry.users_by_time); with none, `store` asks the registry.
     items = list(valid.values())
     observations = [_observation(item["event"]) for item in items]
-    events = [PreparedEvent(item, seen, user_id, _amplitude_json(item, user_id) if user_id else None)
+    events = [PreparedEvent(item, seen, user_id, _amplitude_json(item, user_id, vocabulary) if user_id else None)
               for item, seen, user_id in zip(items, observations, users_by_time(observations), strict=True)]
-    return Prepared(app_id, events, result)
+    return Prepared(app_id, events, result, vocabulary)
 
 
 def store(session: Session, batch: Sequence[Prepared]) -> None:
@@ -100,7 +102,7 @@ def store(session: Session, batch: Sequence[Prepared]) -> None:
     now = utcnow()
     owners: dict[tuple[str, str], Prepared] = {}
     repeated: list[Prepared] = []
-    by_app: dict[str, list[PreparedEvent]] = {}
+    by_app: dict[str, list[tuple[PreparedEvent, mapping.Vocabulary]]] = {}
     for prepared in batch:
         for ev in prepared.events:
             key = (prepared.app_id, ev.item["event"]["id"])
@@ -108,13 +110,13 @@ def store(session: Session, batch: Sequence[Prepared]) -> None:
                 repeated.append(prepared)
                 continue
             owners[key] = prepared
-            by_app.setdefault(prepared.app_id, []).append(ev)
+            by_app.setdefault(prepared.app_id, []).append((ev, prepared.vocabulary))
     rows: list[dict] = []
     for app_id, events in by_app.items():
-        subscriptions = {ev.item["event"]["subscription_id"] for ev in events}
+        subscriptions = {ev.item["event"]["subscription_id"] for ev, _ in events}
         known = recorded(session, app_id, subscriptions)
-        observe_events(session, app_id, [ev.observation for ev in events], known=known)
-        rows += [_outbox_row(app_id, ev, known, now) for ev in events]
+        observe_events(session, app_id, [ev.observation for ev, _ in events], known=known)
+        rows += [_outbox_row(app_id, ev, vocabulary, known, now) for ev, vocabulary in events]
     stored = _insert_new(session, rows, now)
     for prepared in repeated:
         prepared.result.duplicates += 1
@@ -130,16 +132,16 @@ def store(session: Session, batch: Sequence[Prepared]) -> None:
         drain_after_commit(session, app_id)
 
 
-def ingest(session: Session, app_id: str, enabled_kinds: Iterable[str] | None, items: Sequence[object]) -> IntakeResult:
+def ingest(session: Session, app_id: str, vocabulary: mapping.Vocabulary, items: Sequence[object]) -> IntakeResult:
     """`prepare` and `store` one request's items in `session` (flushed, not committed)."""
-    prepared = prepare(app_id, enabled_kinds, items)
+    prepared = prepare(app_id, vocabulary, items)
     if prepared.events:
         store(session, [prepared])
     return prepared.result
 
 
-def _amplitude_json(item: dict, user_id: str) -> str:
-    return orjson.dumps(mapping.to_amplitude(item, user_id)).decode()
+def _amplitude_json(item: dict, user_id: str | None, vocabulary: mapping.Vocabulary) -> str:
+    return orjson.dumps(mapping.to_amplitude(item, user_id, vocabulary)).decode()
 
 
 def _observation(event: dict) -> Observation:
@@ -152,13 +154,15 @@ def _not_an_object():
     raise ValidationError({"_item": ["Each event must be a JSON object."]})
 
 
-def _outbox_row(app_id: str, ev: PreparedEvent, known: dict[str, Recorded], now: datetime) -> dict:
+def _outbox_row(app_id: str, ev: PreparedEvent, vocabulary: mapping.Vocabulary, known: dict[str, Recorded],
+                now: datetime) -> dict:
     event = ev.item["event"]
     user_id, amplitude_event = ev.user_id, ev.amplitude_event
     if user_id is None:
         held = known.get(event["subscription_id"])
         user_id = held.external_id if held else None  # the registry's External User ID, if it has one
-        amplitude_event = _amplitude_json(ev.item, user_id) if user_id else None
+        # Named now, under the vocabulary it was accepted with, even if it waits for its user.
+        amplitude_event = _amplitude_json(ev.item, user_id, vocabulary)
     row = {
         "app_id": app_id,
         "source_event_id": event["id"],
@@ -174,10 +178,11 @@ def _outbox_row(app_id: str, ev: PreparedEvent, known: dict[str, Recorded], now:
     if user_id:
         row.update(state=PENDING, reason=None, last_error=None, amplitude_event=amplitude_event, source_item=None)
     else:
-        # Kept (with the source event) so a replay can send it once the registry knows the user.
+        # Kept with its Amplitude event, named but without user_id: a replay adds the user once the
+        # registry knows it, so the event keeps the names of the vocabulary it was accepted under.
         row.update(state=SKIPPED, reason=UNRESOLVED_USER,
                    last_error="no External User ID on the event and none recorded for its subscription",
-                   amplitude_event=None, source_item=orjson.dumps(ev.item, default=str).decode())
+                   amplitude_event=amplitude_event, source_item=None)
     return row
 
 

@@ -46,7 +46,7 @@ def post_events(app_id: str):
     cannot store them in time. Both with Retry-After, and nothing of the request stored."""
     committer, backlog = current_app.extensions["bridge.intake"]
     items = read_items(current_app.extensions["bridge"].settings.max_items_per_request)
-    prepared = prepare(app_id, g.app.enabled_kinds, items)
+    prepared = prepare(app_id, g.app.vocabulary, items)
     if prepared.events:
         if backlog.full(app_id):
             raise ApiError(429, "backlog_full", f"More than {backlog.limit:,} of this app's events wait for delivery "

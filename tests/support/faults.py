@@ -28,7 +28,7 @@ from support.databases import libpq_url
 from support.factories import OMIT, T0, event_item
 from support.processes import Process, free_port, start_worker, wait_until
 
-KINDS = sorted(mapping.MAPPED_KINDS)
+KINDS = sorted(mapping.DEFAULT_VOCABULARY.sent)
 USERS = [f"user-{n:02d}" for n in range(10)]
 DEVICES_PER_USER = 3
 ANONYMOUS_SUBSCRIPTIONS = 5
