@@ -1,4 +1,5 @@
-"""The OneSignal adapter: the request it sends, and every answer classified (httpx.MockTransport)."""
+"""The OneSignal adapter: the request it sends, and every answer classified, against the local platform
+server and, for what that server does not send, against scripted answers (httpx.MockTransport)."""
 from __future__ import annotations
 
 import json
@@ -14,9 +15,17 @@ from bridge.platforms.base import (
     APPLIED, CONFLICT, NOT_ON_PLATFORM, REJECTED, RETRY, THROTTLED, TagOutcome, retry_after_seconds,
 )
 from bridge.platforms.onesignal import HIDDEN_KEY, OneSignal
-from support.platform import API_KEY, APP_ID
+from bridge.platforms.server import PlatformServer
+from support.platform import API_KEY, APP_ID, ManualClock
 
 USER = "user-1"
+
+
+@pytest.fixture
+def onesignal(platform_server):
+    platform_server.add_users(APP_ID, [USER, "team/a b"])
+    with connect("onesignal", app_id=APP_ID, api_key=API_KEY, base_url=platform_server.url, timeout=5) as adapter:
+        yield adapter
 
 
 def scripted(handler) -> OneSignal:
@@ -30,6 +39,78 @@ def answering(status: int, body: object = None, headers: dict | None = None, con
         content = b"" if body is None else json.dumps(body).encode()
     return scripted(lambda request: httpx.Response(status, content=content, headers=headers))
 
+
+# -- against the local platform server ---------------------------------------------------------------
+
+def test_tags_are_set_and_removed_on_the_platform(onesignal, platform_server):
+    assert onesignal.set_tags(USER, {"cohort_vip": "1", "cohort_new": "1"}) == TagOutcome(APPLIED, http_status=202)
+    assert onesignal.set_tags(USER, {"cohort_new": ""}).status == APPLIED
+    assert onesignal.set_tags("team/a b", {"cohort_vip": "1"}).status == APPLIED
+
+    assert platform_server.all_tags(APP_ID) == {USER: {"cohort_vip": "1"}, "team/a b": {"cohort_vip": "1"}}
+    assert [(r["external_id"], r["tags"]) for r in platform_server.requests()] == [
+        (USER, {"cohort_vip": "1", "cohort_new": "1"}), (USER, {"cohort_new": ""}), ("team/a b", {"cohort_vip": "1"})]
+
+
+def test_a_user_the_platform_does_not_know_is_not_on_platform(onesignal, platform_server):
+    assert onesignal.set_tags("stranger", {"cohort_vip": "1"}) == TagOutcome(NOT_ON_PLATFORM, "User not found", http_status=404)
+    assert platform_server.all_tags(APP_ID) == {}
+
+
+@pytest.mark.parametrize(("fault", "expected"), [
+    ({"status": 409, "message": "User is being merged"}, TagOutcome(CONFLICT, "User is being merged", http_status=409)),
+    ({"status": 429, "retry_after": 12}, TagOutcome(THROTTLED, "API rate limit exceeded", retry_after=12.0, http_status=429)),
+    ({"status": 429}, TagOutcome(THROTTLED, "API rate limit exceeded", retry_after=1.0, http_status=429)),
+    ({"status": 500}, TagOutcome(RETRY, "Internal Server Error", http_status=500)),
+    ({"status": 503, "message": "Try later"}, TagOutcome(RETRY, "Try later", http_status=503)),
+    ({"status": 400, "message": "Bad tags"}, TagOutcome(REJECTED, "Bad tags", http_status=400)),
+    ({"status": 200, "message": "Tags limit reached"}, TagOutcome(REJECTED, "Tags limit reached", http_status=200)),
+    ({"status": 202, "failed_tags": ["cohort_b"], "message": "Too long"},
+     TagOutcome(APPLIED, "Too long", failed_tags=frozenset({"cohort_b"}), http_status=202)),
+    ({"status": 202, "failed_tags": ["cohort_a", "cohort_b"], "message": "Too long"},
+     TagOutcome(REJECTED, "Too long", failed_tags=frozenset({"cohort_a", "cohort_b"}), http_status=202)),
+], ids=["409", "429-retry-after", "429-default", "500", "503", "400", "200-errors", "202-some-tags", "202-every-tag"])
+def test_every_answer_of_the_platform_is_classified(onesignal, platform_server, fault, expected):
+    platform_server.add_faults([fault])
+
+    assert onesignal.set_tags(USER, {"cohort_a": "1", "cohort_b": "1"}) == expected
+    assert platform_server.tags(APP_ID, USER) == ({"cohort_a": "1"} if fault.get("failed_tags") == ["cohort_b"] else {})
+
+
+def test_a_key_the_platform_refuses_is_rejected(platform_server):
+    platform_server.add_users(APP_ID, [USER])
+    with connect("onesignal", app_id=APP_ID, api_key="revoked", base_url=platform_server.url) as adapter:
+        outcome = adapter.set_tags(USER, {"cohort_vip": "1"})
+
+    assert (outcome.status, outcome.http_status) == (REJECTED, 403)
+
+
+def test_a_dropped_connection_and_a_slow_answer_are_retried(onesignal, platform_server):
+    platform_server.add_faults([{"reset": True, "apply": True}, {"status": 503, "delay": 0.3}])
+    impatient = OneSignal(app_id=APP_ID, api_key=API_KEY, base_url=platform_server.url, timeout=0.05)
+
+    dropped = onesignal.set_tags(USER, {"cohort_vip": "1"})
+    slow = impatient.set_tags(USER, {"cohort_vip": "1"})
+    impatient.close()
+
+    assert (dropped.status, dropped.http_status) == (RETRY, None)
+    assert dropped.message.startswith("connection error: RemoteProtocolError")
+    assert slow == TagOutcome(RETRY, "timeout: ReadTimeout")
+    assert platform_server.tags(APP_ID, USER) == {"cohort_vip": "1"}, "the dropped request had applied: resending is harmless"
+
+
+def test_the_platform_enforcing_its_per_user_limit_throttles_for_a_second():
+    clock = ManualClock()
+    with PlatformServer(api_keys={API_KEY}, every_user_known=True, enforce_limits=True, clock=clock) as server, \
+            OneSignal(app_id=APP_ID, api_key=API_KEY, base_url=server.url) as adapter:
+        first = adapter.set_tags(USER, {"cohort_vip": "1"})
+        clock.advance(0.5)
+        second = adapter.set_tags(USER, {"cohort_new": "1"})
+
+    assert (first.status, second.status, second.retry_after) == (APPLIED, THROTTLED, 1.0)
+
+
+# -- the request, and answers the local server does not give ------------------------------------------
 
 def test_the_request_is_a_patch_of_the_user_by_external_id_with_the_key_and_the_tags():
     seen: list[httpx.Request] = []

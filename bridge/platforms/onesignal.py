@@ -12,7 +12,7 @@ over which OneSignal answers 429 with a Retry-After header (seconds; its older r
 RetryAfter). Errors come as `{"errors": [...]}`, each a string or an object with `title`, `code` and `meta`.
 
 OneSignal does not document how an answer names one failed tag among several: here an error object names
-tags by `meta.tags` (a list of keys) or `meta.tag` (one key); an error
+tags by `meta.tags` (a list of keys) or `meta.tag` (one key), as bridge.platforms.server answers; an error
 that names no tag sent fails the whole request.
 """
 from __future__ import annotations
