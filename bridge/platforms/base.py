@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import httpx
 
@@ -113,7 +113,7 @@ class Platform(ABC):
         if self._owns_client:
             self.http.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:
