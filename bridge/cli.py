@@ -23,8 +23,9 @@ from bridge.maintenance import sweep as run_sweep
 from bridge.registry.cli import subscriptions
 from bridge.settings import ConfigurationError, Settings
 
-# A command imports the heavier modules it runs (Alembic, RQ, the local Amplitude server, the web app of the
-# demo) when it runs, so that `bridge --help`, `bridge config` and the operator's quick commands start without them.
+# A command imports the heavier modules it runs (Alembic, RQ, the local Amplitude and platform servers, the web
+# app of the demo) when it runs, so that `bridge --help`, `bridge config` and the operator's quick commands start
+# without them.
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,15 @@ def sink(args: tuple[str, ...]) -> None:
     from bridge.amplitude.sink import main as sink_main
 
     sys.exit(sink_main(list(args)))
+
+
+@main.command("platform-server", context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def platform_server(args: tuple[str, ...]) -> None:
+    """A local OneSignal-compatible user-tag server with fault injection (`bridge platform-server --help`)."""
+    from bridge.platforms.server import main as server_main
+
+    sys.exit(server_main(list(args)))
 
 
 @main.command()

@@ -1,5 +1,6 @@
 """Fixtures, registered for every test: real PostgreSQL and SQLite (both migrated with Alembic), real
-Redis, the Flask app and its client, a tenant, the Amplitude-compatible sink and the CLI runner.
+Redis, the Flask app and its client, a tenant, the Amplitude-compatible sink, the OneSignal-compatible
+platform server and the CLI runner.
 
 Tests never import this module: plain helpers and test data live in the `support` package
 (tests/support/), which this module uses too.
@@ -14,11 +15,13 @@ from click.testing import CliRunner
 
 from bridge.amplitude.sink import AmplitudeSink
 from bridge.migrate import upgrade
+from bridge.platforms.server import PlatformServer
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
 from support.databases import REDIS_URL, postgresql_database, truncate, unavailable
 from support.factories import Tenant, new_tenant
+from support.platform import API_KEY
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +78,14 @@ def sink() -> Iterator[AmplitudeSink]:
     """An Amplitude-compatible server on a free port (`sink.url`), accepting any API key; it keeps
     every event it ingests and when each arrived. Tests that deliver point AMPLITUDE_BASE_URL at it."""
     with AmplitudeSink(track_arrivals=True) as server:
+        yield server
+
+
+@pytest.fixture
+def platform_server() -> Iterator[PlatformServer]:
+    """A OneSignal-compatible user-tag server on a free port (`platform_server.url`), accepting only
+    support.platform's API_KEY and knowing no user until told (`add_users`)."""
+    with PlatformServer(api_keys={API_KEY}) as server:
         yield server
 
 

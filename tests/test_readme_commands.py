@@ -60,6 +60,7 @@ IMPORT = "bridge subscriptions import --app APP_ID players.csv.gz [--errors-file
 SWEEP = "bridge sweep"
 PRUNE = "bridge prune [--older-than-days 30]"
 SINK = "bridge sink --port 18080"
+PLATFORM_SERVER = "bridge platform-server --port 18090"
 CONFIG = "bridge config"
 DB_CURRENT = "bridge db current"
 DB_DOWNGRADE = "bridge db downgrade 0007"
@@ -95,6 +96,7 @@ RUN_BY: dict[str, tuple[str, ...]] = {
     SWEEP: (f"{THIS_FILE}::test_a_setup_line_runs_as_written", f"{THIS_FILE}::test_production_mode_release_app_and_sweep"),
     PRUNE: (f"{THIS_FILE}::test_a_setup_line_runs_as_written",),
     SINK: (f"{THIS_FILE}::test_the_sink_serves_until_terminated",),
+    PLATFORM_SERVER: (f"{THIS_FILE}::test_the_platform_server_serves_until_terminated",),
     DB_CURRENT: (f"{THIS_FILE}::test_the_schema_commands_say_what_they_did",),
     DB_DOWNGRADE: (f"{THIS_FILE}::test_the_schema_commands_say_what_they_did",),
     CONFIG: (f"{THIS_FILE}::test_a_setup_line_runs_as_written", f"{THIS_FILE}::test_production_mode_config_masks_credentials"),
@@ -405,6 +407,29 @@ def test_the_sink_serves_until_terminated(tmp_path):
         sink.stop()
     assert sink.popen.returncode == 0
     assert sink.output().splitlines()[0] == url  # its URL is the first line it prints
+
+
+def test_the_platform_server_serves_until_terminated(tmp_path):
+    port = free_port()
+    args = [BRIDGE if word == "bridge" else str(port) if word == "18090" else word for word in shlex.split(PLATFORM_SERVER)]
+    server = Process(args, {}, tmp_path / "platform-server.log")
+    url = f"http://127.0.0.1:{port}"
+    user = f"{url}/apps/app-1/users/by/external_id/user%2F1"
+    tags, key = {"properties": {"tags": {"cohort_vip": "1"}}}, {"Authorization": "Key KEY"}
+    try:
+        wait_until_answering(server, f"{url}/_platform/stats", "the platform server")
+        assert httpx.patch(user, json=tags, headers=key).status_code == 404  # a user it was not told of
+        assert httpx.post(f"{url}/_platform/users", json={"app_id": "app-1", "external_ids": ["user/1"]}).status_code == 200
+        assert httpx.patch(user, json=tags, headers=key).status_code == 202
+        assert httpx.post(f"{url}/_platform/faults", json=[{"status": 429, "retry_after": 2}]).status_code == 200
+        throttled = httpx.patch(user, json=tags, headers=key)
+        assert (throttled.status_code, throttled.headers["Retry-After"]) == (429, "2")
+        assert httpx.get(f"{url}/_platform/tags", params={"app_id": "app-1"}).json() == {"user/1": {"cohort_vip": "1"}}
+        assert httpx.get(f"{url}/_platform/stats").json()["requests"] == {"404": 1, "202": 1, "429": 1}
+    finally:
+        server.stop()
+    assert server.popen.returncode == 0
+    assert server.output().splitlines()[0] == url  # its URL is the first line it prints
 
 
 @pytest.mark.slow

@@ -29,8 +29,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bridge"
 
 FEATURES = ("apps", "intake", "delivery", "registry", "cohorts")
 # Packages that are shared plumbing: Amplitude's HTTP API (its hosts, the client the Runtime holds, and a
-# local stand-in server) imports nothing of the bridge's features.
-SHARED_PACKAGES = ("amplitude",)
+# local stand-in server) and the messaging platforms' (an adapter per platform, and a local stand-in for
+# OneSignal) import nothing of the bridge's features.
+SHARED_PACKAGES = ("amplitude", "platforms")
 ENTRY_POINTS = frozenset({
     "bridge.__main__", "bridge.cli", "bridge.web", "bridge.webserver", "bridge.worker", "bridge.demo",
     "bridge.maintenance",  # the sweep and the pruning: jobs across features (delivery, cohorts)
