@@ -7,7 +7,7 @@ events that arrive with only `message.id`, on both databases.
   the source item a replay maps; a send and its click in one group work; a retried store learns only
   what was posted;
 - the issue's acceptance: a click 40 days after its send reaches Amplitude with the campaign's details;
-- counts in the stats (in the outbox, then folded in as events are delivered).
+- counts in the stats (in the outbox, then folded in as events are delivered), and pruning.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from bridge.delivery.pusher import drain_app
 from bridge.delivery.replay import replay
 from bridge.intake.schemas import load_item
 from bridge.intake.service import prepare, store
+from bridge.maintenance import prune
 from bridge.registry.models import Subscription
 from support.factories import MESSAGE, T0, event_item, new_tenant
 
@@ -239,3 +240,34 @@ def test_the_counts_stay_with_events_that_are_not_delivered(client, tenant, runt
         dead = session.scalars(select(OutboxEvent)).one()
     assert (dead.source_event_id, dead.state, dead.message_details) == ("click-2", "dead", ENRICHED)
     assert stats(client, tenant) == {"enriched": 2, "unseen": 0, "catalog_messages": 1}
+
+
+# -- pruning ---------------------------------------------------------------------------------------
+
+def test_prune_forgets_messages_no_event_named_for_the_retention(client, tenant, runtime):
+    now = utcnow()
+    with freeze_time(now - timedelta(days=200)):
+        post(client, tenant, [message_item("old", int((now - timedelta(days=200)).timestamp()), "msg-old", name="Old"),
+                              message_item("kept", int((now - timedelta(days=200)).timestamp()), "msg-kept", name="Kept")])
+    with freeze_time(now - timedelta(days=10)):  # a late click keeps its message alive
+        post(client, tenant, [message_item("click", int((now - timedelta(days=10)).timestamp()), "msg-kept")])
+    post(client, tenant, [message_item("new", int(now.timestamp()), "msg-new", name="New")])
+    assert prune(runtime, older_than_days=30, batch=1)["message_catalog"] == 1
+    assert entry(runtime, tenant.app_id, "msg-old") is None
+    assert entry(runtime, tenant.app_id, "msg-kept")["name"][0] == "Kept"
+    assert entry(runtime, tenant.app_id, "msg-new")["name"][0] == "New"
+    assert stats(client, tenant)["catalog_messages"] == 2
+
+
+@pytest.mark.parametrize(("retention", "pruned"), [("31", 1), ("180", 0)])
+def test_the_retention_is_the_setting(settings_env, tenant, runtime, retention, pruned):
+    from bridge.runtime import Runtime
+    from bridge.settings import Settings
+
+    with freeze_time(utcnow() - timedelta(days=40)):
+        teach(runtime, tenant.app_id, [message_item("e1", T0, name="Spring sale")])
+    configured = Runtime(Settings.from_env({**settings_env, "MESSAGE_CATALOG_RETENTION_DAYS": retention}))
+    try:
+        assert prune(configured, older_than_days=30)["message_catalog"] == pruned
+    finally:
+        configured.close()

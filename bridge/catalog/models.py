@@ -29,7 +29,7 @@ class MessageCatalogEntry(SQLModel, table=True):
 
     __tablename__ = "message_catalog"
     __table_args__ = (PrimaryKeyConstraint("app_id", "message_id", name="pk_message_catalog"),
-                      Index("ix_message_catalog_last_seen_at", "last_seen_at"))
+                      Index("ix_message_catalog_last_seen_at", "last_seen_at"))  # the pruning's walk
 
     app_id: str = Field(foreign_key="apps.id", max_length=36)
     message_id: str = Field(max_length=128)
@@ -42,6 +42,7 @@ class MessageCatalogEntry(SQLModel, table=True):
     template_id: str | None = Field(default=None, max_length=128)
     template_id_at: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     # Wall clock, not event time: when an event last named this message (to a day: see the service).
+    # `bridge prune` forgets entries not seen for MESSAGE_CATALOG_RETENTION_DAYS.
     last_seen_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 
 

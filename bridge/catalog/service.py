@@ -20,11 +20,11 @@ moved at most once per LAST_SEEN_STEP.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import String, and_, any_, bindparam, case, func, or_, select
+from sqlalchemy import String, and_, any_, bindparam, case, delete, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -118,6 +118,21 @@ def detail_counts(session: Session, app_id: str, in_outbox: Mapping[str, int]) -
     return {"enriched": in_outbox.get(ENRICHED, 0) + (delivered.enriched if delivered else 0),
             "unseen": in_outbox.get(UNSEEN, 0) + (delivered.unseen if delivered else 0),
             "catalog_messages": held}
+
+
+def prune_catalog(session: Session, older_than: datetime, *, batch: int = 10_000,
+                  checkpoint: Callable[[], None] = lambda: None) -> int:
+    """Delete the entries of every app that no event named since `older_than` (`last_seen_at`, to a
+    LAST_SEEN_STEP), `batch` at a time, calling `checkpoint()` after each (a caller passing its
+    `session.commit` keeps each transaction bounded); returns how many were deleted."""
+    pruned = 0
+    while True:
+        stale = select(_TABLE.c.app_id, _TABLE.c.message_id).where(_TABLE.c.last_seen_at < older_than).limit(batch)
+        done = session.execute(delete(_TABLE).where(tuple_(_TABLE.c.app_id, _TABLE.c.message_id).in_(stale)))
+        checkpoint()
+        if not done.rowcount:
+            return pruned
+        pruned += done.rowcount
 
 
 def _clean(value: object) -> str | None:
