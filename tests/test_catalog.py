@@ -19,6 +19,7 @@ import pytest
 from freezegun import freeze_time
 from sqlalchemy import select
 
+from bridge.catalog.memo import FLUSH_SECONDS, MEMO_SECONDS, Memo
 from bridge.catalog.models import ENRICHED, UNSEEN, MessageCatalogEntry, MessageDetailsTotal
 from bridge.catalog.service import LAST_SEEN_STEP, complete
 from bridge.db import utcnow
@@ -109,20 +110,49 @@ def test_the_newest_value_of_each_detail_wins_whatever_order_events_arrive_in(ru
 
 
 def test_what_the_catalog_knows_is_not_written_again_and_last_seen_moves_once_a_day(runtime, tenant):
+    known = [message_item("e2", T0, name="Spring sale"),  # the same event time
+             message_item("e3", T0 - 50, name="Older name"), message_item("e4", T0 + 5)]  # an older one, a blank one
     with freeze_time(utcnow()) as frozen:
         _, first = teach(runtime, tenant.app_id, [message_item("e1", T0, name="Spring sale")])
         seen = entry(runtime, tenant.app_id, "msg-1")["last_seen_at"]
-        frozen.tick(timedelta(hours=1))
-        _, again = teach(runtime, tenant.app_id, [message_item("e2", T0, name="Spring sale"),  # the same event time
-                                                  message_item("e3", T0 - 50, name="Older name"),
-                                                  message_item("e4", T0 + 5)])  # a blank event of the message
-        assert (first.written, again.written) == (1, 0)
-        assert entry(runtime, tenant.app_id, "msg-1")["last_seen_at"] == seen
+        frozen.tick(MEMO_SECONDS / 2)
+        _, again = teach(runtime, tenant.app_id, known)
+        assert (first.written, again.written) == (1, 0)  # remembered by the process: no statement at all
+        frozen.tick(MEMO_SECONDS)
+        _, forgotten = teach(runtime, tenant.app_id, known)  # no longer trusted: the describing events are upserted
+        assert forgotten.outcomes == [None, None, ENRICHED]
+        assert entry(runtime, tenant.app_id, "msg-1") == {  # which changes none of what the catalog held
+            "name": ("Spring sale", T0 * 1000), "title": (None, None), "contents": (None, None),
+            "template_id": (None, None), "last_seen_at": utcnow()}
+        frozen.tick(MEMO_SECONDS)
+        _, blank = teach(runtime, tenant.app_id, [message_item("e5", T0 + 6)])  # only read: last_seen_at is fresh
+        assert (blank.written, blank.outcomes) == (0, [ENRICHED])
+        assert entry(runtime, tenant.app_id, "msg-1")["last_seen_at"] > seen
         frozen.tick(LAST_SEEN_STEP)
-        _, later = teach(runtime, tenant.app_id, [message_item("e5", T0 + 6)])  # blank, a day later
+        _, later = teach(runtime, tenant.app_id, [message_item("e6", T0 + 7)])  # blank, a day later
         assert later.written == 1
         assert entry(runtime, tenant.app_id, "msg-1")["last_seen_at"] == utcnow()
         assert entry(runtime, tenant.app_id, "msg-1")["name"] == ("Spring sale", T0 * 1000)
+
+
+def test_a_repeated_value_owes_its_newer_time_and_pays_it_with_a_later_statement(runtime, tenant):
+    """A value the catalog holds, seen again in a newer event, is not written at once (a campaign's stream
+    would write per new event time) but owed; a group that rolls back owes it again; it is paid within
+    FLUSH_SECONDS, so a different value of an event in between cannot win."""
+    with freeze_time(utcnow()) as frozen:
+        teach(runtime, tenant.app_id, [message_item("e1", T0, name="Spring sale")])
+        _, repeated = teach(runtime, tenant.app_id, [message_item("e2", T0 + 300, name="Spring sale")])
+        assert repeated.written == 0 and entry(runtime, tenant.app_id, "msg-1")["name"] == ("Spring sale", T0 * 1000)
+        frozen.tick(FLUSH_SECONDS)
+        with runtime.session() as session:  # the debt is due: taken by this group, which fails
+            assert complete(session, tenant.app_id, [load_item(message_item("e3", T0 + 301))]).written == 1
+            session.rollback()
+        assert entry(runtime, tenant.app_id, "msg-1")["name"] == ("Spring sale", T0 * 1000)
+        _, paid = teach(runtime, tenant.app_id, [message_item("e4", T0 + 302)])  # owed again, still due
+        assert paid.written == 1
+        assert entry(runtime, tenant.app_id, "msg-1")["name"] == ("Spring sale", (T0 + 300) * 1000)
+        teach(runtime, tenant.app_id, [message_item("e5", T0 + 200, name="Renamed in between")])
+        assert entry(runtime, tenant.app_id, "msg-1")["name"] == ("Spring sale", (T0 + 300) * 1000)
 
 
 def test_apps_have_catalogs_of_their_own(runtime, tenant):
@@ -271,3 +301,16 @@ def test_the_retention_is_the_setting(settings_env, tenant, runtime, retention, 
         assert prune(configured, older_than_days=30)["message_catalog"] == pruned
     finally:
         configured.close()
+
+
+def test_the_memo_trusts_an_entry_for_its_age_only_and_keeps_the_most_recently_used():
+    memo = Memo(seconds=30, entries=2)
+    with freeze_time(utcnow()) as frozen:
+        memo.put({"a": 1, "b": None})  # None: remembered as absent
+        frozen.tick(20)
+        assert memo.get(["a", "b", "c"]) == {"a": 1, "b": None}  # "c" was never put: left out
+        memo.put({"c": 3})  # over the bound: "a", used least recently (get moved "b" after it), goes
+        assert memo.get(["a", "b", "c"]) == {"b": None, "c": 3}
+        frozen.tick(15)
+        assert memo.get(["b", "c"]) == {"c": 3}  # "b" was put 35 s ago
+    assert memo.get(["c"]) == {}  # the clock went back (frozen, then real): trusted no longer

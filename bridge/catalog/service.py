@@ -12,11 +12,19 @@ the events are stored for delivery:
 2. **Complete.** An event with a `message.id` and a blank detail gets that detail from the catalog,
    as it stands once the batch has taught it (so a send and its click in one group work).
 
-Cost: one SELECT of the batch's message ids, and one upsert (`INSERT … ON CONFLICT DO UPDATE`, in
-message-id order, so concurrent groups lock rows alike) of the entries the batch makes new or newer.
-Nothing is written for what the catalog already knows, so the many events of one campaign write its
-entry once per new event time, not once per event; `last_seen_at` (wall clock, for the retention) is
-moved at most once per LAST_SEEN_STEP.
+Cost, per app and group: at most one statement on PostgreSQL (an upsert, `INSERT … ON CONFLICT DO
+UPDATE` in message-id order so that concurrent groups lock rows alike, of the entries the group makes
+new or newer, and in the same statement a SELECT of those it only reads), two on SQLite; none when the
+process remembers (`bridge.catalog.memo.Memo`, 30 s) every message of the group and the group teaches
+nothing new. A value the catalog holds, seen again in a newer event, changes nothing the intake reads:
+its newer time is owed (`memo.Owed`) and written with the next statement, at most a second later, so
+the thousands of events of one campaign cost its entry about a write per second per web process, and
+no row lock that the groups of several processes would queue on. `last_seen_at` (wall clock, for the
+retention) is moved at most once per LAST_SEEN_STEP.
+
+Staleness, the price: what another process learned is seen here up to 30 s later, and a newer time
+still owed when a process stops is lost (then a different value of an event between the two times,
+arriving later, may win).
 """
 from __future__ import annotations
 
@@ -24,11 +32,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import String, and_, any_, bindparam, case, delete, func, or_, select, tuple_
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import Session
+import orjson
+from sqlalchemy import and_, bindparam, case, delete, event, func, or_, select, tuple_
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.orm import Session, SessionTransaction
 
 from bridge import mapping
+from bridge.catalog.memo import Memo, Owed
 from bridge.catalog.models import DETAILS, ENRICHED, UNSEEN, MessageCatalogEntry, MessageDetailsTotal
 from bridge.db import dialect_insert, is_postgresql, utcnow
 
@@ -40,6 +50,11 @@ _TABLE = MessageCatalogEntry.__table__
 _COLUMNS = (_TABLE.c.message_id, *(_TABLE.c[c] for d in DETAILS for c in (d, f"{d}_at")), _TABLE.c.last_seen_at)
 
 Seen = tuple[int, str]  # (event time in epoch ms, value): ordered as the catalog orders values
+# This process's memory of entries, by (app id, message id): a Known entry, or None for one found absent.
+_MEMO = Memo()
+_OWED = Owed()  # newer event times of repeated values, written with the next statement (memo.Owed)
+_ON_COMMIT = "bridge.catalog:remember"  # Session.info key: the entries a transaction wrote, remembered by its commit
+_DEBTS = "bridge.catalog:debts"  # Session.info key: what a transaction writes of what was owed, owed again unless it commits
 
 
 @dataclass(slots=True)
@@ -54,7 +69,7 @@ class Known:
 @dataclass
 class Completion:
     """What `complete` did: `outcomes[i]` is ENRICHED, UNSEEN or None for `items[i]`; `written` counts
-    the catalog entries it created or updated."""
+    the catalog rows it upserted (new, newer, owed or a day-old `last_seen_at`)."""
 
     outcomes: list[str | None]
     written: int = 0
@@ -75,7 +90,9 @@ def complete(session: Session, app_id: str, items: Sequence[dict], now: datetime
     An item's outcome is ENRICHED when at least one of its blank details was filled, UNSEEN when it
     carried no detail at all and the catalog knows nothing of its message, else None (an item without
     a message id is left alone). Filled values are cut to Amplitude's 1,024 characters, as the
-    mapping cuts them. Runs one SELECT, and at most one upsert, per 5,000 message ids; commits nothing."""
+    mapping cuts them. Executes at most one statement on PostgreSQL, two on SQLite (per 5,000 message
+    ids), none when the process remembers enough (`bridge.catalog.memo`); commits nothing. What it
+    wrote is remembered once the transaction commits."""
     now = now or utcnow()
     taught: dict[str, dict[str, Seen]] = {}
     for item in items:
@@ -84,19 +101,59 @@ def complete(session: Session, app_id: str, items: Sequence[dict], now: datetime
             _learn(taught.setdefault(message["id"], {}), item)
     if not taught:
         return Completion([None] * len(items))
-    known = _read(session, app_id, sorted(taught))
-    writes = [_row(app_id, message_id, details, now) for message_id, details in sorted(taught.items())
-              if _teaches(details, known.get(message_id), now)]
-    known.update(_write(session, writes))
+    remembered = _MEMO.get((app_id, message_id) for message_id in taught)
+    known: dict[str, Known] = {}
+    reads: list[str] = []
+    writes: dict[str, dict[str, Seen]] = {}
+    owed: dict[str, dict[str, Seen]] = {}
+    for message_id, details in taught.items():
+        if (app_id, message_id) not in remembered:
+            # Not remembered: what it describes is upserted at once (the upsert answers what the catalog
+            # then holds), what it does not is read.
+            if details:
+                writes[message_id] = details
+            else:
+                reads.append(message_id)
+            continue
+        held = remembered[(app_id, message_id)]
+        if held is None:  # remembered as absent
+            if details:
+                writes[message_id] = details
+            continue
+        known[message_id] = held
+        newer = {detail: seen for detail, seen in details.items()
+                 if detail not in held.details or seen > held.details[detail]}
+        repeated = {detail: seen for detail, seen in newer.items()
+                    if detail in held.details and seen[1] == held.details[detail][1]}
+        if len(repeated) < len(newer) or _stale(held, now):
+            writes[message_id] = details
+        elif repeated:
+            owed[message_id] = repeated
+    _OWED.add(app_id, owed)
+    if reads or writes or _OWED.due(app_id):
+        debts, since = _OWED.take(app_id)
+        session.info.setdefault(_DEBTS, []).append((app_id, debts, since))  # owed again unless this commits
+        for message_id, details in debts.items():
+            _learn_seen(writes.setdefault(message_id, {}), details)
+    rows = [_row(message_id, writes[message_id]) for message_id in sorted(writes)]
+    read, written = _execute(session, app_id, sorted(reads), rows, now)
+    stale = [_row(message_id, {}) for message_id, entry in read.items() if _stale(entry, now)]
+    if stale:  # read, and its last_seen_at is a step old: moved forward (once a day per message at most)
+        written.update(_execute(session, app_id, [], stale, now)[1])
+    _MEMO.put({(app_id, message_id): read.get(message_id) for message_id in reads})  # absent ones too
+    _remember_on_commit(session, {(app_id, message_id): entry for message_id, entry in written.items()})
+    known.update(read)
+    known.update(written)
     outcomes = [_fill(item["message"], known.get(item["message"].get("id"))) if item["message"].get("id") else None
                 for item in items]
-    return Completion(outcomes, len(writes))
+    return Completion(outcomes, len(rows) + len(stale))
 
 
 def fold_delivered(session: Session, app_id: str, outcomes: Iterable[str | None]) -> None:
     """Add to `app_id`'s running totals the outcomes of events leaving the outbox as delivered, in the
-    transaction that deletes their rows (the pusher's: one worker at a time per batch, never the
-    intake's many writers, so no row becomes a hot spot). Writes nothing when none of them counts."""
+    transaction that deletes their rows: the pusher's, once per Amplitude request, never the intake's
+    group commits, so the intake's web processes never queue on the totals' row. Writes nothing when
+    none of them counts."""
     outcomes = list(outcomes)
     enriched, unseen = outcomes.count(ENRICHED), outcomes.count(UNSEEN)
     if not enriched and not unseen:
@@ -135,6 +192,28 @@ def prune_catalog(session: Session, older_than: datetime, *, batch: int = 10_000
         pruned += done.rowcount
 
 
+def _remember_on_commit(session: Session, entries: dict[tuple[str, str], Known]) -> None:
+    """Remember `entries` once `session`'s transaction commits (a rollback forgets them: until then they
+    are no lower bound of what the database holds)."""
+    if entries:
+        session.info.setdefault(_ON_COMMIT, {}).update(entries)
+
+
+@event.listens_for(Session, "after_commit")
+def _remember(session: Session) -> None:
+    if not session.in_nested_transaction():
+        _MEMO.put(session.info.pop(_ON_COMMIT, None) or {})
+        session.info.pop(_DEBTS, None)  # paid
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the outermost transaction ended without a commit (else _remember ran)
+        session.info.pop(_ON_COMMIT, None)
+        for app_id, debts, since in session.info.pop(_DEBTS, []):
+            _OWED.add(app_id, debts, since)
+
+
 def _clean(value: object) -> str | None:
     """A detail as the catalog keeps it: None when blank, else cut to Amplitude's limit."""
     if not isinstance(value, str) or not value or value.isspace():
@@ -152,22 +231,24 @@ def _learn(details: dict[str, Seen], item: dict) -> None:
         if at is None:
             event = item["event"]
             at = mapping.epoch_millis(event.get("timestamp"), event.get("datetime"))
-        seen = (at, value)
+        _learn_seen(details, {detail: (at, value)})
+
+
+def _learn_seen(details: dict[str, Seen], more: Mapping[str, Seen]) -> None:
+    """Merge `more` into `details`, each detail kept when it is newer."""
+    for detail, seen in more.items():
         if detail not in details or seen > details[detail]:
             details[detail] = seen
 
 
-def _teaches(details: dict[str, Seen], held: Known | None, now: datetime) -> bool:
-    """Whether the batch's `details` of a message must be written: a message the catalog lacks (and the
-    batch describes), a detail newer than the one held, or a `last_seen_at` a step old."""
-    if held is None:
-        return bool(details)
-    return (held.last_seen_at <= now - LAST_SEEN_STEP
-            or any(detail not in held.details or seen > held.details[detail] for detail, seen in details.items()))
+def _stale(entry: Known, now: datetime) -> bool:
+    """Whether an entry's `last_seen_at` is a LAST_SEEN_STEP old, to be moved forward."""
+    return entry.last_seen_at <= now - LAST_SEEN_STEP
 
 
-def _row(app_id: str, message_id: str, details: dict[str, Seen], now: datetime) -> dict[str, object]:
-    row: dict[str, object] = {"app_id": app_id, "message_id": message_id, "last_seen_at": now}
+def _row(message_id: str, details: dict[str, Seen]) -> dict[str, object]:
+    """An upsert's row: the message id and each detail's (value, event time), None where not taught."""
+    row: dict[str, object] = {"message_id": message_id}
     for detail in DETAILS:
         at, value = details.get(detail, (None, None))
         row[detail], row[f"{detail}_at"] = value, at
@@ -189,45 +270,91 @@ def _fill(message: dict, held: Known | None) -> str | None:
     return ENRICHED if filled else None
 
 
-def _known(row) -> Known:
-    details = {detail: (row[f"{detail}_at"], row[detail]) for detail in DETAILS if row[detail] is not None}
-    return Known(details, row["last_seen_at"])
+def _known(row: Sequence) -> Known:
+    """A `_COLUMNS` row as a Known entry."""
+    details = {detail: (row[2 + 2 * i], row[1 + 2 * i]) for i, detail in enumerate(DETAILS) if row[1 + 2 * i] is not None}
+    return Known(details, row[-1])
 
 
-def _read(session: Session, app_id: str, message_ids: list[str]) -> dict[str, Known]:
-    """The catalog's entries of these messages, by message id (one statement per _CHUNK ids)."""
+def _execute(session: Session, app_id: str, reads: list[str], writes: list[dict[str, object]],
+             now: datetime) -> tuple[dict[str, Known], dict[str, Known]]:
+    """Read the entries of `reads` and upsert `writes` (in message-id order), each detail of a write
+    taken only where it is newer than the one held: (the entries read, the entries as written), each by
+    message id. A message read but absent is left out."""
+    read: dict[str, Known] = {}
+    written: dict[str, Known] = {}
+    if not reads and not writes:
+        return read, written
     if is_postgresql(session):
-        query = select(*_COLUMNS).where(_TABLE.c.app_id == app_id,
-                                        _TABLE.c.message_id == any_(bindparam("ids", type_=ARRAY(String))))
-    else:
-        query = select(*_COLUMNS).where(_TABLE.c.app_id == app_id, _TABLE.c.message_id.in_(bindparam("ids", expanding=True)))
-    found: dict[str, Known] = {}
-    for start in range(0, len(message_ids), _CHUNK):
-        for row in session.execute(query, {"ids": message_ids[start:start + _CHUNK]}).mappings():
-            found[row["message_id"]] = _known(row)
-    return found
+        rows = session.connection().exec_driver_sql(_UPSERT_AND_READ, {
+            "app_id": app_id, "now": now, "rows": orjson.dumps(writes).decode(), "reads": reads})
+        writing = {row["message_id"] for row in writes}
+        for row in rows:
+            (written if row[0] in writing else read)[row[0]] = _known(row)
+        return read, written
+    for start in range(0, len(reads), _CHUNK):
+        rows = session.execute(_SQLITE_READ, {"app_id": app_id, "ids": reads[start:start + _CHUNK]})
+        read.update((row[0], _known(row)) for row in rows)
+    for start in range(0, len(writes), _CHUNK):
+        rows = session.execute(_SQLITE_UPSERT, [{**row, "app_id": app_id, "last_seen_at": now}
+                                                for row in writes[start:start + _CHUNK]])
+        written.update((row[0], _known(row)) for row in rows)
+    return read, written
 
 
-def _write(session: Session, rows: list[dict[str, object]]) -> dict[str, Known]:
-    """Upsert `rows` (in message-id order), each detail taken only where it is newer than the one held;
-    the entries as they stand afterwards, by message id."""
-    if not rows:
-        return {}
-    insert = dialect_insert(session, _TABLE)
+_T = _TABLE.name
+
+
+def _newer_sql(detail: str) -> str:
+    """PostgreSQL: the incoming (`excluded`) value of `detail` replaces the one held: it is given, and its
+    event is newer, or as new and its value greater in code-point order (the "C" collation)."""
+    new, held = f"excluded.{detail}", f"{_T}.{detail}"
+    return (f'{new}_at IS NOT NULL AND ({held}_at IS NULL OR {new}_at > {held}_at OR '
+            f'({new}_at = {held}_at AND {new} COLLATE "C" > {held} COLLATE "C"))')
+
+
+_DETAIL_COLUMNS = ", ".join(name for detail in DETAILS for name in (detail, f"{detail}_at"))
+_RETURNED = f"message_id, {_DETAIL_COLUMNS}, last_seen_at"  # the order of _COLUMNS, as _known reads it
+_SETS = ",\n    ".join(
+    [f"{name} = CASE WHEN {_newer_sql(detail)} THEN excluded.{name} ELSE {_T}.{name} END"
+     for detail in DETAILS for name in (detail, f"{detail}_at")]
+    + [f"last_seen_at = GREATEST({_T}.last_seen_at, excluded.last_seen_at)"])
+# PostgreSQL: the upsert's rows travel as one JSON parameter, and the entries only read come back from
+# the same statement (its SELECT sees the table as it was before the upsert; the two sets of ids differ).
+_UPSERT_AND_READ = f"""
+WITH written AS (
+    INSERT INTO {_T} (app_id, message_id, {_DETAIL_COLUMNS}, last_seen_at)
+    SELECT %(app_id)s, message_id, {_DETAIL_COLUMNS}, %(now)s
+    FROM json_to_recordset(%(rows)s::json) AS r(message_id text, {", ".join(
+        f"{detail} text, {detail}_at bigint" for detail in DETAILS)})
+    ORDER BY message_id
+    ON CONFLICT (app_id, message_id) DO UPDATE SET
+    {_SETS}
+    RETURNING {_RETURNED}
+)
+SELECT {_RETURNED} FROM written
+UNION ALL
+SELECT {_RETURNED} FROM {_T} WHERE app_id = %(app_id)s AND message_id = ANY(%(reads)s)
+"""
+# SQLite: two statements, built once (building a statement costs more than SQLite takes to run it).
+_SQLITE_READ = select(*_COLUMNS).where(_TABLE.c.app_id == bindparam("app_id"),
+                                       _TABLE.c.message_id.in_(bindparam("ids", expanding=True)))
+
+
+def _sqlite_upsert():
+    """The upsert of `_UPSERT_AND_READ`, for SQLite, whose BINARY collation is code-point order."""
+    insert = sqlite.insert(_TABLE)
     excluded = insert.excluded
-    collation = "C" if is_postgresql(session) else "BINARY"  # code-point order on both, as Python orders str
     updates: dict[str, object] = {}
     for detail in DETAILS:
         held, held_at, new, new_at = _TABLE.c[detail], _TABLE.c[f"{detail}_at"], excluded[detail], excluded[f"{detail}_at"]
         newer = and_(new_at.is_not(None), or_(held_at.is_(None), new_at > held_at,
-                                              and_(new_at == held_at, new.collate(collation) > held.collate(collation))))
+                                              and_(new_at == held_at, new.collate("BINARY") > held.collate("BINARY"))))
         updates[detail] = case((newer, new), else_=held)
         updates[f"{detail}_at"] = case((newer, new_at), else_=held_at)
     updates["last_seen_at"] = case((excluded.last_seen_at > _TABLE.c.last_seen_at, excluded.last_seen_at),
                                    else_=_TABLE.c.last_seen_at)
-    statement = insert.on_conflict_do_update(index_elements=["app_id", "message_id"], set_=updates).returning(*_COLUMNS)
-    written: dict[str, Known] = {}
-    for start in range(0, len(rows), _CHUNK):
-        for row in session.execute(statement, rows[start:start + _CHUNK]).mappings():
-            written[row["message_id"]] = _known(row)
-    return written
+    return insert.on_conflict_do_update(index_elements=["app_id", "message_id"], set_=updates).returning(*_COLUMNS)
+
+
+_SQLITE_UPSERT = _sqlite_upsert()
