@@ -182,6 +182,13 @@ def test_blank_details_are_filled_in_and_each_event_says_what_was_done(runtime, 
     assert all(items[3]["message"][k] is None for k in ("name", "title", "contents", "template_id"))
 
 
+def test_the_catalog_keeps_what_amplitude_keeps_of_a_long_text(runtime, tenant):
+    teach(runtime, tenant.app_id, [message_item("send", T0, contents={"fr": "é" * 1500, "en": "x" * 3000})])
+    items, _ = teach(runtime, tenant.app_id, [message_item("click", T0 + 40 * DAY)])
+    assert items[0]["message"]["contents"] == "x" * 1024
+    assert entry(runtime, tenant.app_id, "msg-1")["contents"] == ("x" * 1024, T0 * 1000)
+
+
 def test_a_send_and_its_click_in_one_group_of_requests(runtime, tenant):
     send = prepare(tenant.app_id, None, [event_item("send", message=SEND)])
     click = prepare(tenant.app_id, None, [event_item("click", "message.push.clicked", timestamp=T0 + 9,

@@ -214,24 +214,25 @@ def _forget(session: Session, transaction: SessionTransaction) -> None:
             _OWED.add(app_id, debts, since)
 
 
-def _clean(value: object) -> str | None:
-    """A detail as the catalog keeps it: None when blank, else cut to Amplitude's limit."""
-    if not isinstance(value, str) or not value or value.isspace():
-        return None
-    return value[:mapping.AMPLITUDE_STRING_LIMIT]
+def _blank(value: str | None) -> bool:
+    """Whether a detail is blank (the intake's schema loads most blanks as None already)."""
+    return not value or value.isspace()
 
 
 def _learn(details: dict[str, Seen], item: dict) -> None:
-    """Merge into `details` the non-blank details of `item`, each kept when its event is newer."""
+    """Merge into `details` the non-blank details of `item`, each kept when its event is newer, and cut
+    to Amplitude's limit (as the mapping would cut it)."""
     message, at = item["message"], None
     for detail in DETAILS:
-        value = _clean(message.get(detail))
-        if value is None:
+        value = message.get(detail)
+        if _blank(value):
             continue
         if at is None:
             event = item["event"]
             at = mapping.epoch_millis(event.get("timestamp"), event.get("datetime"))
-        _learn_seen(details, {detail: (at, value)})
+        seen = (at, value[:mapping.AMPLITUDE_STRING_LIMIT])
+        if detail not in details or seen > details[detail]:
+            details[detail] = seen
 
 
 def _learn_seen(details: dict[str, Seen], more: Mapping[str, Seen]) -> None:
@@ -257,7 +258,7 @@ def _row(message_id: str, details: dict[str, Seen]) -> dict[str, object]:
 
 def _fill(message: dict, held: Known | None) -> str | None:
     """Fill `message`'s blank details from `held`; its outcome (ENRICHED, UNSEEN or None)."""
-    blank = [detail for detail in DETAILS if _clean(message.get(detail)) is None]
+    blank = [detail for detail in DETAILS if _blank(message.get(detail))]
     if not blank:
         return None
     if held is None:
