@@ -91,8 +91,9 @@ def complete(session: Session, app_id: str, items: Sequence[dict], now: datetime
     carried no detail at all and the catalog knows nothing of its message, else None (an item without
     a message id is left alone). Filled values are cut to Amplitude's 1,024 characters, as the
     mapping cuts them. Executes at most one statement on PostgreSQL, two on SQLite (per 5,000 message
-    ids), none when the process remembers enough (`bridge.catalog.memo`); commits nothing. What it
-    wrote is remembered once the transaction commits."""
+    ids; one more the day an entry it only read has its `last_seen_at` moved), none when the process
+    remembers enough (`bridge.catalog.memo`); commits nothing. What it wrote is remembered once the
+    transaction commits."""
     now = now or utcnow()
     taught: dict[str, dict[str, Seen]] = {}
     for item in items:
