@@ -18,18 +18,34 @@ KINDS = ["message.push.sent", "message.push.received", "message.push.clicked", "
          "message.iam.clicked", "message.sms.sent"]
 
 
+LATE_EVERY = 8  # in source_events, of every 8 events one is a late click of a message the stream described, one of a message it never did
+MESSAGES = 20  # the messages source_events' events describe
+OLD_MESSAGES = 1000  # the messages of source_events' late clicks that none of its events describe (older campaigns)
+
+
 def source_events(n: int, offset: int = 0) -> list[dict]:
-    """`n` realistic event-stream items over 50,000 users with two devices each."""
+    """`n` realistic event-stream items over 50,000 users with two devices each. Of every LATE_EVERY
+    events, LATE_EVERY - 2 carry their message's details (one of MESSAGES messages: they teach the
+    message catalog), one is a late push click with only the id of such a message (completed from the
+    catalog), and one a late push click with only the id of one of OLD_MESSAGES messages the stream never
+    described (campaigns older than the catalog: left blank, counted unseen). bench/wrk_events.lua builds
+    the same items."""
     out = []
     for i in range(offset, offset + n):
         user = i % 50_000
+        kind = KINDS[i % len(KINDS)]
+        message: dict[str, object] = {"id": f"3f1c2b9e-8d7a-4b6c-9e5f-{i % MESSAGES:012d}", "name": "Spring sale reminder",
+                                      "title": {"en": "50% off today", "de": "Heute 50% Rabatt"},
+                                      "contents": {"en": "Open the app to claim your discount before midnight"}}
+        if i % LATE_EVERY == LATE_EVERY - 2:
+            kind, message = "message.push.clicked", {"id": message["id"]}
+        elif i % LATE_EVERY == LATE_EVERY - 1:
+            kind, message = "message.push.clicked", {"id": f"9e0d5a71-2c4b-4f3e-8a6d-{i // LATE_EVERY % OLD_MESSAGES:012d}"}
         out.append({
-            "event": {"id": f"bench-{i:09d}", "kind": KINDS[i % len(KINDS)], "timestamp": 1763856000 + i // 100,
+            "event": {"id": f"bench-{i:09d}", "kind": kind, "timestamp": 1763856000 + i // 100,
                       "subscription_id": f"0b7c{user:08d}-5b6a-4978-8695-a4b3c2d1e0f{i % 2}",
                       "subscription_device_type": "AndroidPush" if i % 2 else "iOS", "external_id": f"user-{user:06d}"},
-            "message": {"id": f"3f1c2b9e-8d7a-4b6c-9e5f-{i % 20:012d}", "name": "Spring sale reminder",
-                        "title": {"en": "50% off today", "de": "Heute 50% Rabatt"},
-                        "contents": {"en": "Open the app to claim your discount before midnight"}},
+            "message": message,
             "data": {"target_id": "cta-upgrade"},
         })
     return out

@@ -3,7 +3,9 @@
 PostgreSQL and Redis, delivering to the sink in Amplitude's place.
 
 - Single events from recurring subscriptions (known to the registry beforehand), closed loop (wrk,
-  16 connections): requests/s, latency, and the web tier's CPU time per request. The same load in
+  16 connections): requests/s, latency, and the web tier's CPU time per request. The stream mixes in
+  what the message catalog costs (bench.delivery.source_events): events describing their message,
+  which teach it, and late clicks with only a message id, of described and of never-described messages. The same load in
   embedded mode too (SQLite, no Redis: one web process with a delivery thread).
 - 100-event arrays whose every event comes from a subscription new to the registry (wrk, 4 connections).
 - A trickle: a steady 1,000 single events/s from an open-loop client in its own process
@@ -160,6 +162,7 @@ def closed_loop(setup: Callable[[int], AbstractContextManager[Bridge]], known: i
             raise RuntimeError(f"wrk exited with {done.returncode}: {done.stderr[-2000:]}")
         out = orjson.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{")))
         stored = stored_events(bridge) - stored
+        details = message_details(bridge)
     ok = out["requests"] - out["status"]
     unanswered = out["sent"] - out["requests"]  # written, not answered when wrk stopped: the server may have taken them
     consistent = ok * per_request <= stored <= (ok + unanswered) * per_request
@@ -172,7 +175,16 @@ def closed_loop(setup: Callable[[int], AbstractContextManager[Bridge]], known: i
     duration = out["duration_us"] / 1e6
     return {"rate": out["requests"] / duration, "events": ok * per_request / duration, "p50": out["p50_us"] / 1000,
             "p90": out["p90_us"] / 1000, "p99": out["p99_us"] / 1000, "non2xx": out["status"],
-            "cpu_ms": cpu * 1000 / max(out["requests"], 1), "consistent": consistent, "cut_off": stored - ok * per_request}
+            "cpu_ms": cpu * 1000 / max(out["requests"], 1), "consistent": consistent, "cut_off": stored - ok * per_request,
+            "details": details}
+
+
+def message_details(bridge: Bridge) -> dict[str, int] | None:
+    """The app's `message_details` stats (what the message catalog did, warm-up included); None from a
+    server without the catalog (an older commit)."""
+    answer = httpx.get(bridge.url("deliveries/stats"), headers=bridge.headers, timeout=30)
+    answer.raise_for_status()
+    return answer.json().get("message_details")
 
 
 def stored_events(bridge: Bridge) -> int:
@@ -279,6 +291,8 @@ def run(seconds: int, known: int, repeat: int) -> list[tuple[str, str, str]]:
         ("single event non-2xx answers", f"{sum(r['non2xx'] for r in single):,}", _checked(single)),
         ("web CPU per single-event request (ms)", f"{_median(single, 'cpu_ms'):.1f}",
          "user + system, gunicorn master and workers"),
+        ("single event: events completed from the message catalog / left unseen", _details(single),
+         "1 event in 8 a late click of a described message, 1 in 8 of a message never described"),
         ("embedded, single event (requests/s)", f"{_median(local, 'rate'):,.0f}",
          "same load; SQLite, no Redis: 1 process x 8 threads with the delivery thread"),
         ("embedded, single event p50 / p99 (ms)", _medians(local, "p50", "p99"), ""),
@@ -308,6 +322,12 @@ def _medians(runs: list[dict], *keys: str) -> str:
     """Medians of latencies in ms, a decimal kept under 10 ms."""
     values = [_median(runs, key) for key in keys]
     return " / ".join(f"{v:.1f}" if v < 10 else f"{v:,.0f}" for v in values)
+
+
+def _details(runs: list[dict]) -> str:
+    """The message catalog's counts of the last run (warm-up included), or why there are none."""
+    details = runs[-1]["details"]
+    return f"{details['enriched']:,} / {details['unseen']:,}" if details else "no catalog (older server)"
 
 
 def _checked(runs: list[dict]) -> str:

@@ -32,11 +32,15 @@ function init(args)
 end
 
 local ITEM = '{"event":{"id":"%s-%010d","kind":"%s","timestamp":%d,"subscription_id":"%s",'
-  .. '"subscription_device_type":"%s","external_id":"%s"},'
-  .. '"message":{"id":"3f1c2b9e-8d7a-4b6c-9e5f-%012d","name":"Spring sale reminder",'
+  .. '"subscription_device_type":"%s","external_id":"%s"},"message":%s,"data":{"target_id":"cta-upgrade"}}'
+-- As in source_events: of every 8 events, 6 carry their message's details (one of 20 messages), one is a
+-- late click with only the id of such a message, one a late click of one of 1,000 messages never described.
+local DESCRIBED = '{"id":"3f1c2b9e-8d7a-4b6c-9e5f-%012d","name":"Spring sale reminder",'
   .. '"title":{"en":"50%% off today","de":"Heute 50%% Rabatt"},'
-  .. '"contents":{"en":"Open the app to claim your discount before midnight"}},'
-  .. '"data":{"target_id":"cta-upgrade"}}'
+  .. '"contents":{"en":"Open the app to claim your discount before midnight"}}'
+local LATE = '{"id":"3f1c2b9e-8d7a-4b6c-9e5f-%012d"}'
+local NEVER_DESCRIBED = '{"id":"9e0d5a71-2c4b-4f3e-8a6d-%012d"}'
+local LATE_EVERY = 8
 
 local function item()
   local n = events * thread_count + thread_number
@@ -52,8 +56,13 @@ local function item()
     external = string.format("new-user-%010d", n)
   end
   local device = user % 2 == 1 and "AndroidPush" or "iOS"
-  return string.format(ITEM, prefix, n, kinds[n % #kinds + 1], 1763856000 + math.floor(n / 100), subscription, device,
-                       external, n % 20)
+  local kind, message = kinds[n % #kinds + 1], string.format(DESCRIBED, n % 20)
+  if n % LATE_EVERY == LATE_EVERY - 2 then
+    kind, message = "message.push.clicked", string.format(LATE, n % 20)
+  elseif n % LATE_EVERY == LATE_EVERY - 1 then
+    kind, message = "message.push.clicked", string.format(NEVER_DESCRIBED, math.floor(n / LATE_EVERY) % 1000)
+  end
+  return string.format(ITEM, prefix, n, kind, 1763856000 + math.floor(n / 100), subscription, device, external, message)
 end
 
 function request()

@@ -204,7 +204,8 @@ def demo(events_file: Path | None) -> None:
               help="Keep this much history (at least Amplitude's 7-day insert_id window).")
 @pass_ctx
 def prune(ctx: Context, older_than_days: int) -> None:
-    """Forget old event receipts (the intake's duplicate check) and applied cohort batches' user lists."""
+    """Forget old event receipts (the intake's duplicate check) and applied cohort batches' user lists,
+    and the message catalog's entries no event named for MESSAGE_CATALOG_RETENTION_DAYS."""
     echo_json(run_prune(ctx.runtime, older_than_days))
 
 

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, select, tuple_, update
 
+from bridge.catalog.service import prune_catalog
 from bridge.cohorts.jobs import schedule_unprocessed
 from bridge.cohorts.models import PROCESSED, CohortBatch
 from bridge.db import utcnow
@@ -32,17 +33,23 @@ def sweep(runtime: Runtime | None = None) -> dict[str, int]:
 
 
 def prune(runtime: Runtime, older_than_days: int, batch: int = 10_000) -> dict[str, int]:
-    """Forget what is older than `older_than_days`, in bounded transactions; returns what was pruned.
+    """Forget what is kept only for a while, in bounded transactions (`batch` rows each); returns how
+    many of each were pruned: `{"event_receipts", "cohort_batch_user_lists", "message_catalog"}`.
 
+    Older than `older_than_days` (ValueError under 7):
     - event receipts: a re-post of an event older than this is accepted again (Amplitude itself
       drops a repeated insert_id only within 7 days, so keep at least that);
-    - the user-id lists of applied cohort batches (their counts stay in the sync history)."""
+    - the user-id lists of applied cohort batches (their counts stay in the sync history).
+
+    Not seen for MESSAGE_CATALOG_RETENTION_DAYS (the setting, not `older_than_days`): the message
+    catalog's entries no event named for that long; a late event of such a message is sent without
+    its details, and counted as unseen."""
     if older_than_days < 7:
         raise ValueError("keep at least 7 days: Amplitude deduplicates insert_ids over 7 days")
     cutoff = utcnow() - timedelta(days=older_than_days)
     receipts = EventReceipt.__table__.c
     batches = CohortBatch.__table__.c
-    pruned = {"event_receipts": 0, "cohort_batch_user_lists": 0}
+    pruned = {"event_receipts": 0, "cohort_batch_user_lists": 0, "message_catalog": 0}
     with runtime.session() as session:
         while True:
             stale = select(receipts.app_id, receipts.source_event_id).where(receipts.created_at < cutoff).limit(batch)
@@ -56,5 +63,7 @@ def prune(runtime: Runtime, older_than_days: int, batch: int = 10_000) -> dict[s
             batches.state == PROCESSED, batches.received_at < cutoff, batches.user_ids != "[]").values(user_ids="[]"))
         pruned["cohort_batch_user_lists"] = done.rowcount or 0
         session.commit()
+        unseen_since = utcnow() - timedelta(days=runtime.settings.message_catalog_retention_days)
+        pruned["message_catalog"] = prune_catalog(session, unseen_since, batch=batch, checkpoint=session.commit)
     log.info("pruned %s", pruned)
     return pruned

@@ -22,6 +22,8 @@ LOG_FORMATS = ("text", "json")  # key=value pairs, or one JSON object per line (
 # JSON around it (`{"user_id": "", "user_properties": {}},` is 41). Plus the envelope: cohort_id,
 # message_id, cohort_name and the rest, 4 KiB. The default body limit is what the user cap needs.
 COHORT_USER_ENTRY_BYTES = 256 * 4 + 64
+# How long the messaging platform keeps a message's data; the message catalog keeps it longer.
+PLATFORM_RETENTION_DAYS = 30
 COHORT_ENVELOPE_BYTES = 4096
 
 
@@ -77,6 +79,8 @@ class Settings:
     sweep_interval_seconds: float = variable("SWEEP_INTERVAL_SECONDS")
     rq_queue: str = variable("RQ_QUEUE")
     job_statement_timeout_seconds: float = variable("JOB_STATEMENT_TIMEOUT_SECONDS")
+    # Message catalog (`bridge prune` forgets messages no event named for this many days)
+    message_catalog_retention_days: int = variable("MESSAGE_CATALOG_RETENTION_DAYS")
     # Import (`bridge subscriptions import`)
     import_max_bytes: int = variable("IMPORT_MAX_BYTES")
     import_max_line_bytes: int = variable("IMPORT_MAX_LINE_BYTES")
@@ -140,6 +144,9 @@ class Settings:
             # Well under RQ's 600 s job timeout: a runaway statement is cancelled by PostgreSQL, and the
             # job records why, instead of RQ killing the job mid-query.
             job_statement_timeout_seconds=reader.number("JOB_STATEMENT_TIMEOUT_SECONDS", 60.0, low=0.1, high=500),
+            # Over the platform's own 30 days: an entry must outlive the message data it stands in for.
+            message_catalog_retention_days=reader.integer("MESSAGE_CATALOG_RETENTION_DAYS", 180,
+                                                          low=PLATFORM_RETENTION_DAYS + 1, high=36_500),
             import_max_bytes=reader.integer("IMPORT_MAX_BYTES", 20 * 1024**3, low=1024, high=2**50),
             # 128 KiB, csv's default limit on one field; a real export's row, tags included, is far shorter
             import_max_line_bytes=reader.integer("IMPORT_MAX_LINE_BYTES", 128 * 1024, low=1024, high=64 * 1024**2),

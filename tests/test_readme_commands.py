@@ -37,6 +37,7 @@ from redis import Redis
 from rq import Queue
 from sqlalchemy import create_engine, func, insert, select, text
 
+from bridge.catalog.models import MessageCatalogEntry
 from bridge.delivery.models import DEAD, PENDING, EventReceipt, OutboxEvent
 from bridge.migrate import alembic_config
 from bridge.registry.models import Subscription
@@ -362,7 +363,13 @@ def forgets_old_receipts(setup: Embedded, words: list[str]) -> None:
     add_rows(setup.database_url, EventReceipt.__table__,
              {"app_id": setup.app_id, "source_event_id": f"old-{uuid.uuid4().hex}", "created_at": now - timedelta(days=31)},
              {"app_id": setup.app_id, "source_event_id": f"new-{uuid.uuid4().hex}", "created_at": now - timedelta(days=29)})
-    assert setup.run(words) == {"event_receipts": 1, "cohort_batch_user_lists": 0}
+    # the catalog keeps MESSAGE_CATALOG_RETENTION_DAYS (180 by default), whatever --older-than-days says
+    add_rows(setup.database_url, MessageCatalogEntry.__table__,
+             {"app_id": setup.app_id, "message_id": f"old-{uuid.uuid4().hex}", "name": "Old", "name_at": 0,
+              "last_seen_at": now - timedelta(days=181)},
+             {"app_id": setup.app_id, "message_id": f"new-{uuid.uuid4().hex}", "name": "New", "name_at": 0,
+              "last_seen_at": now - timedelta(days=179)})
+    assert setup.run(words) == {"event_receipts": 1, "cohort_batch_user_lists": 0, "message_catalog": 1}
 
 
 def shows_the_settings(setup: Embedded, words: list[str]) -> None:

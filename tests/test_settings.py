@@ -61,6 +61,9 @@ def test_redis_url_switches_jobs_to_rq():
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of text, json, got 'xml'"),
     ({"COHORT_RESCHEDULE_SECONDS": "0"}, "COHORT_RESCHEDULE_SECONDS must be a whole number between 1 and 3600"),
     ({"COHORT_RESCHEDULE_SECONDS": "2.5"}, "COHORT_RESCHEDULE_SECONDS"),
+    # the platform keeps a message's data 30 days: a catalog keeping less would forget it first
+    ({"MESSAGE_CATALOG_RETENTION_DAYS": "30"}, "MESSAGE_CATALOG_RETENTION_DAYS must be a whole number between 31 and 36500"),
+    ({"MESSAGE_CATALOG_RETENTION_DAYS": "90.5"}, "MESSAGE_CATALOG_RETENTION_DAYS"),
 ])
 def test_bad_values_fail_fast_naming_the_variable(env, names):
     with pytest.raises(ConfigurationError, match=names):
@@ -94,6 +97,8 @@ def test_a_malformed_url_is_refused_in_one_line_with_its_password_masked(variabl
     ({"DATABASE_URL": "postgres:///bridge"}, "database_url", "postgresql+psycopg:///bridge"),
     ({}, "cohort_reschedule_seconds", 30),
     ({"COHORT_RESCHEDULE_SECONDS": "2"}, "cohort_reschedule_seconds", 2),
+    ({}, "message_catalog_retention_days", 180),
+    ({"MESSAGE_CATALOG_RETENTION_DAYS": "31"}, "message_catalog_retention_days", 31),
 ])
 def test_the_usual_forms_of_each_value_are_accepted(env, field, value):
     assert getattr(Settings.from_env({"SECRET_KEY": SECRET_KEY, **env}), field) == value

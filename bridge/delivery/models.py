@@ -65,6 +65,10 @@ class OutboxEvent(SQLModel, table=True):
     # Rows stored before 0010's release only: the validated source item as JSON of an event waiting for a
     # user (amplitude_event NULL); the replay maps it once the channel registry knows the user.
     source_item: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # What the message catalog did to the event at intake: "enriched" (a blank detail filled in), "unseen"
+    # (no detail, and a message the catalog never saw), or None (bridge.catalog.models.OUTCOMES). Counted
+    # for the stats while the row is here; the pusher folds it into the app's totals as it deletes the row.
+    message_details: str | None = Field(default=None, max_length=16)
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     failing_since: datetime | None = Field(default=None, sa_type=UtcDateTime)

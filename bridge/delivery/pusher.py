@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from bridge.amplitude import client as amp
 from bridge.amplitude.regions import base_url
 from bridge.apps.models import App
+from bridge.catalog.service import fold_delivered
 from bridge.db import is_postgresql, utcnow
 from bridge.delivery.models import (
     AMPLITUDE_400,
@@ -281,7 +282,7 @@ class Pusher:
                 report: DrainReport) -> tuple[bool, list[list[Claimed]]]:
         """Apply Amplitude's answer to `chunk`. Returns (keep draining?, chunks to send now)."""
         if answer.outcome == amp.OK:
-            self._delete(session, chunk)
+            self._delete(session, app.id, chunk)
             report.delivered += len(chunk)
             return True, []
         if answer.outcome == amp.INVALID_KEY:
@@ -357,10 +358,14 @@ class Pusher:
             session.execute(update(TABLE).where(self.claims.mine(ids[start:start + 5000]))
                             .values(**self.claims.unclaim(), **values))
 
-    def _delete(self, session: Session, events: list[Claimed]) -> None:
+    def _delete(self, session: Session, app_id: str, events: list[Claimed]) -> None:
+        """Delete delivered events, folding what the message catalog did to them into the app's totals
+        (the stats count them from the outbox until then)."""
         ids = [e.id for e in events]
         for start in range(0, len(ids), 5000):
-            session.execute(delete(TABLE).where(self.claims.mine(ids[start:start + 5000])))
+            deleted = session.execute(delete(TABLE).where(self.claims.mine(ids[start:start + 5000]))
+                                      .returning(outbox.message_details))
+            fold_delivered(session, app_id, deleted.scalars())
 
     def _dead(self, session: Session, events: list[Claimed], reason: str, error: str, report: DrainReport) -> None:
         self._mark(session, events, state=DEAD, reason=reason, last_error=error[:2000])

@@ -19,8 +19,20 @@ class HeldSchema(Schema):
     until = fields.DateTime(required=True)
 
 
+class MessageDetailsSchema(Schema):
+    """What the message catalog did to the app's events (`bridge.catalog`), counted since migration 0011."""
+
+    enriched = fields.Integer(required=True, metadata={
+        "description": "Events that arrived with a blank name, title, contents or template_id and got it from the catalog."})
+    unseen = fields.Integer(required=True, metadata={
+        "description": "Events that arrived with only their message id, of a message the catalog never saw: sent without details."})
+    catalog_messages = fields.Integer(required=True, metadata={
+        "description": "Messages the app's catalog holds now (pruned after MESSAGE_CATALOG_RETENTION_DAYS unseen)."})
+
+
 class DeliveryStatsSchema(Schema):
-    """Counts per outbox state, what is retrying, the last error, and whether delivery is held."""
+    """Counts per outbox state, what is retrying, the last error, whether delivery is held, and what the
+    message catalog did."""
 
     pending = fields.Integer(required=True)
     retrying = fields.Integer(required=True)
@@ -31,3 +43,4 @@ class DeliveryStatsSchema(Schema):
     last_error = fields.Nested(LastErrorSchema, required=True, allow_none=True)
     last_delivered_at = fields.DateTime(required=True, allow_none=True)
     held = fields.Nested(HeldSchema, required=True, allow_none=True)
+    message_details = fields.Nested(MessageDetailsSchema, required=True)

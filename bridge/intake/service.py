@@ -20,6 +20,8 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from bridge import mapping
+from bridge.catalog.models import ENRICHED
+from bridge.catalog.service import complete
 from bridge.db import dialect_insert, is_postgresql, utcnow
 from bridge.delivery.models import PENDING, SKIPPED, UNRESOLVED_USER, EventReceipt, OutboxEvent
 from bridge.delivery.scheduling import drain_after_commit
@@ -96,6 +98,9 @@ def store(session: Session, batch: Sequence[Prepared]) -> None:
     """Write the events of every request in `batch` (any apps) and complete each one's result.
 
     An event id accepted before, or earlier in `batch`, counts as a duplicate of the later request.
+    Before they are written, the events' blank message details are completed from the app's message
+    catalog, which learns from them first (`bridge.catalog.service.complete`; each outbox row records
+    its outcome in `message_details`).
     Flushes, and asks for a drain of every app with new events queued, sent by the commit; the caller
     commits and only then may answer. The results are completed only once every statement succeeded,
     so a caller may retry after a failure."""
@@ -116,7 +121,12 @@ def store(session: Session, batch: Sequence[Prepared]) -> None:
         subscriptions = {ev.item["event"]["subscription_id"] for ev, _ in events}
         known = recorded(session, app_id, subscriptions)
         observe_events(session, app_id, [ev.observation for ev, _ in events], known=known)
-        rows += [_outbox_row(app_id, ev, vocabulary, known, now) for ev, vocabulary in events]
+        # The catalog completes copies: each event's item stays as posted, so a store() tried again
+        # after a failure learns only what the platform sent, never what the catalog filled in.
+        items = [{**ev.item, "message": dict(ev.item["message"])} for ev, _ in events]
+        completion = complete(session, app_id, items, now)
+        rows += [_outbox_row(app_id, ev, vocabulary, item, outcome, known, now)
+                 for (ev, vocabulary), item, outcome in zip(events, items, completion.outcomes, strict=True)]
     stored = _insert_new(session, rows, now)
     for prepared in repeated:
         prepared.result.duplicates += 1
@@ -154,15 +164,21 @@ def _not_an_object():
     raise ValidationError({"_item": ["Each event must be a JSON object."]})
 
 
-def _outbox_row(app_id: str, ev: PreparedEvent, vocabulary: mapping.Vocabulary, known: dict[str, Recorded],
-                now: datetime) -> dict:
-    event = ev.item["event"]
-    user_id, amplitude_event = ev.user_id, ev.amplitude_event
+def _outbox_row(app_id: str, ev: PreparedEvent, vocabulary: mapping.Vocabulary, item: dict, details: str | None,
+                known: dict[str, Recorded], now: datetime) -> dict:
+    """The outbox row of `ev`, whose item as the catalog completed it is `item` (`details`: what the
+    catalog did to it, `catalog.complete`'s outcome). Its Amplitude event is the one `prepare` mapped,
+    unless the user was unknown then or the catalog filled a detail in: then it is mapped from `item`,
+    under the `vocabulary` the request came with. An event whose user is still unknown is named now
+    too, without user_id, which a replay adds."""
+    event = item["event"]
+    user_id = ev.user_id
+    amplitude_event = ev.amplitude_event if user_id and details != ENRICHED else None
     if user_id is None:
         held = known.get(event["subscription_id"])
         user_id = held.external_id if held else None  # the registry's External User ID, if it has one
-        # Named now, under the vocabulary it was accepted with, even if it waits for its user.
-        amplitude_event = _amplitude_json(ev.item, user_id, vocabulary)
+    if amplitude_event is None:
+        amplitude_event = _amplitude_json(item, user_id, vocabulary)
     row = {
         "app_id": app_id,
         "source_event_id": event["id"],
@@ -171,6 +187,7 @@ def _outbox_row(app_id: str, ev: PreparedEvent, vocabulary: mapping.Vocabulary, 
         "user_id": user_id,
         "device_id": event["subscription_id"],
         "subscription_device_type": event.get("subscription_device_type"),
+        "message_details": details,
         "attempts": 0,
         "next_attempt_at": now,
         "created_at": now,
@@ -190,7 +207,7 @@ def _outbox_row(app_id: str, ev: PreparedEvent, vocabulary: mapping.Vocabulary, 
 # the rows travelling as one JSON parameter. A row whose receipt already exists is dropped by the join,
 # so it is never stored twice.
 _COLUMNS = ("app_id", "source_event_id", "kind", "state", "reason", "last_error", "insert_id", "user_id",
-            "device_id", "subscription_device_type", "amplitude_event", "source_item")
+            "device_id", "subscription_device_type", "amplitude_event", "source_item", "message_details")
 _STORE_SQL = f"""
 WITH incoming AS (
     SELECT * FROM ROWS FROM (json_to_recordset(%(rows)s::json) AS ({", ".join(f"{c} text" for c in _COLUMNS)}))
