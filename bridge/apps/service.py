@@ -107,8 +107,8 @@ def connect_platform(session: Session, app: App, *, platform: str | None, platfo
             raise AppConfigError(f"platform must be one of {', '.join(PLATFORMS)}")
         new_id = _platform_field("platform app id", platform_app_id if platform_app_id is not None else app.platform_app_id)
         new_key = _platform_field("platform API key", platform_api_key if platform_api_key is not None else app.platform_api_key)
-        if rate_per_second is not None and not 0 < rate_per_second <= PLATFORMS[platform].max_rate_per_second:
-            raise AppConfigError(f"platform rate must be above 0 and at most {PLATFORMS[platform].max_rate_per_second:g} "
+        if rate_per_second is not None and not 0 < rate_per_second <= PLATFORMS[platform].rate_limit_per_second:
+            raise AppConfigError(f"platform rate must be above 0 and at most {PLATFORMS[platform].rate_limit_per_second:g} "
                                  f"requests per second ({platform}'s limit)")
         app.platform, app.platform_app_id, app.platform_api_key = platform, new_id, new_key
         if rate_per_second is not None:

@@ -122,10 +122,10 @@ class PlatformTag(SQLModel, table=True):
     became of it. The newest `computed_time` wins, whatever order batches arrive in."""
 
     __tablename__ = "platform_tags"
-    __table_args__ = (
-        PrimaryKeyConstraint("app_id", "external_id", "tag_key", name="pk_platform_tags"),
-        Index("ix_platform_tags_cohort", "app_id", "cohort_id", "state"),
-    )
+    # The primary key only: every read of the tagger is by user, and a second index led PostgreSQL,
+    # before it had statistics on a freshly filled table, to scan every pending tag for each user. A
+    # cohort's counts (tagging.sync_status) read the app's rows by the key's prefix.
+    __table_args__ = (PrimaryKeyConstraint("app_id", "external_id", "tag_key", name="pk_platform_tags"),)
 
     app_id: str = Field(max_length=36)
     external_id: str = Field(max_length=256)

@@ -300,7 +300,7 @@ class PlatformSyncRequestSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    enabled = fields.Boolean(required=True, strict=True)
+    enabled = fields.Boolean(required=True, truthy={True}, falsy={False})
     tag_key = fields.String(load_default=None, allow_none=True, metadata={
         "description": "1 to 128 of letters, digits, '_', '.', ':', '-'; default `amplitude_cohort_<cohort_id>`."})
 

@@ -53,8 +53,13 @@ syncs = CohortPlatformSync.__table__.c
 
 TAG_APP = "bridge.cohorts.tagger.tag_app"
 _KEY_TTL = 60.0
-SENDER_LEASE = timedelta(seconds=60)  # a sender that died frees its app after this
-USER_LEASE = timedelta(seconds=60)  # a claimed user whose request's outcome was never recorded is due again after this
+# A sender renews its app's lease every round, and a round lasts at most about one request's timeout
+# (plus its pacing): a lease of 3 timeouts (at least 10 s) outlives any live sender's round, and frees the
+# app, and the users its dead sender had claimed, soon after that sender was killed.
+def lease(settings) -> timedelta:
+    return timedelta(seconds=max(10.0, 3 * settings.platform_timeout_seconds))
+
+
 ROUND_SECONDS = 0.25  # a round claims about this many seconds' worth of the app's rate
 SPACING_MARGIN = timedelta(milliseconds=50)  # on top of the per-user interval, for the network's jitter
 LINGER = 1.5  # a user due again within this many seconds (the per-user interval) is waited for
@@ -137,11 +142,15 @@ class Pacer:
 
 
 class Tagger:
-    def __init__(self, runtime: Runtime, *, rng: random.Random | None = None, clock=time.monotonic):
+    def __init__(self, runtime: Runtime, *, rng: random.Random | None = None, clock=time.monotonic,
+                 linger: float = LINGER):
+        """`clock`: time.monotonic, for the time budget; `linger`: how long a run waits for a user due
+        again soon (tests that move time by hand set 0)."""
         self.runtime = runtime
         self.settings = runtime.settings
         self.rng = rng or random.Random()
         self.clock = clock
+        self.linger = linger
 
     def run(self, app_id: str) -> TagReport:
         report = TagReport()
@@ -170,7 +179,7 @@ class Tagger:
             taken = session.execute(
                 update(App).where(App.id == app_id, App.platform.is_not(None),
                                   or_(App.platform_sender_until.is_(None), App.platform_sender_until <= now))
-                .values(platform_sender_until=now + SENDER_LEASE).returning(App.id)
+                .values(platform_sender_until=now + lease(self.settings)).returning(App.id)
             ).first()
             session.commit()
             if taken is None:
@@ -198,23 +207,32 @@ class Tagger:
                 ThreadPoolExecutor(threads, thread_name_prefix="tagger") as pool:
             platform = platforms.connect(app.platform, app_id=app.platform_app_id, api_key=app.platform_api_key,
                                          base_url=self.settings.platform_base_url, client=client)
-            while not shutdown_requested.is_set():
-                claims = self._claim(app.id, round_size, platform.max_tags_per_request)
-                if not claims:
-                    wait = self._next_due_in(app.id)
-                    if wait is None or wait > LINGER or self.clock() + wait >= deadline:
-                        return
-                    shutdown_requested.wait(max(wait, 0.01))
+            spacing = timedelta(seconds=platform.per_user_interval_seconds) + SPACING_MARGIN
+            throttled = threading.Event()  # set by a 429: no request of this run is sent after it
+            in_flight: tuple[list[_Claim], list] | None = None  # the round being sent
+            # Two rounds overlap: the next is claimed (and starts sending, paced after this one) while
+            # this one's answers come in; then this one is recorded.
+            while True:
+                stopping = shutdown_requested.is_set() or throttled.is_set() or self.clock() >= deadline
+                claims = [] if stopping else self._claim(app.id, round_size, platform.max_tags_per_request, spacing)
+                futures = [pool.submit(self._send, platform, pacer, claim, throttled) for claim in claims]
+                if in_flight is not None:
+                    for future in in_flight[1]:
+                        future.result()
+                    if self._record(app, in_flight[0], platform.per_user_interval_seconds, report):
+                        report.held = True
+                in_flight = (claims, futures) if claims else None
+                if in_flight is not None:
                     continue
-                throttled = threading.Event()
-                list(pool.map(lambda claim: self._send(platform, pacer, claim, throttled), claims))
-                held = self._record(app, claims, platform.per_user_interval_seconds, report)
-                if held:
-                    report.held = True
+                if report.held or shutdown_requested.is_set():
                     return
                 if self.clock() >= deadline:
                     schedule_tagging(self.runtime, app.id)  # more may be due: a fresh job, behind other apps'
                     return
+                wait = self._next_due_in(app.id)
+                if wait is None or wait > self.linger or self.clock() + wait >= deadline:
+                    return
+                shutdown_requested.wait(max(wait, 0.01))
 
     def _send(self, platform, pacer: Pacer, claim: _Claim, throttled: threading.Event) -> None:
         if throttled.is_set():
@@ -227,18 +245,24 @@ class Tagger:
         if claim.outcome.status == "throttled":
             throttled.set()
 
-    def _claim(self, app_id: str, limit: int, max_tags: int) -> list[_Claim]:
-        """Claim up to `limit` due users and read their pending tags of enabled syncs (committed)."""
+    def _claim(self, app_id: str, limit: int, max_tags: int, spacing: timedelta) -> list[_Claim]:
+        """Claim up to `limit` due users whose last request is at least `spacing` old, and read their
+        pending tags of enabled syncs (committed)."""
         now = utcnow()
         with self.runtime.job_session() as session:
-            due = select(users.external_id).where(users.app_id == app_id, users.due_at <= now) \
+            # due, and not sent a request within the platform's interval (whatever made them due since);
+            # a CTE joined by primary key, so the plan never depends on the table's statistics
+            due = select(users.external_id).where(
+                users.app_id == app_id, users.due_at <= now,
+                or_(users.last_request_at.is_(None), users.last_request_at <= now - spacing)) \
                 .order_by(users.due_at).limit(limit)
             if is_postgresql(session):
                 due = due.with_for_update(skip_locked=True)
+            due = due.cte("due")
             claimed = list(session.scalars(
                 update(PlatformUser.__table__)
-                .where(users.app_id == app_id, users.external_id.in_(due.scalar_subquery()))
-                .values(due_at=now + USER_LEASE, last_request_at=now)
+                .where(users.app_id == app_id, users.external_id == due.c.external_id)
+                .values(due_at=now + lease(self.settings))
                 .returning(users.external_id)
             ))
             wanted: dict[str, dict[str, tuple[str, int]]] = {user: {} for user in claimed}
@@ -275,6 +299,7 @@ class Tagger:
         spacing = timedelta(seconds=interval) + SPACING_MARGIN
         window = timedelta(seconds=self.settings.platform_retry_window_seconds)
         held_until: datetime | None = None
+        key_refused: datetime | None = None
         app_values: dict[str, object] = {}
         applied: list[dict[str, object]] = []
         settled: dict[tuple[str, str | None], list[dict[str, object]]] = {}
@@ -283,12 +308,12 @@ class Tagger:
             for claim in claims:
                 outcome = claim.outcome
                 if outcome is None:  # not sent: the app was throttled first
-                    next_due.append({"u": claim.external_id, "due": now})
+                    next_due.append({"u": claim.external_id, "due": now, "sent": None})
                     continue
                 report.requests += 1
                 report.outcomes[outcome.status] = report.outcomes.get(outcome.status, 0) + 1
                 earliest = claim.sent_at + spacing
-                sent = [{"u": claim.external_id, "k": key, "v": value, "ct": computed_time, "msg": outcome.message}
+                sent = [{"u": claim.external_id, "k": key, "v": value, "ct": computed_time, "msg": _words(outcome)}
                         for key, (value, computed_time) in claim.tags.items()]
                 if outcome.status == "applied":
                     failed = outcome.failed_tags & claim.tags.keys()
@@ -298,6 +323,11 @@ class Tagger:
                         app_values.update(platform_last_error=_said(outcome), platform_last_error_at=now)
                 elif outcome.status == "not_on_platform":
                     settled.setdefault((TAG_NOT_ON_PLATFORM, None), []).extend(sent)
+                elif outcome.status == "rejected" and outcome.http_status in (401, 403):
+                    # the key itself is refused: nothing of this app can succeed; keep its tags, wait
+                    until = now + timedelta(seconds=self.settings.delivery_invalid_key_pause_seconds)
+                    key_refused = max(key_refused or until, until)
+                    app_values.update(platform_last_error=_said(outcome), platform_last_error_at=now)
                 elif outcome.status in ("conflict", "rejected"):
                     settled.setdefault((TAG_FAILED, outcome.status), []).extend(sent)
                     app_values.update(platform_last_error=_said(outcome), platform_last_error_at=now)
@@ -305,13 +335,19 @@ class Tagger:
                     until = now + timedelta(seconds=outcome.retry_after or 1.0)
                     held_until = max(held_until or until, until)
                 else:  # retry
-                    attempts = self._retry(session, app.id, claim, outcome.message, now, window)
+                    attempts = self._retry(session, app.id, claim, _words(outcome), now, window)
                     earliest = max(earliest, now + timedelta(seconds=self.backoff(attempts)))
                     app_values.update(platform_last_error=_said(outcome), platform_last_error_at=now)
-                next_due.append({"u": claim.external_id, "due": earliest})
-            if held_until is not None:
+                next_due.append({"u": claim.external_id, "due": earliest, "sent": claim.sent_at})
+            if key_refused is not None:
+                held_until = max(held_until or key_refused, key_refused)
+                app_values.update(platform_held_until=held_until, platform_held_reason=(
+                    "the platform refused the API key; tags are kept and tried again then, or at once after "
+                    "bridge apps update --platform-api-key"))
+            elif held_until is not None:
                 app_values.update(platform_held_until=held_until,
                                   platform_held_reason="the platform answered 429 Too Many Requests")
+            if held_until is not None:
                 for due in next_due:
                     due["due"] = max(due["due"], held_until)
             if applied:
@@ -321,7 +357,7 @@ class Tagger:
                     self._settle(session, app.id, rows, state, reason, now)
             self._reschedule(session, app.id, next_due)
             session.execute(update(App).where(App.id == app.id).values(
-                platform_sender_until=utcnow() + SENDER_LEASE, **app_values))
+                platform_sender_until=utcnow() + lease(self.settings), **app_values))
             session.commit()
         return held_until is not None
 
@@ -380,7 +416,8 @@ class Tagger:
         )
         session.execute(
             update(PlatformUser.__table__).where(users.app_id == app_id, users.external_id == bindparam("u"))
-            .values(due_at=case((remaining, bindparam("due", type_=UtcDateTime)), else_=None)),
+            .values(due_at=case((remaining, bindparam("due", type_=UtcDateTime)), else_=None),
+                    last_request_at=func.coalesce(bindparam("sent", type_=UtcDateTime), users.last_request_at)),
             next_due,
         )
 
@@ -392,4 +429,11 @@ class Tagger:
 
 
 def _said(outcome: TagOutcome) -> str:
-    return f"{outcome.status}: {outcome.message or '-'}"[:2000]
+    """The outcome in words, for the app's last error: `retry: HTTP 503: Service Unavailable`."""
+    return f"{outcome.status}: {_words(outcome)}"[:2000]
+
+
+def _words(outcome: TagOutcome) -> str:
+    """What the platform said (its status, and its own words), or why no answer came."""
+    message = outcome.message or "-"
+    return f"HTTP {outcome.http_status}: {message}" if outcome.http_status is not None else message

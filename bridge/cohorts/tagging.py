@@ -16,12 +16,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import and_, case, func, literal, select, update
+from sqlalchemy import and_, case, func, literal, select, true, update
 from sqlalchemy.orm import Session
 
 from bridge.cohorts.models import (TAG_FAILED, TAG_NOT_ON_PLATFORM, TAG_PENDING, TAG_SYNCED, CohortMember,
                                    CohortPlatformSync, PlatformTag, PlatformUser)
-from bridge.db import dialect_insert, utcnow
+from bridge.db import UtcDateTime, dialect_insert, utcnow
 
 IN, OUT = "1", ""  # the tag's value for a user in the cohort; "" removes the tag
 TAG_KEY_MAX = 128
@@ -90,7 +90,7 @@ def _catch_up(session: Session, app_id: str, cohort_id: str, key: str) -> int:
     out of it get "" only where a tag row says we tagged them. Newer wanted states are kept."""
     now = utcnow()
     entered = select(members.app_id, members.user_id, literal(key), members.cohort_id, literal(IN),
-                     members.computed_time, literal(TAG_PENDING), literal(0), literal(now)).where(
+                     members.computed_time, literal(TAG_PENDING), literal(0), literal(now, UtcDateTime)).where(
         members.app_id == app_id, members.cohort_id == cohort_id, members.in_cohort)
     stmt = dialect_insert(session, PlatformTag.__table__).from_select(
         ["app_id", "external_id", "tag_key", "cohort_id", "value", "computed_time", "state", "attempts", "updated_at"],
@@ -111,8 +111,7 @@ def _catch_up(session: Session, app_id: str, cohort_id: str, key: str) -> int:
         .values(value=OUT, state=TAG_PENDING, reason=None, last_error=None, attempts=0, failing_since=None,
                 updated_at=now)
     )
-    return _mark_users_due(session, app_id, select(tags.external_id).where(
-        tags.app_id == app_id, tags.tag_key == key, tags.state == TAG_PENDING))
+    return _mark_users_due(session, app_id, tag_key=key)
 
 
 def record_changes(session: Session, app_id: str, cohort_id: str,
@@ -165,15 +164,23 @@ def _newer_wins(stmt) -> dict:
     }
 
 
-def _mark_users_due(session: Session, app_id: str, external_ids) -> int:
-    """Make the users with pending tags among `external_ids` (a list, or a SELECT of ids) due now,
-    unless they already wait (a request in flight, a backoff, the 1 s per user): those keep their time.
-    Returns how many users have pending tags."""
-    pending = select(tags.external_id).where(tags.app_id == app_id, tags.state == TAG_PENDING,
-                                             tags.external_id.in_(external_ids)).distinct()
+def _mark_users_due(session: Session, app_id: str, external_ids: list[str] | None = None, *,
+                    tag_key: str | None = None) -> int:
+    """Make the users with pending tags among `external_ids` (or, with `tag_key`, every user with a
+    pending tag of that key) due now, unless they already wait (a request in flight, a backoff): those
+    keep their time. Returns how many users have pending tags. One INSERT ... SELECT whose rows come from
+    the tags' primary key: no plan depends on the new rows' statistics."""
+    conditions = [tags.app_id == app_id, tags.state == TAG_PENDING]
+    if external_ids is not None:
+        conditions.append(tags.external_id.in_(external_ids))
+    if tag_key is not None:
+        conditions.append(tags.tag_key == tag_key)
+    pending = select(tags.external_id).where(*conditions).distinct().subquery()
     now = utcnow()
+    # (WHERE true: SQLite reads `INSERT ... SELECT ... ON CONFLICT` only with a WHERE in the SELECT)
     stmt = dialect_insert(session, PlatformUser.__table__).from_select(
-        ["app_id", "external_id", "due_at"], select(literal(app_id), pending.subquery().c.external_id, literal(now)))
+        ["app_id", "external_id", "due_at"],
+        select(literal(app_id), pending.c.external_id, literal(now, UtcDateTime)).where(true()))
     stmt = stmt.on_conflict_do_update(index_elements=["app_id", "external_id"],
                                       set_={"due_at": func.coalesce(users.due_at, stmt.excluded.due_at)})
     result = session.execute(stmt)
@@ -252,10 +259,15 @@ def plan(session: Session, app_id: str, cohort_id: str, tag_key: str | None = No
         "adds": session.scalar(select(func.count()).select_from(adds.subquery())),
         "removes": session.scalar(select(func.count()).select_from(removes.subquery())),
         "sample": {
-            "adds": list(session.scalars(adds.order_by(1).limit(PLAN_SAMPLE))),
-            "removes": list(session.scalars(removes.order_by(1).limit(PLAN_SAMPLE))),
+            "adds": _sample(session, adds),
+            "removes": _sample(session, removes),
         },
     }
+
+
+def _sample(session: Session, ids) -> list[str]:
+    column = ids.subquery().c[0]
+    return list(session.scalars(select(column).order_by(column).limit(PLAN_SAMPLE)))
 
 
 def not_on_platform(session: Session, app_id: str, cohort_id: str) -> int:

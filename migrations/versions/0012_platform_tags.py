@@ -18,7 +18,7 @@ from alembic import op
 
 
 revision: str = '0012'
-down_revision: str | None = '0011'
+down_revision: str | None = '0010'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -68,7 +68,6 @@ def upgrade() -> None:
         sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint('app_id', 'external_id', 'tag_key', name='pk_platform_tags'),
     )
-    op.create_index('ix_platform_tags_cohort', 'platform_tags', ['app_id', 'cohort_id', 'state'])
     op.create_table(
         'platform_users',
         sa.Column('app_id', sa.String(length=36), nullable=False),
@@ -83,7 +82,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index('ix_platform_users_due', table_name='platform_users')
     op.drop_table('platform_users')
-    op.drop_index('ix_platform_tags_cohort', table_name='platform_tags')
     op.drop_table('platform_tags')
     op.drop_table('cohort_platform_syncs')
     for name, _ in reversed(_APP_COLUMNS):
