@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import and_, case, func, literal, select, true, update
+from sqlalchemy import and_, case, delete, func, literal, select, true, update
 from sqlalchemy.orm import Session
 
 from bridge.cohorts.models import (TAG_FAILED, TAG_NOT_ON_PLATFORM, TAG_PENDING, TAG_SYNCED, CohortMember,
@@ -59,18 +59,21 @@ def set_platform_sync(session: Session, app_id: str, cohort_id: str, *, enabled:
     """Turn a cohort's platform sync on or off (flushed, not committed); returns it and how many tags
     were queued. Turning it on queues the tag of every current member, and the removal of the tag of
     every former member it had tagged. Turning it off stops sending that cohort's tags; the tags already
-    on the platform stay. Raises PlatformSyncError (bad or taken tag key; a new key while tags were sent
-    under the old one)."""
+    on the platform stay. A new tag key replaces the old one while nothing was sent under it. Raises
+    PlatformSyncError (bad or taken tag key; a new key once tags were sent under the old one)."""
     sync = sync_of(session, app_id, cohort_id)
     key = check_tag_key(tag_key) if tag_key is not None else (sync.tag_key if sync else default_tag_key(cohort_id))
     taken = session.scalar(select(syncs.cohort_id).where(syncs.app_id == app_id, syncs.tag_key == key,
                                                          syncs.cohort_id != cohort_id))
     if taken is not None:
         raise PlatformSyncError(f"tag_key {key!r} is already the tag of cohort {taken}")
-    if sync is not None and sync.tag_key != key and session.scalar(
-            select(func.count()).select_from(PlatformTag).where(tags.app_id == app_id, tags.tag_key == sync.tag_key)):
-        raise PlatformSyncError(f"tag_key: this cohort's tags were sent as {sync.tag_key!r}; "
-                                "a new key would leave them behind on the platform")
+    rekeyed = sync is not None and sync.tag_key != key
+    if rekeyed:
+        old = and_(tags.app_id == app_id, tags.tag_key == sync.tag_key)
+        if session.scalar(select(func.count()).select_from(PlatformTag).where(old, tags.synced_value.is_not(None))):
+            raise PlatformSyncError(f"tag_key: this cohort's tags were sent as {sync.tag_key!r}; "
+                                    "a new key would leave them behind on the platform")
+        session.execute(delete(PlatformTag.__table__).where(old))  # never sent: wanted under the new key instead
     now = utcnow()
     was_enabled = sync is not None and sync.enabled
     if sync is None:
@@ -81,7 +84,7 @@ def set_platform_sync(session: Session, app_id: str, cohort_id: str, *, enabled:
         if enabled and not was_enabled:
             sync.enabled_at = now
     session.flush()
-    queued = _catch_up(session, app_id, cohort_id, key) if enabled and not was_enabled else 0
+    queued = _catch_up(session, app_id, cohort_id, key) if enabled and (rekeyed or not was_enabled) else 0
     return sync, queued
 
 
