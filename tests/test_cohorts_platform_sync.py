@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from freezegun import freeze_time
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from bridge.apps.models import App
 from bridge.apps.service import connect_platform
@@ -222,9 +222,9 @@ def test_a_refused_key_holds_the_app_until_a_new_key(client, tenant, runtime, pl
         assert "refused the API key" in session.get(App, tenant.app_id).platform_held_reason
     with runtime.session() as session:
         connect_platform(session, session.get(App, tenant.app_id), platform="onesignal", platform_api_key=API_KEY)
-        session.execute(update(PlatformUser).values(due_at=utcnow()))
         session.commit()
-    tag(runtime, tenant)
+    with freeze_time(utcnow() + timedelta(seconds=2)):  # the user's second since the refused request
+        tag(runtime, tenant)
     assert platform_server.tags(APP_ID, "u1") == {"amplitude_cohort_c1": "1"}
 
 

@@ -8,7 +8,6 @@ from bridge.amplitude.regions import REGIONS
 from bridge.apps.models import TOKEN_KINDS, App
 from bridge.apps.service import AppConfigError, connect_platform, create_app_record, describe, rotate_token, update_app
 from bridge.commands import Context, echo_json, pass_ctx
-from bridge.cohorts.tagger import tag_after_commit
 from bridge.delivery.scheduling import drain_after_commit
 from bridge.mapping import NAMINGS
 
@@ -111,8 +110,6 @@ def update(ctx: Context, app_id: str, name, amplitude_api_key, region, kinds, na
             raise click.ClickException(str(exc)) from None
         if amplitude_api_key:
             drain_after_commit(session, app_id)  # delivery held for the old key resumes
-        if app.platform is not None:
-            tag_after_commit(session, app_id)  # tags waiting for a connection (or held by the old one) go
         session.commit()
         echo_json(describe(app))
 

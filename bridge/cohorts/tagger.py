@@ -347,9 +347,8 @@ class Tagger:
             elif held_until is not None:
                 app_values.update(platform_held_until=held_until,
                                   platform_held_reason="the platform answered 429 Too Many Requests")
-            if held_until is not None:
-                for due in next_due:
-                    due["due"] = max(due["due"], held_until)
+            # (users keep their own due times: the app's hold stops the tagger until it ends, or until
+            # a new connection clears it)
             if applied:
                 self._applied(session, app.id, applied, now)
             for (state, reason), rows in settled.items():
