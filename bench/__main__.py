@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
-SCENARIOS = ("intake", "delivery", "latency", "stream", "slow", "cohorts", "import", "fairness", "idle")
+SCENARIOS = ("intake", "delivery", "latency", "stream", "slow", "cohorts", "import", "fairness", "idle", "platform")
 TARGETS = {
     "intake, durable (events/s)": "≥ 10,000",
     "intake p50 / p99 per 100-event request (ms)": "p99 < 100",
@@ -44,6 +44,9 @@ TARGETS = {
     "fairness, with A's cohort sync: app B p50 / p95 / p99 / max from 202 to sink (ms)": "p99 < 5,000",
     "fairness, cohort sync off: app B p50 / p95 / p99 / max from 202 to sink (ms)": "p99 < 5,000",
     "idle worker: from 202 to sink after a quiet spell (ms)": "< 2,000 each",
+    "platform sync, first sync of 100,000 users (requests/s)": "≥ 800 sustained",
+    "platform sync: fewest seconds between two requests for one user": "≥ 1",
+    "platform sync: worker RSS at 10% / 100% of the users (MB)": "flat",
 }
 
 
@@ -114,6 +117,10 @@ def main() -> None:
         from bench import idle
 
         rows += idle.run(gaps=(1, 7) if quick else idle.GAPS, repeat=repeat)
+    if "platform" in chosen:
+        from bench import platform_sync
+
+        rows += platform_sync.run(users=3000 if quick else 100_000, repeat=repeat)
     lines = [f"Machine: {machine()}; PostgreSQL 15 and Redis 7 on the same machine.",
              f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, median of {repeat} run(s), "
              f"{time.time() - started:.0f} s in all.", "",

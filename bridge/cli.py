@@ -15,6 +15,7 @@ import click
 
 from bridge import connections, logs
 from bridge.apps.cli import apps
+from bridge.cohorts.cli import cohorts
 from bridge.commands import Context, echo_json, pass_ctx
 from bridge.delivery.cli import deliveries
 from bridge.jobs import QUEUES
@@ -216,5 +217,6 @@ def show_config() -> None:
 
 
 main.add_command(apps)
+main.add_command(cohorts)
 main.add_command(deliveries)
 main.add_command(subscriptions)

@@ -45,6 +45,8 @@ DELIVERY, COHORTS = "delivery", "cohorts"
 QUEUES = (DELIVERY, COHORTS)
 # RQ stops a job that runs longer than this; a cohort batch's claim lasts a minute longer (cohorts.jobs).
 JOB_TIMEOUT_SECONDS = 600
+# Set on SIGTERM by `bridge worker`: long jobs (drains, the tagger) stop between rounds and hand the rest back.
+shutdown_requested = threading.Event()
 # The periodic sweep the in-process thread runs between jobs (RQ workers run it on a thread of their own).
 SWEEP = "bridge.maintenance.sweep"
 

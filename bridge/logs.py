@@ -116,3 +116,6 @@ def configure(level: str = "INFO", stream: TextIO | None = None, log_format: str
         root.addHandler(handler)
     handler.setFormatter(LineFormatter(log_format))
     root.setLevel(level)
+    # httpx logs every request at INFO: hundreds of lines a second from the tagger. The bridge logs its own
+    # summaries (per batch, per tagger run); httpx's own lines only at DEBUG.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if str(level).upper() == "DEBUG" else logging.WARNING)

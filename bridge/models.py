@@ -1,9 +1,9 @@
 """Every table, imported in one place so SQLModel's metadata (and Alembic) sees the whole schema."""
 from bridge.apps.models import App, AppToken
 from bridge.catalog.models import MessageCatalogEntry, MessageDetailsTotal
-from bridge.cohorts.models import Cohort, CohortBatch, CohortMember
+from bridge.cohorts.models import Cohort, CohortBatch, CohortMember, CohortPlatformSync, PlatformTag, PlatformUser
 from bridge.delivery.models import EventReceipt, OutboxEvent
 from bridge.registry.models import Subscription
 
-__all__ = ["App", "AppToken", "Cohort", "CohortBatch", "CohortMember", "EventReceipt", "MessageCatalogEntry",
-           "MessageDetailsTotal", "OutboxEvent", "Subscription"]
+__all__ = ["App", "AppToken", "Cohort", "CohortBatch", "CohortMember", "CohortPlatformSync", "EventReceipt",
+           "MessageCatalogEntry", "MessageDetailsTotal", "OutboxEvent", "PlatformTag", "PlatformUser", "Subscription"]

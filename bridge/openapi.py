@@ -74,6 +74,8 @@ _ERRORS = {
          "`invalid_payload`, `invalid_parameter`, `invalid_cursor`.",
     401: "The bearer token is missing, wrong, expired, or of the other kind (`unauthorized`).",
     404: "No such resource in the app.",
+    409: "The request conflicts with the app's state: `platform_not_connected` (connect the app to its platform "
+         "first), `tag_key_conflict` (another cohort's tag key, or a new key once tags were sent under the old one).",
     413: "The body is over its byte limit (`payload_too_large`) or holds too many items (`too_many_items`; "
          "`too_many_users` for a cohort batch over COHORT_MAX_USERS_PER_BATCH).",
     415: "The body is not sent as JSON (`unsupported_media_type`).",

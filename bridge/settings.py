@@ -76,6 +76,13 @@ class Settings:
     delivery_invalid_key_pause_seconds: int = variable("DELIVERY_INVALID_KEY_PAUSE_SECONDS")
     delivery_drain_budget_seconds: float = variable("DELIVERY_DRAIN_BUDGET_SECONDS")
     delivery_linger_seconds: float = variable("DELIVERY_LINGER_SECONDS")
+    platform_base_url: str | None = variable("PLATFORM_BASE_URL")
+    platform_timeout_seconds: float = variable("PLATFORM_TIMEOUT_SECONDS")
+    platform_concurrency: int = variable("PLATFORM_CONCURRENCY")
+    platform_drain_budget_seconds: float = variable("PLATFORM_DRAIN_BUDGET_SECONDS")
+    platform_retry_window_seconds: int = variable("PLATFORM_RETRY_WINDOW_SECONDS")
+    platform_backoff_base_seconds: float = variable("PLATFORM_BACKOFF_BASE_SECONDS")
+    platform_backoff_cap_seconds: float = variable("PLATFORM_BACKOFF_CAP_SECONDS")
     sweep_interval_seconds: float = variable("SWEEP_INTERVAL_SECONDS")
     rq_queue: str = variable("RQ_QUEUE")
     job_statement_timeout_seconds: float = variable("JOB_STATEMENT_TIMEOUT_SECONDS")
@@ -139,6 +146,13 @@ class Settings:
             delivery_invalid_key_pause_seconds=reader.integer("DELIVERY_INVALID_KEY_PAUSE_SECONDS", 600, low=1),
             delivery_drain_budget_seconds=reader.number("DELIVERY_DRAIN_BUDGET_SECONDS", 1.0, low=0.1),
             delivery_linger_seconds=reader.number("DELIVERY_LINGER_SECONDS", 0.5, low=0),
+            platform_base_url=_base_url(reader.text("PLATFORM_BASE_URL"), "PLATFORM_BASE_URL"),
+            platform_timeout_seconds=reader.number("PLATFORM_TIMEOUT_SECONDS", 10.0, low=0.1, high=300),
+            platform_concurrency=reader.integer("PLATFORM_CONCURRENCY", 32, low=1, high=256),
+            platform_drain_budget_seconds=reader.number("PLATFORM_DRAIN_BUDGET_SECONDS", 10.0, low=0.1, high=300),
+            platform_retry_window_seconds=reader.integer("PLATFORM_RETRY_WINDOW_SECONDS", 24 * 3600, low=1),
+            platform_backoff_base_seconds=reader.number("PLATFORM_BACKOFF_BASE_SECONDS", 2.0, low=0.01),
+            platform_backoff_cap_seconds=reader.number("PLATFORM_BACKOFF_CAP_SECONDS", 300.0, low=0.01),
             sweep_interval_seconds=reader.number("SWEEP_INTERVAL_SECONDS", 5.0, low=0.05),
             rq_queue=reader.text("RQ_QUEUE") or "bridge",
             # Well under RQ's 600 s job timeout: a runaway statement is cancelled by PostgreSQL, and the
@@ -155,6 +169,8 @@ class Settings:
         )
         if settings.delivery_backoff_cap_seconds < settings.delivery_backoff_base_seconds:
             raise ConfigurationError("DELIVERY_BACKOFF_CAP_SECONDS must be >= DELIVERY_BACKOFF_BASE_SECONDS")
+        if settings.platform_backoff_cap_seconds < settings.platform_backoff_base_seconds:
+            raise ConfigurationError("PLATFORM_BACKOFF_CAP_SECONDS must be >= PLATFORM_BACKOFF_BASE_SECONDS")
         return settings
 
     @classmethod
@@ -246,11 +262,12 @@ def _secret_key(value: str, *, production: bool) -> str:
     return value
 
 
-def _base_url(value: str) -> str | None:
+def _base_url(value: str, variable: str = "AMPLITUDE_BASE_URL") -> str | None:
+    """A base URL replacing a peer's host (tests, demos, self-hosted peers); None when unset."""
     if not value:
         return None
     if _unreadable(value) or urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname:
-        raise ConfigurationError(f"AMPLITUDE_BASE_URL must be an http(s) URL, e.g. http://127.0.0.1:18080, "
+        raise ConfigurationError(f"{variable} must be an http(s) URL, e.g. http://127.0.0.1:18080, "
                                  f"got {mask_url(value)!r}")
     return value.rstrip("/")
 

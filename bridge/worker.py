@@ -25,7 +25,7 @@ from rq.worker import DequeueStrategy
 from rq.exceptions import StopRequested
 
 from bridge import failures
-from bridge.delivery.pusher import shutdown_requested
+from bridge.jobs import shutdown_requested
 from bridge.jobs import QUEUES, queue_name
 from bridge.maintenance import sweep
 from bridge.runtime import Runtime

@@ -141,6 +141,8 @@ SUCCESSES = [
     ("GET", "/v1/apps/{app_id}/cohorts/{cohort_id}/unmatched", None, "", None),
     ("GET", "/v1/apps/{app_id}/cohorts/{cohort_id}/devices", None, "", None),
     ("GET", "/v1/apps/{app_id}/cohorts/{cohort_id}/devices", None, "", "text/csv"),
+    ("PUT", "/v1/apps/{app_id}/cohorts/{cohort_id}/platform-sync", {"enabled": False, "tag_key": "churn"}, "", None),
+    ("GET", "/v1/apps/{app_id}/cohorts/{cohort_id}/platform-sync/plan", None, "", None),
 ]
 
 

@@ -38,6 +38,7 @@ from rq import Queue
 from sqlalchemy import create_engine, func, insert, select, text
 
 from bridge.catalog.models import MessageCatalogEntry
+from bridge.cohorts.models import PlatformTag
 from bridge.delivery.models import DEAD, PENDING, EventReceipt, OutboxEvent
 from bridge.migrate import alembic_config
 from bridge.registry.models import Subscription
@@ -62,6 +63,11 @@ SWEEP = "bridge sweep"
 PRUNE = "bridge prune [--older-than-days 30]"
 SINK = "bridge sink --port 18080"
 PLATFORM_SERVER = "bridge platform-server --port 18090"
+PLATFORM_CONNECT = ("bridge apps update APP_ID --platform onesignal --platform-app-id PLATFORM_APP_ID "
+                    "--platform-api-key PLATFORM_KEY [--platform-rate 900]")
+PLATFORM_SYNC = "bridge cohorts platform-sync APP_ID COHORT_ID --enable [--tag-key churn_risk]"
+PLATFORM_PLAN = "bridge cohorts platform-plan APP_ID COHORT_ID"
+PLATFORM_REPLAY = "bridge cohorts platform-replay [--app APP_ID] [--reason retry_window_exceeded]"
 CONFIG = "bridge config"
 DB_CURRENT = "bridge db current"
 DB_DOWNGRADE = "bridge db downgrade 0007"
@@ -98,6 +104,10 @@ RUN_BY: dict[str, tuple[str, ...]] = {
     PRUNE: (f"{THIS_FILE}::test_a_setup_line_runs_as_written",),
     SINK: (f"{THIS_FILE}::test_the_sink_serves_until_terminated",),
     PLATFORM_SERVER: (f"{THIS_FILE}::test_the_platform_server_serves_until_terminated",),
+    PLATFORM_CONNECT: (f"{THIS_FILE}::test_a_setup_line_runs_as_written",),
+    PLATFORM_SYNC: (f"{THIS_FILE}::test_a_setup_line_runs_as_written",),
+    PLATFORM_PLAN: (f"{THIS_FILE}::test_a_setup_line_runs_as_written",),
+    PLATFORM_REPLAY: (f"{THIS_FILE}::test_a_setup_line_runs_as_written",),
     DB_CURRENT: (f"{THIS_FILE}::test_the_schema_commands_say_what_they_did",),
     DB_DOWNGRADE: (f"{THIS_FILE}::test_the_schema_commands_say_what_they_did",),
     CONFIG: (f"{THIS_FILE}::test_a_setup_line_runs_as_written", f"{THIS_FILE}::test_production_mode_config_masks_credentials"),
@@ -287,14 +297,16 @@ def embedded(tmp_path_factory) -> Embedded:
     tmp = tmp_path_factory.mktemp("embedded")
     database_url = f"sqlite:///{tmp / 'bridge.db'}"
     env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
-    env.update({"DATABASE_URL": database_url, "AMPLITUDE_BASE_URL": "http://127.0.0.1:9"})  # discard port: nothing leaves
+    env.update({"DATABASE_URL": database_url, "AMPLITUDE_BASE_URL": "http://127.0.0.1:9",  # discard port: nothing leaves
+                "PLATFORM_BASE_URL": "http://127.0.0.1:9"})
     released(env)
     app = created_app(env)
     players = tmp / "players.csv.gz"
     with (ROOT / "fixtures" / "subscriptions-legacy.csv").open("rb") as plain, gzip.open(players, "wb") as packed:
         shutil.copyfileobj(plain, packed)
     values = {"APP_ID": app["app_id"], "KEY": "amp-readme-key-2", "players.csv.gz": str(players),
-              "rejected.csv": str(tmp / "rejected.csv")}
+              "rejected.csv": str(tmp / "rejected.csv"), "PLATFORM_APP_ID": "5eb5a37e-b458-11e3-ac11-000c2940e62c",
+              "PLATFORM_KEY": "os_v2_app_readme-key", "COHORT_ID": "churn-readme"}
     return Embedded(env, database_url, app, values)
 
 
@@ -355,7 +367,7 @@ def imports_the_registry(setup: Embedded, words: list[str]) -> None:
 
 def queues_due_work(setup: Embedded, words: list[str]) -> None:
     add_rows(setup.database_url, OutboxEvent.__table__, outbox_row(setup.app_id))
-    assert setup.run(words) == {"drains": 1, "cohort_batches": 0}
+    assert setup.run(words) == {"drains": 1, "cohort_batches": 0, "taggers": 0}
 
 
 def forgets_old_receipts(setup: Embedded, words: list[str]) -> None:
@@ -370,6 +382,35 @@ def forgets_old_receipts(setup: Embedded, words: list[str]) -> None:
              {"app_id": setup.app_id, "message_id": f"new-{uuid.uuid4().hex}", "name": "New", "name_at": 0,
               "last_seen_at": now - timedelta(days=179)})
     assert setup.run(words) == {"event_receipts": 1, "cohort_batch_user_lists": 0, "message_catalog": 1}
+
+
+def connects_the_platform(setup: Embedded, words: list[str]) -> None:
+    platform = setup.run(words)["platform"]
+    assert (platform["name"], platform["app_id"]) == ("onesignal", setup.values["PLATFORM_APP_ID"])
+    assert setup.values["PLATFORM_KEY"] not in json.dumps(platform)  # shown masked
+    if rate := option(words, "--platform-rate"):
+        assert platform["rate_per_second"] == float(rate)
+
+
+def turns_platform_sync_on(setup: Embedded, words: list[str]) -> None:
+    connects_the_platform(setup, variants(PLATFORM_CONNECT)[0])  # the line needs a connected app
+    status = setup.run(words)
+    assert status["enabled"] is True
+    assert status["tag_key"] == (option(words, "--tag-key") or f"amplitude_cohort_{setup.values['COHORT_ID']}")
+
+
+def plans_platform_sync(setup: Embedded, words: list[str]) -> None:
+    plan = setup.run(words)
+    assert plan.keys() == {"enabled", "tag_key", "adds", "removes", "sample"}
+    assert plan["sample"].keys() == {"adds", "removes"}
+
+
+def replays_failed_tags(setup: Embedded, words: list[str]) -> None:
+    add_rows(setup.database_url, PlatformTag.__table__, {
+        "app_id": setup.app_id, "external_id": f"u-{uuid.uuid4().hex}", "tag_key": "churn_risk", "cohort_id": "c",
+        "value": "1", "computed_time": 1763856000, "state": "failed", "reason": "retry_window_exceeded",
+        "attempts": 9, "updated_at": datetime.now(UTC)})
+    assert setup.run(words) == {"requeued": 1}
 
 
 def shows_the_settings(setup: Embedded, words: list[str]) -> None:
@@ -388,6 +429,10 @@ SETUP_LINES: dict[str, Callable[[Embedded, list[str]], None]] = {
     SWEEP: queues_due_work,
     PRUNE: forgets_old_receipts,
     CONFIG: shows_the_settings,
+    PLATFORM_CONNECT: connects_the_platform,
+    PLATFORM_SYNC: turns_platform_sync_on,
+    PLATFORM_PLAN: plans_platform_sync,
+    PLATFORM_REPLAY: replays_failed_tags,
 }
 
 
@@ -490,7 +535,7 @@ def test_production_mode_release_app_and_sweep(production_env, redis_url):
     released(production_env)
     app = created_app(production_env)
     add_rows(production_env["DATABASE_URL"], OutboxEvent.__table__, outbox_row(app["app_id"]))
-    assert bridge_json(production_env, shlex.split(SWEEP)) == {"drains": 1, "cohort_batches": 0}
+    assert bridge_json(production_env, shlex.split(SWEEP)) == {"drains": 1, "cohort_batches": 0, "taggers": 0}
     redis = Redis.from_url(redis_url)
     jobs = Queue("bridge", connection=redis).jobs  # a worker's work, recorded in Redis
     redis.close()

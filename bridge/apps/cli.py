@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from bridge.amplitude.regions import REGIONS
 from bridge.apps.models import TOKEN_KINDS, App
-from bridge.apps.service import AppConfigError, create_app_record, describe, rotate_token, update_app
+from bridge.apps.service import AppConfigError, connect_platform, create_app_record, describe, rotate_token, update_app
 from bridge.commands import Context, echo_json, pass_ctx
 from bridge.delivery.scheduling import drain_after_commit
 from bridge.mapping import NAMINGS
@@ -85,8 +85,13 @@ def list_apps(ctx: Context) -> None:
 @click.option("--kinds", help="Comma-separated event kinds to send; 'all' for every kind with a name.")
 @NAMING
 @EVENT_NAME
+@click.option("--platform", help="The messaging platform cohorts are applied to as tags: onesignal; 'none' disconnects.")
+@click.option("--platform-app-id", help="The app's id on the platform.")
+@click.option("--platform-api-key", help="The platform's API key for that app (stored; shown masked).")
+@click.option("--platform-rate", type=float, help="Requests per second to the platform (default: the platform's).")
 @pass_ctx
-def update(ctx: Context, app_id: str, name, amplitude_api_key, region, kinds, naming, event_names) -> None:
+def update(ctx: Context, app_id: str, name, amplitude_api_key, region, kinds, naming, event_names, platform,
+           platform_app_id, platform_api_key, platform_rate) -> None:
     """Change an app's settings. A new naming profile or event name applies to events accepted after it."""
     names = _event_names(event_names)
     with ctx.runtime.session() as session:
@@ -95,6 +100,12 @@ def update(ctx: Context, app_id: str, name, amplitude_api_key, region, kinds, na
         try:
             update_app(session, app, name=name, amplitude_api_key=amplitude_api_key, region=region, enabled_kinds=enabled,
                        naming=naming, event_names=names)
+            if platform is not None or platform_app_id or platform_api_key or platform_rate is not None:
+                if platform is None and app.platform is None:
+                    raise AppConfigError("--platform is required to connect the app to its platform")
+                connect_platform(session, app, platform=None if platform == "none" else (platform or app.platform),
+                                 platform_app_id=platform_app_id, platform_api_key=platform_api_key,
+                                 rate_per_second=platform_rate)
         except AppConfigError as exc:
             raise click.ClickException(str(exc)) from None
         if amplitude_api_key:

@@ -31,6 +31,18 @@ class App(SQLModel, table=True):
     last_delivery_error_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     last_delivered_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     delivered_total: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    # The messaging platform cohorts are applied to as tags (bridge.platforms): None = not connected.
+    platform: str | None = Field(default=None, max_length=32)  # a key of bridge.platforms.PLATFORMS
+    platform_app_id: str | None = Field(default=None, max_length=128)
+    platform_api_key: str | None = Field(default=None, max_length=500)  # shown masked only
+    platform_rate_per_second: float | None = Field(default=None)  # None: the platform's default
+    # Tag updates wait (kept, not sent) until then: the platform answered 429, or refused the key.
+    platform_held_until: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    platform_held_reason: str | None = Field(default=None, max_length=500)
+    platform_last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    platform_last_error_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    # One sender per app at a time (its requests are paced to the app's rate): its lease.
+    platform_sender_until: datetime | None = Field(default=None, sa_type=UtcDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 

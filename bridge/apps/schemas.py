@@ -18,6 +18,19 @@ class KindSchema(Schema):
     sent = fields.Boolean(required=True, metadata={"description": "False: the kind's events are counted as ignored."})
 
 
+class PlatformConnectionSchema(Schema):
+    """The app's messaging platform, where cohorts are applied as tags; its API key masked."""
+
+    name = fields.String(required=True)
+    app_id = fields.String(required=True, metadata={"description": "The app's id on the platform."})
+    api_key = fields.String(required=True, metadata={"description": "Masked: its first 4 characters."})
+    rate_per_second = fields.Float(required=True, allow_none=True, metadata={
+        "description": "Requests per second to the platform; null: the platform's default."})
+    held = fields.Dict(required=True, allow_none=True, metadata={
+        "description": "{reason, until}: tags wait (kept) until then, after a 429 or a refused key; null: not held."})
+    last_error = fields.String(required=True, allow_none=True)
+
+
 class AppSchema(Schema):
     """An app: never its tokens; its Amplitude key masked."""
 
@@ -33,6 +46,8 @@ class AppSchema(Schema):
     event_types = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
                               metadata={"description": "The event_type of every kind the app sends."})
     delivery_held_reason = fields.String(required=True, allow_none=True)
+    platform = fields.Nested(PlatformConnectionSchema, required=True, allow_none=True, metadata={
+        "description": "null: not connected (bridge apps update --platform)."})
     created_at = fields.String(required=True, metadata={"description": "ISO 8601, UTC."})
     kinds = fields.List(fields.Nested(KindSchema), required=True,
                         metadata={"description": "Every kind of the stream, in the platform's order."})

@@ -92,6 +92,41 @@ def update_app(
     return app
 
 
+def connect_platform(session: Session, app: App, *, platform: str | None, platform_app_id: str | None = None,
+                     platform_api_key: str | None = None, rate_per_second: float | None = None) -> App:
+    """Connect the app to its messaging platform, where cohorts are applied as tags (flushed, not
+    committed); `platform` None disconnects it (its tags wait, kept). A new connection releases tags held
+    by the old one's 429 or refusal. Omitted fields keep their value. `rate_per_second` caps the app's
+    requests (None: the platform's default, below its own limit). Raises AppConfigError."""
+    from bridge.platforms import PLATFORMS
+
+    if platform is None:
+        app.platform = None
+    else:
+        if platform not in PLATFORMS:
+            raise AppConfigError(f"platform must be one of {', '.join(PLATFORMS)}")
+        new_id = _platform_field("platform app id", platform_app_id if platform_app_id is not None else app.platform_app_id)
+        new_key = _platform_field("platform API key", platform_api_key if platform_api_key is not None else app.platform_api_key)
+        if rate_per_second is not None and not 0 < rate_per_second <= PLATFORMS[platform].rate_limit_per_second:
+            raise AppConfigError(f"platform rate must be above 0 and at most {PLATFORMS[platform].rate_limit_per_second:g} "
+                                 f"requests per second ({platform}'s limit)")
+        app.platform, app.platform_app_id, app.platform_api_key = platform, new_id, new_key
+        if rate_per_second is not None:
+            app.platform_rate_per_second = rate_per_second
+    app.platform_held_until = app.platform_held_reason = None
+    app.updated_at = utcnow()
+    session.add(app)
+    session.flush()
+    return app
+
+
+def _platform_field(what: str, value: str | None) -> str:
+    value = (value or "").strip()
+    if not value or len(value) > 500 or any(c.isspace() for c in value):
+        raise AppConfigError(f"{what} must be 1 to 500 characters without spaces")
+    return value
+
+
 def rotate_token(session: Session, app_id: str, kind: str, grace_seconds: int = 24 * 3600) -> str:
     """Issue a new token of `kind` (flushed, not committed); the ones valid now stay valid for
     `grace_seconds` more, then expire. Raises AppConfigError for an unknown kind or a negative grace."""
@@ -145,8 +180,20 @@ def describe(app: App) -> dict[str, object]:
         "enabled_kinds": sorted(vocabulary.enabled) if vocabulary.enabled is not None else None,
         "event_types": {row["kind"]: row["event_type"] for row in vocabulary.rows() if row["sent"]},
         "delivery_held_reason": app.delivery_held_reason,
+        "platform": _platform(app),
         "created_at": app.created_at.isoformat(),
     }
+
+
+def _platform(app: App) -> dict[str, object] | None:
+    """The app's platform connection, its API key masked; None when not connected."""
+    if app.platform is None:
+        return None
+    held = app.platform_held_until is not None and app.platform_held_until > utcnow()
+    return {"name": app.platform, "app_id": app.platform_app_id, "api_key": _mask(app.platform_api_key or ""),
+            "rate_per_second": app.platform_rate_per_second,
+            "held": {"reason": app.platform_held_reason, "until": app.platform_held_until.isoformat()} if held else None,
+            "last_error": app.platform_last_error}
 
 
 def _issue(session: Session, app_id: str, kind: str) -> str:

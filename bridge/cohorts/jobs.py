@@ -25,7 +25,9 @@ from sqlalchemy import Select, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from bridge import failures
+from bridge.cohorts import tagging
 from bridge.cohorts.membership import BatchCounts, apply_batch
+from bridge.cohorts.tagger import tag_after_commit
 from bridge.cohorts.models import FAILED, PROCESSED, RECEIVED, Cohort, CohortBatch
 from bridge.db import is_postgresql, utcnow
 from bridge.jobs import COHORTS, JOB_TIMEOUT_SECONDS, after_commit_once
@@ -130,8 +132,12 @@ def _apply(session: Session, batch_id: int, claim) -> BatchCounts | None:
         .where(cohorts.app_id == claim.app_id, cohorts.cohort_id == claim.cohort_id)
         .values(name=claim.cohort_name, updated_at=now)
     )
+    changed: list[tuple[str, bool, int]] = []
     counts = apply_batch(session, claim.app_id, claim.cohort_id, claim.in_cohort, claim.computed_time,
-                         orjson.loads(claim.user_ids))
+                         orjson.loads(claim.user_ids), changed)
+    # The platform's tags follow the membership in this same transaction (sent after the commit).
+    if tagging.record_changes(session, claim.app_id, claim.cohort_id, changed):
+        tag_after_commit(session, claim.app_id)
     done = session.execute(
         update(CohortBatch.__table__)
         .where(batches.id == batch_id, batches.state == RECEIVED, batches.claimed_at == claim.claimed_at)

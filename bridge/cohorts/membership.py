@@ -32,10 +32,12 @@ class BatchCounts:
 
 
 def apply_batch(
-    session: Session, app_id: str, cohort_id: str, in_cohort: bool, computed_time: int, batch_user_ids: list[str]
+    session: Session, app_id: str, cohort_id: str, in_cohort: bool, computed_time: int, batch_user_ids: list[str],
+    changed: list[tuple[str, bool, int]] | None = None,
 ) -> BatchCounts:
     """Give every user of the batch the state `in_cohort` as of `computed_time`, unless a newer batch
-    already gave them another state. Writes without committing; returns what changed.
+    already gave them another state. Writes without committing; returns what changed, and appends to
+    `changed` each user who entered or left, as (user_id, in_cohort, computed_time).
 
     The caller must hold the cohort exclusively (see `jobs.process_batch`), so no other batch of the
     same cohort is applied concurrently.
@@ -58,8 +60,12 @@ def apply_batch(
                 continue
             elif in_cohort:
                 counts.entered += 1
+                if changed is not None:
+                    changed.append((user_id, in_cohort, computed_time))
             else:
                 counts.left += 1
+                if changed is not None:
+                    changed.append((user_id, in_cohort, computed_time))
             writes.append({"app_id": app_id, "cohort_id": cohort_id, "user_id": user_id,
                            "in_cohort": in_cohort, "computed_time": computed_time, "updated_at": now})
         if writes:

@@ -91,3 +91,70 @@ class CohortBatch(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     received_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     processed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+# -- Cohorts applied back to the messaging platform as user tags (bridge.cohorts.tagging) ---------------
+
+TAG_PENDING, TAG_SYNCED, TAG_NOT_ON_PLATFORM, TAG_FAILED = "pending", "synced", "not_on_platform", "failed"
+
+
+class CohortPlatformSync(SQLModel, table=True):
+    """Whether a cohort is applied to the platform, under which tag key. Rows are kept when it is turned
+    off (enabled false), so turning it on again resumes where it stopped."""
+
+    __tablename__ = "cohort_platform_syncs"
+    __table_args__ = (
+        PrimaryKeyConstraint("app_id", "cohort_id", name="pk_cohort_platform_syncs"),
+        UniqueConstraint("app_id", "tag_key", name="uq_cohort_platform_syncs_tag_key"),
+    )
+
+    app_id: str = Field(foreign_key="apps.id", max_length=36)
+    cohort_id: str = Field(max_length=128)
+    enabled: bool = True
+    tag_key: str = Field(max_length=128)
+    enabled_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class PlatformTag(SQLModel, table=True):
+    """One tag of one user on the platform: the value the cohort wants it to have (`value`: "1" in the
+    cohort, "" out of it, which removes the tag) as of the batch that said so (`computed_time`), and what
+    became of it. The newest `computed_time` wins, whatever order batches arrive in."""
+
+    __tablename__ = "platform_tags"
+    # The primary key only: every read of the tagger is by user, and a second index led PostgreSQL,
+    # before it had statistics on a freshly filled table, to scan every pending tag for each user. A
+    # cohort's counts (tagging.sync_status) read the app's rows by the key's prefix.
+    __table_args__ = (PrimaryKeyConstraint("app_id", "external_id", "tag_key", name="pk_platform_tags"),)
+
+    app_id: str = Field(max_length=36)
+    external_id: str = Field(max_length=256)
+    tag_key: str = Field(max_length=128)
+    cohort_id: str = Field(max_length=128)
+    value: str = Field(max_length=8)
+    computed_time: int = Field(sa_column=Column(BigInteger, nullable=False))  # epoch seconds (Amplitude's)
+    state: str = Field(default=TAG_PENDING, max_length=16)
+    reason: str | None = Field(default=None, max_length=64)  # failed: retry_window_exceeded, conflict, rejected, ...
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    failing_since: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    # What the platform last accepted for this tag ("1", "", or None when never applied).
+    synced_value: str | None = Field(default=None, max_length=8)
+    synced_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class PlatformUser(SQLModel, table=True):
+    """When a user's pending tags may next be sent: the platform takes at most one request per second
+    per user, and a failed request waits its backoff. `due_at` None: nothing pending."""
+
+    __tablename__ = "platform_users"
+    __table_args__ = (
+        PrimaryKeyConstraint("app_id", "external_id", name="pk_platform_users"),
+        Index("ix_platform_users_due", "app_id", "due_at"),
+    )
+
+    app_id: str = Field(max_length=36)
+    external_id: str = Field(max_length=256)
+    due_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    last_request_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

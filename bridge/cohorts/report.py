@@ -16,6 +16,7 @@ from typing import Literal
 from sqlalchemy import and_, exists, func, or_, select, text
 from sqlalchemy.orm import Session
 
+from bridge.cohorts import tagging
 from bridge.cohorts.models import Cohort, CohortBatch, CohortMember
 from bridge.cohorts.schemas import reason_counts
 from bridge.db import is_postgresql
@@ -105,6 +106,7 @@ def cohort_report(session: Session, cohort: Cohort) -> dict[str, object]:
     }
     explanations = _explanations(users, devices)
     unusable = unusable_entries(session, cohort)
+    platform = tagging.sync_status(session, cohort.app_id, cohort.cohort_id)
     return {
         "cohort_id": cohort.cohort_id,
         "cohort_name": cohort.name,
@@ -117,10 +119,24 @@ def cohort_report(session: Session, cohort: Cohort) -> dict[str, object]:
         "explanations": explanations,
         "arithmetic": _arithmetic(users["in_cohort"], explanations, devices["subscribed"]),
         "summary": _summary(users["in_cohort"], explanations, devices["subscribed"]),
-        "context": _context(users, n["app_records_without_external_id"]) + _unusable_context(unusable),
+        "context": _context(users, n["app_records_without_external_id"]) + _unusable_context(unusable)
+                   + _platform_context(session, cohort, platform),
         "unusable_users": sum(unusable.values()),
         "unusable_reasons": unusable,
+        "platform_sync": platform,
     }
+
+
+def _platform_context(session: Session, cohort: Cohort, platform: tagging.SyncStatus | None) -> list[str]:
+    """What the messaging platform said of the cohort's users: those it does not know have no device
+    there whatever the channel registry holds."""
+    if platform is None:
+        return []
+    unknown = tagging.not_on_platform(session, cohort.app_id, cohort.cohort_id)
+    if not unknown:
+        return []
+    return [f"the platform does not know {_count(unknown, 'user', 'users')} of the cohort (it answered "
+            f"'user not found' to their tag {platform.tag_key!r}): the platform's segment cannot include them"]
 
 
 def _states(total: int, subscribed: int, unknown: int) -> dict[str, int]:

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import orjson
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, EXCLUDE, Schema, ValidationError, fields, validate
 
 from bridge import times
 from bridge.fields import DisplayName, as_identifier, path_segment, printable, sentence
@@ -294,6 +294,50 @@ class DeviceCountsSchema(Schema):
         _counts("ChannelCounts", "total", "subscribed", "unsubscribed", "unknown")))
 
 
+class PlatformSyncRequestSchema(Schema):
+    """`PUT /v1/apps/<app_id>/cohorts/<cohort_id>/platform-sync`: turn the cohort's tags on or off."""
+
+    class Meta:
+        unknown = RAISE
+
+    enabled = fields.Boolean(required=True, truthy={True}, falsy={False})
+    tag_key = fields.String(load_default=None, allow_none=True, metadata={
+        "description": "1 to 128 of letters, digits, '_', '.', ':', '-'; default `amplitude_cohort_<cohort_id>`."})
+
+
+class PlatformSyncSchema(Schema):
+    """What the platform did with a cohort's tags (`bridge.cohorts.tagging.SyncStatus`)."""
+
+    enabled = fields.Boolean(required=True)
+    tag_key = fields.String(required=True)
+    tagged = fields.Integer(required=True, metadata={"description": "users the platform has the tag for"})
+    untagged = fields.Integer(required=True, metadata={"description": "users whose tag was removed, having left"})
+    pending = fields.Integer(required=True, metadata={"description": "tags waiting to be sent, or retried"})
+    not_on_platform = fields.Integer(required=True, metadata={
+        "description": "users the platform does not know (404); tried again only when their membership changes"})
+    failed = fields.Method("_failed", required=True, metadata={
+        "description": "{total, reasons}: tags the platform refused (conflict, rejected) or that kept failing "
+                       "(retry_window_exceeded); `bridge cohorts platform-replay` sends them again"})
+    last_error = fields.String(required=True, allow_none=True)
+    last_synced_at = fields.DateTime(required=True, allow_none=True)
+
+    def _failed(self, status) -> dict[str, object]:
+        return {"total": sum(status.failed.values()), "reasons": dict(status.failed)}
+
+
+class PlatformPlanSchema(Schema):
+    """`GET .../platform-sync/plan`: what turning the sync on, or its next sends, would change; nothing is sent."""
+
+    enabled = fields.Boolean(required=True)
+    tag_key = fields.String(required=True)
+    adds = fields.Integer(required=True, metadata={"description": "users who would get the tag"})
+    removes = fields.Integer(required=True, metadata={"description": "users whose tag would be removed"})
+    sample = fields.Nested(Schema.from_dict({"adds": fields.List(fields.String(), required=True),
+                                             "removes": fields.List(fields.String(), required=True)},
+                                            name="PlanSample"), required=True,
+                           metadata={"description": "up to 10 user ids of each, in id order"})
+
+
 class CohortReportSchema(Schema):
     """`GET /v1/apps/<app_id>/cohorts/<cohort_id>`: users, devices, and why the two counts differ."""
 
@@ -316,6 +360,8 @@ class CohortReportSchema(Schema):
         "description": "Entries without a usable user_id in all of this cohort's batches. They were never applied, "
                        "so they are in none of the other numbers; `context` says so when there are any."})
     unusable_reasons = _unusable_reasons("The same entries")
+    platform_sync = fields.Nested(PlatformSyncSchema, required=True, allow_none=True, metadata={
+        "description": "null: the cohort was never applied to the platform"})
     recent_syncs = fields.List(fields.Nested(SyncSchema), required=True)
 
 

@@ -6,6 +6,8 @@ GET  /v1/apps/<app_id>/cohorts/<cohort_id>               the report, with the 10
 GET  /v1/apps/<app_id>/cohorts/<cohort_id>/syncs         the sync history, newest first (paged)
 GET  /v1/apps/<app_id>/cohorts/<cohort_id>/unmatched     user ids without a channel record (paged)
 GET  /v1/apps/<app_id>/cohorts/<cohort_id>/devices       the resolved audience (paged JSON, or CSV)
+PUT  /v1/apps/<app_id>/cohorts/<cohort_id>/platform-sync the cohort's tags on the platform, on or off
+GET  /v1/apps/<app_id>/cohorts/<cohort_id>/platform-sync/plan   what that would change (a dry run)
 
 Paged reads take `limit` (1–1000, default 100) and `after` (the `next` of the previous page) and
 answer {"items": [...], "next": cursor-or-null}; cursors are opaque and bound to their listing (`bridge.paging`).
@@ -24,7 +26,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from bridge.apidoc import APP_ID, Body, documented, path_parameter, query_parameter
 from bridge.apps.auth import require_token
-from bridge.cohorts import report
+from bridge.apps.models import App
+from bridge.cohorts import report, tagging
+from bridge.cohorts.tagger import tag_after_commit
 from bridge.cohorts.models import Cohort
 from bridge.cohorts.schemas import (
     WEBHOOK_SCHEMA,
@@ -32,6 +36,9 @@ from bridge.cohorts.schemas import (
     CohortPageSchema,
     CohortReportSchema,
     CohortWebhookSchema,
+    PlatformPlanSchema,
+    PlatformSyncRequestSchema,
+    PlatformSyncSchema,
     SyncPageSchema,
     UnmatchedPageSchema,
     WebhookAckSchema,
@@ -203,6 +210,56 @@ def cohort_devices(app_id: str, cohort_id: str):
     after = after_key((str, int))
     return _paged(AudiencePageSchema(),
                   report.audience(get_db(), cohort, channel=channel, subscribed=subscribed, after=after, limit=page_limit()))
+
+
+PLATFORM_SYNC_REQUEST = PlatformSyncRequestSchema()
+
+
+@bp.put("/v1/apps/<app_id>/cohorts/<cohort_id>/platform-sync")
+@documented("Turn a cohort's platform tags on or off", answer=PlatformSyncSchema, errors=(400, 409),
+            path=COHORT_PATH, body=Body(PlatformSyncRequestSchema, max_bytes=lambda settings: settings.max_body_bytes))
+@require_token("api")
+def put_platform_sync(app_id: str, cohort_id: str):
+    """While on, users entering the cohort get the tag (value "1") on the app's platform and users
+    leaving it have it removed; turning it on queues the tags of the cohort's current members. 409 when
+    the app has no platform connection (`bridge apps update --platform`) or the tag key is taken."""
+    try:
+        wanted = PLATFORM_SYNC_REQUEST.load(_object_body())
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_request", "The body is not a valid platform-sync setting.",
+                       {"errors": flatten_errors(exc.messages)}) from None
+    db = get_db()
+    if wanted["enabled"] and db.get(App, app_id).platform is None:
+        raise ApiError(409, "platform_not_connected", "Connect the app to its platform first: bridge apps update "
+                       "APP_ID --platform onesignal --platform-app-id ID --platform-api-key KEY.")
+    try:
+        tagging.set_platform_sync(db, app_id, cohort_id, enabled=wanted["enabled"], tag_key=wanted["tag_key"])
+    except tagging.PlatformSyncError as exc:
+        raise ApiError(409, "tag_key_conflict", str(exc)) from None
+    if wanted["enabled"]:
+        tag_after_commit(db, app_id)  # bridge.web commits once this returns
+    return PlatformSyncSchema().dump(tagging.sync_status(db, app_id, cohort_id))
+
+
+@bp.get("/v1/apps/<app_id>/cohorts/<cohort_id>/platform-sync/plan")
+@documented("What a cohort's platform sync would change (a dry run)", answer=PlatformPlanSchema, errors=(400,),
+            path=COHORT_PATH, query=(query_parameter("tag_key", {"type": "string"},
+                                                     "The key to plan with while the sync was never set."),))
+@require_token("api")
+def platform_sync_plan(app_id: str, cohort_id: str):
+    """Counts and a sample of the tags turning the sync on (or, while it is on, its next sends) would
+    add and remove. Sends nothing, changes nothing."""
+    try:
+        return PlatformPlanSchema().dump(tagging.plan(get_db(), app_id, cohort_id, request.args.get("tag_key")))
+    except tagging.PlatformSyncError as exc:
+        raise ApiError(400, "invalid_request", str(exc), {"errors": {"tag_key": str(exc)}}) from None
+
+
+def _object_body() -> dict:
+    body = read_json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "The body must be a JSON object.")
+    return body
 
 
 def _cohort(app_id: str, cohort_id: str) -> Cohort:

@@ -15,7 +15,6 @@ import logging
 import os
 import random
 import socket
-import threading
 import time
 import uuid
 from collections import deque
@@ -41,12 +40,11 @@ from bridge.delivery.models import (
     OutboxEvent,
 )
 from bridge.delivery.scheduling import drain_key, schedule_drain
+from bridge.jobs import shutdown_requested
 from bridge.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
 
-# Set on SIGTERM by `bridge worker`: drains stop between batches and hand the rest back.
-shutdown_requested = threading.Event()
 
 TABLE = OutboxEvent.__table__
 outbox = TABLE.c
