@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 import time
@@ -20,11 +19,12 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
+
+from bridge.localserver import JsonHandler, LocalServer, serve_until_signal
 
 log = logging.getLogger(__name__)
 
@@ -214,21 +214,26 @@ class _Reply(NamedTuple):
     delay: float = 0.0
 
 
-class AmplitudeSink:
+class AmplitudeSink(LocalServer):
     """An Amplitude-compatible ingestion server on a daemon thread; every method is thread-safe."""
+
+    label = "amplitude sink"
+    request_queue_size = 128
+
+    @property
+    def handler(self):  # defined below the class
+        return _Handler
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, api_keys: set[str] | None = None, *,
                  record_events: bool = True, track_arrivals: bool = False):
         """`api_keys`: the only keys accepted (None: any). `record_events` False keeps counters only (no
         events, no request log). `track_arrivals` keeps the wall-clock time each insert_id was first
         ingested (latency benchmarks)."""
-        self.host, self.port = host, port
+        super().__init__(host, port)
         self.api_keys = frozenset(api_keys) if api_keys is not None else None
         self.record_events = record_events
         self.track_arrivals = track_arrivals
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._clear()
 
     def _clear(self) -> None:
@@ -240,39 +245,6 @@ class AmplitudeSink:
         self._received = self._ingested = self._duplicates = self._resets = 0
         self._faults: deque[_Fault] = deque()
         self._throttle = _Throttle()
-
-    @property
-    def url(self) -> str:
-        """Base URL of the running sink, e.g. http://127.0.0.1:54321."""
-        if self._server is None:
-            raise RuntimeError("the sink is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> AmplitudeSink:
-        """Listen and serve on a daemon thread; returns self."""
-        if self._server is not None:
-            raise RuntimeError("the sink is already started")
-        self._server = _Server((self.host, self.port), self)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"amplitude-sink-{self.url}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening and release the port; requests in flight may still finish. Idempotent."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> AmplitudeSink:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
     def add_faults(self, faults: Iterable[dict]) -> None:
         """Queue faults that answer the next ingestion requests, in order, instead of the normal handling.
@@ -394,34 +366,17 @@ class AmplitudeSink:
                     self._arrivals[key[2]] = now
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
+class _Handler(JsonHandler):
+    """The ingestion paths, and the /_sink/ control paths."""
 
-    def __init__(self, address: tuple[str, int], sink: AmplitudeSink):
-        super().__init__(address, _Handler)
-        self.sink = sink
-
-    def handle_error(self, request, client_address) -> None:
-        """A client that hung up (after a timeout, say) is routine; anything else is a bug worth a trace."""
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            log.debug("amplitude sink: client %s went away", client_address)
-        else:
-            log.exception("amplitude sink: error handling a request from %s", client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """HTTP/1.1 with keep-alive: the ingestion paths, and the /_sink/ control paths."""
-
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _Server
+    def error_body(self, status: int, message: str) -> object:
+        return {"code": status, "error": message}
 
     def do_POST(self) -> None:
-        raw = self._read_body()
+        raw = self.read_body()
         if raw is None:
             return
-        sink, path = self.server.sink, urlsplit(self.path).path
+        sink, path = self.owner, urlsplit(self.path).path
         if path in ENDPOINTS:
             reply = sink._receive(path, raw, self.headers.get("Content-Encoding", ""))
             if reply.delay:
@@ -434,7 +389,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(*self._control(path, raw))
 
     def _control(self, path: str, raw: bytes) -> tuple[int, dict]:
-        sink = self.server.sink
+        sink = self.owner
         if path == "/_sink/reset":
             sink.reset()
         elif path in ("/_sink/faults", "/_sink/throttle"):
@@ -455,41 +410,19 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         if url.path == "/_sink/stats":
-            self._send(200, self.server.sink.stats())
+            self._send(200, self.owner.stats())
         elif url.path == "/_sink/requests":
-            self._send(200, self.server.sink.requests())
+            self._send(200, self.owner.requests())
         elif url.path == "/_sink/arrivals":
-            self._send(200, self.server.sink.arrivals())
+            self._send(200, self.owner.arrivals())
         elif url.path == "/_sink/events":
             api_key = parse_qs(url.query).get("api_key", [None])[0]
-            self._send(200, self.server.sink.events(api_key))
+            self._send(200, self.owner.events(api_key))
         else:
             self._send(404, {"code": 404, "error": "Not found"})
 
-    def _read_body(self) -> bytes | None:
-        """The request body, or None after answering a request whose body cannot be framed."""
-        if "Transfer-Encoding" in self.headers:
-            self._send(411, {"code": 411, "error": "Length required"}, close=True)
-            return None
-        length = self.headers.get("Content-Length", "0")
-        if not length.isdigit():
-            self._send(400, {"code": 400, "error": "Invalid Content-Length"}, close=True)
-            return None
-        return self.rfile.read(int(length))
-
-    def _send(self, status: int, body: object, close: bool = False) -> None:
-        content = orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(content)))
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(content)
-
-    def log_message(self, format: str, *args) -> None:
-        log.debug(format, *args)
+    def _send(self, status: int, body: object) -> None:
+        self.send_json(status, body)
 
 
 CONTROL_HELP = """\
@@ -526,15 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--track-arrivals", action="store_true",
                         help="keep when each insert_id arrived (GET /_sink/arrivals; latency benchmarks)")
     args = parser.parse_args(argv)
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
     api_keys = set(args.api_keys) if args.api_keys else None
-    with AmplitudeSink(args.host, args.port, api_keys, record_events=args.record_events,
-                       track_arrivals=args.track_arrivals) as sink:
-        print(sink.url, flush=True)
-        stopping.wait()
-    return 0
+    return serve_until_signal(lambda: AmplitudeSink(args.host, args.port, api_keys, record_events=args.record_events,
+                                                    track_arrivals=args.track_arrivals))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import signal
 import sys
 import threading
 import time
@@ -20,11 +19,12 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
+
+from bridge.localserver import JsonHandler, LocalServer, serve_until_signal
 
 from bridge.platforms.onesignal import OneSignal
 
@@ -134,8 +134,15 @@ def _read_tags(raw: bytes) -> dict[str, str] | _Reply:
     return tags
 
 
-class PlatformServer:
+class PlatformServer(LocalServer):
     """A OneSignal-compatible user-tag server on a daemon thread; every method is thread-safe."""
+
+    label = "platform server"
+    request_queue_size = 1024
+
+    @property
+    def handler(self):  # defined below the class
+        return _Handler
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, api_keys: Iterable[str] | None = None, *,
                  every_user_known: bool = False, enforce_limits: bool = False,
@@ -145,13 +152,11 @@ class PlatformServer:
         request for a user whose previous request arrived less than 1 s before, or for an app that already had
         1,000 requests in the second before it. `clock` and `wall_clock`: seconds, monotonic and since the
         epoch, for the arrival times (tests pass their own)."""
-        self.host, self.port = host, port
+        super().__init__(host, port)
         self.api_keys = None if api_keys is None else frozenset(api_keys)
         self.every_user_known, self.enforce_limits = every_user_known, enforce_limits
         self._clock, self._wall_clock = clock, wall_clock
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._clear()
 
     def _clear(self) -> None:
@@ -165,39 +170,6 @@ class PlatformServer:
         self._min_spacing: float | None = None
         self._windows: defaultdict[str, deque[float]] = defaultdict(deque)
         self._max_per_second: Counter[str] = Counter()
-
-    @property
-    def url(self) -> str:
-        """Base URL of the running server, e.g. http://127.0.0.1:54321."""
-        if self._server is None:
-            raise RuntimeError("the platform server is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> PlatformServer:
-        """Listen and serve on a daemon thread; returns self."""
-        if self._server is not None:
-            raise RuntimeError("the platform server is already started")
-        self._server = _Server((self.host, self.port), self)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"platform-server-{self.url}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening and release the port; requests in flight may still finish. Idempotent."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> PlatformServer:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
     def add_users(self, app_id: str, external_ids: Iterable[str]) -> None:
         """Make these users known to the app `app_id` (the others get 404, unless every_user_known)."""
@@ -339,31 +311,14 @@ class PlatformServer:
         return _Reply(202, {"properties": {"tags": applied}})
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024
+class _Handler(JsonHandler):
+    """PATCH on a user's path, and the /_platform/ control paths."""
 
-    def __init__(self, address: tuple[str, int], platform: PlatformServer):
-        super().__init__(address, _Handler)
-        self.platform = platform
-
-    def handle_error(self, request, client_address) -> None:
-        """A client that hung up (after a timeout, say) is routine; anything else is a bug worth a trace."""
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            log.debug("platform server: client %s went away", client_address)
-        else:
-            log.exception("platform server: error handling a request from %s", client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """HTTP/1.1 with keep-alive: PATCH on a user's path, and the /_platform/ control paths."""
-
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _Server
+    def error_body(self, status: int, message: str) -> object:
+        return _errors(status, message).body
 
     def do_PATCH(self) -> None:
-        raw = self._read_body()
+        raw = self.read_body()
         if raw is None:
             return
         match = USER_PATH.fullmatch(urlsplit(self.path).path)
@@ -371,7 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(_errors(404, "Not found"))
             return
         app_id, external_id = unquote(match[1]), unquote(match[2])
-        reply = self.server.platform._receive(app_id, external_id, self.headers.get("Authorization", ""), raw)
+        reply = self.owner._receive(app_id, external_id, self.headers.get("Authorization", ""), raw)
         if reply.delay:
             time.sleep(reply.delay)
         if reply.status is None:
@@ -380,10 +335,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(reply)
 
     def do_POST(self) -> None:
-        raw = self._read_body()
+        raw = self.read_body()
         if raw is None:
             return
-        platform, path = self.server.platform, urlsplit(self.path).path
+        platform, path = self.owner, urlsplit(self.path).path
         try:
             payload = orjson.loads(raw or b"null")
             if path == "/_platform/users" and isinstance(payload, dict) and payload.keys() == USERS_KEYS:
@@ -403,7 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(_Reply(200, {"success": True}))
 
     def do_GET(self) -> None:
-        platform, url = self.server.platform, urlsplit(self.path)
+        platform, url = self.owner, urlsplit(self.path)
         query = {name: values[0] for name, values in parse_qs(url.query).items()}
         if url.path == "/_platform/stats":
             self._send(_Reply(200, platform.stats()))
@@ -417,32 +372,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(_errors(404, "Not found"))
 
-    def _read_body(self) -> bytes | None:
-        """The request body, or None after answering a request whose body cannot be framed."""
-        if "Transfer-Encoding" in self.headers:
-            self._send(_errors(411, "Length required"), close=True)
-            return None
-        length = self.headers.get("Content-Length", "0")
-        if not length.isdigit():
-            self._send(_errors(400, "Invalid Content-Length"), close=True)
-            return None
-        return self.rfile.read(int(length))
-
-    def _send(self, reply: _Reply, close: bool = False) -> None:
-        content = orjson.dumps(reply.body, option=orjson.OPT_NON_STR_KEYS)
-        self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(content)))
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(content)
-
-    def log_message(self, format: str, *args) -> None:
-        log.debug(format, *args)
+    def _send(self, reply: _Reply) -> None:
+        self.send_json(reply.status, reply.body, headers=reply.headers)
 
 
 CONTROL_HELP = """\
@@ -479,14 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--enforce-limits", action="store_true",
                         help="429 for a user's second request within 1 s, and over 1,000 requests/s per app")
     args = parser.parse_args(argv)
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    with PlatformServer(args.host, args.port, args.api_keys, every_user_known=args.every_user_known,
-                        enforce_limits=args.enforce_limits) as server:
-        print(server.url, flush=True)
-        stopping.wait()
-    return 0
+    return serve_until_signal(lambda: PlatformServer(args.host, args.port, args.api_keys,
+                                                     every_user_known=args.every_user_known,
+                                                     enforce_limits=args.enforce_limits))
 
 
 if __name__ == "__main__":
