@@ -205,7 +205,14 @@ def vocabulary(naming: str | None = None, event_names: Mapping[str, str] | None 
     naming = naming or DEFAULT_NAMING
     if naming not in PROFILES:
         raise VocabularyError(f"unknown naming profile {naming!r} (one of {', '.join(NAMINGS)})")
-    names = tuple(sorted({check_kind(kind): check_event_type(name) for kind, name in (event_names or {}).items()}.items()))
+    checked: dict[str, str] = {}
+    for kind, name in (event_names or {}).items():
+        canonical = check_kind(kind)
+        try:
+            checked[canonical] = check_event_type(name)
+        except VocabularyError as exc:
+            raise VocabularyError(f"{kind}: {exc}") from None
+    names = tuple(sorted(checked.items()))
     enabled = None
     if enabled_kinds is not None:
         enabled = frozenset(check_kind(kind) for kind in enabled_kinds)
@@ -291,7 +298,7 @@ def detail(item: dict, key: str) -> object:
     """A channel-specific field (`failure_reason`, `page_id`, `target_id`, ...): from `event.data`,
     where the stream puts it, else from the item's top-level `data`; None when neither holds it."""
     for holder in (item["event"].get("data"), item.get("data")):
-        if holder and holder.get(key) is not None:
+        if holder and holder.get(key) not in (None, ""):
             return holder[key]
     return None
 

@@ -19,7 +19,7 @@ from bridge.db import utcnow
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from support.factories import T0, cohort_batch, new_tenant
-from support.platform import API_KEY, APP_ID
+from support.platform import API_KEY, APP_ID, OTHER_APP_ID
 
 
 @pytest.fixture
@@ -270,7 +270,9 @@ def test_turning_it_off_stops_sending_and_on_again_catches_up(client, tenant, ru
 @pytest.mark.parametrize(("body", "status", "code"), [
     ({"enabled": "yes"}, 400, "invalid_request"),
     ({}, 400, "invalid_request"),
-    ({"enabled": True, "tag_key": "has space"}, 409, "tag_key_conflict"),
+    ({"enabled": True, "tag_key": "has space"}, 400, "invalid_request"),
+    ({"enabled": True, "tag_key": "x" * 129}, 400, "invalid_request"),
+    ({"enabled": True, "tag_key": ""}, 400, "invalid_request"),
     ({"enabled": True, "colour": "red"}, 400, "invalid_request"),
     ([], 400, "invalid_request"),
 ])
@@ -303,3 +305,54 @@ def runner(runtime):
 
     env = {"DATABASE_URL": runtime.settings.database_url, "JOB_RUNNER": "manual", "LOG_LEVEL": "WARNING"}
     return CliRunner(env=env)
+
+
+def test_another_platform_app_gets_every_tag_again_and_the_counts_say_so(client, tenant, runtime, platform_server):
+    platform_server.add_users(APP_ID, ["u1", "u2"])
+    platform_server.add_users(OTHER_APP_ID, ["u1", "u2"])
+    enable(client, tenant)
+    post_batch(client, tenant, runtime, ["u1", "u2"])
+    post_batch(client, tenant, runtime, ["u2"], in_cohort=False, computed_time=T0 + 10)
+    assert platform_server.all_tags(APP_ID) == {"u1": {"amplitude_cohort_c1": "1"}}
+    result = runner(runtime).invoke(main, ["apps", "update", tenant.app_id, "--platform-app-id", OTHER_APP_ID])
+    assert result.exit_code == 0, result.output
+    status = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1", headers=tenant.auth).json["platform_sync"]
+    assert (status["tagged"], status["pending"]) == (0, 1)  # nothing is on the new app yet
+    with freeze_time(utcnow() + timedelta(seconds=2)):
+        tag(runtime, tenant)
+    assert platform_server.all_tags(OTHER_APP_ID) == {"u1": {"amplitude_cohort_c1": "1"}}
+    status = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1", headers=tenant.auth).json["platform_sync"]
+    assert (status["tagged"], status["pending"]) == (1, 0)
+
+
+def test_a_user_the_platform_does_not_know_is_not_the_last_error(client, tenant, runtime, platform_server):
+    platform_server.add_users(APP_ID, ["u1"])
+    enable(client, tenant)
+    post_batch(client, tenant, runtime, ["ghost"])
+    status = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1", headers=tenant.auth).json["platform_sync"]
+    assert status["not_on_platform"] == 1 and status["last_error"] is None
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--platform", "onesignal", "--platform-api-key", "k"], "--platform-app-id is required"),
+    (["--platform", "onesignal", "--platform-app-id", "OS/APP", "--platform-api-key", "k"], "must not hold '/'"),
+    (["--platform", "onesignal", "--platform-app-id", "a", "--platform-api-key", "k", "--platform-rate", "960"],
+     "at most 950"),
+])
+def test_a_bad_connection_is_refused_naming_the_option(runtime, args, error):
+    other = new_tenant(runtime, "Unconnected")
+    result = runner(runtime).invoke(main, ["apps", "update", other.app_id, *args])
+    assert result.exit_code != 0 and error in result.output
+
+
+def test_requests_are_spaced_under_the_apps_rate():
+    from bridge.cohorts.tagger import PACE_SHARE, Pacer
+
+    now, slept = [0.0], []
+    pacer = Pacer(100 * PACE_SHARE, clock=lambda: now[0], sleep=lambda s: (slept.append(s), now.__setitem__(0, now[0] + s)))
+    starts = []
+    for _ in range(300):
+        pacer.wait()
+        starts.append(now[0])
+    most = max(sum(1 for t in starts if a <= t < a + 1.0) for a in starts)
+    assert most <= 100 - 2  # never the full rate in any second: room for the network's jitter

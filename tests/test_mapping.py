@@ -133,6 +133,12 @@ def test_in_app_pages_and_targets_are_carried_from_event_data_or_the_items_data(
         "click_action_id": "cta-upgrade", "target_name": "Upgrade!", "page_id": "p2", "page_name": "Pricing"}
 
 
+def test_an_empty_failure_reason_in_event_data_does_not_hide_the_items_data():
+    raw = event_item("ev-1", "message.push.failed", SUB, "u1", message=SPRING_SALE, data={"failure_reason": "Expired"})
+    raw["event"]["data"] = {"failure_reason": ""}
+    assert mapping.to_amplitude(ITEM_SCHEMA.load(raw), "u1", CURRENT)["event_properties"]["failure_reason"] == "Expired"
+
+
 def test_under_current_naming_the_language_comes_from_the_user_only_when_it_is_text():
     raw = event_item("ev-1", "message.push.clicked", SUB, "u1", message=SPRING_SALE)
     for user, expected in [(None, None), ({"language": "fr"}, "fr"), ({"language": 3}, None), ({"tags": {}}, None)]:

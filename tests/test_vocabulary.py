@@ -185,6 +185,8 @@ def test_the_cli_sets_the_profile_and_names_and_lists_them(cli, runtime):
     (["--event-name", "message.push.sent=" + "x" * 1025], "at most 1,024 characters"),
     (["--kinds", "message.push.failed"], "message.push.failed: no event_type under onesignal-2022"),
     (["--naming", "onesignal-2022", "--kinds", "message.sms.delivered"], "message.sms.delivered: no event_type"),
+    (["--kinds", ""], "'all' for every kind"),
+    (["--event-name", "message.push.clicked= "], "message.push.clicked: an event_type must not be blank"),
 ])
 def test_the_cli_refuses_a_bad_vocabulary_and_changes_nothing(cli, runtime, tenant, args, error):
     with runtime.session() as session:

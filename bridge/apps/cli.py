@@ -7,6 +7,7 @@ from sqlalchemy import select
 from bridge.amplitude.regions import REGIONS
 from bridge.apps.models import TOKEN_KINDS, App
 from bridge.apps.service import AppConfigError, connect_platform, create_app_record, describe, rotate_token, update_app
+from bridge.cohorts import tagging
 from bridge.commands import Context, echo_json, pass_ctx
 from bridge.delivery.scheduling import drain_after_commit
 from bridge.mapping import NAMINGS
@@ -31,7 +32,14 @@ EVENT_NAME = click.option(
 
 
 def _kinds(value: str | None) -> list[str] | None:
-    return [k.strip() for k in value.split(",") if k.strip()] if value else None
+    """`--kinds k1,k2` as a list; None when the option is not given. An empty value is refused: it would
+    otherwise read as "every kind"."""
+    if value is None:
+        return None
+    kinds = [k.strip() for k in value.split(",") if k.strip()]
+    if not kinds:
+        raise click.BadParameter("give kinds (k1,k2), or 'all' for every kind with a name", param_hint="--kinds")
+    return kinds
 
 
 def _load(session, app_id: str) -> App:
@@ -103,9 +111,13 @@ def update(ctx: Context, app_id: str, name, amplitude_api_key, region, kinds, na
             if platform is not None or platform_app_id or platform_api_key or platform_rate is not None:
                 if platform is None and app.platform is None:
                     raise AppConfigError("--platform is required to connect the app to its platform")
+                before = (app.platform, app.platform_app_id)
                 connect_platform(session, app, platform=None if platform == "none" else (platform or app.platform),
                                  platform_app_id=platform_app_id, platform_api_key=platform_api_key,
                                  rate_per_second=platform_rate)
+                if app.platform is not None and before[0] is not None and (app.platform, app.platform_app_id) != before:
+                    # another platform app: what the old one held says nothing of it
+                    tagging.forget_platform_state(session, app_id)
         except AppConfigError as exc:
             raise click.ClickException(str(exc)) from None
         if amplitude_api_key:

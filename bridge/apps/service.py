@@ -105,11 +105,15 @@ def connect_platform(session: Session, app: App, *, platform: str | None, platfo
     else:
         if platform not in PLATFORMS:
             raise AppConfigError(f"platform must be one of {', '.join(PLATFORMS)}")
-        new_id = _platform_field("platform app id", platform_app_id if platform_app_id is not None else app.platform_app_id)
-        new_key = _platform_field("platform API key", platform_api_key if platform_api_key is not None else app.platform_api_key)
-        if rate_per_second is not None and not 0 < rate_per_second <= PLATFORMS[platform].rate_limit_per_second:
-            raise AppConfigError(f"platform rate must be above 0 and at most {PLATFORMS[platform].rate_limit_per_second:g} "
-                                 f"requests per second ({platform}'s limit)")
+        new_id = _platform_field("--platform-app-id", platform_app_id if platform_app_id is not None else app.platform_app_id)
+        if "/" in new_id or "?" in new_id or "#" in new_id:
+            raise AppConfigError("--platform-app-id must not hold '/', '?' or '#' (it is part of the API's paths)")
+        new_key = _platform_field("--platform-api-key", platform_api_key if platform_api_key is not None else app.platform_api_key)
+        # 95% of the platform's cap: room for the network's jitter in when requests arrive
+        highest = 0.95 * PLATFORMS[platform].rate_limit_per_second
+        if rate_per_second is not None and not 0 < rate_per_second <= highest:
+            raise AppConfigError(f"--platform-rate must be above 0 and at most {highest:g} "
+                                 f"requests per second (95% of {platform}'s limit)")
         app.platform, app.platform_app_id, app.platform_api_key = platform, new_id, new_key
         if rate_per_second is not None:
             app.platform_rate_per_second = rate_per_second
@@ -120,10 +124,12 @@ def connect_platform(session: Session, app: App, *, platform: str | None, platfo
     return app
 
 
-def _platform_field(what: str, value: str | None) -> str:
+def _platform_field(option: str, value: str | None) -> str:
     value = (value or "").strip()
-    if not value or len(value) > 500 or any(c.isspace() for c in value):
-        raise AppConfigError(f"{what} must be 1 to 500 characters without spaces")
+    if not value:
+        raise AppConfigError(f"{option} is required to connect the app to its platform")
+    if len(value) > 500 or any(c.isspace() or not c.isprintable() for c in value):
+        raise AppConfigError(f"{option} must be 1 to 500 printable characters without spaces")
     return value
 
 

@@ -193,8 +193,8 @@ def _context(users: dict[str, int], without_external_id: int) -> list[str]:
         notes.append(f"{_count(maybe_reachable, 'matched user has', 'matched users have')} no subscribed record but at "
                      "least one of unknown state: whether a message would reach them is unknown.")
     if without_external_id:
-        notes.append(f"{_count(without_external_id, 'channel record', 'channel records')} of this app "
-                     "have no External User ID and can never match a cohort user.")
+        notes.append(f"{_count(without_external_id, 'channel record of this app has', 'channel records of this app have')} "
+                     "no External User ID and can never match a cohort user.")
     return notes
 
 

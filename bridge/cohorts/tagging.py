@@ -35,7 +35,11 @@ members = CohortMember.__table__.c
 
 
 class PlatformSyncError(ValueError):
-    """A platform-sync setting is invalid; the message names the field and why."""
+    """A platform-sync setting conflicts with the app's state (a taken tag key, say); the message says how."""
+
+
+class InvalidTagKey(PlatformSyncError):
+    """A tag key that is not 1 to 128 of letters, digits, `_ . : -`."""
 
 
 def default_tag_key(cohort_id: str) -> str:
@@ -44,9 +48,9 @@ def default_tag_key(cohort_id: str) -> str:
 
 
 def check_tag_key(key: object) -> str:
-    """A tag key: 1 to 128 of letters, digits, `_ . : -`. Raises PlatformSyncError."""
+    """A tag key: 1 to 128 of letters, digits, `_ . : -`. Raises InvalidTagKey."""
     if not isinstance(key, str) or not _TAG_KEY.fullmatch(key):
-        raise PlatformSyncError("tag_key must be 1 to 128 letters, digits, '_', '.', ':' or '-'")
+        raise InvalidTagKey("tag_key must be 1 to 128 letters, digits, '_', '.', ':' or '-'")
     return key
 
 
@@ -230,8 +234,10 @@ def sync_status(session: Session, app_id: str, cohort_id: str) -> SyncStatus | N
             status.failed[reason or "-"] = status.failed.get(reason or "-", 0) + n
         if last is not None and (status.last_synced_at is None or last > status.last_synced_at):
             status.last_synced_at = last
+    # the latest failure's words (a user the platform does not know is counted, not an error)
     status.last_error = session.scalar(
         select(tags.last_error).where(tags.app_id == app_id, tags.tag_key == sync.tag_key,
+                                      tags.state.in_((TAG_FAILED, TAG_PENDING)),
                                       tags.last_error.is_not(None)).order_by(tags.updated_at.desc()).limit(1))
     return status
 
@@ -280,6 +286,20 @@ def not_on_platform(session: Session, app_id: str, cohort_id: str) -> int:
         return 0
     return session.scalar(select(func.count()).select_from(PlatformTag).where(
         tags.app_id == app_id, tags.tag_key == sync.tag_key, tags.state == TAG_NOT_ON_PLATFORM, tags.value == IN)) or 0
+
+
+def forget_platform_state(session: Session, app_id: str) -> int:
+    """The app now sends to another platform app (or platform): what the old one held says nothing of
+    the new one. Every tag wanted as "1" is pending again; a removal is nothing to do there. Flushed;
+    returns how many tags are pending. The caller queues the tagger."""
+    now = utcnow()
+    session.execute(update(PlatformTag.__table__).where(tags.app_id == app_id, tags.value == IN).values(
+        state=TAG_PENDING, synced_value=None, synced_at=None, reason=None, last_error=None, attempts=0,
+        failing_since=None, updated_at=now))
+    session.execute(update(PlatformTag.__table__).where(tags.app_id == app_id, tags.value == OUT).values(
+        state=TAG_SYNCED, synced_value=None, synced_at=None, reason=None, last_error=None, attempts=0,
+        failing_since=None, updated_at=now))
+    return _mark_users_due(session, app_id)
 
 
 def replay(session: Session, app_id: str | None = None, reason: str | None = None) -> tuple[int, list[str]]:

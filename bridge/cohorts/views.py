@@ -234,6 +234,9 @@ def put_platform_sync(app_id: str, cohort_id: str):
                        "APP_ID --platform onesignal --platform-app-id ID --platform-api-key KEY.")
     try:
         tagging.set_platform_sync(db, app_id, cohort_id, enabled=wanted["enabled"], tag_key=wanted["tag_key"])
+    except tagging.InvalidTagKey as exc:
+        raise ApiError(400, "invalid_request", "The body is not a valid platform-sync setting.",
+                       {"errors": {"tag_key": str(exc)}}) from None
     except tagging.PlatformSyncError as exc:
         raise ApiError(409, "tag_key_conflict", str(exc)) from None
     if wanted["enabled"]:
