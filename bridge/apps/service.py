@@ -11,11 +11,11 @@ from datetime import timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from bridge import tokens
+from bridge import mapping, tokens
 from bridge.amplitude.regions import REGIONS
 from bridge.apps.models import TOKEN_KINDS, App, AppToken
-from bridge import mapping
 from bridge.db import utcnow
+from bridge.platforms import PLATFORMS
 
 
 class AppConfigError(ValueError):
@@ -98,8 +98,6 @@ def connect_platform(session: Session, app: App, *, platform: str | None, platfo
     committed); `platform` None disconnects it (its tags wait, kept). A new connection releases tags held
     by the old one's 429 or refusal. Omitted fields keep their value. `rate_per_second` caps the app's
     requests (None: the platform's default, below its own limit). Raises AppConfigError."""
-    from bridge.platforms import PLATFORMS
-
     if platform is None:
         app.platform = None
     else:

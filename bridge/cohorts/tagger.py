@@ -68,20 +68,21 @@ SPACING_MARGIN = timedelta(milliseconds=50)  # on top of the per-user interval, 
 LINGER = 1.5  # a user due again within this many seconds (the per-user interval) is waited for
 
 
-def tag_key(app_id: str) -> str:
+def tagger_job_key(app_id: str) -> str:
+    """The key that keeps one tagger job of the app queued at a time."""
     return f"tag:{app_id}"
 
 
 def tag_after_commit(session: Session, app_id: str) -> None:
     """Queue the app's tagger when the transaction of `session` commits (once per commit); nothing if
     it rolls back. The periodic sweep queues it too, for anything this misses."""
-    after_commit_once(session, COHORTS, tag_key(app_id), _KEY_TTL, TAG_APP, app_id)
+    after_commit_once(session, COHORTS, tagger_job_key(app_id), _KEY_TTL, TAG_APP, app_id)
 
 
 def schedule_tagging(runtime: Runtime, app_id: str) -> bool:
     """Queue the app's tagger now, unless it is already waiting; best effort (the sweep retries)."""
     try:
-        return runtime.runner.enqueue_once(COHORTS, tag_key(app_id), _KEY_TTL, TAG_APP, app_id)
+        return runtime.runner.enqueue_once(COHORTS, tagger_job_key(app_id), _KEY_TTL, TAG_APP, app_id)
     except Exception as exc:  # noqa: BLE001 - Redis down: the sweep queues it later
         log.warning("could not queue the tagger of app %s (%s); the sweep will", app_id, exc)
         return False
@@ -106,7 +107,7 @@ def schedule_due_tagging(runtime: Runtime) -> int:
 def tag_app(app_id: str, runtime: Runtime | None = None) -> TagReport:
     """Job: send the app's due tags (see the module's docstring). Returns what it did."""
     runtime = runtime or current()
-    runtime.runner.forget(tag_key(app_id))
+    runtime.runner.forget(tagger_job_key(app_id))
     return Tagger(runtime).run(app_id)
 
 
