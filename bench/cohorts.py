@@ -17,17 +17,22 @@ from bridge.runtime import Runtime
 from bridge.settings import Settings
 
 
+def add_members(conn, app_id: str, users: int) -> None:
+    """Cohort 'big' of app `app_id`, with `users` members `user-00000000`, ... (one statement each)."""
+    conn.execute("INSERT INTO cohorts (app_id, cohort_id, name, created_at, updated_at) "
+                 "VALUES (%s, 'big', 'Churn risk - 14 days inactive', now(), now())", (app_id,))
+    conn.execute("""
+        INSERT INTO cohort_members (app_id, cohort_id, user_id, in_cohort, computed_time, updated_at)
+        SELECT %s, 'big', 'user-' || lpad(g::text, 8, '0'), true, 1763856000, now()
+        FROM generate_series(0, %s - 1) g""", (app_id, users))
+
+
 def fill(database_url: str, app_id: str, users: int, records: int) -> None:
     """`users` cohort members; `records` channel records spread over 1.1 × users External User IDs
     (so some members have none and some records belong to non-members), 10% of them without an
     External User ID, one in seven unsubscribed, channels push / email / sms in turn."""
     with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as conn:
-        conn.execute("INSERT INTO cohorts (app_id, cohort_id, name, created_at, updated_at) "
-                     "VALUES (%s, 'big', 'Churn risk - 14 days inactive', now(), now())", (app_id,))
-        conn.execute("""
-            INSERT INTO cohort_members (app_id, cohort_id, user_id, in_cohort, computed_time, updated_at)
-            SELECT %s, 'big', 'user-' || lpad(g::text, 8, '0'), true, 1763856000, now()
-            FROM generate_series(0, %s - 1) g""", (app_id, users))
+        add_members(conn, app_id, users)
         conn.execute("""
             INSERT INTO subscriptions (app_id, subscription_id, channel, type, identifier, external_id,
                                        notification_types, invalid_identifier, subscribed, created_at, updated_at)

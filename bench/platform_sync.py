@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from bench.cohorts import add_members
 from bench.common import (BENCH_SECRET_KEY, REDIS_URL, Proc, analyze, flush_redis, free_port, new_app,
                           scratch_database, start_bridge)
 
@@ -26,12 +27,7 @@ WINDOW = 10.0  # seconds: the sustained rate is the slowest such window's
 def fill(database_url: str, app_id: str, users: int) -> None:
     """`users` members of cohort 'big', all known to the platform."""
     with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as conn:
-        conn.execute("INSERT INTO cohorts (app_id, cohort_id, name, created_at, updated_at) "
-                     "VALUES (%s, 'big', 'Churn risk', now(), now())", (app_id,))
-        conn.execute("""
-            INSERT INTO cohort_members (app_id, cohort_id, user_id, in_cohort, computed_time, updated_at)
-            SELECT %s, 'big', 'user-' || lpad(g::text, 8, '0'), true, 1763856000, now()
-            FROM generate_series(0, %s - 1) g""", (app_id, users))
+        add_members(conn, app_id, users)
     analyze(database_url)
 
 
