@@ -8,9 +8,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PORT=5000
 
 # A plain `pip install .` gives a complete bridge (migrations and the demo's events ship inside the
-# package), so the source is not kept in the image.
-COPY . /src
-RUN pip install --no-cache-dir /src && rm -rf /src \
+# package), so the source is only mounted for the install (BuildKit), never copied into a layer; the
+# mount is writable because pip builds in the source tree, and what it writes there is discarded.
+RUN --mount=type=bind,target=/src,rw pip install --no-cache-dir /src \
     && useradd --create-home --uid 10001 --user-group bridge
 
 USER 10001
