@@ -206,3 +206,16 @@ def test_amplitudes_cohort_webhook_set_up_as_the_guide_says_fills_the_cohort_rep
     shown = wait_until(report, 30, "the cohort report to show the webhook's users")
     assert shown["cohort_name"] == payload["cohort_name"]
     assert shown["users"]["matched"] >= 1  # the event stream above taught the registry user-000123's devices
+
+
+@pytest.mark.slow
+def test_a_quote_printed_unescaped_breaks_the_body_as_the_guide_warns(local):
+    """The guide's stated limit: Liquid printing a value as it is, a double quote in a message name
+    makes the body invalid JSON, refused whole."""
+    item = json.loads(STREAM.read_text(encoding="utf-8"))[0]
+    item["message"]["name"] = 'Say "hi"'
+    app = local["apps"][GUIDE_KEY]
+    answer = httpx.post(f"{local['url']}/v1/apps/{app['app_id']}/events", timeout=10,
+                        content=render(TEMPLATE.read_text(encoding="utf-8"), stream_variables(item)).encode(),
+                        headers={name: value.format(api_key=app["api_key"]) for name, value in STREAM_HEADERS.items()})
+    assert (answer.status_code, answer.json()["error"]) == (400, "invalid_json")
