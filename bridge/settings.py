@@ -41,6 +41,9 @@ def variable(name: str):
 class Settings:
     database_url: str = variable("DATABASE_URL")
     redis_url: str | None = variable("REDIS_URL")
+    # false: a rediss:// REDIS_URL is used without checking the server's certificate (Heroku Redis's is
+    # self-signed); redis_url then carries `ssl_cert_reqs=none`, so every client made from it does so.
+    redis_tls_verify: bool = variable("REDIS_TLS_VERIFY")
     amplitude_base_url: str | None = variable("AMPLITUDE_BASE_URL")
     port: int = variable("PORT")
     job_runner: str = variable("JOB_RUNNER")
@@ -103,7 +106,8 @@ class Settings:
         """Build settings from `env` (default: the process environment), failing fast on bad values."""
         env = os.environ if env is None else env
         reader = _Reader(env)
-        redis_url = _redis_url(reader.text("REDIS_URL"))
+        redis_tls_verify = reader.boolean("REDIS_TLS_VERIFY", True)
+        redis_url = _unverified_tls(_redis_url(reader.text("REDIS_URL")), verify=redis_tls_verify)
         runner = reader.text("JOB_RUNNER") or ("rq" if redis_url else "thread")
         if runner not in JOB_RUNNERS:
             raise ConfigurationError(f"JOB_RUNNER must be one of {', '.join(JOB_RUNNERS)}, got {runner!r}")
@@ -114,6 +118,7 @@ class Settings:
         settings = cls(
             database_url=normalize_database_url(reader.text("DATABASE_URL") or DEFAULT_DATABASE_URL),
             redis_url=redis_url,
+            redis_tls_verify=redis_tls_verify,
             amplitude_base_url=_base_url(reader.text("AMPLITUDE_BASE_URL")),
             port=reader.integer("PORT", 5000, low=1, high=65535),
             job_runner=runner,
@@ -243,6 +248,15 @@ def _redis_url(value: str) -> str | None:
     if problem:
         raise ConfigurationError(f"REDIS_URL must be {expected}, got {shown!r}, which has {problem}")
     return value
+
+
+def _unverified_tls(url: str | None, *, verify: bool) -> str | None:
+    """A rediss:// `url` asking redis-py not to check the server's certificate (its `ssl_cert_reqs=none`
+    query parameter, which also turns the host name check off) unless `verify`, or the URL already says
+    how to check; any other URL as given."""
+    if verify or url is None or not url.startswith("rediss://") or "ssl_cert_reqs=" in url:
+        return url
+    return f"{url}{'&' if urlsplit(url).query else '?'}ssl_cert_reqs=none"
 
 
 SECRET_KEY_MIN_LENGTH = 32

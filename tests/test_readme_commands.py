@@ -111,6 +111,9 @@ RUN_BY: dict[str, tuple[str, ...]] = {
     DB_CURRENT: (f"{THIS_FILE}::test_the_schema_commands_say_what_they_did",),
     DB_DOWNGRADE: (f"{THIS_FILE}::test_the_schema_commands_say_what_they_did",),
     CONFIG: (f"{THIS_FILE}::test_a_setup_line_runs_as_written", f"{THIS_FILE}::test_production_mode_config_masks_credentials"),
+    "hadolint Dockerfile": ("tests/test_deploy.py::test_hadolint_passes_the_dockerfile_and_fails_a_worse_one",),
+    "check-jsonschema --builtin-schema vendor.compose-spec compose.yaml": (
+        "tests/test_deploy.py::test_compose_file_is_valid_by_the_compose_specification_and_a_broken_one_is_not",),
 }
 
 

@@ -182,3 +182,17 @@ def test_a_secret_key_is_required_in_production_and_generated_in_embedded_mode()
         Settings.from_env({"SECRET_KEY": "short"})
     embedded = [Settings.from_env({}).secret_key for _ in range(2)]
     assert len(embedded[0]) >= 32 and embedded[0] != embedded[1]
+
+
+@pytest.mark.parametrize("url, verify, effective", [
+    ("rediss://:pw@redis.example.com:6380", "false", "rediss://:pw@redis.example.com:6380?ssl_cert_reqs=none"),
+    ("rediss://:pw@redis.example.com:6380/1?health_check_interval=5", "false",
+     "rediss://:pw@redis.example.com:6380/1?health_check_interval=5&ssl_cert_reqs=none"),
+    ("rediss://:pw@redis.example.com:6380?ssl_cert_reqs=optional", "false", "rediss://:pw@redis.example.com:6380?ssl_cert_reqs=optional"),
+    ("rediss://:pw@redis.example.com:6380", "", "rediss://:pw@redis.example.com:6380"),
+    ("redis://127.0.0.1:6379/0", "false", "redis://127.0.0.1:6379/0"),
+])
+def test_redis_tls_verify_false_turns_the_certificate_check_off_for_tls_urls_only(url, verify, effective):
+    settings = Settings.from_env({"REDIS_URL": url, "REDIS_TLS_VERIFY": verify, "SECRET_KEY": "k" * 32})
+    assert settings.redis_url == effective
+    assert settings.redis_tls_verify is (verify != "false")
