@@ -40,6 +40,7 @@ from bridge.delivery.models import (
     OutboxEvent,
 )
 from bridge.delivery.scheduling import drain_key, schedule_drain
+from bridge.delivery.throughput import count_delivered
 from bridge.jobs import shutdown_requested
 from bridge.runtime import Runtime, current
 
@@ -410,6 +411,7 @@ class Pusher:
         values: dict[str, object] = {}
         if delivered:
             values.update(delivered_total=App.delivered_total + delivered, last_delivered_at=now)
+            count_delivered(session, app.id, delivered, now)
         if error:
             values.update(last_delivery_error=error[:2000], last_delivery_error_at=now)
         if held:
