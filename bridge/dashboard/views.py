@@ -70,6 +70,7 @@ def _when(at) -> str:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
+    """The login form; POST: 303 to the apps with a new session for ADMIN_TOKEN, else the form again, 401."""
     if request.method == "POST":
         if auth.log_in(request.form.get("token", "")):
             return redirect(url_for("dashboard.apps"), 303)
@@ -85,6 +86,7 @@ def logout():
 
 @bp.get("")
 def apps():
+    """The apps, the first MOST_APPS by name."""
     rows = get_db().execute(select(App.id, App.name, App.region, App.platform).order_by(App.name, App.id)
                             .limit(MOST_APPS)).all()
     return render_template("dashboard/apps.html", apps=rows, most=MOST_APPS)
@@ -92,6 +94,8 @@ def apps():
 
 @bp.get("/apps/<app_id>")
 def app_page(app_id: str):
+    """Delivery health (`delivery_stats`, what /deliveries/stats answers), dead letters by reason with
+    their replay buttons, and the app's cohorts (the first MOST_COHORTS by id). 404 for an unknown app."""
     db = get_db()
     app = _app(app_id)
     stats = delivery_stats(db, app)
@@ -108,6 +112,9 @@ def app_page(app_id: str):
 
 @bp.post("/apps/<app_id>/replay")
 def replay(app_id: str):
+    """Re-queue the app's dead events of `reason` (all of them without one; "unresolved_user" resolves
+    skipped events again), then 303 back to the app's page, which says how many. 400 for another reason,
+    404 for an unknown app."""
     app = _app(app_id)
     reason = request.form.get("reason") or None
     if reason is not None and reason not in REPLAYABLE_REASONS:
@@ -121,6 +128,8 @@ def replay(app_id: str):
 
 @bp.get("/apps/<app_id>/cohorts/<cohort_id>")
 def cohort_page(app_id: str, cohort_id: str):
+    """The cohort's report (`report.cohort_report`, what the API answers) as a waterfall and tables, its
+    platform sync and its SYNC_HISTORY latest batches. 404 for an unknown app or cohort."""
     db = get_db()
     app = _app(app_id)
     cohort = db.get(Cohort, (app.id, cohort_id))
