@@ -411,7 +411,6 @@ class Pusher:
         values: dict[str, object] = {}
         if delivered:
             values.update(delivered_total=App.delivered_total + delivered, last_delivered_at=now)
-            count_delivered(session, app.id, delivered, now)
         if error:
             values.update(last_delivery_error=error[:2000], last_delivery_error_at=now)
         if held:
@@ -419,6 +418,8 @@ class Pusher:
                           delivery_held_until=now + timedelta(seconds=self.settings.delivery_invalid_key_pause_seconds))
         if values:
             session.execute(update(App).where(App.id == app.id).values(**values))
+        if delivered:  # after the app's row, whose lock orders the workers sending this app's events
+            count_delivered(session, app.id, delivered, now)
 
     def backoff(self, attempt: int) -> float:
         """Seconds before retry number `attempt` (1, 2, ...): exponential, capped, with jitter in [d/2, d]."""

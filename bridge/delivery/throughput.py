@@ -25,8 +25,10 @@ def minute_of(at: datetime) -> datetime:
 
 def count_delivered(session: Session, app_id: str, delivered: int, at: datetime) -> None:
     """Add `delivered` events to `app_id`'s count of the minute holding `at`, in the caller's transaction:
-    the pusher's, which deletes those events from the outbox. One upsert on (app, minute); the workers
-    sending one app's events at once share the row for that minute, as they share the app's row."""
+    the pusher's, which deletes those events from the outbox. One upsert on (app, minute). The pusher
+    calls it after updating the app's row: on PostgreSQL a drain holds its locks until its batch commits,
+    so two workers sending one app's events queue on the app's row first, and never each hold a minute's
+    row the other waits for (a batch can span two minutes)."""
     insert = dialect_insert(session, TABLE).values(app_id=app_id, minute=minute_of(at), delivered=delivered)
     session.execute(insert.on_conflict_do_update(
         index_elements=["app_id", "minute"], set_={"delivered": minutes.delivered + insert.excluded.delivered}))
