@@ -9,6 +9,7 @@ import re
 import pytest
 from sqlalchemy import select
 
+from bridge.dashboard.charts import waterfall
 from bridge.delivery.models import OutboxEvent
 from bridge.settings import ConfigurationError, Settings
 from bridge.web import create_app
@@ -236,3 +237,13 @@ def test_names_from_outside_are_escaped_in_every_page(browser, client, runtime):
 def test_the_api_document_leaves_the_dashboards_pages_out(client):
     paths = client.get("/openapi.json").json["paths"]
     assert paths and not [path for path in paths if path.startswith("/dashboard")]
+
+
+def test_the_waterfall_walks_from_the_users_to_the_segment_size():
+    explanations = [{"cause": "users_without_channel_record", "delta": -3},
+                    {"cause": "users_with_multiple_devices", "delta": 2}, {"cause": "unsubscribed_records", "delta": -1}]
+    steps = waterfall(5, explanations, 3)
+    assert [(s["label"], s["from"], s["to"], s["kind"]) for s in steps] == [
+        ("Users in cohort", 0, 5, "total"), ("No channel record", 5, 2, "down"), ("Extra devices", 2, 4, "up"),
+        ("Unsubscribed", 4, 3, "down"), ("Segment size", 0, 3, "total")]
+    assert [(s["label"], s["to"]) for s in waterfall(4, [], 4)] == [("Users in cohort", 4), ("Segment size", 4)]
