@@ -1,8 +1,9 @@
 """Cohorts: webhook acknowledgement time for 10,000-user batches (gunicorn, Redis, one worker applying
 them), and the report for a 1,000,000-user cohort over 3,000,000 channel records next to one
-hand-written SQL aggregate on the same tables."""
+hand-written SQL aggregate on the same tables, and the dashboard's pages of that cohort and its app."""
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -63,6 +64,27 @@ def report_times(database_url: str, app_id: str, repeat: int) -> tuple[float, fl
     return median(ours), median(theirs)
 
 
+def dashboard_times(database_url: str, app_id: str, repeat: int) -> tuple[float, float]:
+    """Median seconds of the dashboard's cohort page and app page (the Flask app in process, logged in),
+    each answered 200."""
+    from bridge.web import create_app
+
+    token = "bench-admin-token-" + "0" * 32
+    client = create_app({"DATABASE_URL": database_url, "JOB_RUNNER": "manual", "ADMIN_TOKEN": token,
+                         "SECRET_KEY": BENCH_SECRET_KEY, "LOG_LEVEL": "WARNING"}).test_client()
+    client.environ_base["wsgi.url_scheme"] = "https"  # the cookie is Secure
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/dashboard/login").text).group(1)
+    assert client.post("/dashboard/login", data={"token": token, "csrf_token": csrf}).status_code == 303
+    times: dict[str, list[float]] = {"cohort": [], "app": []}
+    for _ in range(repeat):
+        for page, path in (("cohort", f"/dashboard/apps/{app_id}/cohorts/big"), ("app", f"/dashboard/apps/{app_id}")):
+            start = time.perf_counter()
+            status = client.get(path).status_code
+            times[page].append(time.perf_counter() - start)
+            assert status == 200, (path, status)
+    return median(times["cohort"]), median(times["app"])
+
+
 def ack_times(database_url: str, app_id: str, token: str, batches: int) -> dict[str, float]:
     """Post `batches` 10,000-user webhook batches; returns ack p50/p99 (ms) and process peak RSS."""
     flush_redis()
@@ -104,11 +126,14 @@ def run(users: int, records: int, batches: int, repeat: int) -> list[tuple[str, 
         acks = ack_times(database_url, app_id, tokens.cohort_token, batches)
         fill(database_url, app_id, users, records)
         ours, theirs = report_times(database_url, app_id, repeat)
+        cohort_page, app_page = dashboard_times(database_url, app_id, repeat)
     return [
         ("cohort webhook ack, 10,000-user batch: p50 / p99 (ms)", f"{acks['p50']:.0f} / {acks['p99']:.0f}",
          f"{batches} batches over HTTP, worker applying them meanwhile"),
         ("cohort report (s)", f"{ours:.2f}", f"{users:,} users, {records:,} channel records"),
         ("hand-written SQL aggregate (s)", f"{theirs:.2f}", "report.EQUIVALENT_SQL, same tables"),
         ("report / aggregate", f"{ours / theirs:.2f}x", "target ≤ 2x"),
+        ("dashboard: cohort page / app page (s)", f"{cohort_page:.2f} / {app_page:.2f}",
+         "the same cohort; the app page counts it among the app's cohorts"),
         ("web / worker peak RSS, cohorts (MB)", f"{acks['web']:.0f} / {acks['worker']:.0f}", ""),
     ]

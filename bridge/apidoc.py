@@ -85,3 +85,14 @@ def query_parameter(name: str, schema: dict, description: str = "") -> dict:
 
 
 APP_ID = path_parameter("app_id", 36)  # every /v1/apps/<app_id>/... route
+
+
+def pages_for_people(blueprint):
+    """Mark `blueprint`'s routes as HTML pages (the operator dashboard), not part of the API: the OpenAPI
+    document leaves them out, and they need no `@documented`. Returns `blueprint`."""
+    blueprint.pages_for_people = True
+    return blueprint
+
+
+def is_pages_for_people(blueprint) -> bool:
+    return getattr(blueprint, "pages_for_people", False)

@@ -19,6 +19,7 @@ from bridge.cohorts.tagger import schedule_due_tagging
 from bridge.db import utcnow
 from bridge.delivery.models import EventReceipt
 from bridge.delivery.scheduling import schedule_due
+from bridge.delivery.throughput import prune_minutes
 from bridge.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def sweep(runtime: Runtime | None = None) -> dict[str, int]:
 
 def prune(runtime: Runtime, older_than_days: int, batch: int = 10_000) -> dict[str, int]:
     """Forget what is kept only for a while, in bounded transactions (`batch` rows each); returns how
-    many of each were pruned: `{"event_receipts", "cohort_batch_user_lists", "message_catalog"}`.
+    many of each were pruned: `{"event_receipts", "cohort_batch_user_lists", "message_catalog", "delivered_minutes"}`.
 
     Older than `older_than_days` (ValueError under 7):
     - event receipts: a re-post of an event older than this is accepted again (Amplitude itself
@@ -45,13 +46,16 @@ def prune(runtime: Runtime, older_than_days: int, batch: int = 10_000) -> dict[s
 
     Not seen for MESSAGE_CATALOG_RETENTION_DAYS (the setting, not `older_than_days`): the message
     catalog's entries no event named for that long; a late event of such a message is sent without
-    its details, and counted as unseen."""
+    its details, and counted as unseen.
+
+    Older than a day, whatever `older_than_days`: the per-minute counts of delivered events (the stats
+    read the last hour)."""
     if older_than_days < 7:
         raise ValueError("keep at least 7 days: Amplitude deduplicates insert_ids over 7 days")
     cutoff = utcnow() - timedelta(days=older_than_days)
     receipts = EventReceipt.__table__.c
     batches = CohortBatch.__table__.c
-    pruned = {"event_receipts": 0, "cohort_batch_user_lists": 0, "message_catalog": 0}
+    pruned = {"event_receipts": 0, "cohort_batch_user_lists": 0, "message_catalog": 0, "delivered_minutes": 0}
     with runtime.session() as session:
         while True:
             stale = select(receipts.app_id, receipts.source_event_id).where(receipts.created_at < cutoff).limit(batch)
@@ -67,5 +71,7 @@ def prune(runtime: Runtime, older_than_days: int, batch: int = 10_000) -> dict[s
         session.commit()
         unseen_since = utcnow() - timedelta(days=runtime.settings.message_catalog_retention_days)
         pruned["message_catalog"] = prune_catalog(session, unseen_since, batch=batch, checkpoint=session.commit)
+        pruned["delivered_minutes"] = prune_minutes(session)
+        session.commit()
     log.info("pruned %s", pruned)
     return pruned

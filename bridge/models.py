@@ -2,8 +2,8 @@
 from bridge.apps.models import App, AppToken
 from bridge.catalog.models import MessageCatalogEntry, MessageDetailsTotal
 from bridge.cohorts.models import Cohort, CohortBatch, CohortMember, CohortPlatformSync, PlatformTag, PlatformUser
-from bridge.delivery.models import EventReceipt, OutboxEvent
+from bridge.delivery.models import DeliveredMinute, EventReceipt, OutboxEvent
 from bridge.registry.models import Subscription
 
-__all__ = ["App", "AppToken", "Cohort", "CohortBatch", "CohortMember", "CohortPlatformSync", "EventReceipt",
+__all__ = ["App", "AppToken", "Cohort", "CohortBatch", "CohortMember", "CohortPlatformSync", "DeliveredMinute", "EventReceipt",
            "MessageCatalogEntry", "MessageDetailsTotal", "OutboxEvent", "PlatformTag", "PlatformUser", "Subscription"]

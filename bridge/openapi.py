@@ -19,7 +19,7 @@ from marshmallow import fields
 
 from bridge import fields as shared
 from bridge import times
-from bridge.apidoc import Body, Limit, Operation, operation_of
+from bridge.apidoc import Body, Limit, Operation, is_pages_for_people, operation_of
 from bridge.apps.auth import token_kind_of
 from bridge.cohorts import schemas as cohorts
 from bridge.errors import ErrorSchema
@@ -138,6 +138,8 @@ def _paths(app: Flask, settings: Settings) -> dict[str, tuple[list[dict], dict]]
     per method, from the declarations on the views."""
     paths: dict[str, tuple[list[dict], dict]] = {}
     for rule in app.url_map.iter_rules():
+        if is_pages_for_people(app.blueprints.get(rule.endpoint.rpartition(".")[0])):
+            continue
         view = app.view_functions[rule.endpoint]
         declared = operation_of(view)
         if declared is None:

@@ -49,8 +49,12 @@ class Settings:
     job_runner: str = variable("JOB_RUNNER")
     log_level: str = variable("LOG_LEVEL")
     log_format: str = variable("LOG_FORMAT")
-    # Signs and encrypts paging cursors; generated per process in embedded mode.
+    # Signs and encrypts paging cursors, and signs the dashboard's session cookie; generated per process in
+    # embedded mode.
     secret_key: str = variable("SECRET_KEY")
+    # The operator dashboard (/dashboard): its login token (unset: no dashboard), and its cookie's Secure flag.
+    admin_token: str | None = variable("ADMIN_TOKEN")
+    dashboard_cookie_secure: bool = variable("DASHBOARD_COOKIE_SECURE")
     # Web tier
     web_concurrency: int = variable("WEB_CONCURRENCY")
     web_read_timeout_seconds: int = variable("WEB_READ_TIMEOUT_SECONDS")
@@ -125,6 +129,8 @@ class Settings:
             log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, "INFO"),
             log_format=reader.choice("LOG_FORMAT", LOG_FORMATS, "text"),
             secret_key=_secret_key(reader.text("SECRET_KEY"), production=bool(redis_url)),
+            admin_token=_admin_token(reader.text("ADMIN_TOKEN")),
+            dashboard_cookie_secure=reader.boolean("DASHBOARD_COOKIE_SECURE", True),
             web_concurrency=reader.integer("WEB_CONCURRENCY", 2, low=1),
             web_read_timeout_seconds=reader.integer("WEB_READ_TIMEOUT_SECONDS", 30, low=1, high=3600),
             web_max_connections=reader.integer("WEB_MAX_CONNECTIONS", 1000, low=10, high=100_000),
@@ -185,11 +191,12 @@ class Settings:
 
     def redacted(self) -> dict[str, object]:
         """Every variable's effective value, by variable name (`{"DATABASE_URL": ..., "PORT": 5000, ...}`),
-        for `bridge config`: SECRET_KEY shown as `***`, passwords in URLs masked (`mask_url`)."""
+        for `bridge config`: SECRET_KEY and ADMIN_TOKEN (when set) shown as `***`, passwords in URLs masked
+        (`mask_url`)."""
         out: dict[str, object] = {}
         for name, variable_name in self.variables().items():
             value = getattr(self, name)
-            if name == "secret_key":
+            if name == "secret_key" or (name == "admin_token" and value):
                 value = "***"
             out[variable_name] = mask_url(value) if name.endswith("_url") and isinstance(value, str) else value
         return out
@@ -273,6 +280,17 @@ def _secret_key(value: str, *, production: bool) -> str:
         return secrets.token_hex(32)
     if len(value) < SECRET_KEY_MIN_LENGTH:
         raise ConfigurationError(f"SECRET_KEY must be at least {SECRET_KEY_MIN_LENGTH} characters, got {len(value)}")
+    return value
+
+
+def _admin_token(value: str) -> str | None:
+    """ADMIN_TOKEN, the operator dashboard's login: None when unset (no dashboard is served). At least
+    SECRET_KEY_MIN_LENGTH characters, so that guessing it is hopeless and failed logins need no throttle."""
+    if not value:
+        return None
+    if len(value) < SECRET_KEY_MIN_LENGTH:
+        raise ConfigurationError(f"ADMIN_TOKEN must be at least {SECRET_KEY_MIN_LENGTH} characters, got {len(value)}: "
+                                 "set random characters, e.g. the output of `openssl rand -hex 32`")
     return value
 
 

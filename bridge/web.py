@@ -15,6 +15,7 @@ from bridge.apidoc import documented
 from bridge.apps.auth import TokenCache
 from bridge.apps.views import bp as apps_bp
 from bridge.cohorts.views import bp as cohorts_bp
+from bridge.dashboard import views as dashboard
 from bridge.delivery.views import bp as delivery_bp
 from bridge.errors import register_error_handlers
 from bridge.health import HealthCheck, HealthSchema, LivenessSchema, SchemaGate
@@ -99,6 +100,8 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
 
     for blueprint in (apps_bp, intake_bp, delivery_bp, registry_bp, cohorts_bp):
         app.register_blueprint(blueprint)
+    if settings.admin_token:  # the operator dashboard's pages; without a token, /dashboard is a 404
+        dashboard.init_app(app, settings)
 
     @app.get("/openapi.json")
     @documented("This document", answer={"type": "object"})

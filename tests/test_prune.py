@@ -19,7 +19,7 @@ def test_old_receipts_are_forgotten_and_recent_ones_kept(client, tenant, runtime
         client.post(f"/v1/apps/{tenant.app_id}/events", json=event_items(2, start=1), headers=tenant.auth)
     client.post(f"/v1/apps/{tenant.app_id}/events", json=[event_item("evt-3")], headers=tenant.auth)
     assert prune(runtime, older_than_days=30, batch=1) == {
-        "event_receipts": 2, "cohort_batch_user_lists": 0, "message_catalog": 0}
+        "event_receipts": 2, "cohort_batch_user_lists": 0, "message_catalog": 0, "delivered_minutes": 0}
     with runtime.session() as session:
         assert session.scalars(select(EventReceipt.source_event_id)).all() == ["evt-3"]
     # a re-post of a forgotten event is accepted again; a recent one is still a duplicate

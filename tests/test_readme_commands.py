@@ -384,7 +384,8 @@ def forgets_old_receipts(setup: Embedded, words: list[str]) -> None:
               "last_seen_at": now - timedelta(days=181)},
              {"app_id": setup.app_id, "message_id": f"new-{uuid.uuid4().hex}", "name": "New", "name_at": 0,
               "last_seen_at": now - timedelta(days=179)})
-    assert setup.run(words) == {"event_receipts": 1, "cohort_batch_user_lists": 0, "message_catalog": 1}
+    assert setup.run(words) == {"event_receipts": 1, "cohort_batch_user_lists": 0, "message_catalog": 1,
+                               "delivered_minutes": 0}
 
 
 def connects_the_platform(setup: Embedded, words: list[str]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, PrimaryKeyConstraint, Text, text
+from sqlalchemy import BigInteger, Column, Index, PrimaryKeyConstraint, Text, text
 from sqlmodel import Field, SQLModel
 
 from bridge.db import BIGINT_PK, UtcDateTime, utcnow
@@ -87,3 +87,16 @@ class EventReceipt(SQLModel, table=True):
     app_id: str = Field(max_length=36)
     source_event_id: str = Field(max_length=128)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class DeliveredMinute(SQLModel, table=True):
+    """How many of an app's events Amplitude accepted in one minute (UTC, the minute's start): the history
+    behind the stats' `delivered_last_hour`. Delivered rows leave the outbox, so the pusher counts them
+    here in the transaction that deletes them; `bridge prune` forgets minutes older than a day."""
+
+    __tablename__ = "delivered_minutes"
+    __table_args__ = (PrimaryKeyConstraint("app_id", "minute", name="pk_delivered_minutes"),)
+
+    app_id: str = Field(foreign_key="apps.id", max_length=36)
+    minute: datetime = Field(sa_type=UtcDateTime)
+    delivered: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))

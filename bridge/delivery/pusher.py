@@ -40,6 +40,7 @@ from bridge.delivery.models import (
     OutboxEvent,
 )
 from bridge.delivery.scheduling import drain_key, schedule_drain
+from bridge.delivery.throughput import count_delivered
 from bridge.jobs import shutdown_requested
 from bridge.runtime import Runtime, current
 
@@ -417,6 +418,8 @@ class Pusher:
                           delivery_held_until=now + timedelta(seconds=self.settings.delivery_invalid_key_pause_seconds))
         if values:
             session.execute(update(App).where(App.id == app.id).values(**values))
+        if delivered:  # after the app's row, whose lock orders the workers sending this app's events
+            count_delivered(session, app.id, delivered, now)
 
     def backoff(self, attempt: int) -> float:
         """Seconds before retry number `attempt` (1, 2, ...): exponential, capped, with jitter in [d/2, d]."""

@@ -30,6 +30,13 @@ class MessageDetailsSchema(Schema):
         "description": "Messages the app's catalog holds now (pruned after MESSAGE_CATALOG_RETENTION_DAYS unseen)."})
 
 
+class DeliveredLastHourSchema(Schema):
+    start = fields.DateTime(required=True, metadata={"description": "The start (UTC) of the first minute counted."})
+    per_minute = fields.List(fields.Integer(), required=True, metadata={
+        "description": "Events Amplitude accepted in each of the last 60 minutes, oldest first; the last is the "
+                       "current minute, still counting."})
+
+
 class DeliveryStatsSchema(Schema):
     """Counts per outbox state, what is retrying, the last error, whether delivery is held, and what the
     message catalog did."""
@@ -38,6 +45,7 @@ class DeliveryStatsSchema(Schema):
     retrying = fields.Integer(required=True)
     oldest_pending_at = fields.DateTime(required=True, allow_none=True)
     delivered = fields.Integer(required=True)
+    delivered_last_hour = fields.Nested(DeliveredLastHourSchema, required=True)
     dead = fields.Nested(ReasonCountsSchema, required=True)
     skipped = fields.Nested(ReasonCountsSchema, required=True)
     last_error = fields.Nested(LastErrorSchema, required=True, allow_none=True)

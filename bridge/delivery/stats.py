@@ -8,6 +8,7 @@ from bridge.apps.models import App
 from bridge.catalog.service import detail_counts
 from bridge.db import utcnow
 from bridge.delivery.models import DEAD, PENDING, SKIPPED, OutboxEvent
+from bridge.delivery.throughput import delivered_last_hour
 
 outbox = OutboxEvent.__table__.c
 
@@ -18,7 +19,8 @@ def delivery_stats(session: Session, app: App) -> dict[str, object]:
     catalog did to the app's events: the data of `DeliveryStatsSchema`, which shows it (times as
     datetimes here).
 
-    Delivered events have left the outbox; their number is the app's running total. The catalog's
+    Delivered events have left the outbox; their number is the app's running total, and the last hour's
+    are counted per minute (`bridge.delivery.throughput`). The catalog's
     counts are read the same way, with no counter the intake writes: each outbox row records what
     completing its event did (`message_details`), counted here by the same grouped read as the states,
     and the pusher adds a delivered row's outcome to the app's totals in the transaction deleting it.
@@ -45,6 +47,7 @@ def delivery_stats(session: Session, app: App) -> dict[str, object]:
         "retrying": pending[0],
         "oldest_pending_at": pending[1],
         "delivered": app.delivered_total,
+        "delivered_last_hour": delivered_last_hour(session, app.id, now),
         "dead": {"total": sum(counts[DEAD].values()), "reasons": counts[DEAD]},
         "skipped": {"total": sum(counts[SKIPPED].values()), "reasons": counts[SKIPPED]},
         "last_error": {"message": app.last_delivery_error, "at": app.last_delivery_error_at} if app.last_delivery_error else None,

@@ -1,0 +1,160 @@
+"""End to end, in a real browser: the operator dashboard of a real `bridge web` (gunicorn, PostgreSQL,
+Redis) with a `bridge worker`, opened in headless Chromium.
+
+An app's events are delivered, two of them dead-lettered by Amplitude; a cohort arrives through the
+webhook. The operator logs in, opens the app and the cohort: every number the pages show equals what the
+JSON API answers. The replay button brings the dead letters back, and they are delivered. Screenshots
+of both pages are kept in test-artifacts/ (support.browser.ARTIFACTS).
+"""
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from bridge.platforms.server import PlatformServer
+from support.browser import artifact, chromium
+from support.databases import libpq_url, truncate
+from support.factories import channel_record, cohort_batch, event_items
+from support.platform import API_KEY, APP_ID
+from support.processes import SECRET_KEY, bridge_cli, start_web, start_worker, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ADMIN_TOKEN = "e2e-operator-token-0123456789abcdef0123456789"
+NAME = "Shop <b>&</b> co"  # shown as text, never as markup
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium, opened first: without one the test skips (fails in CI) before starting anything."""
+    with chromium() as opened:
+        yield opened
+
+
+@pytest.fixture
+def platform():
+    with PlatformServer(api_keys={API_KEY}) as server:
+        server.add_users(APP_ID, [f"user-{n:06d}" for n in range(5)])  # users 5 and 6 it does not know
+        yield server
+
+
+@pytest.fixture
+def env(postgresql_url, redis_url, sink, platform):
+    truncate(postgresql_url)
+    return {"DATABASE_URL": libpq_url(postgresql_url), "REDIS_URL": redis_url, "AMPLITUDE_BASE_URL": sink.url,
+            "PLATFORM_BASE_URL": platform.url, "SECRET_KEY": SECRET_KEY, "ADMIN_TOKEN": ADMIN_TOKEN, "SWEEP_INTERVAL_SECONDS": "0.3",
+            "DELIVERY_LINGER_SECONDS": "0", "LOG_LEVEL": "INFO", "WEB_CONCURRENCY": "1"}
+
+
+def shown(page, scope: str = "body") -> dict[str, int]:
+    """The numbers a page shows in its `data-stat` cells, by name (thousands separators read away)."""
+    cells = page.locator(f"{scope} [data-stat]")
+    numbers = {}
+    for i in range(cells.count()):
+        text = cells.nth(i).inner_text().strip().replace(",", "").replace("−", "-")
+        if re.fullmatch(r"[+-]?\d+", text):
+            numbers[cells.nth(i).get_attribute("data-stat")] = int(text)
+    return numbers
+
+
+def test_the_operator_sees_the_apis_numbers_and_replays_dead_letters(browser, env, sink, tmp_path):
+    app = bridge_cli(env, "apps", "create", "--name", NAME, "--amplitude-api-key", "amp-e2e-key")
+    auth, hook = {"Authorization": f"Bearer {app['api_key']}"}, {"Authorization": f"Bearer {app['cohort_token']}"}
+    base = f"/v1/apps/{app['app_id']}"
+    bridge_cli(env, "apps", "update", app["app_id"], "--platform", "onesignal", "--platform-app-id", APP_ID,
+               "--platform-api-key", API_KEY)
+    sink.add_faults([{"status": 400, "body": {"code": 400, "error": "Invalid field values on some events",
+                                             "events_with_invalid_fields": {"time": [1, 4]}}}])
+    web, url = start_web(env, tmp_path / "web.log")
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        api = httpx.Client(base_url=url, timeout=10)
+        assert api.post(f"{base}/events", json=event_items(12), headers=auth).status_code == 202
+        records = [channel_record("sub-1", external_id="user-000000", notification_types=1),
+                   channel_record("sub-2", external_id="user-000000", notification_types=1, type="Email"),
+                   channel_record("sub-3", external_id="user-000001", notification_types=1),
+                   channel_record("sub-4", external_id="user-000002", notification_types=-2)]
+        assert api.post(f"{base}/subscriptions", json=records, headers=auth).status_code == 200
+        assert api.put(f"{base}/cohorts/churn/platform-sync", json={"enabled": True}, headers=auth).status_code == 200
+        webhook = cohort_batch(7, cohort_id="churn", cohort_name="Churn <script>alert(1)</script>")
+        assert api.post(f"{base}/amplitude/cohorts", json=webhook, headers=hook).status_code == 200
+
+        def stats():
+            return api.get(f"{base}/deliveries/stats", headers=auth).json()
+
+        wait_until(lambda: stats()["pending"] == 0 and stats()["dead"]["total"] == 2, 30, "delivery to settle")
+
+        def synced():
+            body = api.get(f"{base}/cohorts/churn", headers=auth).json()
+            return body["users"]["in_cohort"] == 7 and body["platform_sync"]["pending"] == 0
+
+        wait_until(synced, 30, "the cohort batch to be applied and its tags sent")
+        delivery, report = stats(), api.get(f"{base}/cohorts/churn", headers=auth).json()
+
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems: list[str] = []
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("response", lambda response: problems.append(f"{response.status} {response.url}")
+                if response.status >= 400 else None)
+
+        page.goto(f"{url}/dashboard")
+        assert page.url == f"{url}/dashboard/login"
+        page.fill("#token", ADMIN_TOKEN)
+        page.click("form.login button")
+        page.wait_for_url(f"{url}/dashboard")
+
+        page.get_by_role("link", name=NAME).click()
+        page.wait_for_url(f"{url}/dashboard/apps/{app['app_id']}")
+        assert page.locator("h1").inner_text().startswith(NAME)
+        numbers = shown(page)
+        assert numbers["pending"] == delivery["pending"] == 0
+        assert numbers["delivered"] == delivery["delivered"] == 10
+        assert numbers["delivered_last_hour"] == sum(delivery["delivered_last_hour"]["per_minute"]) == 10
+        assert numbers["dead.total"] == delivery["dead"]["total"] == 2
+        assert numbers["dead.reasons.amplitude_400"] == delivery["dead"]["reasons"]["amplitude_400"]
+        assert delivery["last_error"]["message"] in page.locator('[data-stat="last_error"]').inner_text()
+        assert page.evaluate("Chart.getChart(document.getElementById('minutes-chart')).data.datasets[0].data"
+                             ".reduce((a, b) => a + b, 0)") == 10
+        page.screenshot(path=artifact("dashboard-app.png"), full_page=True)
+
+        page.get_by_role("link", name="churn").click()
+        page.wait_for_url(f"{url}/dashboard/apps/{app['app_id']}/cohorts/churn")
+        numbers = shown(page)
+        assert numbers["users.in_cohort"] == report["users"]["in_cohort"] == 7
+        assert numbers["segment_size"] == report["segment_size"] == 3
+        assert {cause: numbers[f"explanations.{cause}"] for cause in (e["cause"] for e in report["explanations"])} \
+            == {e["cause"]: e["delta"] for e in report["explanations"]}
+        for key, value in report["users"].items():
+            assert numbers[f"users.{key}"] == value, key
+        for channel, counts in report["devices"]["by_channel"].items():
+            for key, value in counts.items():
+                assert numbers[f"devices.by_channel.{channel}.{key}"] == value, (channel, key)
+        assert page.locator('[data-stat="arithmetic"]').inner_text() == report["arithmetic"]
+        sync = report["platform_sync"]
+        assert (sync["tagged"], sync["not_on_platform"], sync["failed"]["total"]) == (5, 2, 0)
+        for key in ("tagged", "untagged", "pending", "not_on_platform"):
+            assert numbers[f"platform_sync.{key}"] == sync[key], key
+        assert numbers["platform_sync.failed.total"] == sync["failed"]["total"]
+        assert page.locator('[data-stat="platform_sync.enabled"]').inner_text() == "on"
+        assert page.locator("#sync-history tbody tr").count() == len(report["recent_syncs"]) == 1
+        bars = page.evaluate("Chart.getChart(document.getElementById('waterfall-chart')).data.datasets[0].data")
+        assert bars[0] == [0, 7] and bars[-1] == [0, 3] and len(bars) == len(report["explanations"]) + 2
+        assert "Churn <script>alert(1)</script>" in page.locator("h1").inner_text()  # text, not a script
+        page.screenshot(path=artifact("dashboard-cohort.png"), full_page=True)
+
+        page.go_back()
+        page.wait_for_url(f"{url}/dashboard/apps/{app['app_id']}")
+        page.locator("#dead-letters form", has=page.locator('input[value="amplitude_400"]')).locator("button").click()
+        page.wait_for_url(f"{url}/dashboard/apps/{app['app_id']}")
+        assert page.locator(".flash").inner_text() == "2 event(s) re-queued for delivery."
+        wait_until(lambda: stats()["delivered"] == 12, 30, "the replayed events to be delivered")
+        page.reload()
+        assert shown(page)["dead.total"] == stats()["dead"]["total"] == 0
+        assert shown(page)["delivered"] == 12
+        assert problems == []  # no script error, nothing the Content-Security-Policy refused
+    finally:
+        worker.stop()
+        web.stop()
