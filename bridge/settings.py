@@ -52,6 +52,9 @@ class Settings:
     web_concurrency: int = variable("WEB_CONCURRENCY")
     web_read_timeout_seconds: int = variable("WEB_READ_TIMEOUT_SECONDS")
     web_max_connections: int = variable("WEB_MAX_CONNECTIONS")
+    # Metrics (bridge/metrics.py): /metrics is served only with a token; where processes write their counts
+    metrics_token: str | None = variable("METRICS_TOKEN")
+    prometheus_multiproc_dir: str | None = variable("PROMETHEUS_MULTIPROC_DIR")
     # Intake
     max_body_bytes: int = variable("MAX_BODY_BYTES")
     max_items_per_request: int = variable("MAX_ITEMS_PER_REQUEST")
@@ -123,6 +126,8 @@ class Settings:
             web_concurrency=reader.integer("WEB_CONCURRENCY", 2, low=1),
             web_read_timeout_seconds=reader.integer("WEB_READ_TIMEOUT_SECONDS", 30, low=1, high=3600),
             web_max_connections=reader.integer("WEB_MAX_CONNECTIONS", 1000, low=10, high=100_000),
+            metrics_token=_metrics_token(reader.text("METRICS_TOKEN")),
+            prometheus_multiproc_dir=reader.text("PROMETHEUS_MULTIPROC_DIR") or None,
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
             max_items_per_request=reader.integer("MAX_ITEMS_PER_REQUEST", 1000, low=1),
             cohort_max_body_bytes=reader.integer("COHORT_MAX_BODY_BYTES", cohort_users * COHORT_USER_ENTRY_BYTES
@@ -184,7 +189,7 @@ class Settings:
         out: dict[str, object] = {}
         for name, variable_name in self.variables().items():
             value = getattr(self, name)
-            if name == "secret_key":
+            if name == "secret_key" or (name == "metrics_token" and value):
                 value = "***"
             out[variable_name] = mask_url(value) if name.endswith("_url") and isinstance(value, str) else value
         return out
@@ -260,6 +265,17 @@ def _secret_key(value: str, *, production: bool) -> str:
     if len(value) < SECRET_KEY_MIN_LENGTH:
         raise ConfigurationError(f"SECRET_KEY must be at least {SECRET_KEY_MIN_LENGTH} characters, got {len(value)}")
     return value
+
+
+METRICS_TOKEN_MIN_LENGTH = 32
+
+
+def _metrics_token(value: str) -> str | None:
+    """METRICS_TOKEN: the bearer token a scrape of /metrics presents; None when unset (/metrics not served)."""
+    if value and len(value) < METRICS_TOKEN_MIN_LENGTH:
+        raise ConfigurationError(f"METRICS_TOKEN must be at least {METRICS_TOKEN_MIN_LENGTH} characters (e.g. the "
+                                 f"output of `openssl rand -hex 32`), got {len(value)}")
+    return value or None
 
 
 def _base_url(value: str, variable: str = "AMPLITUDE_BASE_URL") -> str | None:
