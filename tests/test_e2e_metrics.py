@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support.databases import libpq_url, truncate
 from support.factories import event_items
-from support.processes import SECRET_KEY, bridge_cli, start_web, start_worker, wait_until, wait_until_answering
+from support.processes import (SECRET_KEY, bridge_cli, run_bridge, start_web, start_worker, wait_until,
+                               wait_until_answering)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -111,3 +112,30 @@ def test_one_scrape_adds_up_every_web_process_and_the_worker(postgresql_url, red
         worker.stop()
     for process in (web, worker):
         assert TOKEN not in process.output()
+
+
+def test_embedded_bridge_web_counts_in_a_directory_of_its_own(tmp_path, sink):
+    """SQLite, no Redis, no PROMETHEUS_MULTIPROC_DIR: `bridge web` makes the directory, its one process and
+    the delivery thread count into it, and it is gone once the server stops."""
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'bridge.db'}", "REDIS_URL": "", "AMPLITUDE_BASE_URL": sink.url,
+           "METRICS_TOKEN": TOKEN, "PROMETHEUS_MULTIPROC_DIR": "", "LOG_LEVEL": "INFO"}
+    upgraded = run_bridge(env, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    created = bridge_cli(env, "apps", "create", "--name", "Laptop", "--amplitude-api-key", AMPLITUDE_KEY)
+    app, auth = created["app_id"], {"Authorization": f"Bearer {created['api_key']}"}
+    web, url = start_web(env, tmp_path / "web.log")
+    try:
+        environ = Path(f"/proc/{web.popen.pid}/environ").read_bytes().split(b"\0")
+        made = Path(next(v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")).split(b"=", 1)[1].decode())
+        assert made.name.startswith("bridge-metrics-") and made.is_dir()
+        answer = httpx.post(f"{url}/v1/apps/{app}/events", json=event_items(3), headers=auth, timeout=30)
+        assert answer.status_code == 202, answer.text
+        wait_until(lambda: value(scrape(url), "bridge_delivery_events_total", app=app, outcome="delivered") == 3,
+                   30, "the delivery thread's count")
+        samples = scrape(url)
+        assert value(samples, "bridge_intake_events_total", app=app, outcome="accepted") == 3
+        assert value(samples, "bridge_outbox_pending_events", app=app) == 0
+    finally:
+        web.stop()
+    assert not made.exists()
+    assert TOKEN not in web.output()

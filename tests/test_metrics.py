@@ -2,6 +2,7 @@
 events, deliveries, cohort batches and platform tags flow through the real web app and jobs."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge import metrics
 from bridge.apps.models import App
 from bridge.apps.service import connect_platform
+from bridge.cli import main
 from bridge.db import utcnow
 from bridge.delivery.pusher import drain_app
 from bridge.runtime import Runtime
@@ -190,3 +192,20 @@ def test_a_starting_web_server_deletes_only_the_files_of_processes_gone(tmp_path
                                                 (502, "5xx"), (None, "network"), (302, "other")])
 def test_amplitude_answers_fall_in_a_closed_set(status, answer):
     assert metrics.amplitude_answer(status) == answer
+
+
+def test_the_openapi_document_declares_metrics_when_it_is_served(client):
+    operation = client.get("/openapi.json").json["paths"]["/metrics"]["get"]
+    assert set(operation["responses"]) == {"200", "401"}
+    assert "text/plain" in operation["responses"]["200"]["content"]
+
+
+def test_bridge_config_masks_the_token_and_a_short_one_is_refused(cli):
+    shown = cli.invoke(main, ["config"])
+    assert shown.exit_code == 0 and TOKEN not in shown.output
+    printed = json.loads(shown.output)
+    assert printed["METRICS_TOKEN"] == "***" and printed["PROMETHEUS_MULTIPROC_DIR"] is None
+    refused = cli.invoke(main, ["config"], env={"METRICS_TOKEN": "short"})
+    assert refused.exit_code == 2
+    assert refused.output.strip() == ("bridge: configuration: METRICS_TOKEN must be at least 32 characters "
+                                      "(e.g. the output of `openssl rand -hex 32`), got 5")
