@@ -9,13 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
 from bridge import connections, logs, metrics
-from bridge.gunicorn_config import MADE_DIR_VARIABLE
 from bridge.apps.cli import apps
 from bridge.cohorts.cli import cohorts
 from bridge.commands import Context, echo_json, pass_ctx
@@ -163,13 +161,9 @@ def web(host: str, workers: int | None) -> None:
             # directory): each `bridge web` started takes it over from the one before
             "--no-control-socket"]
     if settings.metrics_token or settings.prometheus_multiproc_dir:
-        # Every process writes its counts to files in one directory, which the scrape sums; the files of
+        # Every process writes its counts to files in one directory, which a scrape sums; the files of
         # processes no longer running are deleted now, once, before gunicorn starts its processes.
-        directory = settings.prometheus_multiproc_dir
-        if directory is None:
-            directory = os.environ[MADE_DIR_VARIABLE] = tempfile.mkdtemp(prefix="bridge-metrics-")
-        metrics.prepare_directory(directory)
-        os.environ[metrics.MULTIPROC_DIR_VARIABLE] = directory
+        metrics.prepare_for_web_server(settings.prometheus_multiproc_dir)
         args += ["--config", "python:bridge.gunicorn_config"]
     os.execvp(sys.executable, [sys.executable, "-m", *args])
 

@@ -8,10 +8,7 @@ import shutil
 
 from prometheus_client import multiprocess
 
-from bridge.metrics import multiprocess_dir
-
-# Set by `bridge web` to the directory it made itself (PROMETHEUS_MULTIPROC_DIR unset): removed at exit.
-MADE_DIR_VARIABLE = "BRIDGE_WEB_MADE_METRICS_DIR"
+from bridge.metrics import MADE_DIR_VARIABLE, multiprocess_dir
 
 
 def child_exit(_server, worker) -> None:

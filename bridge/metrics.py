@@ -16,6 +16,7 @@ the work (UNAUTHENTICATED otherwise), never a value of the request; no label hol
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 # The environment variable prometheus_client reads (`bridge web` sets it for gunicorn's processes).
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# Set by `bridge web` to the directory it made itself (PROMETHEUS_MULTIPROC_DIR unset), which gunicorn
+# removes when it stops.
+MADE_DIR_VARIABLE = "BRIDGE_WEB_MADE_METRICS_DIR"
 # Prometheus' text format 0.0.4, which every Prometheus reads (generate_latest writes it for these names).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The `app` label of a request no app authenticated (a wrong token, an app id nobody owns).
@@ -92,6 +96,18 @@ def amplitude_answer(status: int | None) -> str:
 def multiprocess_dir() -> str | None:
     """The directory this process's metrics are written to, or None (single-process mode)."""
     return os.environ.get(MULTIPROC_DIR_VARIABLE) or None
+
+
+def prepare_for_web_server(configured: str | None) -> str:
+    """Make the metrics directory of a `bridge web` about to start gunicorn, and put it in this process's
+    environment (PROMETHEUS_MULTIPROC_DIR), which gunicorn's processes inherit: `configured`, or a new
+    directory under the system's temporary directory when None (named in MADE_DIR_VARIABLE too, so that
+    gunicorn removes it when it stops: bridge.gunicorn_config). Returns the directory."""
+    if configured is None:
+        configured = os.environ[MADE_DIR_VARIABLE] = tempfile.mkdtemp(prefix="bridge-metrics-")
+    prepare_directory(configured)
+    os.environ[MULTIPROC_DIR_VARIABLE] = configured
+    return configured
 
 
 def prepare_directory(path: str) -> None:

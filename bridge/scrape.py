@@ -88,6 +88,7 @@ class DatabaseCollector:
         self.runtime = runtime
 
     def collect(self):
+        """The gauges, read now; only bridge_metrics_database_up (0) when the database cannot be read."""
         try:
             families = self._read()
         except SQLAlchemyError as exc:

@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from freezegun import freeze_time
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -209,3 +211,28 @@ def test_bridge_config_masks_the_token_and_a_short_one_is_refused(cli):
     assert refused.exit_code == 2
     assert refused.output.strip() == ("bridge: configuration: METRICS_TOKEN must be at least 32 characters "
                                       "(e.g. the output of `openssl rand -hex 32`), got 5")
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_bridge_web_prepares_the_directory_before_gunicorn_starts(monkeypatch, tmp_path, configured):
+    """What `bridge web` hands gunicorn: the directory in its environment (made when not configured),
+    emptied of the files of processes gone, and the hooks that mark its processes dead."""
+    started = []
+    monkeypatch.setattr("bridge.cli.os.execvp", lambda _file, argv: started.append((argv, dict(os.environ))))
+    for variable in (metrics.MULTIPROC_DIR_VARIABLE, metrics.MADE_DIR_VARIABLE):
+        monkeypatch.setenv(variable, "")  # restored after the test: `bridge web` sets them in this process
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    (directory / "counter_999999999.db").write_bytes(b"")  # no such process
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}", "METRICS_TOKEN": TOKEN,
+           "PROMETHEUS_MULTIPROC_DIR": str(directory) if configured else ""}
+    result = CliRunner().invoke(main, ["web"], env=env)
+    assert result.exit_code == 0, result.output
+    [(argv, environ)] = started
+    assert argv[argv.index("--config") + 1] == "python:bridge.gunicorn_config"
+    used = Path(environ[metrics.MULTIPROC_DIR_VARIABLE])
+    if configured:
+        assert used == directory and not list(directory.iterdir())
+    else:
+        assert used.name.startswith("bridge-metrics-") and environ[metrics.MADE_DIR_VARIABLE] == str(used)
+        used.rmdir()
