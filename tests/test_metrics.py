@@ -18,6 +18,7 @@ from bridge import metrics
 from bridge.apps.models import App
 from bridge.apps.service import connect_platform
 from bridge.cli import main
+from bridge.cohorts import jobs
 from bridge.db import utcnow
 from bridge.delivery.pusher import drain_app
 from bridge.runtime import Runtime
@@ -236,3 +237,24 @@ def test_bridge_web_prepares_the_directory_before_gunicorn_starts(monkeypatch, t
     else:
         assert used.name.startswith("bridge-metrics-") and environ[metrics.MADE_DIR_VARIABLE] == str(used)
         used.rmdir()
+
+
+def test_failed_and_skipped_cohort_batch_runs_are_counted(client, tenant, runtime, monkeypatch):
+    assert client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=cohort_batch(cohort_id="c1"),
+                       headers=tenant.cohort_auth).status_code == 200
+    [(_job, (batch_id,))] = runtime.runner.pending
+
+    def database_trouble(*args, **kwargs):  # as tests/test_cohorts_jobs.py: the database fails mid-apply
+        raise RuntimeError("deadlock detected")
+
+    monkeypatch.setattr(jobs, "apply_batch", database_trouble)
+    before = scrape(client)
+    for _ in range(jobs.MAX_ATTEMPTS):
+        with pytest.raises(RuntimeError):
+            jobs.process_batch(batch_id, runtime=runtime)
+    assert jobs.process_batch(batch_id, runtime=runtime) is None  # failed for good: nothing to do
+    after = scrape(client)
+    assert {outcome: moved(before, after, "bridge_cohort_batch_runs_total", outcome=outcome)
+            for outcome in ("processed", "failed", "skipped")} == {"processed": 0, "failed": jobs.MAX_ATTEMPTS,
+                                                                   "skipped": 1}
+    assert value(after, "bridge_cohort_batches", state="failed") == 1

@@ -89,9 +89,9 @@ def process_batch(batch_id: int, runtime: Runtime | None = None) -> BatchCounts 
         try:
             counts = _apply(session, batch_id, claim)
         except Exception as exc:
+            metrics.COHORT_BATCH_RUNS.labels("failed").inc()
             _roll_back(session)
             _record_error(runtime, batch_id, claim.claimed_at, exc)
-            metrics.COHORT_BATCH_RUNS.labels("failed").inc()
             raise
     metrics.COHORT_BATCH_RUNS.labels("skipped" if counts is None else "processed").inc()
     if counts is not None:
