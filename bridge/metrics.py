@@ -124,12 +124,13 @@ def prepare_directory(path: str) -> None:
 
 
 def _running(pid: int) -> bool:
+    """Whether a process `pid` runs (one of another user's included: signalling it is not permitted)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:
+        pass
     return True
 
 

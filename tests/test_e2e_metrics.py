@@ -69,8 +69,8 @@ def test_one_scrape_adds_up_every_web_process_and_the_worker(postgresql_url, red
     worker = start_worker(env, tmp_path / "worker.log")
     posted = 0
     try:
-        web_processes = children(web.popen.pid)
-        assert len(web_processes) == 2
+        web_processes = wait_until(lambda: len(found := children(web.popen.pid)) == 2 and found, 30,
+                                   "gunicorn's 2 web processes")
 
         def post_one(index: int) -> int:
             # A connection of its own per request, so gunicorn's processes share them.
