@@ -11,28 +11,23 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
 from support.databases import libpq_url, truncate
 from support.factories import event_items
+from support.metrics import SCRAPE_HEADERS, TOKEN, Samples, parse, value
 from support.processes import (SECRET_KEY, bridge_cli, run_bridge, start_web, start_worker, wait_until,
                                wait_until_answering)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-TOKEN = "e2e-metrics-token-0123456789abcdef0123456789"
 AMPLITUDE_KEY = "amp-metrics-key"
 
 
-def scrape(url: str) -> dict[tuple[str, tuple], float]:
-    response = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+def scrape(url: str) -> Samples:
+    """A scrape of the real web server, read by prometheus_client's parser."""
+    response = httpx.get(f"{url}/metrics", headers=SCRAPE_HEADERS, timeout=10)
     assert response.status_code == 200, response.text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text) for s in family.samples}
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    return parse(response.text)
 
 
 def children(pid: int) -> set[int]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from freezegun import freeze_time
-from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import metrics
 from bridge.apps.models import App
@@ -24,10 +23,10 @@ from bridge.delivery.pusher import drain_app
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
-from support.factories import cohort_batch, event_items, new_tenant
+from support.factories import cohort_batch, event_items
+from support.metrics import CONTENT_TYPE, SCRAPE_HEADERS, TOKEN, Samples, moved, parse, value
 from support.platform import API_KEY, APP_ID
 
-TOKEN = "metrics-token-0123456789abcdef0123456789"
 EVENTS_ROUTE = "/v1/apps/<app_id>/events"
 
 
@@ -37,22 +36,12 @@ def settings_env(settings_env, sink, platform_server):
             "PLATFORM_BASE_URL": platform_server.url}
 
 
-def scrape(client) -> dict[tuple[str, tuple], float]:
-    """Every sample of a scrape, read by prometheus_client's parser: (name, sorted labels) → value."""
-    response = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+def scrape(client) -> Samples:
+    """A scrape of the app under test, read by prometheus_client's parser."""
+    response = client.get("/metrics", headers=SCRAPE_HEADERS)
     assert response.status_code == 200, response.get_data(as_text=True)
-    assert response.content_type.startswith("text/plain; version=0.0.4")
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(response.get_data(as_text=True))
-            for sample in family.samples}
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def moved(before: dict, after: dict, name: str, **labels: str) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
+    assert response.content_type == CONTENT_TYPE
+    return parse(response.get_data(as_text=True))
 
 
 def post(client, tenant, items, headers=None):
@@ -71,7 +60,7 @@ def test_metrics_answer_only_the_operators_token(client, tenant):
 def test_without_a_token_metrics_is_an_unknown_route(runtime):
     bare = Runtime(Settings.from_env({"DATABASE_URL": runtime.settings.database_url, "JOB_RUNNER": "manual"}))
     try:
-        response = create_app(runtime=bare).test_client().get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        response = create_app(runtime=bare).test_client().get("/metrics", headers=SCRAPE_HEADERS)
     finally:
         bare.close()
     assert response.status_code == 404 and response.json["error"] == "not_found"
@@ -162,7 +151,7 @@ def test_labels_hold_no_value_a_client_chose(client, tenant):
     response = client.post(f"/v1/apps/{made_up}/events", json=event_items(1), headers={"Authorization": f"Bearer {secret}"})
     assert response.status_code == 401
     client.open(f"/no/such/{made_up}", method="BREW")
-    text = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).get_data(as_text=True)
+    text = client.get("/metrics", headers=SCRAPE_HEADERS).get_data(as_text=True)
     assert made_up not in text and secret not in text and "BREW" not in text and TOKEN not in text
     assert tenant.app_id in text  # an app's own id is a label once it exists
 
