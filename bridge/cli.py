@@ -134,7 +134,7 @@ def worker(ctx: Context, burst: bool, queues: tuple[str, ...]) -> None:
         raise click.ClickException("`bridge worker` needs REDIS_URL; without it, jobs run inside the web process")
     connections.check_redis(runtime.settings.redis_url)
     if runtime.settings.prometheus_multiproc_dir:  # its counts join the web's, on the same host
-        Path(runtime.settings.prometheus_multiproc_dir).mkdir(parents=True, exist_ok=True)
+        metrics.ensure_directory(runtime.settings.prometheus_multiproc_dir)
     worker_module.run(runtime, burst=burst, queues=queues)
 
 

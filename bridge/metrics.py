@@ -23,6 +23,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from bridge.settings import ConfigurationError
+
 # The environment variable prometheus_client reads (`bridge web` sets it for gunicorn's processes).
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Set by `bridge web` to the directory it made itself (PROMETHEUS_MULTIPROC_DIR unset), which gunicorn
@@ -115,12 +117,23 @@ def prepare_directory(path: str) -> None:
     that are no longer running (a `bridge web` before this one, a worker that exited). The files of a
     process still running, a `bridge worker` on this host, are kept, so its counts stay in the scrape.
     prometheus_client names each file `<type>_<pid>.db`."""
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = ensure_directory(path)
     for file in directory.glob("*.db"):
         pid = file.stem.rpartition("_")[2]
         if not pid.isdigit() or not _running(int(pid)):
             file.unlink(missing_ok=True)
+
+
+def ensure_directory(path: str) -> Path:
+    """The directory `path`, created if missing. Raises ConfigurationError, naming PROMETHEUS_MULTIPROC_DIR,
+    when it cannot be (a file on the way, no permission)."""
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(f"{MULTIPROC_DIR_VARIABLE} must be a directory this process can create and "
+                                 f"write, got {path!r} ({exc.strerror})") from None
+    return directory
 
 
 def _running(pid: int) -> bool:

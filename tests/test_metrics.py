@@ -247,3 +247,13 @@ def test_failed_and_skipped_cohort_batch_runs_are_counted(client, tenant, runtim
             for outcome in ("processed", "failed", "skipped")} == {"processed": 0, "failed": jobs.MAX_ATTEMPTS,
                                                                    "skipped": 1}
     assert value(after, "bridge_cohort_batches", state="failed") == 1
+
+
+def test_a_metrics_directory_that_cannot_be_made_is_one_line(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    result = CliRunner().invoke(main, ["web"], env={"DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}",
+                                                    "METRICS_TOKEN": TOKEN, "PROMETHEUS_MULTIPROC_DIR": f"{blocked}/metrics"})
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"bridge: configuration: PROMETHEUS_MULTIPROC_DIR must be a directory this process "
+                                     f"can create and write, got '{blocked}/metrics' (Not a directory)")
