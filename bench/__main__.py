@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
-SCENARIOS = ("intake", "delivery", "latency", "stream", "slow", "cohorts", "import", "fairness", "idle", "platform")
+SCENARIOS = ("intake", "delivery", "latency", "stream", "slow", "cohorts", "import", "fairness", "idle", "platform",
+             "metrics")
 TARGETS = {
     "intake, durable (events/s)": "≥ 10,000",
     "intake p50 / p99 per 100-event request (ms)": "p99 < 100",
@@ -47,6 +48,7 @@ TARGETS = {
     "platform sync, first sync of 100,000 users (requests/s)": "≥ 800 sustained",
     "platform sync: fewest seconds between two requests for one user": "≥ 1",
     "platform sync: worker RSS at 10% / 100% of the users (MB)": "flat",
+    "scrape of /metrics, big database (ms)": "< 1,000",
 }
 
 
@@ -121,6 +123,10 @@ def main() -> None:
         from bench import platform_sync
 
         rows += platform_sync.run(users=3000 if quick else 100_000, repeat=repeat)
+    if "metrics" in chosen:
+        from bench import metrics
+
+        rows += metrics.run(pending=20_000 if quick else 1_000_000, tags=20_000 if quick else 1_000_000, repeat=repeat)
     lines = [f"Machine: {machine()}; PostgreSQL 15 and Redis 7 on the same machine.",
              f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, median of {repeat} run(s), "
              f"{time.time() - started:.0f} s in all.", "",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from bridge import connections, logs
+from bridge import connections, logs, metrics
 from bridge.apps.cli import apps
 from bridge.cohorts.cli import cohorts
 from bridge.commands import Context, echo_json, pass_ctx
@@ -133,6 +133,8 @@ def worker(ctx: Context, burst: bool, queues: tuple[str, ...]) -> None:
     if runtime.settings.job_runner != "rq":
         raise click.ClickException("`bridge worker` needs REDIS_URL; without it, jobs run inside the web process")
     connections.check_redis(runtime.settings.redis_url)
+    if runtime.settings.prometheus_multiproc_dir:  # its counts join the web's, on the same host
+        metrics.ensure_directory(runtime.settings.prometheus_multiproc_dir)
     worker_module.run(runtime, burst=burst, queues=queues)
 
 
@@ -158,6 +160,11 @@ def web(host: str, workers: int | None) -> None:
             # ($XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl; in 25.1, gunicorn.ctl in the working
             # directory): each `bridge web` started takes it over from the one before
             "--no-control-socket"]
+    if settings.metrics_token or settings.prometheus_multiproc_dir:
+        # Every process writes its counts to files in one directory, which a scrape sums; the files of
+        # processes no longer running are deleted now, once, before gunicorn starts its processes.
+        metrics.prepare_for_web_server(settings.prometheus_multiproc_dir)
+        args += ["--config", "python:bridge.gunicorn_config"]
     os.execvp(sys.executable, [sys.executable, "-m", *args])
 
 

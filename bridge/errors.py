@@ -5,7 +5,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
 from marshmallow import Schema, fields
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -40,7 +40,9 @@ ERROR_SCHEMA = ErrorSchema()
 
 
 def error_response(error: ApiError):
-    """`error` as the API answers it: ErrorSchema, its status, and Retry-After when it has one."""
+    """`error` as the API answers it: ErrorSchema, its status, and Retry-After when it has one. The code is
+    kept on the request (`g.error_code`), where the intake's metrics read it."""
+    g.error_code = error.code
     response = jsonify(ERROR_SCHEMA.dump(error))
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(error.retry_after)

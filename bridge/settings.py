@@ -59,6 +59,9 @@ class Settings:
     web_concurrency: int = variable("WEB_CONCURRENCY")
     web_read_timeout_seconds: int = variable("WEB_READ_TIMEOUT_SECONDS")
     web_max_connections: int = variable("WEB_MAX_CONNECTIONS")
+    # Metrics (bridge/metrics.py): /metrics is served only with a token; where processes write their counts
+    metrics_token: str | None = variable("METRICS_TOKEN")
+    prometheus_multiproc_dir: str | None = variable("PROMETHEUS_MULTIPROC_DIR")
     # Intake
     max_body_bytes: int = variable("MAX_BODY_BYTES")
     max_items_per_request: int = variable("MAX_ITEMS_PER_REQUEST")
@@ -129,11 +132,13 @@ class Settings:
             log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, "INFO"),
             log_format=reader.choice("LOG_FORMAT", LOG_FORMATS, "text"),
             secret_key=_secret_key(reader.text("SECRET_KEY"), production=bool(redis_url)),
-            admin_token=_admin_token(reader.text("ADMIN_TOKEN")),
+            admin_token=operator_token("ADMIN_TOKEN", reader.text("ADMIN_TOKEN")),
             dashboard_cookie_secure=reader.boolean("DASHBOARD_COOKIE_SECURE", True),
             web_concurrency=reader.integer("WEB_CONCURRENCY", 2, low=1),
             web_read_timeout_seconds=reader.integer("WEB_READ_TIMEOUT_SECONDS", 30, low=1, high=3600),
             web_max_connections=reader.integer("WEB_MAX_CONNECTIONS", 1000, low=10, high=100_000),
+            metrics_token=operator_token("METRICS_TOKEN", reader.text("METRICS_TOKEN")),
+            prometheus_multiproc_dir=reader.text("PROMETHEUS_MULTIPROC_DIR") or None,
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 2 * 1024 * 1024, low=1024),
             max_items_per_request=reader.integer("MAX_ITEMS_PER_REQUEST", 1000, low=1),
             cohort_max_body_bytes=reader.integer("COHORT_MAX_BODY_BYTES", cohort_users * COHORT_USER_ENTRY_BYTES
@@ -196,7 +201,7 @@ class Settings:
         out: dict[str, object] = {}
         for name, variable_name in self.variables().items():
             value = getattr(self, name)
-            if name == "secret_key" or (name == "admin_token" and value):
+            if name in ("secret_key", "admin_token", "metrics_token") and value:
                 value = "***"
             out[variable_name] = mask_url(value) if name.endswith("_url") and isinstance(value, str) else value
         return out
@@ -283,13 +288,14 @@ def _secret_key(value: str, *, production: bool) -> str:
     return value
 
 
-def _admin_token(value: str) -> str | None:
-    """ADMIN_TOKEN, the operator dashboard's login: None when unset (no dashboard is served). At least
-    SECRET_KEY_MIN_LENGTH characters, so that guessing it is hopeless and failed logins need no throttle."""
+def operator_token(variable: str, value: str) -> str | None:
+    """ADMIN_TOKEN (the dashboard's login) or METRICS_TOKEN (the bearer token of a scrape of /metrics):
+    None when unset (that page is not served). At least SECRET_KEY_MIN_LENGTH characters, so that guessing
+    one is hopeless and failed attempts need no throttle."""
     if not value:
         return None
     if len(value) < SECRET_KEY_MIN_LENGTH:
-        raise ConfigurationError(f"ADMIN_TOKEN must be at least {SECRET_KEY_MIN_LENGTH} characters, got {len(value)}: "
+        raise ConfigurationError(f"{variable} must be at least {SECRET_KEY_MIN_LENGTH} characters, got {len(value)}: "
                                  "set random characters, e.g. the output of `openssl rand -hex 32`")
     return value
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from flask import Flask, g, request
 from werkzeug.routing import BaseConverter
 
-from bridge import logs, request_scope
+from bridge import logs, request_scope, scrape
 from bridge.apidoc import documented
 from bridge.apps.auth import TokenCache
 from bridge.apps.views import bp as apps_bp
@@ -61,6 +61,7 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
     app.extensions["bridge.tokens"] = TokenCache(settings.auth_cache_seconds)  # see apps/auth.py
     schema_gate = SchemaGate(runtime.engine)
     register_error_handlers(app, schema_gate.explain)
+    scrape.install(app, runtime)  # first: its clock starts before the other hooks run (bridge/scrape.py)
     health = HealthCheck(runtime, schema_gate)
     schema_at_start = schema_gate.try_read()  # None: the database is unreachable for now
     if schema_at_start is not None and not schema_at_start.usable:

@@ -30,7 +30,8 @@ def test_the_benchmark_suite_runs_on_tiny_sizes(redis_url):
                    "5 + 5 slow connections: /healthz answered", "cohort webhook ack", "report / aggregate",
                    "dashboard: cohort page / app page", "CSV import",
                    "fairness, with A's cohort sync: app B p50 / p95 / p99 / max", "fairness, cohort sync off: app A delivered",
-                   "idle worker: from 202 to sink after a quiet spell", "idle worker: ERROR lines in its log per run"):
+                   "idle worker: from 202 to sink after a quiet spell", "idle worker: ERROR lines in its log per run",
+                   "scrape of /metrics, big database"):
         assert figure in done.stdout
 
 

@@ -36,6 +36,7 @@ ENTRY_POINTS = frozenset({
     "bridge.__main__", "bridge.cli", "bridge.web", "bridge.webserver", "bridge.worker", "bridge.demo",
     "bridge.maintenance",  # the sweep and the pruning: jobs across features (delivery, cohorts)
     "bridge.openapi",  # the API's document, from every feature's schemas
+    "bridge.scrape",  # /metrics: the database's state across features (outbox, cohort batches, tags)
     "bridge.models",  # every table, for Alembic
 })
 # A feature's modules that no other feature may import.

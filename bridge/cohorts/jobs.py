@@ -24,7 +24,7 @@ import orjson
 from sqlalchemy import Select, case, or_, select, update
 from sqlalchemy.orm import Session
 
-from bridge import failures
+from bridge import failures, metrics
 from bridge.cohorts import tagging
 from bridge.cohorts.membership import BatchCounts, apply_batch
 from bridge.cohorts.tagger import tag_after_commit
@@ -84,13 +84,16 @@ def process_batch(batch_id: int, runtime: Runtime | None = None) -> BatchCounts 
     with runtime.job_session() as session:
         claim = _claim(session, batch_id, reschedule_after(runtime))
         if claim is None:
+            metrics.COHORT_BATCH_RUNS.labels("skipped").inc()
             return None
         try:
             counts = _apply(session, batch_id, claim)
         except Exception as exc:
+            metrics.COHORT_BATCH_RUNS.labels("failed").inc()
             _roll_back(session)
             _record_error(runtime, batch_id, claim.claimed_at, exc)
             raise
+    metrics.COHORT_BATCH_RUNS.labels("skipped" if counts is None else "processed").inc()
     if counts is not None:
         log.info("cohort batch %s applied to %s/%s: %s", batch_id, claim.app_id, claim.cohort_id, counts)
     return counts

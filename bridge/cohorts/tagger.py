@@ -36,7 +36,7 @@ import httpx
 from sqlalchemy import String, and_, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from bridge import platforms
+from bridge import metrics, platforms
 from bridge.apps.models import App
 from bridge.cohorts.models import (TAG_FAILED, TAG_NOT_ON_PLATFORM, TAG_PENDING, TAG_SYNCED, CohortPlatformSync,
                                    PlatformTag, PlatformUser)
@@ -362,6 +362,9 @@ class Tagger:
             session.execute(update(App).where(App.id == app.id).values(
                 platform_sender_until=utcnow() + lease(self.settings), **app_values))
             session.commit()
+        for claim in claims:
+            if claim.outcome is not None:
+                metrics.PLATFORM_TAG_REQUESTS.labels(app.id, claim.outcome.status).inc()
         return held_until is not None
 
     def _applied(self, session: Session, app_id: str, rows: list[dict[str, object]], now: datetime) -> None:

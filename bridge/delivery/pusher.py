@@ -25,6 +25,7 @@ from sqlalchemy import BigInteger, any_, bindparam, delete, func, or_, select, u
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from bridge import metrics
 from bridge.amplitude import client as amp
 from bridge.amplitude.regions import base_url
 from bridge.apps.models import App
@@ -203,8 +204,10 @@ class Pusher:
                 if len(batch) == self.settings.delivery_batch_size:
                     schedule_drain(self.runtime, app_id)  # more is waiting: let an idle worker join in
                 report.batches += 1
+                before = _tally(report)
                 keep_going = self._deliver(session, app, batch, report)
                 session.commit()
+                _count(app_id, before, _tally(report))
             if not keep_going or len(batch) < self.settings.delivery_batch_size:
                 # A partial batch took all that was due; what came in since asked for a drain of its
                 # own, which lingers for it instead of sending it in dribs now.
@@ -249,6 +252,7 @@ class Pusher:
         while work:
             chunk = work.popleft()
             answer = self.runtime.amplitude.send(url, app.amplitude_api_key, [c.payload for c in chunk])
+            metrics.AMPLITUDE_REQUESTS.labels(app.id, metrics.amplitude_answer(answer.status)).inc()
             delivered_before = report.delivered
             keep_going, more = self._record(session, app, chunk, answer, report)
             # The app's counters are written with the outcome they count: on SQLite each request's outcome
@@ -436,6 +440,22 @@ def _details(session: Session, events: list[Claimed]) -> dict[int, object]:
                  .where(outbox.id.in_(ids[start:start + 5000])))
         found.update({row.id: row for row in session.execute(query)})
     return found
+
+
+def _tally(report: DrainReport) -> dict[tuple[str, str], int]:
+    """What `report` has counted so far, as the metrics' (metric, label) → events."""
+    tally = {("events", outcome): getattr(report, outcome) for outcome in ("delivered", "retrying", "throttled", "dead")}
+    tally.update({("dead", reason): count for reason, count in report.reasons.items()})
+    return tally
+
+
+def _count(app_id: str, before: dict[tuple[str, str], int], after: dict[tuple[str, str], int]) -> None:
+    """Count what a committed batch recorded (`after` less `before`): bridge_delivery_events_total by
+    outcome, bridge_dead_letters_total by reason."""
+    for (kind, label), total in after.items():
+        if added := total - before.get((kind, label), 0):
+            counter = metrics.DELIVERY_EVENTS if kind == "events" else metrics.DEAD_LETTERS
+            counter.labels(app_id, label).inc(added)
 
 
 def _held(app: App) -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g
 
+from bridge import metrics
 from bridge.apidoc import APP_ID, Body, documented
 from bridge.apps.auth import require_token
 from bridge.db import make_session_factory
@@ -11,7 +12,7 @@ from bridge.http import read_items
 from bridge.intake.backlog import Backlog
 from bridge.intake.committer import GroupCommit, Overloaded
 from bridge.intake.schemas import IntakeResultSchema, ItemSchema
-from bridge.intake.service import prepare
+from bridge.intake.service import IntakeResult, prepare
 from bridge.jobs import BatchedSender, session_info
 
 bp = Blueprint("intake", __name__)
@@ -56,7 +57,27 @@ def post_events(app_id: str):
         except Overloaded as exc:
             raise ApiError(503, "overloaded", f"The bridge cannot take events this fast: {exc}",
                            retry_after=exc.retry_after) from None
+    _count_events(app_id, prepared.result)
     body = INTAKE_RESULT.dump(prepared.result)
     if prepared.result.rejected and len(prepared.result.rejected) == len(items):
         raise ApiError(400, "invalid_events", "No item in the request is valid; see details.rejected.", body)
     return body, 202
+
+
+@bp.after_request
+def _count_request(response):
+    """bridge_intake_requests_total: by the app that authenticated (else UNAUTHENTICATED, so a client
+    cannot make up label values) and the outcome, `accepted` or the error code answered."""
+    access = g.get("app")
+    outcome = "accepted" if response.status_code == 202 else g.get("error_code", str(response.status_code))
+    metrics.INTAKE_REQUESTS.labels(access.id if access else metrics.UNAUTHENTICATED, outcome).inc()
+    return response
+
+
+def _count_events(app_id: str, result: IntakeResult) -> None:
+    """bridge_intake_events_total, once the request's events are stored: each item in its bucket."""
+    for outcome, count in (("accepted", result.accepted), ("skipped", result.skipped),
+                           ("duplicates", result.duplicates), ("ignored", result.ignored),
+                           ("rejected", len(result.rejected))):
+        if count:
+            metrics.INTAKE_EVENTS.labels(app_id, outcome).inc(count)

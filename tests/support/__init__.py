@@ -5,6 +5,7 @@ which only registers the fixtures.
 - `support.databases`: the test PostgreSQL and Redis servers, emptying a database, skipping without them.
 - `support.processes`: real `bridge` processes (gunicorn web, RQ worker, one-off commands) and their logs.
 - `support.faults`: the fault suite's load, private Redis and end-of-scenario invariant.
+- `support.metrics`: reading a scrape of /metrics with Prometheus' own parser.
 - `support.platform`: the local messaging platform's app, key and a clock moved by hand.
 """
 from __future__ import annotations
