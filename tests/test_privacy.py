@@ -35,7 +35,8 @@ PERSON = "acct_7781"
 OTHERS = ("acctX7781", "acct_77810")
 TOKEN, EMAIL, PHONE = "f3c1a9e2b7d4AnnaPushToken0001", "Anna.K@example.com", "+4915112345678"
 DEVICES = ("sub-anna-ios", "sub-anna-mail", "sub-anna-sms", "sub-anna-web")
-ZERO = {"channel_records": 0, "outbox_events": {"pending": 0, "dead": 0, "skipped": 0}, "cohort_memberships": 0,
+ZERO = {"channel_records": 0, "outbox_events": {"pending": 0, "dead": 0, "skipped": 0, "details_redacted": 0},
+        "cohort_memberships": 0,
         "cohort_batch_user_lists": 0, "platform_tags": 0, "catalog_entries": 0, "app_error_texts": 0}
 
 
@@ -95,6 +96,8 @@ def seed(client, runtime, tenant) -> None:
     receipt = {"id": "msg-receipt", "name": "Receipt", "contents": {"en": "Your receipt went to anna.k@example.com"}}
     post(client, tenant, "events", [
         event_item("evt-anna-1", subscription_id="sub-anna-ios", external_id=PERSON, message=receipt),
+        # another user's click of the same message, completed from the catalog with the person's text
+        event_item("evt-x-late", "message.push.clicked", "sub-x-ios", OTHERS[0], message={"id": "msg-receipt"}),
         event_item("evt-anna-2", "message.email.opened", "sub-anna-mail", PERSON, device_type="Email",
                    message={"id": "msg-weekly", "name": "Weekly", "title": "Hello everyone"}),
         event_item("evt-anna-3", subscription_id="sub-anna-ios", external_id=PERSON, message={"id": "msg-weekly"}),
@@ -151,17 +154,25 @@ def test_erasure_leaves_nothing_of_the_person_in_any_table_and_everyone_else_as_
 
     assert response.status_code == 200
     assert response.json == {"removed": {
-        "channel_records": 4, "outbox_events": {"pending": 2, "dead": 1, "skipped": 1}, "cohort_memberships": 2,
+        "channel_records": 4, "outbox_events": {"pending": 2, "dead": 1, "skipped": 1, "details_redacted": 1},
+        "cohort_memberships": 2,
         "cohort_batch_user_lists": 3, "platform_tags": 1, "catalog_entries": 1, "app_error_texts": 1}}
     assert PERSON not in response.get_data(as_text=True)
     after = every_row(database_url)
     assert all(other_tenant.app_id in row for rows in naming_the_person(after).values() for row in rows)
     # Every row that did not name the person (or named them in the other app) is as it was, but for the
-    # rows the erasure edits in place: the app's error text, the batches' user lists.
+    # rows the erasure edits in place: the app's error text, the batches' user lists, and the other
+    # user's event that lost the person's text.
     for table, rows in before.items():
         if table not in ("cohort_batches", "apps"):
             kept = [row for row in rows if not (tenant.app_id in row and any(p.search(v) for v in row for p in NAMING))]
-            assert sorted(after[table]) == sorted(kept), table
+            assert [row for row in kept if row not in after[table]] == [], table
+            assert len(after[table]) == len(kept) + (table == "outbox_events"), table
+    with runtime.session() as session:
+        late = json.loads(session.scalar(select(OutboxEvent.amplitude_event).where(
+            OutboxEvent.app_id == tenant.app_id, OutboxEvent.source_event_id == "evt-x-late")))
+    assert (late["user_id"], late["event_properties"].get("message_name"), "message_contents" in late["event_properties"]) \
+        == (OTHERS[0], "Receipt", False)  # still sent, without the text that named the person
     with runtime.session() as session:
         app = session.get(App, tenant.app_id)
         assert (app.platform_last_error, app.last_delivery_error) == (None, "HTTP 503: Service Unavailable")

@@ -5,12 +5,14 @@ from marshmallow import Schema, fields
 
 
 class OutboxRemovedSchema(Schema):
-    """The person's outbox events removed, per state."""
+    """The person's outbox events removed, per state, and other users' events edited."""
 
     pending = fields.Integer(required=True, metadata={"description": "Events not sent to Amplitude yet."})
     dead = fields.Integer(required=True, metadata={"description": "Dead-lettered events."})
     skipped = fields.Integer(required=True, metadata={
         "description": "Events stored without a user: theirs, or waiting (unresolved_user) on one of their channel records."})
+    details_redacted = fields.Integer(required=True, metadata={
+        "description": "Other users' events a value holding one of their channel identifiers was taken out of."})
 
 
 class RemovedSchema(Schema):

@@ -9,7 +9,9 @@ What names a person here, table by table (README, "Erasure on request"):
 - `outbox_events`: their events, pending, dead or skipped: those whose `user_id` is theirs, and the
   skipped events still waiting for a user (`user_id` NULL) on one of their subscriptions, which a
   replay would have attributed to them. Events of another External User ID on one of their
-  subscriptions are that user's, and stay.
+  subscriptions are that user's, and stay; but a value of another user's event that holds one of their
+  channel identifiers (a personalised text the catalog completed a late event with) is taken out of
+  it, and the event is sent without it.
 - `cohort_batches`: their id taken out of the batches' user lists (`user_ids`); a batch not applied yet
   counts one user fewer, so its counts still add up once applied.
 - `cohort_members`, `platform_tags`, `platform_users`: their rows, in every cohort.
@@ -37,10 +39,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import orjson
-from sqlalchemy import Select, delete, event, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, delete, event, func, or_, select, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from bridge.apps.models import App
@@ -59,6 +62,7 @@ MAX_EXTERNAL_ID_LENGTH = 256  # as the channel registry and the cohorts store it
 _LOGGED = "bridge.privacy:erased"  # Session.info key: the erasures a transaction holds, logged by its commit
 _BATCHES_PER_READ = 100  # cohort batches read at a time (each up to 10,000 user ids)
 # The app's texts an error message may have put an External User ID into.
+REDACTED = "details_redacted"
 APP_TEXTS = ("last_delivery_error", "delivery_held_reason", "platform_last_error", "platform_held_reason")
 
 
@@ -88,7 +92,8 @@ class Erased:
     """How many rows (or parts of rows) of each kind one erasure removed; all zero when nothing was left."""
 
     channel_records: int = 0
-    outbox_events: dict[str, int] = field(default_factory=lambda: {PENDING: 0, DEAD: 0, SKIPPED: 0})
+    # their events per state, and "details_redacted": other users' events that lost a value holding an identifier of theirs
+    outbox_events: dict[str, int] = field(default_factory=lambda: {PENDING: 0, DEAD: 0, SKIPPED: 0, REDACTED: 0})
     cohort_memberships: int = 0  # rows of cohort_members, current or former (a user who left keeps a row)
     cohort_batch_user_lists: int = 0  # batches whose user list named them
     platform_tags: int = 0
@@ -102,23 +107,25 @@ def erase_user(session: Session, app_id: str, external_id: str) -> Erased:
     answers zeros. A batch of theirs not applied yet is queued again by the commit."""
     erased = Erased()
     postgres = is_postgresql(session)
-    devices = list(session.scalars(select(Subscription.subscription_id).where(
-        Subscription.app_id == app_id, Subscription.external_id == external_id)))
+    theirs = (Subscription.app_id == app_id, Subscription.external_id == external_id)
+    records = session.execute(select(Subscription.subscription_id, Subscription.identifier).where(*theirs)).all()
+    devices = [subscription_id for subscription_id, _ in records]
+    identifiers = [identifier for _, identifier in records]
     # First what may wait for a worker (a delivery in flight, a cohort batch being applied), holding no
     # row the intake writes meanwhile.
     erased.outbox_events = _erase_events(session, app_id, external_id, devices)
+    erased.outbox_events[REDACTED] = _redact_events(session, app_id, Needles(identifiers), postgres)
     erased.cohort_batch_user_lists = _strike_from_batches(session, app_id, external_id, postgres)
     erased.cohort_memberships = session.execute(delete(CohortMember).where(
         CohortMember.app_id == app_id, CohortMember.user_id == external_id)).rowcount
     erased.platform_tags = session.execute(delete(PlatformTag).where(
         PlatformTag.app_id == app_id, PlatformTag.external_id == external_id)).rowcount
     session.execute(delete(PlatformUser).where(PlatformUser.app_id == app_id, PlatformUser.external_id == external_id))
-    theirs = (Subscription.app_id == app_id, Subscription.external_id == external_id)
     session.execute(_lock(select(Subscription.id).where(*theirs).order_by(Subscription.subscription_id), postgres))
     records = session.execute(delete(Subscription).where(*theirs).returning(Subscription.identifier)).all()
     erased.channel_records = len(records)
-    identifiers = [identifier.strip() for identifier, in records if identifier and identifier.strip()]
-    erased.catalog_entries = _erase_catalog_entries(session, app_id, [external_id, *identifiers], postgres)
+    identifiers += [identifier for identifier, in records]  # one recorded meanwhile too
+    erased.catalog_entries = _erase_catalog_entries(session, app_id, Needles([external_id, *identifiers]), postgres)
     erased.app_error_texts = _clear_app_texts(session, app_id, external_id)
     session.flush()
     session.info.setdefault(_LOGGED, []).append((app_id, erased))
@@ -155,26 +162,75 @@ def _erase_events(session: Session, app_id: str, external_id: str, devices: list
         for state in (PENDING, DEAD, SKIPPED)}
 
 
-def _word(needle: str, *, ignore_case: bool = False) -> re.Pattern:
-    """`needle` as a whole word: not run together with a letter, digit or underscore on either side."""
-    return re.compile(rf"(?<!\w){re.escape(needle)}(?!\w)", re.IGNORECASE if ignore_case else 0)
+class Needles:
+    """What names the person in a text: their External User ID and their channel identifiers, each as a
+    whole word (not run together with a letter, digit or underscore on either side), e-mail addresses
+    ignoring case."""
+
+    def __init__(self, values: Iterable[str | None]):
+        self.values = list(dict.fromkeys(value.strip() for value in values if value and value.strip()))
+        self._patterns = [re.compile(rf"(?<!\w){re.escape(value)}(?!\w)", re.IGNORECASE if "@" in value else 0)
+                          for value in self.values]
+
+    def found_in(self, text: str) -> bool:
+        return any(pattern.search(text) for pattern in self._patterns)
+
+    def anywhere(self, columns: Iterable[ColumnElement]) -> ColumnElement[bool]:
+        """SQL: one of `columns` holds a needle anywhere (a superset of `found_in`, which the caller
+        applies to what it reads: SQL's LIKE knows no word boundaries)."""
+        columns = list(columns)
+        held = [column.contains(value, autoescape=True) for column in columns for value in self.values]
+        held += [func.lower(column).contains(value.lower(), autoescape=True)
+                 for column in columns for value in self.values if "@" in value]
+        return or_(*held)
+
+    def without(self, value: object) -> object:
+        """A decoded JSON `value` without the strings that name the person (and the keys holding them)."""
+        if isinstance(value, dict):
+            return {key: self.without(item) for key, item in value.items()
+                    if not (isinstance(item, str) and self.found_in(item))}
+        if isinstance(value, list):
+            return [self.without(item) for item in value if not (isinstance(item, str) and self.found_in(item))]
+        return value
 
 
-def _erase_catalog_entries(session: Session, app_id: str, needles: list[str], postgres: bool) -> int:
-    """Delete the app's catalog entries whose details hold one of `needles` (the External User ID first,
-    then the channel identifiers) as a whole word; e-mail addresses ignoring case. The database picks the
-    entries holding a needle anywhere; the whole-word rule is applied to those. Rows are locked in
+def _redact_events(session: Session, app_id: str, needles: Needles, postgres: bool) -> int:
+    """Take the values holding one of the person's channel identifiers (`needles`) out of the app's other
+    outbox events (their Amplitude event, or a legacy skipped row's source item): a late event completed
+    from a catalog entry personalised for them carries their text. Their External User ID is not looked
+    for there: a short one ("42") would strip campaign names ("42% off") from everyone's events. Returns
+    how many events changed. Read a thousand at a time, locked as the deletes lock (a row being sent is
+    waited for)."""
+    if not needles.values:
+        return 0
+    columns = (OutboxEvent.amplitude_event, OutboxEvent.source_item)
+    after, redacted = 0, 0
+    while True:
+        rows = session.execute(_lock(
+            select(OutboxEvent.id, *columns)
+            .where(OutboxEvent.app_id == app_id, OutboxEvent.id > after, needles.anywhere(columns))
+            .order_by(OutboxEvent.id).limit(1000), postgres)).all()
+        if not rows:
+            return redacted
+        for event_id, *texts in rows:
+            values = {}
+            for column, text in zip(columns, texts, strict=True):
+                if text is not None and needles.found_in(text):
+                    values[column.key] = orjson.dumps(needles.without(orjson.loads(text))).decode()
+            if values:
+                redacted += 1
+                session.execute(update(OutboxEvent).where(OutboxEvent.id == event_id).values(**values))
+        after = rows[-1].id
+
+
+def _erase_catalog_entries(session: Session, app_id: str, needles: Needles, postgres: bool) -> int:
+    """Delete the app's catalog entries whose details name the person (`Needles`). Rows are locked in
     message-id order, as the intake's upsert locks them."""
-    patterns = [_word(needle, ignore_case="@" in needle) for needle in needles]
     columns = [MessageCatalogEntry.__table__.c[detail] for detail in DETAILS]
-    anywhere = [column.contains(needle, autoescape=True) for column in columns for needle in needles]
-    anywhere += [func.lower(column).contains(needle.lower(), autoescape=True)
-                 for column in columns for needle in needles if "@" in needle]
     candidates = _lock(select(MessageCatalogEntry.message_id, *columns)
-                       .where(MessageCatalogEntry.app_id == app_id, or_(*anywhere))
+                       .where(MessageCatalogEntry.app_id == app_id, needles.anywhere(columns))
                        .order_by(MessageCatalogEntry.message_id), postgres)
-    named = [row.message_id for row in session.execute(candidates)
-             if any(pattern.search(text) for text in row[1:] if text for pattern in patterns)]
+    named = [row.message_id for row in session.execute(candidates) if any(needles.found_in(t) for t in row[1:] if t)]
     entries = MessageCatalogEntry.__table__.c
     for start in range(0, len(named), 1000):
         session.execute(delete(MessageCatalogEntry).where(entries.app_id == app_id,
@@ -217,9 +273,9 @@ def _strike_from_batches(session: Session, app_id: str, external_id: str, postgr
 def _clear_app_texts(session: Session, app_id: str, external_id: str) -> int:
     """Clear the app's error texts (APP_TEXTS) that hold `external_id` as a whole word (a platform's or
     Amplitude's answer may quote it); returns how many."""
-    pattern = _word(external_id)
+    needles = Needles([external_id])
     texts = session.execute(select(*(App.__table__.c[name] for name in APP_TEXTS)).where(App.id == app_id)).first()
-    cleared = [name for name, text in zip(APP_TEXTS, texts or (), strict=False) if text and pattern.search(text)]
+    cleared = [name for name, text in zip(APP_TEXTS, texts or (), strict=False) if text and needles.found_in(text)]
     if cleared:
         session.execute(update(App).where(App.id == app_id).values(**dict.fromkeys(cleared)))
     return len(cleared)
