@@ -24,12 +24,16 @@ from bridge.apps.models import App
 from bridge.apps.service import connect_platform
 from bridge.cli import main
 from bridge.cohorts import jobs as cohort_jobs
-from bridge.cohorts.models import CohortBatch, CohortMember
+from bridge.cohorts.models import CohortBatch, CohortMember, PlatformTag, PlatformUser
+from bridge.cohorts.tagger import Tagger
 from bridge.delivery.models import DEAD, OutboxEvent
 from bridge.delivery.pusher import Pusher
 from bridge.privacy.service import erase_user
-from bridge.settings import normalize_database_url
+from bridge.runtime import Runtime
+from bridge.settings import Settings, normalize_database_url
 from support.factories import OMIT, T0, channel_record, cohort_batch, event_item, new_tenant, store_cohort_batch
+from support.platform import API_KEY as PLATFORM_KEY
+from support.platform import APP_ID as PLATFORM_APP
 
 PERSON = "acct_7781"
 OTHERS = ("acctX7781", "acct_77810")
@@ -340,3 +344,43 @@ def test_a_batch_claimed_before_the_erasure_is_not_applied_with_the_list_it_read
         assert list(session.scalars(select(CohortMember.user_id))) == ["u2"]
         batch = session.get(CohortBatch, batch_id)
         assert (batch.state, batch.user_count, batch.entered) == ("processed", 1, 1)
+
+
+def test_an_erasure_while_the_tagger_sends_their_tag_brings_back_no_row(client, runtime, tenant, settings_env,
+                                                                        platform_server):
+    """The tagger holds no lock while its request is out: the erasure goes ahead, and the outcome the
+    tagger records afterwards (a 503, whose retry would write the tag's attempts and the user's next
+    time) updates rows that are gone. The request itself reached the platform: the platform's to erase."""
+    with runtime.session() as session:
+        connect_platform(session, session.get(App, tenant.app_id), platform="onesignal", platform_app_id=PLATFORM_APP,
+                         platform_api_key=PLATFORM_KEY)
+        session.commit()
+    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth,
+                           json=cohort_batch([PERSON, "ben"], cohort_id="c1"))
+    assert response.status_code == 200
+    runtime.runner.run_pending()
+    assert client.put(f"/v1/apps/{tenant.app_id}/cohorts/c1/platform-sync", json={"enabled": True},
+                      headers=tenant.auth).status_code == 200
+    platform_server.add_users(PLATFORM_APP, [PERSON, "ben"])
+    platform_server.add_faults([{"status": 503, "delay": 1.0, "users": [PERSON], "apply": True}])
+    tagger_runtime = Runtime(Settings.from_env({**settings_env, "PLATFORM_BASE_URL": platform_server.url}))
+    tagger = threading.Thread(target=Tagger(tagger_runtime, linger=0).run, args=(tenant.app_id,))
+    tagger.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any(request["external_id"] == PERSON for request in platform_server.requests()) and \
+                platform_server.stats()["faults_pending"]:
+            assert time.monotonic() < deadline, "the tagger never sent the person's tags"
+            time.sleep(0.02)
+        with runtime.session() as session:  # the request is out (answered after its 1 s delay)
+            assert erase_user(session, tenant.app_id, PERSON).platform_tags == 1
+            session.commit()
+        assert tagger.is_alive()  # still waiting for the platform's answer
+        tagger.join(20)
+    finally:
+        tagger_runtime.close()
+    with runtime.session() as session:
+        left = {(tag.external_id, tag.state) for tag in session.scalars(select(PlatformTag))}
+        users = set(session.scalars(select(PlatformUser.external_id)))
+    assert (left, users) == ({("ben", "synced")}, {"ben"})
+    assert platform_server.tags(PLATFORM_APP, PERSON) == {"amplitude_cohort_c1": "1"}  # the platform's to erase
