@@ -19,7 +19,7 @@ What names a person here, table by table (README, "Erasure on request"):
   ID or one of their channel identifiers as a whole word (e-mail addresses compared ignoring case):
   a personalised message may carry them. An entry is a campaign's, learned from any event of the
   message, so no other link to a person exists; one taken out is learned again from the message's
-  next event that carries its details.
+  next event that carries its details. This process forgets it at once (`catalog.service.forget`).
 - `apps`: the app's last delivery and platform errors (and the reasons delivery or tagging is held)
   when their text holds the External User ID as a whole word.
 
@@ -47,6 +47,7 @@ from sqlalchemy import ColumnElement, Select, delete, event, func, or_, select, 
 from sqlalchemy.orm import Session, SessionTransaction
 
 from bridge.apps.models import App
+from bridge.catalog import service as catalog
 from bridge.catalog.models import DETAILS, MessageCatalogEntry
 from bridge.cohorts.jobs import batch_after_commit
 from bridge.cohorts.models import PROCESSED, CohortBatch, CohortMember, PlatformTag, PlatformUser
@@ -231,11 +232,7 @@ def _erase_catalog_entries(session: Session, app_id: str, needles: Needles, post
                        .where(MessageCatalogEntry.app_id == app_id, needles.anywhere(columns))
                        .order_by(MessageCatalogEntry.message_id), postgres)
     named = [row.message_id for row in session.execute(candidates) if any(needles.found_in(t) for t in row[1:] if t)]
-    entries = MessageCatalogEntry.__table__.c
-    for start in range(0, len(named), 1000):
-        session.execute(delete(MessageCatalogEntry).where(entries.app_id == app_id,
-                                                          entries.message_id.in_(named[start:start + 1000])))
-    return len(named)
+    return catalog.forget(session, app_id, named)
 
 
 def _strike_from_batches(session: Session, app_id: str, external_id: str, postgres: bool) -> int:
