@@ -38,7 +38,7 @@ from support.platform import APP_ID as PLATFORM_APP
 PERSON = "acct_7781"
 OTHERS = ("acctX7781", "acct_77810")
 TOKEN, EMAIL, PHONE = "f3c1a9e2b7d4AnnaPushToken0001", "Anna.K@example.com", "+4915112345678"
-DEVICES = ("sub-anna-ios", "sub-anna-mail", "sub-anna-sms", "sub-anna-web")
+DEVICES = ("sub-anna-ios", "sub-anna-mail", "sub-anna-sms", "sub-anna-web", "sub-anna-old")
 ZERO = {"channel_records": 0, "outbox_events": {"pending": 0, "dead": 0, "skipped": 0, "details_redacted": 0},
         "cohort_memberships": 0,
         "cohort_batch_user_lists": 0, "platform_tags": 0, "catalog_entries": 0, "app_error_texts": 0}
@@ -95,6 +95,9 @@ def seed(client, runtime, tenant) -> None:
         channel_record("sub-anna-mail", "Email", identifier=EMAIL, external_id=PERSON),
         channel_record("sub-anna-sms", "SMS", identifier=PHONE, external_id=f"  {PERSON} "),
         channel_record("sub-anna-web", "ChromePush", identifier="https://push.example/anna", external_id=PERSON),
+        channel_record("sub-anna-old", "Email", identifier=EMAIL),  # their address, imported without a user
+        channel_record("sub-x-sms", "SMS", identifier="+4915100000001", external_id=OTHERS[0]),
+        channel_record("sub-x-sms-old", "SMS", identifier="+4915100000001"),  # the other's, not theirs
         channel_record("sub-x-ios", "iOSPush", identifier="tokX", external_id=OTHERS[0], notification_types=1),
         channel_record("sub-y-mail", "Email", identifier="y@example.com", external_id=OTHERS[1])])
     receipt = {"id": "msg-receipt", "name": "Receipt", "contents": {"en": "Your receipt went to anna.k@example.com"}}
@@ -158,7 +161,7 @@ def test_erasure_leaves_nothing_of_the_person_in_any_table_and_everyone_else_as_
 
     assert response.status_code == 200
     assert response.json == {"removed": {
-        "channel_records": 4, "outbox_events": {"pending": 2, "dead": 1, "skipped": 1, "details_redacted": 1},
+        "channel_records": 5, "outbox_events": {"pending": 2, "dead": 1, "skipped": 1, "details_redacted": 1},
         "cohort_memberships": 2,
         "cohort_batch_user_lists": 3, "platform_tags": 1, "catalog_entries": 1, "app_error_texts": 1}}
     assert PERSON not in response.get_data(as_text=True)

@@ -3,9 +3,11 @@ of theirs, removed (or, in a shared row, their part of it) in the caller's trans
 
 What names a person here, table by table (README, "Erasure on request"):
 
-- `subscriptions`: their channel records, those whose `external_id` is theirs. Their subscription ids
-  (read first) and identifiers (push token, e-mail address, phone number; read as the records go) are
-  what the outbox and the catalog are matched on.
+- `subscriptions`: their channel records, those whose `external_id` is theirs, and the records without
+  an External User ID holding one of their identifiers on the same channel (an import of addresses
+  alone): a push token, an e-mail address or a phone number is the person's whoever recorded it. A
+  record of another External User ID with the same identifier is that user's, and stays. Their
+  subscription ids and identifiers are what the outbox and the catalog are matched on.
 - `outbox_events`: their events, pending, dead or skipped: those whose `user_id` is theirs, and the
   skipped events still waiting for a user (`user_id` NULL) on one of their subscriptions, which a
   replay would have attributed to them. Events of another External User ID on one of their
@@ -43,7 +45,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import orjson
-from sqlalchemy import ColumnElement, Select, delete, event, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, event, func, or_, select, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from bridge.apps.models import App
@@ -108,10 +110,13 @@ def erase_user(session: Session, app_id: str, external_id: str) -> Erased:
     answers zeros. A batch of theirs not applied yet is queued again by the commit."""
     erased = Erased()
     postgres = is_postgresql(session)
-    theirs = (Subscription.app_id == app_id, Subscription.external_id == external_id)
-    records = session.execute(select(Subscription.subscription_id, Subscription.identifier).where(*theirs)).all()
-    devices = [subscription_id for subscription_id, _ in records]
-    identifiers = [identifier for _, identifier in records]
+    records = session.execute(select(Subscription.subscription_id, Subscription.channel, Subscription.identifier)
+                              .where(Subscription.app_id == app_id, Subscription.external_id == external_id)).all()
+    records += _unattributed_records(session, app_id, records)
+    devices = [subscription_id for subscription_id, _, _ in records]
+    identifiers = [identifier for _, _, identifier in records]
+    theirs = (Subscription.app_id == app_id, or_(Subscription.external_id == external_id, and_(
+        Subscription.external_id.is_(None), Subscription.subscription_id.in_(devices))))
     # First what may wait for a worker (a delivery in flight, a cohort batch being applied), holding no
     # row the intake writes meanwhile.
     erased.outbox_events = _erase_events(session, app_id, external_id, devices)
@@ -144,6 +149,17 @@ def _log_erasures(session: Session) -> None:
 def _forget_erasures(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # ended without a commit (else _log_erasures took them): nothing was erased
         session.info.pop(_LOGGED, None)
+
+
+def _unattributed_records(session: Session, app_id: str, records: list) -> list:
+    """The app's records without an External User ID holding the identifier of one of `records` on the
+    same channel (an e-mail address as given or lowercased, as the registry may hold it)."""
+    wanted = [and_(Subscription.channel == channel, Subscription.identifier.in_({identifier, identifier.lower()}))
+              for _, channel, identifier in records if identifier and identifier.strip()]
+    if not wanted:
+        return []
+    return session.execute(select(Subscription.subscription_id, Subscription.channel, Subscription.identifier).where(
+        Subscription.app_id == app_id, Subscription.external_id.is_(None), or_(*wanted))).all()
 
 
 def _lock(query: Select, postgres: bool) -> Select:
