@@ -32,10 +32,11 @@ a platform's retry of an erased event is still a duplicate, never stored again) 
 Statements are set-based. The rows a worker may hold for a while come first: outbox events (a delivery
 in flight: the erasure waits for its outcome) and cohort batches (a batch being applied). Only then
 are the channel records and catalog entries, which the intake writes, locked, in the order the intake
-locks them (by subscription id, by message id); the app's row last, as the pusher and the tagger update it last. So erasing deadlocks
-with none of them, and holds up the intake only for its own last statements. Nothing is committed here: the caller (the API's request, the
-CLI command) commits, once. The commit logs one line: the app and the counts, never the External User
-ID nor anything derived from it (a hash of an id is still the id, to anyone who can hash a guess).
+locks them (by subscription id, by message id); the app's row last, as the pusher and the tagger
+update it last. So it takes rows in the order they take them, and holds up the intake only for its
+own last statements. Nothing is committed here: the caller (the API's request, the CLI command) commits, once.
+The commit logs one line: the app and the counts, never the External User ID nor anything derived
+from it (a hash of an id is still the id, to anyone who can hash a guess).
 """
 from __future__ import annotations
 
@@ -95,7 +96,8 @@ class Erased:
     """How many rows (or parts of rows) of each kind one erasure removed; all zero when nothing was left."""
 
     channel_records: int = 0
-    # their events per state, and "details_redacted": other users' events that lost a value holding an identifier of theirs
+    # their events per state, and "details_redacted": other users' events that lost a value holding an
+    # identifier of theirs
     outbox_events: dict[str, int] = field(default_factory=lambda: {PENDING: 0, DEAD: 0, SKIPPED: 0, REDACTED: 0})
     cohort_memberships: int = 0  # rows of cohort_members, current or former (a user who left keeps a row)
     cohort_batch_user_lists: int = 0  # batches whose user list named them
