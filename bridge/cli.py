@@ -21,6 +21,7 @@ from bridge.delivery.cli import deliveries
 from bridge.jobs import QUEUES
 from bridge.maintenance import prune as run_prune
 from bridge.maintenance import sweep as run_sweep
+from bridge.privacy.cli import users
 from bridge.registry.cli import subscriptions
 from bridge.settings import ConfigurationError, Settings
 
@@ -227,3 +228,4 @@ main.add_command(apps)
 main.add_command(cohorts)
 main.add_command(deliveries)
 main.add_command(subscriptions)
+main.add_command(users)

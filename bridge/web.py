@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping
 
 from flask import Flask, g, request
-from werkzeug.routing import BaseConverter
+from werkzeug.routing import BaseConverter, PathConverter
 
 from bridge import logs, request_scope, scrape
 from bridge.apidoc import documented
@@ -21,6 +21,7 @@ from bridge.errors import register_error_handlers
 from bridge.health import HealthCheck, HealthSchema, LivenessSchema, SchemaGate
 from bridge.intake.views import bp as intake_bp
 from bridge.openapi import build_document
+from bridge.privacy.views import bp as privacy_bp
 from bridge.registry.views import bp as registry_bp
 from bridge.runtime import Runtime, install
 from bridge.settings import Settings
@@ -33,6 +34,13 @@ class PathSegment(BaseConverter):
     holds one, and PostgreSQL refuses it in a query."""
 
     regex = "[^/\x00]+"
+
+
+class IdWithSlashes(PathConverter):
+    """`<any_id:name>`: the rest of the path, for an id that may hold "/" (sent as %2F, which the server
+    decodes first). Any character is taken, a newline too, so that the view refuses a bad id by name."""
+
+    regex = "[^/][\\s\\S]*?"
 
 
 class BridgeFlask(Flask):
@@ -56,6 +64,7 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
 
     app = BridgeFlask(__name__, static_folder=None)
     app.url_map.converters["default"] = PathSegment
+    app.url_map.converters["any_id"] = IdWithSlashes
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.extensions["bridge"] = runtime
     app.extensions["bridge.tokens"] = TokenCache(settings.auth_cache_seconds)  # see apps/auth.py
@@ -99,7 +108,7 @@ def create_app(overrides: Mapping[str, str] | None = None, runtime: Runtime | No
         """Liveness: the process answers. No I/O, so a dependency's outage never restarts the process."""
         return LivenessSchema().dump({"status": "ok"})
 
-    for blueprint in (apps_bp, intake_bp, delivery_bp, registry_bp, cohorts_bp):
+    for blueprint in (apps_bp, intake_bp, delivery_bp, registry_bp, cohorts_bp, privacy_bp):
         app.register_blueprint(blueprint)
     if settings.admin_token:  # the operator dashboard's pages; without a token, /dashboard is a 404
         dashboard.init_app(app, settings)

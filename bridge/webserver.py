@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 
@@ -95,6 +96,8 @@ class AccessLogger(Logger):
 
 # The most characters of a value the client chose (path, query, user agent) that an access line keeps.
 ACCESS_VALUE_MAX_CHARS = 512
+# A path ending in a person's External User ID (erasure on request, bridge/privacy): logged without it.
+PERSONAL_PATH = re.compile(r"^(/v1/apps/[^/?]+/users/)[^?]+")
 
 
 def access_fields(answer: _Answer, environ: dict, request_time: datetime.timedelta) -> dict[str, object]:
@@ -104,10 +107,12 @@ def access_fields(answer: _Answer, environ: dict, request_time: datetime.timedel
     `req`, the X-Request-ID the answer carries (the id the app's own lines show); `remote`, the peer's
     address; `ua`, the User-Agent. The client's values are cut to ACCESS_VALUE_MAX_CHARS (ending in
     `…`), and the formatter escapes their control characters and bidi marks (header bytes are read as
-    Latin-1, so a C1 control or a bidi override's bytes would otherwise reach the terminal as sent).
+    Latin-1, so a C1 control or a bidi override's bytes would otherwise reach the terminal as sent). The
+    External User ID of `/v1/apps/<app_id>/users/<external_id>` is written as `(redacted)`.
     Nothing else of the request is written: no credentials, no cookie, no HTTP Basic user. A field the
     request lacks (`req`, `ua`, `query`) is None."""
     path, _, query = environ.get("REQUEST_URI", "").partition("?")
+    path = PERSONAL_PATH.sub(r"\1(redacted)", path)
     return {"method": environ.get("REQUEST_METHOD"), "path": _cut(path), "query": _cut(query) or None,
             "status": int(answer.status.split(" ", 1)[0]), "bytes": answer.sent,
             "duration_ms": round(request_time.total_seconds() * 1000, 1),

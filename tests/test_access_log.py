@@ -75,6 +75,20 @@ def test_each_request_has_one_access_line_with_its_request_id_and_duration(web, 
         assert line.get("query") == (path.partition("?")[2] or None)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_erasure_is_logged_without_the_external_id(web, log_format):
+    """`DELETE /v1/apps/<app_id>/users/<external_id>` names a person in its path: the access line keeps
+    the route, never the id, percent-escaped or not."""
+    process, url = web
+    with httpx.Client(base_url=url, timeout=10) as client:
+        answer = client.delete(f"/v1/apps/{UNKNOWN_APP}/users/anna%2Fk%40example.com",
+                               headers={"X-Request-ID": "erasure-1"})
+    assert answer.status_code == 401
+    [line] = access_lines(process, log_format, "erasure-1")
+    assert line["path"] == f"/v1/apps/{UNKNOWN_APP}/users/(redacted)"
+    assert "anna" not in process.output()
+
+
 @pytest.mark.hostile
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_request_values_cannot_forge_an_access_line_or_rewrite_the_terminal(web, log_format):

@@ -143,6 +143,7 @@ SUCCESSES = [
     ("GET", "/v1/apps/{app_id}/cohorts/{cohort_id}/devices", None, "", "text/csv"),
     ("PUT", "/v1/apps/{app_id}/cohorts/{cohort_id}/platform-sync", {"enabled": False, "tag_key": "churn"}, "", None),
     ("GET", "/v1/apps/{app_id}/cohorts/{cohort_id}/platform-sync/plan", None, "", None),
+    ("DELETE", "/v1/apps/{app_id}/users/{external_id}", None, "", None),  # last: it erases the seeded user
 ]
 
 
@@ -154,7 +155,7 @@ def test_every_operation_answers_its_example_as_documented(client, seeded):
                           for media_type in response["content"]}
     examples = {(path, method, accept or "application/json") for method, path, _body, _query, accept in SUCCESSES}
     assert examples == documented_answers
-    ids = {"app_id": seeded.app_id, "cohort_id": COHORT, "subscription_id": SUBSCRIPTION}
+    ids = {"app_id": seeded.app_id, "cohort_id": COHORT, "subscription_id": SUBSCRIPTION, "external_id": "u1"}
     for method, path, body, query, accept in SUCCESSES:
         operation = api_schema[path][method]
         security = operation.definition.raw["security"]

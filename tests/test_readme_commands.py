@@ -59,6 +59,7 @@ APPS_LIST = "bridge apps list"
 STATS = "bridge deliveries stats --app APP_ID"
 REPLAY = "bridge deliveries replay [--app APP_ID] [--since 2026-11-20T00:00:00] [--reason retry_window_exceeded]"
 IMPORT = "bridge subscriptions import --app APP_ID players.csv.gz [--errors-file rejected.csv]"
+ERASE = "bridge users erase --app APP_ID EXTERNAL_ID"
 SWEEP = "bridge sweep"
 PRUNE = "bridge prune [--older-than-days 30]"
 SINK = "bridge sink --port 18080"
@@ -100,6 +101,7 @@ RUN_BY: dict[str, tuple[str, ...]] = {
     STATS: (f"{THIS_FILE}::test_a_setup_line_runs_as_written",),
     REPLAY: (f"{THIS_FILE}::test_a_setup_line_runs_as_written",),
     IMPORT: (f"{THIS_FILE}::test_a_setup_line_runs_as_written",),
+    ERASE: (f"{THIS_FILE}::test_a_setup_line_runs_as_written",),
     SWEEP: (f"{THIS_FILE}::test_a_setup_line_runs_as_written", f"{THIS_FILE}::test_production_mode_release_app_and_sweep"),
     PRUNE: (f"{THIS_FILE}::test_a_setup_line_runs_as_written",),
     SINK: (f"{THIS_FILE}::test_the_sink_serves_until_terminated",),
@@ -309,7 +311,7 @@ def embedded(tmp_path_factory) -> Embedded:
         shutil.copyfileobj(plain, packed)
     values = {"APP_ID": app["app_id"], "KEY": "amp-readme-key-2", "players.csv.gz": str(players),
               "rejected.csv": str(tmp / "rejected.csv"), "PLATFORM_APP_ID": "5eb5a37e-b458-11e3-ac11-000c2940e62c",
-              "PLATFORM_KEY": "os_v2_app_readme-key", "COHORT_ID": "churn-readme"}
+              "PLATFORM_KEY": "os_v2_app_readme-key", "COHORT_ID": "churn-readme", "EXTERNAL_ID": "readme-user-7"}
     return Embedded(env, database_url, app, values)
 
 
@@ -366,6 +368,22 @@ def imports_the_registry(setup: Embedded, words: list[str]) -> None:
     if "--errors-file" in words:
         with open(setup.values["rejected.csv"], newline="", encoding="utf-8") as rejected:
             assert len(list(csv.reader(rejected))) == 1 + 6  # a header, then every rejected row
+
+
+def erases_the_user(setup: Embedded, words: list[str]) -> None:
+    now = datetime.now(UTC)
+    add_rows(setup.database_url, Subscription.__table__, {
+        "app_id": setup.app_id, "subscription_id": f"readme-{uuid.uuid4().hex}", "channel": "email", "type": "Email",
+        "identifier": "readme-user-7@example.com", "external_id": setup.values["EXTERNAL_ID"],
+        "invalid_identifier": False, "created_at": now, "updated_at": now})
+    erased = setup.run(words)
+    assert erased == {"removed": {**readme_json_after("### Erasure on request")["removed"], "channel_records": 1,
+                                  "outbox_events": {"pending": 0, "dead": 0, "skipped": 0, "details_redacted": 0},
+                                  "cohort_memberships": 0,
+                                  "cohort_batch_user_lists": 0, "platform_tags": 0, "catalog_entries": 0,
+                                  "app_error_texts": 0}}
+    assert erased["removed"].keys() == readme_json_after("### Erasure on request")["removed"].keys()
+    assert setup.run(words)["removed"]["channel_records"] == 0  # again: nothing left
 
 
 def queues_due_work(setup: Embedded, words: list[str]) -> None:
@@ -430,6 +448,7 @@ SETUP_LINES: dict[str, Callable[[Embedded, list[str]], None]] = {
     STATS: shows_delivery_stats,
     REPLAY: requeues_dead_events,
     IMPORT: imports_the_registry,
+    ERASE: erases_the_user,
     SWEEP: queues_due_work,
     PRUNE: forgets_old_receipts,
     CONFIG: shows_the_settings,

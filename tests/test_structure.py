@@ -27,7 +27,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "bridge"
 
-FEATURES = ("apps", "intake", "delivery", "registry", "cohorts", "catalog", "dashboard")
+FEATURES = ("apps", "intake", "delivery", "registry", "cohorts", "catalog", "dashboard", "privacy")
 # Packages that are shared plumbing: Amplitude's HTTP API (its hosts, the client the Runtime holds, and a
 # local stand-in server) and the messaging platforms' (an adapter per platform, and a local stand-in for
 # OneSignal) import nothing of the bridge's features.

@@ -91,6 +91,13 @@ class Owed:
                     if detail not in held or seen > held[detail]:
                         held[detail] = seen
 
+    def forgive(self, app_id: str, message_ids: Iterable[str]) -> None:
+        """Owe `app_id`'s catalog nothing more of `message_ids` (their entries are gone)."""
+        with self._lock:
+            owed = self._owed.get(app_id, {})
+            for message_id in message_ids:
+                owed.pop(message_id, None)
+
     def due(self, app_id: str) -> bool:
         """Whether `app_id`'s oldest debt is FLUSH_SECONDS old (or the clock went back, as in tests)."""
         with self._lock:

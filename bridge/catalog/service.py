@@ -193,6 +193,21 @@ def prune_catalog(session: Session, older_than: datetime, *, batch: int = 10_000
         pruned += done.rowcount
 
 
+def forget(session: Session, app_id: str, message_ids: Sequence[str]) -> int:
+    """Delete `app_id`'s entries of `message_ids` (flushed, not committed); returns how many there were.
+    This process forgets them at once: remembered as absent, nothing owed to them, so it neither
+    completes an event from them nor writes them back. Another process may still do either until its
+    memory of them lapses (MEMO_SECONDS; FLUSH_SECONDS for what it owes)."""
+    forgotten = 0
+    for start in range(0, len(message_ids), _CHUNK):
+        chunk = message_ids[start:start + _CHUNK]
+        forgotten += session.execute(delete(_TABLE).where(_TABLE.c.app_id == app_id,
+                                                          _TABLE.c.message_id.in_(chunk))).rowcount
+    _MEMO.put(dict.fromkeys(((app_id, message_id) for message_id in message_ids), None))
+    _OWED.forgive(app_id, message_ids)
+    return forgotten
+
+
 def _remember_on_commit(session: Session, entries: dict[tuple[str, str], Known]) -> None:
     """Remember `entries` once `session`'s transaction commits (a rollback forgets them: until then they
     are no lower bound of what the database holds)."""

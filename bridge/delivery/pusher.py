@@ -117,6 +117,9 @@ class Locks:
     def checkpoint(self, session: Session) -> None:
         session.flush()  # keep the transaction (and the locks) until the whole batch is recorded
 
+    def held(self, session: Session, events: list[Claimed]) -> list[Claimed]:
+        return events  # locked rows: nothing can delete them under this worker
+
     def unclaim(self) -> dict[str, object]:
         return {}
 
@@ -163,6 +166,14 @@ class Leases:
 
     def checkpoint(self, session: Session) -> None:
         session.commit()  # SQLite has one writer: never hold it across an HTTP request
+
+    def held(self, session: Session, events: list[Claimed]) -> list[Claimed]:
+        """The events whose rows are still here under this worker's lease: one erased meanwhile
+        (bridge.privacy) is not sent again."""
+        ids = [e.id for e in events]
+        here = {row_id for start in range(0, len(ids), 5000)
+                for row_id in session.scalars(select(outbox.id).where(self.mine(ids[start:start + 5000])))}
+        return [e for e in events if e.id in here]
 
     def unclaim(self) -> dict[str, object]:
         return {"lease_owner": None, "lease_expires_at": None}
@@ -250,7 +261,9 @@ class Pusher:
         work = deque(self._split_by_size(app.amplitude_api_key, batch))
         keep_going = True
         while work:
-            chunk = work.popleft()
+            chunk = self.claims.held(session, work.popleft())
+            if not chunk:
+                continue
             answer = self.runtime.amplitude.send(url, app.amplitude_api_key, [c.payload for c in chunk])
             metrics.AMPLITUDE_REQUESTS.labels(app.id, metrics.amplitude_answer(answer.status)).inc()
             delivered_before = report.delivered
@@ -312,7 +325,7 @@ class Pusher:
         if answer.silenced_devices:
             details = _details(session, chunk)
             for i, event in enumerate(chunk):
-                if details[event.id].device_id in answer.silenced_devices:
+                if event.id in details and details[event.id].device_id in answer.silenced_devices:
                     refused.setdefault(i, "silenced_device")
         if not refused:
             if len(chunk) == 1:
@@ -331,14 +344,15 @@ class Pusher:
                    report: DrainReport) -> tuple[bool, list[list[Claimed]]]:
         """Record daily-quota drops, hold throttled users/devices ~30 s, send everyone else now."""
         details = _details(session, chunk)
-        quota = [e for e in chunk if details[e.id].user_id in answer.quota_users
+        chunk_here = [e for e in chunk if e.id in details]
+        quota = [e for e in chunk_here if details[e.id].user_id in answer.quota_users
                  or details[e.id].device_id in answer.quota_devices]
         if quota:
             self._dead(session, quota, DAILY_QUOTA_EXCEEDED, answer.error, report)
         quota_ids = {e.id for e in quota}
         held_users, held_devices = answer.throttled_users, answer.throttled_devices
         named = {chunk[i].id for i in answer.throttled_events if 0 <= i < len(chunk)}
-        held = [e for e in chunk if e.id not in quota_ids
+        held = [e for e in chunk_here if e.id not in quota_ids
                 and (e.id in named or details[e.id].user_id in held_users or details[e.id].device_id in held_devices)]
         held_ids = {e.id for e in held}
         rest = [e for e in chunk if e.id not in quota_ids and e.id not in held_ids]
@@ -393,6 +407,7 @@ class Pusher:
         now = utcnow()
         window = timedelta(seconds=self.settings.delivery_retry_window_seconds)
         details = _details(session, events)
+        events = [e for e in events if e.id in details]
         expired = [e for e in events if details[e.id].failing_since is not None
                    and now - details[e.id].failing_since >= window]
         if expired:
@@ -432,7 +447,8 @@ class Pusher:
 
 
 def _details(session: Session, events: list[Claimed]) -> dict[int, object]:
-    """user_id, device_id, attempts and failing_since of claimed events, for the failure paths."""
+    """user_id, device_id, attempts and failing_since of claimed events, for the failure paths. An event
+    whose row is gone (erased under a lease on SQLite, bridge.privacy) is left out."""
     ids = [e.id for e in events]
     found: dict[int, object] = {}
     for start in range(0, len(ids), 5000):
