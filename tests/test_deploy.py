@@ -98,11 +98,15 @@ def test_app_json_runs_the_procfile_on_the_addons_the_settings_read():
         assert "value" in spec or "generator" in spec or spec.get("required") is False, name
     assert app["env"]["SECRET_KEY"] == {**app["env"]["SECRET_KEY"], "generator": "secret"}  # required with Redis
     assert app["env"]["REDIS_TLS_VERIFY"]["value"] == "false"  # Heroku Redis: TLS, self-signed certificate
+    for operator_token in ("ADMIN_TOKEN", "METRICS_TOKEN"):  # generated (64 hex digits): dashboard and /metrics on
+        assert app["env"][operator_token]["generator"] == "secret"
     # What app.json sets must be a value the settings accept, with the add-ons' URLs in Heroku's forms.
     values = {name: spec["value"] for name, spec in app["env"].items() if "value" in spec}
-    settings = Settings.from_env({**values, "SECRET_KEY": "x" * 64, "DATABASE_URL": "postgres://u:p@db.example.com:5432/d",
+    generated = {name: "f" * 64 for name, spec in app["env"].items() if spec.get("generator") == "secret"}
+    settings = Settings.from_env({**values, **generated, "DATABASE_URL": "postgres://u:p@db.example.com:5432/d",
                                   "REDIS_URL": "rediss://:p@redis.example.com:6380"})
     assert settings.job_runner == "rq" and settings.redis_url.endswith("?ssl_cert_reqs=none")
+    assert settings.admin_token and settings.metrics_token
 
 
 def test_the_python_buildpack_finds_the_project_and_its_python():
