@@ -156,7 +156,8 @@ def test_the_app_page_shows_what_the_stats_api_answers(browser, client, tenant, 
     client.post(f"/v1/apps/{tenant.app_id}/events", json=event_items(3, start=100), headers=tenant.auth)  # pending
     api = client.get(f"/v1/apps/{tenant.app_id}/deliveries/stats", headers=tenant.auth).json
     log_in(browser)
-    numbers = shown(browser.get(f"/dashboard/apps/{tenant.app_id}").text)
+    page = browser.get(f"/dashboard/apps/{tenant.app_id}").text
+    numbers = shown(page)
     assert numbers["pending"] == str(api["pending"]) == "3"
     assert numbers["delivered"] == str(api["delivered"]) == "4"
     assert numbers["delivered_last_hour"] == str(sum(api["delivered_last_hour"]["per_minute"])) == "4"
@@ -165,6 +166,7 @@ def test_the_app_page_shows_what_the_stats_api_answers(browser, client, tenant, 
     assert api["last_error"]["message"] in numbers["last_error"]
     assert numbers["held"] == "no" and api["held"] is None
     assert numbers["oldest_pending_at"].startswith(api["oldest_pending_at"][:16].replace("T", " "))
+    assert "chart.umd.min.js" in page and "chart.umd.min.js" not in browser.get("/dashboard").text  # charts: where drawn
 
 
 def test_the_replay_button_requeues_the_dead_letters_and_they_are_delivered(browser, client, tenant, runtime, sink):
