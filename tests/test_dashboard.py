@@ -295,13 +295,29 @@ def test_the_recompute_button_needs_its_csrf_token_and_queues_the_refresh(browse
     assert refreshes_waiting(runtime) == 0
     response = browser.post(f"{path}/recompute", data={"csrf_token": csrf_token(page)})
     assert (response.status_code, response.headers["Location"]) == (303, path)
-    assert browser.post(f"{path}/recompute", data={"csrf_token": csrf_token(page)}).status_code == 303
-    assert refreshes_waiting(runtime) == 1  # pressed twice: queued once
     assert "A recompute of this cohort&#39;s report is queued" in browser.get(path).text
+    browser.post(f"{path}/recompute", data={"csrf_token": csrf_token(page)})
+    assert refreshes_waiting(runtime) == 1  # pressed twice: queued once, and the page says so
+    assert "A recompute of this cohort&#39;s report is already queued or running" in browser.get(path).text
     runtime.runner.run_pending()
     assert refreshes_waiting(runtime) == 0
     assert browser.post(f"/dashboard/apps/{tenant.app_id}/cohorts/nope/recompute",
                         data={"csrf_token": csrf_token(page)}).status_code == 404
+
+
+def test_a_recompute_the_queue_cannot_take_is_said_on_the_page_not_a_server_error(browser, client, tenant, runtime,
+                                                                                  monkeypatch):
+    sync_cohort(client, tenant, runtime)
+    log_in(browser)
+    path = f"/dashboard/apps/{tenant.app_id}/cohorts/c1"
+    token = csrf_token(browser.get(path).text)
+
+    def redis_down(*args, **kwargs):  # what RQRunner.enqueue_once raises when Redis does not answer
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(runtime.runner, "enqueue_once", redis_down)
+    assert browser.post(f"{path}/recompute", data={"csrf_token": token}).status_code == 303
+    assert "The recompute could not be queued: the job queue did not answer." in browser.get(path).text
 
 
 def test_names_from_outside_are_escaped_in_every_page(browser, client, runtime):

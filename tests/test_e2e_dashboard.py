@@ -2,16 +2,20 @@
 Redis) with a `bridge worker`, opened in headless Chromium.
 
 An app's events are delivered, two of them dead-lettered by Amplitude; a cohort arrives through the
-webhook. The operator logs in, opens the app and the cohort: every number the pages show equals what the
-JSON API answers. The replay button brings the dead letters back, and they are delivered. Screenshots
+webhook. The operator logs in, opens the app and the cohort, recomputes the cohort's report with its
+button and waits for the worker to compute it: every number the pages show equals what the JSON API
+answers. The replay button brings the dead letters back, and they are delivered. Screenshots
 of both pages are kept in test-artifacts/ (support.browser.ARTIFACTS).
 """
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import httpx
+import psycopg
 import pytest
+from redis import Redis
 
 from bridge.platforms.server import PlatformServer
 from support.browser import artifact, chromium
@@ -91,6 +95,14 @@ def test_the_operator_sees_the_apis_numbers_and_replays_dead_letters(browser, en
             return body["users"]["in_cohort"] == 7 and body["platform_sync"]["pending"] == 0
 
         wait_until(synced, 30, "the cohort batch to be applied and its tags sent")
+        # The sweep computes the cohort's first snapshot; then no refresh is waiting or running (the button's
+        # press below is then the one that queues).
+        redis = Redis.from_url(env["REDIS_URL"])
+        with psycopg.connect(env["DATABASE_URL"], autocommit=True) as db:
+            wait_until(lambda: db.execute("SELECT count(*) FROM cohort_report_snapshots").fetchone()[0] == 1
+                       and not redis.exists(f"bridge:once:cohort-report:{app['app_id']}:churn"), 30,
+                       "the sweep's refresh of the cohort's report")
+        redis.close()
         delivery, report = stats(), api.get(f"{base}/cohorts/churn", headers=auth).json()
 
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -122,6 +134,18 @@ def test_the_operator_sees_the_apis_numbers_and_replays_dead_letters(browser, en
 
         page.get_by_role("link", name="churn").click()
         page.wait_for_url(f"{url}/dashboard/apps/{app['app_id']}/cohorts/churn")
+        pressed = datetime.now(UTC)
+        page.get_by_role("button", name="Recompute now").click()
+        page.wait_for_url(f"{url}/dashboard/apps/{app['app_id']}/cohorts/churn")
+        assert page.locator(".flash").inner_text().startswith("A recompute of this cohort's report is queued")
+
+        def recomputed():
+            page.reload()
+            computed_at = datetime.fromisoformat(page.locator("#computed-at").get_attribute("datetime"))
+            return computed_at >= pressed and page.locator("#report-state").get_attribute("data-state") == "current"
+
+        wait_until(recomputed, 30, "the worker to recompute the report", interval=0.2)
+        assert "As of" in page.locator("#report-state").inner_text()
         numbers = shown(page)
         assert numbers["users.in_cohort"] == report["users"]["in_cohort"] == 7
         assert numbers["segment_size"] == report["segment_size"] == 3
@@ -145,7 +169,7 @@ def test_the_operator_sees_the_apis_numbers_and_replays_dead_letters(browser, en
         assert "Churn <script>alert(1)</script>" in page.locator("h1").inner_text()  # text, not a script
         page.screenshot(path=artifact("dashboard-cohort.png"), full_page=True)
 
-        page.go_back()
+        page.get_by_role("link", name=NAME).click()  # the crumb back to the app
         page.wait_for_url(f"{url}/dashboard/apps/{app['app_id']}")
         page.locator("#dead-letters form", has=page.locator('input[value="amplitude_400"]')).locator("button").click()
         page.wait_for_url(f"{url}/dashboard/apps/{app['app_id']}")

@@ -6,8 +6,9 @@ The job `refresh_report` computes the report and keeps it, with when its numbers
 - by the periodic sweep (`schedule_stale_reports`), for each cohort without a snapshot, or whose
   cohort has changed since (a batch applied moves `updated_at`), at most once every
   COHORT_REPORT_REFRESH_SECONDS per cohort: a sync arriving as 100 batches is not computed 100 times;
-- by the dashboard's "Recompute now" (`refresh_after_commit`).
-A cohort has at most one refresh waiting or running at a time: its key is held until the job ends.
+- by the dashboard's "Recompute now" (`schedule_refresh`).
+A cohort has at most one refresh waiting or running at a time: its key is held until the job ends, so the
+sweep does not queue a second one while the first computes.
 
 What a snapshot cannot notice: the channel registry (an import, a new subscription) and erasures change
 the report without moving the cohort's `updated_at`. Its `computed_at` says how old its numbers are;
@@ -26,7 +27,7 @@ from bridge.cohorts import report
 from bridge.cohorts.models import Cohort, CohortReportSnapshot
 from bridge.cohorts.schemas import CohortReportSchema
 from bridge.db import dialect_insert, is_postgresql, utcnow
-from bridge.jobs import COHORTS, JOB_TIMEOUT_SECONDS, after_commit_once
+from bridge.jobs import COHORTS, JOB_TIMEOUT_SECONDS
 from bridge.runtime import Runtime, current
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,9 @@ def latest(session: Session, app_id: str, cohort_id: str) -> CohortReportSnapsho
     return session.get(CohortReportSnapshot, (app_id, cohort_id))
 
 
-def refresh_after_commit(session: Session, app_id: str, cohort_id: str) -> None:
-    """Queue `refresh_report` for the cohort when the transaction of `session` commits, unless one is
-    already waiting or running (`bridge.jobs.after_commit_once`)."""
-    after_commit_once(session, COHORTS, refresh_key(app_id, cohort_id), _KEY_TTL, refresh_report, app_id, cohort_id)
-
-
 def schedule_refresh(runtime: Runtime, app_id: str, cohort_id: str) -> bool:
-    """Queue `refresh_report` for the cohort now, unless one is already waiting or running. True if queued."""
+    """Queue `refresh_report` for the cohort now, unless one is already waiting or running. True if queued.
+    It writes nothing, so there is no commit to wait for; raises what the queue raises (Redis down)."""
     return runtime.runner.enqueue_once(COHORTS, refresh_key(app_id, cohort_id), _KEY_TTL, refresh_report,
                                        app_id, cohort_id)
 

@@ -12,6 +12,8 @@ Registered by bridge.web only when ADMIN_TOKEN is set; otherwise /dashboard is a
 """
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Flask, abort, current_app, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
@@ -26,6 +28,8 @@ from bridge.delivery.replay import replay as run_replay
 from bridge.delivery.stats import delivery_stats
 from bridge.request_scope import get_db
 from bridge.settings import Settings
+
+log = logging.getLogger(__name__)
 
 bp = pages_for_people(Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates",
                                 static_folder="static"))
@@ -163,12 +167,20 @@ def cohort_page(app_id: str, cohort_id: str):
 
 @bp.post("/apps/<app_id>/cohorts/<cohort_id>/recompute")
 def recompute(app_id: str, cohort_id: str):
-    """Queue a recompute of the cohort's report (unless one is already waiting or running), then 303 back
-    to its page. 404 for an unknown app or cohort."""
+    """Queue a recompute of the cohort's report, unless one is already waiting or running, then 303 back
+    to its page, which says which. Queued at once: it writes nothing, so no commit is waited for. 404 for
+    an unknown app or cohort."""
     app = _app(app_id)
     cohort = _cohort(app, cohort_id)
-    snapshots.refresh_after_commit(get_db(), app.id, cohort.cohort_id)
-    flash("A recompute of this cohort's report is queued; reload this page to see it once it is done.")
+    try:
+        queued = snapshots.schedule_refresh(current_app.extensions["bridge"], app.id, cohort.cohort_id)
+    except Exception as exc:  # noqa: BLE001 - Redis unreachable: the operator is told, the page still answers
+        log.warning("could not queue the recompute of cohort %s/%s: %s", app.id, cohort.cohort_id, exc)
+        flash("The recompute could not be queued: the job queue did not answer. Try again in a moment.")
+    else:
+        flash("A recompute of this cohort's report is queued; reload this page to see it once it is done." if queued
+              else "A recompute of this cohort's report is already queued or running. What changed after it started "
+                   "is not in it: press again once this page shows it.")
     return redirect(url_for("dashboard.cohort_page", app_id=app.id, cohort_id=cohort.cohort_id), 303)
 
 
