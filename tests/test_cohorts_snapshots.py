@@ -123,6 +123,23 @@ def test_a_sync_in_many_batches_is_computed_once_per_refresh_interval_not_once_p
         assert sweep(runtime)["cohort_reports"] == 0  # nothing changed since
 
 
+def test_a_cohort_is_not_recomputed_while_a_recent_batch_of_it_waits_to_be_applied(client, tenant, runtime):
+    start = utcnow()
+    with freeze_time(start) as clock:
+        post_batch(client, tenant, "c1", 3)  # stored, not applied yet: a new cohort's first report waits for it
+        assert snapshots.schedule_stale_reports(runtime) == 0
+        runtime.runner.run_pending()
+        assert snapshots.schedule_stale_reports(runtime) == 1
+        runtime.runner.run_pending()
+        clock.tick(61)
+        post_batch(client, tenant, "c1", [f"x-{i}" for i in range(3)])
+        runtime.runner.run_pending()  # applied: the cohort changed
+        post_batch(client, tenant, "c1", [f"y-{i}" for i in range(3)])  # and another batch waits
+        assert snapshots.schedule_stale_reports(runtime) == 0
+        clock.tick(60)  # a batch waiting longer than the interval no longer holds the recompute back
+        assert snapshots.schedule_stale_reports(runtime) == 1
+
+
 def test_cohort_report_refresh_seconds_sets_the_interval(settings_env, tenant):
     runtime = Runtime(Settings.from_env({**settings_env, "COHORT_REPORT_REFRESH_SECONDS": "5"}))
     try:

@@ -276,12 +276,18 @@ def test_the_cohort_page_shows_the_snapshot_with_its_time_and_says_when_the_coho
                           f"numbers were read: a recompute is due at about {start + timedelta(seconds=60):%Y-%m-%d %H:%M:%S} "
                           "UTC (at most one every 60 s per cohort).")
         clock.tick(30)
+        body = cohort_batch(["user-000007"], cohort_id="c1")
+        assert client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=body, headers=tenant.cohort_auth).status_code == 200
+        assert "a recompute is queued once the batches waiting below are applied." in " ".join(
+            browser.get(f"/dashboard/apps/{tenant.app_id}/cohorts/c1").text.split())
+        assert sweep(runtime)["cohort_reports"] == 0
+        runtime.runner.run_pending()  # the batch is applied (the cohort changes again)
         assert sweep(runtime)["cohort_reports"] == 1
         assert "a recompute is queued." in browser.get(f"/dashboard/apps/{tenant.app_id}/cohorts/c1").text
         runtime.runner.run_pending()
         page = browser.get(f"/dashboard/apps/{tenant.app_id}/cohorts/c1").text
     assert 'data-state="current"' in page and "stale-notice" not in page
-    assert shown(page)["users.in_cohort"] == "7"
+    assert shown(page)["users.in_cohort"] == "8"
 
 
 def test_the_recompute_button_needs_its_csrf_token_and_queues_the_refresh(browser, client, tenant, runtime):

@@ -5,7 +5,9 @@ The job `refresh_report` computes the report and keeps it, with when its numbers
 (`computed_at`) and the cohort's `updated_at` they were read with. It is queued:
 - by the periodic sweep (`schedule_stale_reports`), for each cohort without a snapshot, or whose
   cohort has changed since (a batch applied moves `updated_at`), at most once every
-  COHORT_REPORT_REFRESH_SECONDS per cohort: a sync arriving as 100 batches is not computed 100 times;
+  COHORT_REPORT_REFRESH_SECONDS per cohort, and not while a batch of it that arrived within that time
+  waits to be applied: a sync arriving as 100 batches is not computed 100 times, and a new cohort's
+  first report is not computed before its first batch is applied;
 - by the dashboard's "Recompute now" (`schedule_refresh`).
 A cohort has at most one refresh waiting or running at a time: its key is held until the job ends, so the
 sweep does not queue a second one while the first computes.
@@ -20,11 +22,11 @@ import logging
 import time
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session
 
 from bridge.cohorts import report
-from bridge.cohorts.models import Cohort, CohortReportSnapshot
+from bridge.cohorts.models import RECEIVED, Cohort, CohortBatch, CohortReportSnapshot
 from bridge.cohorts.schemas import CohortReportSchema
 from bridge.db import dialect_insert, is_postgresql, utcnow
 from bridge.jobs import COHORTS, JOB_TIMEOUT_SECONDS
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 snapshots = CohortReportSnapshot.__table__.c
 cohorts = Cohort.__table__.c
+batches = CohortBatch.__table__.c
 # A refresh's key is held while it waits and while it runs (the job forgets it as it ends); a run killed
 # before it could forget it frees it after this.
 _KEY_TTL = float(JOB_TIMEOUT_SECONDS)
@@ -110,16 +113,20 @@ def _store(session: Session, row: dict[str, object]) -> None:
 
 def schedule_stale_reports(runtime: Runtime) -> int:
     """Queue a refresh for every cohort without a snapshot, and for every cohort changed since its
-    snapshot was computed once that is COHORT_REPORT_REFRESH_SECONDS old (up to 1,000 per call, the
-    longest-changed first); returns how many were queued. Used by the periodic sweep."""
+    snapshot was computed once that is COHORT_REPORT_REFRESH_SECONDS old, unless a batch of the cohort
+    received within that time waits to be applied (up to 1,000 per call, the longest-changed first);
+    returns how many were queued. Used by the periodic sweep."""
     due_before = utcnow() - refresh_interval(runtime)
+    batch_waiting = exists().where(batches.app_id == cohorts.app_id, batches.cohort_id == cohorts.cohort_id,
+                                   batches.state == RECEIVED, batches.received_at > due_before)
     with runtime.session() as session:
         stale = session.execute(
             select(cohorts.app_id, cohorts.cohort_id)
             .outerjoin(CohortReportSnapshot.__table__,
                        and_(snapshots.app_id == cohorts.app_id, snapshots.cohort_id == cohorts.cohort_id))
             .where(or_(snapshots.computed_at.is_(None),
-                       and_(snapshots.cohort_updated_at < cohorts.updated_at, snapshots.computed_at <= due_before)))
+                       and_(snapshots.cohort_updated_at < cohorts.updated_at, snapshots.computed_at <= due_before)),
+                   ~batch_waiting)
             .order_by(cohorts.updated_at).limit(_SWEEP_LIMIT)
         ).all()
     return sum(1 for app_id, cohort_id in stale if schedule_refresh(runtime, app_id, cohort_id))

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from bridge.apidoc import pages_for_people
 from bridge.apps.models import App
 from bridge.cohorts import report, snapshots, tagging
-from bridge.cohorts.models import Cohort
+from bridge.cohorts.models import RECEIVED, Cohort
 from bridge.dashboard import auth, charts
 from bridge.db import utcnow
 from bridge.delivery.models import REPLAYABLE_REASONS
@@ -154,15 +154,18 @@ def cohort_page(app_id: str, cohort_id: str):
     cohort = _cohort(app, cohort_id)
     snapshot = snapshots.latest(db, app.id, cohort.cohort_id)
     body = None if snapshot is None else snapshot.report
-    interval = snapshots.refresh_interval(current_app.extensions["bridge"])
+    interval, now = snapshots.refresh_interval(current_app.extensions["bridge"]), utcnow()
+    syncs = report.sync_history(db, cohort, before=None, limit=SYNC_HISTORY).items
     return render_template(
-        "dashboard/cohort.html", app=app, cohort=cohort, snapshot=snapshot, report=body, now=utcnow(),
+        "dashboard/cohort.html", app=app, cohort=cohort, snapshot=snapshot, report=body, now=now,
         changed=snapshot is not None and cohort.updated_at > snapshot.cohort_updated_at,
-        refresh_due=None if snapshot is None else snapshot.computed_at + interval, refresh_seconds=int(interval.total_seconds()),
+        refresh_due=None if snapshot is None else snapshot.computed_at + interval,
+        refresh_seconds=int(interval.total_seconds()),
+        # what holds the sweep's recompute back (snapshots.schedule_stale_reports)
+        batches_waiting=any(s["state"] == RECEIVED and s["received_at"] > now - interval for s in syncs),
         steps=None if body is None else charts.waterfall(body["users"]["in_cohort"], body["explanations"],
                                                          body["segment_size"]),
-        sync=tagging.sync_status(db, app.id, cohort.cohort_id),
-        syncs=report.sync_history(db, cohort, before=None, limit=SYNC_HISTORY).items)
+        sync=tagging.sync_status(db, app.id, cohort.cohort_id), syncs=syncs)
 
 
 @bp.post("/apps/<app_id>/cohorts/<cohort_id>/recompute")
