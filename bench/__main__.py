@@ -25,6 +25,7 @@ TARGETS = {
     "bridge (best) / SDK defaults": "≥ 5x",
     "bridge (best) / SDK 2,000 batches": "≥ 5x",
     "end to end at 2,000 events/s: p50 / p99 from 202 to sink (ms)": "p99 < 2,000",
+    "dashboard: cohort page / app page (s)": "< 1",
     "single event, recurring subscriptions (requests/s)": "≥ 1,000 (aim 3,000)",
     "single event p50 / p90 / p99 (ms)": "p99 < 50",
     "web CPU per single-event request (ms)": "< 0.5 (aim)",

@@ -15,6 +15,7 @@ from sqlalchemy import delete, select, tuple_, update
 from bridge.catalog.service import prune_catalog
 from bridge.cohorts.jobs import schedule_unprocessed
 from bridge.cohorts.models import PROCESSED, CohortBatch
+from bridge.cohorts.snapshots import schedule_stale_reports
 from bridge.cohorts.tagger import schedule_due_tagging
 from bridge.db import utcnow
 from bridge.delivery.models import EventReceipt
@@ -29,7 +30,7 @@ def sweep(runtime: Runtime | None = None) -> dict[str, int]:
     """Queue every piece of due work the database holds; returns how much was queued, by kind."""
     runtime = runtime or current()
     queued = {"drains": schedule_due(runtime), "cohort_batches": schedule_unprocessed(runtime),
-              "taggers": schedule_due_tagging(runtime)}
+              "taggers": schedule_due_tagging(runtime), "cohort_reports": schedule_stale_reports(runtime)}
     if any(queued.values()):
         log.info("sweep queued %s", queued)
     return queued

@@ -69,6 +69,7 @@ class Settings:
     cohort_max_users_per_batch: int = variable("COHORT_MAX_USERS_PER_BATCH")
     cohort_max_concurrent_bodies: int = variable("COHORT_MAX_CONCURRENT_BODIES")
     cohort_reschedule_seconds: int = variable("COHORT_RESCHEDULE_SECONDS")
+    cohort_report_refresh_seconds: int = variable("COHORT_REPORT_REFRESH_SECONDS")
     auth_cache_seconds: float = variable("AUTH_CACHE_SECONDS")
     intake_max_queued_events: int = variable("INTAKE_MAX_QUEUED_EVENTS")
     intake_max_wait_seconds: float = variable("INTAKE_MAX_WAIT_SECONDS")
@@ -146,6 +147,7 @@ class Settings:
             cohort_max_users_per_batch=cohort_users,
             cohort_max_concurrent_bodies=reader.integer("COHORT_MAX_CONCURRENT_BODIES", 2, low=1, high=64),
             cohort_reschedule_seconds=reader.integer("COHORT_RESCHEDULE_SECONDS", 30, low=1, high=3600),
+            cohort_report_refresh_seconds=reader.integer("COHORT_REPORT_REFRESH_SECONDS", 60, low=1, high=86400),
             auth_cache_seconds=reader.number("AUTH_CACHE_SECONDS", 5.0, low=0),
             intake_max_queued_events=reader.integer("INTAKE_MAX_QUEUED_EVENTS", 20_000, low=1),
             intake_max_wait_seconds=reader.number("INTAKE_MAX_WAIT_SECONDS", 1.0, low=0.01),

@@ -6,11 +6,16 @@ import html
 import logging
 import re
 
+from datetime import timedelta
+
 import pytest
+from freezegun import freeze_time
 from sqlalchemy import select
 
 from bridge.dashboard.charts import waterfall
+from bridge.db import utcnow
 from bridge.delivery.models import OutboxEvent
+from bridge.maintenance import sweep
 from bridge.settings import ConfigurationError, Settings
 from bridge.web import create_app
 from support.factories import channel_record, cohort_batch, event_items, new_tenant
@@ -193,15 +198,26 @@ def test_a_replay_with_an_unknown_reason_or_app_is_refused(browser, tenant):
 
 
 def sync_cohort(client, tenant, runtime, name: str = "Churn risk") -> None:
-    """Five users in cohort c1; three of them have channel records (one with two, one unsubscribed)."""
+    """Five users in cohort c1; three of them have channel records (one with two, one unsubscribed). The
+    batch is applied and the report's snapshot computed (the sweep queues it)."""
     records = [channel_record("sub-1", external_id="user-000000", notification_types=1),
                channel_record("sub-2", external_id="user-000000", notification_types=1, type="Email"),
                channel_record("sub-3", external_id="user-000001", notification_types=1),
                channel_record("sub-4", external_id="user-000002", notification_types=-2)]
     assert client.post(f"/v1/apps/{tenant.app_id}/subscriptions", json=records, headers=tenant.auth).status_code == 200
-    body = cohort_batch(5, cohort_id="c1", cohort_name=name)
+    post_batch(client, tenant, cohort_batch(5, cohort_id="c1", cohort_name=name), runtime)
+    assert sweep(runtime)["cohort_reports"] == 1
+    runtime.runner.run_pending()
+
+
+def post_batch(client, tenant, body: dict, runtime) -> None:
+    """Post a cohort webhook batch and apply it."""
     assert client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=body, headers=tenant.cohort_auth).status_code == 200
     runtime.runner.run_pending()
+
+
+def refreshes_waiting(runtime) -> int:
+    return sum(1 for func, _ in runtime.runner.pending if getattr(func, "__name__", None) == "refresh_report")
 
 
 def test_the_cohort_page_walks_from_users_to_the_segment_with_the_reports_numbers(browser, client, tenant, runtime):
@@ -223,6 +239,91 @@ def test_the_cohort_page_walks_from_users_to_the_segment_with_the_reports_number
     assert page.count("<tr><td>") >= len(api["recent_syncs"]) == 1  # the sync history
     assert 'id="waterfall-data"' in page and "chart.umd.min.js" in page
     assert "never been applied to the platform" in page and api["platform_sync"] is None
+
+
+def test_the_cohort_page_says_computing_until_the_first_report_is_computed(browser, client, tenant, runtime):
+    post_batch(client, tenant, cohort_batch(5, cohort_id="c1"), runtime)  # applied; no sweep has run yet
+    log_in(browser)
+    page = browser.get(f"/dashboard/apps/{tenant.app_id}/cohorts/c1").text
+    assert 'data-state="computing"' in page and "Computing…" in page
+    assert shown(page) == {} and "waterfall-data" not in page and "chart.umd.min.js" not in page  # nothing guessed
+    assert "As of" not in page
+    assert sweep(runtime)["cohort_reports"] == 1
+    runtime.runner.run_pending()
+    page = browser.get(f"/dashboard/apps/{tenant.app_id}/cohorts/c1").text
+    assert 'data-state="current"' in page and shown(page)["users.in_cohort"] == "5"
+
+
+def test_the_cohort_page_shows_the_snapshot_with_its_time_and_says_when_the_cohort_changed_after_it(
+        browser, client, tenant, runtime):
+    start = utcnow().replace(microsecond=0)
+    with freeze_time(start) as clock:
+        sync_cohort(client, tenant, runtime)
+        log_in(browser)
+        clock.tick(30)
+        post_batch(client, tenant, cohort_batch(["user-000005", "user-000006"], cohort_id="c1"), runtime)
+        api = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1", headers=tenant.auth).json
+        assert api["users"]["in_cohort"] == 7  # the live report
+        page = browser.get(f"/dashboard/apps/{tenant.app_id}/cohorts/c1").text
+        numbers = shown(page)
+        assert (numbers["users.in_cohort"], numbers["segment_size"]) == ("5", "3")  # the snapshot's
+        text = html.unescape(re.sub(r"<[^>]+>|\s+", " ", page))
+        assert f"As of {start:%Y-%m-%d %H:%M:%S} UTC (30 s ago)" in " ".join(text.split())
+        assert 'data-state="changed"' in page
+        notice = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", re.search(
+            r'id="stale-notice">(.*?)</p>', page, flags=re.S).group(1))).split())
+        assert notice == (f"The cohort changed at {start + timedelta(seconds=30):%Y-%m-%d %H:%M:%S} UTC, after these "
+                          f"numbers were read: a recompute is due at about {start + timedelta(seconds=60):%Y-%m-%d %H:%M:%S} "
+                          "UTC (at most one every 60 s per cohort).")
+        clock.tick(30)
+        body = cohort_batch(["user-000007"], cohort_id="c1")
+        assert client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", json=body, headers=tenant.cohort_auth).status_code == 200
+        assert "a recompute is queued once the batches waiting below are applied." in " ".join(
+            browser.get(f"/dashboard/apps/{tenant.app_id}/cohorts/c1").text.split())
+        assert sweep(runtime)["cohort_reports"] == 0
+        runtime.runner.run_pending()  # the batch is applied (the cohort changes again)
+        assert sweep(runtime)["cohort_reports"] == 1
+        assert "a recompute is queued." in browser.get(f"/dashboard/apps/{tenant.app_id}/cohorts/c1").text
+        runtime.runner.run_pending()
+        page = browser.get(f"/dashboard/apps/{tenant.app_id}/cohorts/c1").text
+    assert 'data-state="current"' in page and "stale-notice" not in page
+    assert shown(page)["users.in_cohort"] == "8"
+
+
+def test_the_recompute_button_needs_its_csrf_token_and_queues_the_refresh(browser, client, tenant, runtime):
+    sync_cohort(client, tenant, runtime)
+    log_in(browser)
+    path = f"/dashboard/apps/{tenant.app_id}/cohorts/c1"
+    page = browser.get(path).text
+    assert "Recompute now" in page
+    for data in ({}, {"csrf_token": "forged"}):
+        assert browser.post(f"{path}/recompute", data=data).status_code == 400
+    assert refreshes_waiting(runtime) == 0
+    response = browser.post(f"{path}/recompute", data={"csrf_token": csrf_token(page)})
+    assert (response.status_code, response.headers["Location"]) == (303, path)
+    assert "A recompute of this cohort&#39;s report is queued" in browser.get(path).text
+    browser.post(f"{path}/recompute", data={"csrf_token": csrf_token(page)})
+    assert refreshes_waiting(runtime) == 1  # pressed twice: queued once, and the page says so
+    assert "A recompute of this cohort&#39;s report is already queued or running" in browser.get(path).text
+    runtime.runner.run_pending()
+    assert refreshes_waiting(runtime) == 0
+    assert browser.post(f"/dashboard/apps/{tenant.app_id}/cohorts/nope/recompute",
+                        data={"csrf_token": csrf_token(page)}).status_code == 404
+
+
+def test_a_recompute_the_queue_cannot_take_is_said_on_the_page_not_a_server_error(browser, client, tenant, runtime,
+                                                                                  monkeypatch):
+    sync_cohort(client, tenant, runtime)
+    log_in(browser)
+    path = f"/dashboard/apps/{tenant.app_id}/cohorts/c1"
+    token = csrf_token(browser.get(path).text)
+
+    def redis_down(*args, **kwargs):  # what RQRunner.enqueue_once raises when Redis does not answer
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(runtime.runner, "enqueue_once", redis_down)
+    assert browser.post(f"{path}/recompute", data={"csrf_token": token}).status_code == 303
+    assert "The recompute could not be queued: the job queue did not answer." in browser.get(path).text
 
 
 def test_names_from_outside_are_escaped_in_every_page(browser, client, runtime):

@@ -2,23 +2,30 @@
 Redis) with a `bridge worker`, opened in headless Chromium.
 
 An app's events are delivered, two of them dead-lettered by Amplitude; a cohort arrives through the
-webhook. The operator logs in, opens the app and the cohort: every number the pages show equals what the
-JSON API answers. The replay button brings the dead letters back, and they are delivered. Screenshots
+webhook. The operator logs in, opens the app and the cohort, recomputes the cohort's report with its
+button and waits for the worker to compute it: every number the pages show equals what the JSON API
+answers. The replay button brings the dead letters back, and they are delivered. In embedded mode (SQLite,
+no Redis, `bridge web` alone) the job thread computes the cohort page's report. Screenshots
 of both pages are kept in test-artifacts/ (support.browser.ARTIFACTS).
 """
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+from datetime import UTC, datetime
 
 import httpx
+import psycopg
 import pytest
+from redis import Redis
 
 from bridge.platforms.server import PlatformServer
 from support.browser import artifact, chromium
 from support.databases import libpq_url, truncate
 from support.factories import channel_record, cohort_batch, event_items
 from support.platform import API_KEY, APP_ID
-from support.processes import SECRET_KEY, bridge_cli, start_web, start_worker, wait_until
+from support.processes import BRIDGE, SECRET_KEY, bridge_cli, start_web, start_worker, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -91,6 +98,14 @@ def test_the_operator_sees_the_apis_numbers_and_replays_dead_letters(browser, en
             return body["users"]["in_cohort"] == 7 and body["platform_sync"]["pending"] == 0
 
         wait_until(synced, 30, "the cohort batch to be applied and its tags sent")
+        # The sweep computes the cohort's first snapshot; then no refresh is waiting or running (the button's
+        # press below is then the one that queues).
+        redis = Redis.from_url(env["REDIS_URL"])
+        with psycopg.connect(env["DATABASE_URL"], autocommit=True) as db:
+            wait_until(lambda: db.execute("SELECT count(*) FROM cohort_report_snapshots").fetchone()[0] == 1
+                       and not redis.exists(f"bridge:once:cohort-report:{app['app_id']}:churn"), 30,
+                       "the sweep's refresh of the cohort's report")
+        redis.close()
         delivery, report = stats(), api.get(f"{base}/cohorts/churn", headers=auth).json()
 
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -122,6 +137,18 @@ def test_the_operator_sees_the_apis_numbers_and_replays_dead_letters(browser, en
 
         page.get_by_role("link", name="churn").click()
         page.wait_for_url(f"{url}/dashboard/apps/{app['app_id']}/cohorts/churn")
+        pressed = datetime.now(UTC)
+        page.get_by_role("button", name="Recompute now").click()
+        page.wait_for_url(f"{url}/dashboard/apps/{app['app_id']}/cohorts/churn")
+        assert page.locator(".flash").inner_text().startswith("A recompute of this cohort's report is queued")
+
+        def recomputed():
+            page.reload()
+            computed_at = datetime.fromisoformat(page.locator("#computed-at").get_attribute("datetime"))
+            return computed_at >= pressed and page.locator("#report-state").get_attribute("data-state") == "current"
+
+        wait_until(recomputed, 30, "the worker to recompute the report", interval=0.2)
+        assert "As of" in page.locator("#report-state").inner_text()
         numbers = shown(page)
         assert numbers["users.in_cohort"] == report["users"]["in_cohort"] == 7
         assert numbers["segment_size"] == report["segment_size"] == 3
@@ -145,7 +172,7 @@ def test_the_operator_sees_the_apis_numbers_and_replays_dead_letters(browser, en
         assert "Churn <script>alert(1)</script>" in page.locator("h1").inner_text()  # text, not a script
         page.screenshot(path=artifact("dashboard-cohort.png"), full_page=True)
 
-        page.go_back()
+        page.get_by_role("link", name=NAME).click()  # the crumb back to the app
         page.wait_for_url(f"{url}/dashboard/apps/{app['app_id']}")
         page.locator("#dead-letters form", has=page.locator('input[value="amplitude_400"]')).locator("button").click()
         page.wait_for_url(f"{url}/dashboard/apps/{app['app_id']}")
@@ -157,4 +184,36 @@ def test_the_operator_sees_the_apis_numbers_and_replays_dead_letters(browser, en
         assert problems == []  # no script error, nothing the Content-Security-Policy refused
     finally:
         worker.stop()
+        web.stop()
+
+
+def test_in_embedded_mode_the_job_thread_computes_the_cohort_pages_report(tmp_path):
+    """SQLite, no Redis, `bridge web` on its own: the sweep and the refresh run on its job thread."""
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'bridge.db'}", "REDIS_URL": "", "ADMIN_TOKEN": ADMIN_TOKEN,
+           "DASHBOARD_COOKIE_SECURE": "false", "SWEEP_INTERVAL_SECONDS": "0.3", "LOG_LEVEL": "INFO"}
+    upgraded = subprocess.run([BRIDGE, "db", "upgrade"], env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=60)
+    assert upgraded.returncode == 0, upgraded.stderr
+    app = bridge_cli(env, "apps", "create", "--name", "Laptop", "--amplitude-api-key", "amp-e2e-key")
+    web, url = start_web(env, tmp_path / "web.log")
+    try:
+        api = httpx.Client(base_url=url, timeout=10)
+        base = f"/v1/apps/{app['app_id']}"
+        webhook = cohort_batch(4, cohort_id="churn")
+        assert api.post(f"{base}/amplitude/cohorts", json=webhook,
+                        headers={"Authorization": f"Bearer {app['cohort_token']}"}).status_code == 200
+        operator = httpx.Client(base_url=url, timeout=10)
+        login = operator.get("/dashboard/login").text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', login).group(1)
+        assert operator.post("/dashboard/login", data={"token": ADMIN_TOKEN, "csrf_token": csrf}).status_code == 303
+
+        def current_page():
+            page = operator.get(f"/dashboard/apps/{app['app_id']}/cohorts/churn").text
+            return page if 'data-state="current"' in page else None
+
+        page = wait_until(current_page, 30, "the job thread to compute the cohort's report", interval=0.2)
+        report = api.get(f"{base}/cohorts/churn", headers={"Authorization": f"Bearer {app['api_key']}"}).json()
+        assert re.search(r'data-stat="users.in_cohort">(\d+)<', page).group(1) == str(report["users"]["in_cohort"]) == "4"
+        assert "cohort report of" in web.output() and "computed in" in web.output()
+    finally:
         web.stop()

@@ -388,7 +388,7 @@ def erases_the_user(setup: Embedded, words: list[str]) -> None:
 
 def queues_due_work(setup: Embedded, words: list[str]) -> None:
     add_rows(setup.database_url, OutboxEvent.__table__, outbox_row(setup.app_id))
-    assert setup.run(words) == {"drains": 1, "cohort_batches": 0, "taggers": 0}
+    assert setup.run(words) == {"drains": 1, "cohort_batches": 0, "taggers": 0, "cohort_reports": 0}
 
 
 def forgets_old_receipts(setup: Embedded, words: list[str]) -> None:
@@ -558,7 +558,7 @@ def test_production_mode_release_app_and_sweep(production_env, redis_url):
     released(production_env)
     app = created_app(production_env)
     add_rows(production_env["DATABASE_URL"], OutboxEvent.__table__, outbox_row(app["app_id"]))
-    assert bridge_json(production_env, shlex.split(SWEEP)) == {"drains": 1, "cohort_batches": 0, "taggers": 0}
+    assert bridge_json(production_env, shlex.split(SWEEP)) == {"drains": 1, "cohort_batches": 0, "taggers": 0, "cohort_reports": 0}
     redis = Redis.from_url(redis_url)
     jobs = Queue("bridge", connection=redis).jobs  # a worker's work, recorded in Redis
     redis.close()

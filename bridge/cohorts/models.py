@@ -4,7 +4,8 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, PrimaryKeyConstraint, Text, UniqueConstraint
+from sqlalchemy import (JSON, BigInteger, Column, ForeignKeyConstraint, Index, Integer, PrimaryKeyConstraint, Text,
+                        UniqueConstraint)
 from sqlmodel import Field, SQLModel
 
 from bridge.db import BIGINT_PK, UtcDateTime, utcnow
@@ -91,6 +92,26 @@ class CohortBatch(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     received_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     processed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class CohortReportSnapshot(SQLModel, table=True):
+    """The last computed report of one cohort (`report.cohort_report`, as `CohortReportSchema` dumps it),
+    which the dashboard shows instead of computing it on each view (bridge.cohorts.snapshots)."""
+
+    __tablename__ = "cohort_report_snapshots"
+    __table_args__ = (
+        PrimaryKeyConstraint("app_id", "cohort_id", name="pk_cohort_report_snapshots"),
+        ForeignKeyConstraint(["app_id", "cohort_id"], ["cohorts.app_id", "cohorts.cohort_id"],
+                             name="fk_cohort_report_snapshots_cohort"),
+    )
+
+    app_id: str = Field(max_length=36)
+    cohort_id: str = Field(max_length=128)
+    report: dict = Field(sa_column=Column(JSON, nullable=False))
+    # The cohort's `updated_at` the report was computed from: a later one means the cohort changed since.
+    cohort_updated_at: datetime = Field(sa_type=UtcDateTime)
+    # When its numbers were read; what changed after (a sync, an import) is not in them.
+    computed_at: datetime = Field(sa_type=UtcDateTime)
 
 
 # -- Cohorts applied back to the messaging platform as user tags (bridge.cohorts.tagging) ---------------

@@ -4,19 +4,23 @@ GET  /dashboard                                   the apps
 GET  /dashboard/login, POST /dashboard/login      the login form (ADMIN_TOKEN), POST /dashboard/logout
 GET  /dashboard/apps/<app_id>                     delivery health, dead letters by reason, the cohorts
 POST /dashboard/apps/<app_id>/replay              re-queue dead (or unresolved) events, by reason
-GET  /dashboard/apps/<app_id>/cohorts/<cohort_id> users versus devices, platform sync, sync history
+GET  /dashboard/apps/<app_id>/cohorts/<cohort_id> users versus devices (as last computed), platform sync,
+                                                  sync history
+POST /dashboard/apps/<app_id>/cohorts/<cohort_id>/recompute   queue a recompute of the cohort's report
 
 Registered by bridge.web only when ADMIN_TOKEN is set; otherwise /dashboard is a 404.
 """
 from __future__ import annotations
 
-from flask import Blueprint, Flask, abort, flash, redirect, render_template, request, url_for
+import logging
+
+from flask import Blueprint, Flask, abort, current_app, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from bridge.apidoc import pages_for_people
 from bridge.apps.models import App
-from bridge.cohorts import report
-from bridge.cohorts.models import Cohort
+from bridge.cohorts import report, snapshots, tagging
+from bridge.cohorts.models import RECEIVED, Cohort
 from bridge.dashboard import auth, charts
 from bridge.db import utcnow
 from bridge.delivery.models import REPLAYABLE_REASONS
@@ -24,6 +28,8 @@ from bridge.delivery.replay import replay as run_replay
 from bridge.delivery.stats import delivery_stats
 from bridge.request_scope import get_db
 from bridge.settings import Settings
+
+log = logging.getLogger(__name__)
 
 bp = pages_for_people(Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates",
                                 static_folder="static"))
@@ -66,6 +72,17 @@ def _count(n: int | None) -> str:
 @bp.app_template_filter("when")
 def _when(at) -> str:
     return "–" if at is None else at.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@bp.app_template_filter("ago")
+def _ago(at) -> str:
+    """How long before now `at` was, in its largest whole unit: "42 s", "3 min", "5 h", "2 days"."""
+    seconds = max(0, int((utcnow() - at).total_seconds()))
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}s" if unit == "day" and n != 1 else f"{n} {unit}"
+    return f"{seconds} s"
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -128,18 +145,46 @@ def replay(app_id: str):
 
 @bp.get("/apps/<app_id>/cohorts/<cohort_id>")
 def cohort_page(app_id: str, cohort_id: str):
-    """The cohort's report (`report.cohort_report`, what the API answers) as a waterfall and tables, its
-    platform sync and its SYNC_HISTORY latest batches. 404 for an unknown app or cohort."""
+    """The cohort's report as last computed (`snapshots.latest`: what the API answered at its
+    `computed_at`), as a waterfall and tables, with how old it is and whether the cohort changed since,
+    or that it is being computed; its platform sync and its SYNC_HISTORY latest batches, read now.
+    Never computes the report: that takes seconds for a large cohort. 404 for an unknown app or cohort."""
     db = get_db()
     app = _app(app_id)
-    cohort = db.get(Cohort, (app.id, cohort_id))
-    if cohort is None:
-        abort(404, f"No cohort {cohort_id!r} has been synced to this app.")
-    body = report.cohort_report(db, cohort)
+    cohort = _cohort(app, cohort_id)
+    snapshot = snapshots.latest(db, app.id, cohort.cohort_id)
+    body = None if snapshot is None else snapshot.report
+    interval, now = snapshots.refresh_interval(current_app.extensions["bridge"]), utcnow()
+    syncs = report.sync_history(db, cohort, before=None, limit=SYNC_HISTORY).items
     return render_template(
-        "dashboard/cohort.html", app=app, report=body,
-        steps=charts.waterfall(body["users"]["in_cohort"], body["explanations"], body["segment_size"]),
-        syncs=report.sync_history(db, cohort, before=None, limit=SYNC_HISTORY).items)
+        "dashboard/cohort.html", app=app, cohort=cohort, snapshot=snapshot, report=body, now=now,
+        changed=snapshot is not None and cohort.updated_at > snapshot.cohort_updated_at,
+        refresh_due=None if snapshot is None else snapshot.computed_at + interval,
+        refresh_seconds=int(interval.total_seconds()),
+        # what holds the sweep's recompute back (snapshots.schedule_stale_reports)
+        batches_waiting=any(s["state"] == RECEIVED and s["received_at"] > now - interval for s in syncs),
+        steps=None if body is None else charts.waterfall(body["users"]["in_cohort"], body["explanations"],
+                                                         body["segment_size"]),
+        sync=tagging.sync_status(db, app.id, cohort.cohort_id), syncs=syncs)
+
+
+@bp.post("/apps/<app_id>/cohorts/<cohort_id>/recompute")
+def recompute(app_id: str, cohort_id: str):
+    """Queue a recompute of the cohort's report, unless one is already waiting or running, then 303 back
+    to its page, which says which. Queued at once: it writes nothing, so no commit is waited for. 404 for
+    an unknown app or cohort."""
+    app = _app(app_id)
+    cohort = _cohort(app, cohort_id)
+    try:
+        queued = snapshots.schedule_refresh(current_app.extensions["bridge"], app.id, cohort.cohort_id)
+    except Exception as exc:  # noqa: BLE001 - Redis unreachable: the operator is told, the page still answers
+        log.warning("could not queue the recompute of cohort %s/%s: %s", app.id, cohort.cohort_id, exc)
+        flash("The recompute could not be queued: the job queue did not answer. Try again in a moment.")
+    else:
+        flash("A recompute of this cohort's report is queued; reload this page to see it once it is done." if queued
+              else "A recompute of this cohort's report is already queued or running. What changed after it started "
+                   "is not in it: press again once this page shows it.")
+    return redirect(url_for("dashboard.cohort_page", app_id=app.id, cohort_id=cohort.cohort_id), 303)
 
 
 def _app(app_id: str) -> App:
@@ -147,3 +192,10 @@ def _app(app_id: str) -> App:
     if app is None:
         abort(404, f"No app {app_id!r}.")
     return app
+
+
+def _cohort(app: App, cohort_id: str) -> Cohort:
+    cohort = get_db().get(Cohort, (app.id, cohort_id))
+    if cohort is None:
+        abort(404, f"No cohort {cohort_id!r} has been synced to this app.")
+    return cohort
