@@ -141,6 +141,35 @@ def test_changing_the_admin_token_ends_every_session(browser, settings_env, runt
     assert other.get("/dashboard").status_code == 303
 
 
+def test_a_session_ends_twelve_hours_after_its_login_however_often_it_is_used(browser, app):
+    """Not 12 hours after its last use: a copy of the cookie taken at the login ends with it."""
+    with freeze_time("2026-11-30 08:00:00") as clock:
+        log_in(browser)
+        copy = browser.get_cookie("bridge_dashboard", path="/dashboard").value
+        thief = over_https(app)
+        thief.set_cookie("bridge_dashboard", copy, path="/dashboard")
+        for _ in range(11):
+            clock.tick(timedelta(hours=1))
+            assert browser.get("/dashboard").status_code == 200
+            assert thief.get("/dashboard").status_code == 200
+        clock.tick(timedelta(hours=1))
+        assert browser.get("/dashboard").status_code == 303
+        assert thief.get("/dashboard").status_code == 303
+
+
+def test_a_secure_cookie_over_plain_http_is_explained_not_just_refused(app):
+    """Over http the browser keeps the Secure session cookie to itself, so the login's POST comes without
+    it: the 400 says why and what to set."""
+    plain = app.test_client()
+    token_field = csrf_token(plain.get("/dashboard/login").text)
+    assert plain.get_cookie("bridge_dashboard", path="/dashboard").secure
+    plain.delete_cookie("bridge_dashboard", path="/dashboard")  # what a browser does with it over http
+    response = plain.post("/dashboard/login", data={"token": ADMIN_TOKEN, "csrf_token": token_field})
+    assert response.status_code == 400
+    assert "DASHBOARD_COOKIE_SECURE=false" in response.json["message"]
+    assert response.json["message"].startswith("The CSRF session token is missing.")
+
+
 def dead_letters(client, tenant, runtime, sink) -> None:
     """Six events sent: four delivered, two dead (Amplitude named them invalid)."""
     response = client.post(f"/v1/apps/{tenant.app_id}/events", json=event_items(6), headers=tenant.auth)

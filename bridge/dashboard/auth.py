@@ -2,8 +2,9 @@
 
 - The cookie is Flask's session (signed with SECRET_KEY by itsdangerous), named `bridge_dashboard`,
   scoped to `/dashboard` (the API never sees it), `HttpOnly`, `SameSite=Lax`, `Secure` unless
-  DASHBOARD_COOKIE_SECURE is false, and valid for SESSION_HOURS. It holds a fingerprint of ADMIN_TOKEN,
-  not the token: changing ADMIN_TOKEN ends every session.
+  DASHBOARD_COOKIE_SECURE is false. A session ends SESSION_HOURS after its login, however much it is used
+  (the login time is in the signed cookie; a copy of the cookie ends then too). It holds a fingerprint of
+  ADMIN_TOKEN, not the token: changing ADMIN_TOKEN ends every session.
 - Every POST of the dashboard (login, logout, replay) must carry the CSRF token of its session, checked
   by Flask-WTF's CSRFProtect; one without it, or with another session's, is a 400 and changes nothing.
 - Failed logins are not throttled: ADMIN_TOKEN has at least 32 characters (settings), which no number of
@@ -15,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from datetime import timedelta
 
 from flask import Flask, Response, current_app, request, session
-from flask_wtf.csrf import CSRFProtect
+from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from bridge.settings import Settings
 
@@ -32,6 +34,10 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'se
 
 # Where the app keeps the fingerprint of ADMIN_TOKEN that a logged-in session holds.
 FINGERPRINT = "dashboard_login_fingerprint"
+# Said when a POST came without the session cookie: the usual cause is a Secure cookie over plain http.
+NO_SESSION_COOKIE = ("Your browser sent no dashboard session cookie. It is Secure unless DASHBOARD_COOKIE_SECURE=false, "
+                     "and browsers send a Secure cookie only over https (or to localhost): open the dashboard over "
+                     "https, or set DASHBOARD_COOKIE_SECURE=false to use it over plain http.")
 
 csrf = CSRFProtect()
 
@@ -44,6 +50,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_NAME=COOKIE_NAME, SESSION_COOKIE_PATH="/dashboard", SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_SECURE=settings.dashboard_cookie_secure,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
+        SESSION_REFRESH_EACH_REQUEST=False,  # the cookie's expiry stays SESSION_HOURS after the login
         WTF_CSRF_CHECK_DEFAULT=False,  # the API's POSTs are not forms: the dashboard asks for the check
         WTF_CSRF_TIME_LIMIT=None,  # a token lives as long as its session
     )
@@ -52,9 +59,16 @@ def init_app(app: Flask, settings: Settings) -> None:
 
 
 def check_csrf() -> None:
-    """Refuse a POST whose form lacks its session's CSRF token: raises Flask-WTF's CSRFError, a 400."""
-    if request.method == "POST":
+    """Refuse a POST whose form lacks its session's CSRF token: raises Flask-WTF's CSRFError, a 400, whose
+    message says what to do when the browser sent no session cookie at all."""
+    if request.method != "POST":
+        return
+    try:
         csrf.protect()
+    except CSRFError as exc:
+        if COOKIE_NAME not in request.cookies:
+            exc.description = f"{exc.description} {NO_SESSION_COOKIE}"
+        raise
 
 
 def secure_headers(response: Response, *, page: bool) -> Response:
@@ -84,6 +98,7 @@ def log_in(presented: str) -> bool:
         return False
     session.permanent = True
     session["operator"] = current_app.extensions[FINGERPRINT]
+    session["since"] = int(time.time())
     log.info("dashboard login")
     return True
 
@@ -93,6 +108,7 @@ def log_out() -> None:
 
 
 def logged_in() -> bool:
-    """Whether the request carries a session opened with the current ADMIN_TOKEN."""
-    held = session.get("operator")
-    return isinstance(held, str) and hmac.compare_digest(held, current_app.extensions[FINGERPRINT])
+    """Whether the request carries a session opened with the current ADMIN_TOKEN less than SESSION_HOURS ago."""
+    held, since = session.get("operator"), session.get("since")
+    return (isinstance(held, str) and hmac.compare_digest(held, current_app.extensions[FINGERPRINT])
+            and isinstance(since, int) and 0 <= time.time() - since < SESSION_HOURS * 3600)
