@@ -37,6 +37,23 @@ UNAUTHENTICATED = "unauthenticated"
 
 _registry = CollectorRegistry(auto_describe=True)  # this process's own values (single-process mode)
 
+
+def _make_configured_directory() -> None:
+    """Create PROMETHEUS_MULTIPROC_DIR if it is set and missing, so that any process started with it (a
+    worker, a one-off command, the demo) writes its counts there instead of failing a request on the first
+    one. One that cannot be made is left to `bridge web` and `bridge worker`, which refuse to start on it
+    with one line naming it (`ensure_directory`)."""
+    path = os.environ.get(MULTIPROC_DIR_VARIABLE)
+    if path:
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
+
+
+
+_make_configured_directory()  # before any metric is made: prometheus_client opens its files then
+
 INTAKE_REQUESTS = Counter(
     "bridge_intake_requests", "Event-stream requests (POST /v1/apps/<app_id>/events), by app and outcome: "
     "`accepted` (202), else the error code answered (`invalid_events`, `unauthorized`, `backlog_full`, "

@@ -257,3 +257,17 @@ def test_a_metrics_directory_that_cannot_be_made_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip() == (f"bridge: configuration: PROMETHEUS_MULTIPROC_DIR must be a directory this process "
                                      f"can create and write, got '{blocked}/metrics' (Not a directory)")
+
+
+def test_a_process_started_with_a_directory_not_made_yet_makes_it_and_counts(tmp_path):
+    """A worker, a one-off command or the demo started with PROMETHEUS_MULTIPROC_DIR before any `bridge web`
+    made it: its first count used to fail (a 500 from the intake); it makes the directory and counts there."""
+    directory = tmp_path / "not" / "made"
+    script = ("from bridge import metrics\n"
+              "metrics.INTAKE_REQUESTS.labels(app='a', outcome='accepted').inc()\n"
+              "print(metrics.exposition()[0].decode())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)})
+    assert done.returncode == 0, done.stderr
+    assert 'bridge_intake_requests_total{app="a",outcome="accepted"} 1.0' in done.stdout
+    assert list(directory.glob("counter_*.db"))
