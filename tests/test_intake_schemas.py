@@ -2,6 +2,7 @@
 returns exactly what `ITEM_SCHEMA.load` returns, and it takes the items the platform really sends."""
 from __future__ import annotations
 
+import copy
 import json
 import string
 
@@ -81,7 +82,10 @@ def items_with_faults(draw) -> dict:
             if parent is None:
                 break
         if parent is not None:
-            parent[path[-1]] = draw(odd_values)
+            value = draw(odd_values)
+            # A copy: an odd value is one shared object, which a later path of this item (or a later item)
+            # could otherwise change, or put inside itself.
+            parent[path[-1]] = value if value is MISSING else copy.deepcopy(value)
     return drop_missing(item)
 
 
