@@ -11,7 +11,7 @@ from bridge import mapping
 from bridge.intake.service import prepare
 from bridge.validation import unflattened
 from support import FIXTURES
-from support.factories import event_item, flattened
+from support.factories import T0, event_item, flattened
 
 STREAM = json.loads((FIXTURES / "onesignal-events.json").read_text(encoding="utf-8"))
 VOCABULARY = mapping.vocabulary("onesignal-current")
@@ -83,3 +83,19 @@ def test_unknown_dotted_keys_are_left_out_as_unknown_nested_keys_are():
 def test_a_kind_the_app_does_not_send_is_ignored_in_either_shape():
     item = event_item(kind="session.started")
     assert prepared([flattened(item)])[0]["ignored"] == prepared([item])[0]["ignored"] == 1
+
+
+@pytest.mark.parametrize(("times", "rejected"), [
+    ({"event.timestamp": str(T0), "event.datetime": ""}, False),
+    ({"event.timestamp": "", "event.datetime": "2025-11-23T00:02:03.123Z"}, False),
+    ({"event.timestamp": "", "event.datetime": ""}, True),
+], ids=["blank datetime", "blank timestamp", "both blank"])
+def test_a_blank_time_is_absent_and_the_other_one_counts(times, rejected):
+    """Every value of a key/value body is text, and a variable the event lacks prints as ""."""
+    flat = {**flattened(event_item(timestamp=None)), **times}
+    counts, events = prepared([flat])
+    if rejected:
+        assert counts["rejected"] == [{"index": 0, "errors": {
+            "event.timestamp": "One of event.timestamp (epoch seconds) or event.datetime (ISO 8601) is required."}}]
+    else:
+        assert not counts["rejected"] and len(events) == 1
