@@ -24,11 +24,13 @@ Limit = int | Callable[["Settings"], int]
 @dataclass(frozen=True)
 class Body:
     """A JSON request body of `schema`, at most `max_bytes` long: one object, or with `max_items` also an
-    array of 1 to `max_items` of them."""
+    array of 1 to `max_items` of them. With `dotted_keys`, an object may also be written flat, its nested
+    fields under dotted keys (`bridge.validation.unflattened`)."""
 
     schema: type[Schema]
     max_bytes: Limit
     max_items: Limit | None = None
+    dotted_keys: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,14 @@ cannot say (the custom fields, the security schemes, the shared error responses)
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from http import HTTPStatus
 from importlib.metadata import version
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
-from marshmallow import fields
+from marshmallow import Schema, fields
 
 from bridge import fields as shared
 from bridge import times
@@ -113,9 +114,39 @@ def _build(app: Flask, settings: Settings) -> dict:
     for code, description in _ERRORS.items():
         spec.components.response(_error_response(code), {
             "description": description, "content": {"application/json": {"schema": "Error"}}})
-    for path, (parameters, operations) in _paths(app, settings).items():
+    for path, (parameters, operations) in _paths(app, settings, lambda schema: _dotted(spec, plugin, schema)).items():
         spec.path(path=path, parameters=parameters, operations=operations)
     return spec.to_dict()
+
+
+def _dotted(spec: APISpec, plugin: MarshmallowPlugin, schema: type[Schema]) -> dict:
+    """A reference to `schema`'s object written flat (`bridge.validation.unflattened`), registered once as
+    `<Name>WithDottedKeys`: every field of a nested object under its dotted key, required when it and
+    every object above it are."""
+    name = f"{plugin.converter.schema_name_resolver(schema)}WithDottedKeys"
+    if name not in spec.components.schemas:
+        properties: dict[str, dict] = {}
+        required: list[str] = []
+
+        def add(json_schema: dict, prefix: str, needed: bool) -> None:
+            for key, field in json_schema.get("properties", {}).items():
+                is_required = needed and key in json_schema.get("required", ())
+                ref = field.get("$ref") or next((part["$ref"] for part in field.get("allOf", ()) if "$ref" in part), None)
+                if ref is not None:
+                    add(spec.components.schemas[ref.rpartition("/")[2]], f"{prefix}{key}.", is_required)
+                    continue
+                properties[f"{prefix}{key}"] = field
+                if is_required:
+                    required.append(f"{prefix}{key}")
+
+        add(plugin.converter.schema2jsonschema(schema), "", True)
+        spec.components.schema(name, {
+            "type": "object", "properties": properties, "required": required,
+            "description": "The same object written flat, as a body of key/value pairs writes it: each field of a "
+                           "nested object under its dotted key (`event.id`, `event.data.page_id`, `message.title.en`). "
+                           "A key with an empty part, or a field given both whole and by dotted keys, refuses the "
+                           "item alone."})
+    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _custom_field(self, field: fields.Field, **kwargs) -> dict:
@@ -133,9 +164,9 @@ def _custom_field(self, field: fields.Field, **kwargs) -> dict:
     return {}
 
 
-def _paths(app: Flask, settings: Settings) -> dict[str, tuple[list[dict], dict]]:
+def _paths(app: Flask, settings: Settings, dotted: Callable[[type[Schema]], dict]) -> dict[str, tuple[list[dict], dict]]:
     """Each URL of the app in OpenAPI's spelling (`{app_id}`), with its path parameters and an operation
-    per method, from the declarations on the views."""
+    per method, from the declarations on the views; `dotted` gives a body schema's flat variant."""
     paths: dict[str, tuple[list[dict], dict]] = {}
     for rule in app.url_map.iter_rules():
         if is_pages_for_people(app.blueprints.get(rule.endpoint.rpartition(".")[0])):
@@ -151,11 +182,12 @@ def _paths(app: Flask, settings: Settings) -> dict[str, tuple[list[dict], dict]]
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         parameters, operations = paths.setdefault(path, (list(declared.path), {}))
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            operations[method.lower()] = _operation(declared, token_kind_of(view), settings)
+            operations[method.lower()] = _operation(declared, token_kind_of(view), settings, dotted)
     return paths
 
 
-def _operation(declared: Operation, token_kind: str | None, settings: Settings) -> dict:
+def _operation(declared: Operation, token_kind: str | None, settings: Settings,
+               dotted: Callable[[type[Schema]], dict]) -> dict:
     """One operation. Its errors answer the shared Error shape: those declared, plus AUTHENTICATED for a
     route with a token and WITH_BODY for one with a body. `unavailable` is the schema of a 503 that has
     its own shape instead (the health report)."""
@@ -170,7 +202,7 @@ def _operation(declared: Operation, token_kind: str | None, settings: Settings) 
     operation = {"summary": declared.summary, "security": SECURITY[token_kind], "parameters": list(declared.query),
                  "responses": responses}
     if declared.body is not None:
-        operation["requestBody"] = _body(declared.body, settings)
+        operation["requestBody"] = _body(declared.body, settings, dotted)
     return operation
 
 
@@ -179,12 +211,14 @@ def _error_response(code: int) -> str:
     return HTTPStatus(code).phrase.title().replace(" ", "")
 
 
-def _body(body: Body, settings: Settings) -> dict:
-    """A JSON body of one object, or (with `max_items`) also an array of 1 to `max_items` of them."""
-    schema: object = body.schema
+def _body(body: Body, settings: Settings, dotted: Callable[[type[Schema]], dict]) -> dict:
+    """A JSON body of one object, or (with `max_items`) also an array of 1 to `max_items` of them; each
+    object nested, or (with `dotted_keys`) also flat."""
+    item: object = {"anyOf": [body.schema, dotted(body.schema)]} if body.dotted_keys else body.schema
+    schema: object = item
     if body.max_items is not None:
-        many = {"type": "array", "items": body.schema, "minItems": 1, "maxItems": _value(body.max_items, settings)}
-        schema = {"oneOf": [body.schema, many]}
+        many = {"type": "array", "items": item, "minItems": 1, "maxItems": _value(body.max_items, settings)}
+        schema = {"oneOf": [item, many]}
     return {"required": True, "description": f"JSON, at most {_value(body.max_bytes, settings):,} bytes.",
             "content": {"application/json": {"schema": schema}}}
 

@@ -11,6 +11,7 @@ import copy
 import os
 import re
 
+import jsonschema
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -22,6 +23,7 @@ from bridge.openapi import UndocumentedRoute, build_document
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
+from support.factories import event_item, flattened
 
 COHORT = "churn-risk"
 SUBSCRIPTION = "sub-1"
@@ -166,6 +168,18 @@ def test_every_operation_answers_its_example_as_documented(client, seeded):
         [status] = [code for code in operation.definition.raw["responses"] if code < "300"]
         assert (response.status_code, response.mimetype) == (int(status), accept or "application/json"), (method, path)
         operation.validate_response(response)
+
+
+def test_the_events_body_is_documented_nested_and_written_with_dotted_keys():
+    document = api_schema.raw_schema
+    body = document["paths"]["/v1/apps/{app_id}/events"]["post"]["requestBody"]["content"]["application/json"]
+    documented_body = jsonschema.Draft4Validator({**body["schema"], "components": document["components"]})
+    nested, flat = event_item(), flattened(event_item())
+    assert "event.id" in flat
+    for accepted in (nested, flat, [nested, flat]):
+        assert documented_body.is_valid(accepted), accepted
+    without_id = {key: value for key, value in flat.items() if key != "event.id"}
+    assert not documented_body.is_valid(without_id)
 
 
 def test_every_route_says_how_it_is_authenticated():

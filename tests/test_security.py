@@ -25,7 +25,7 @@ from bridge.http import MAX_JSON_DEPTH
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.web import create_app
-from support.factories import OMIT, Tenant, channel_record, cohort_batch, event_item, event_items, new_tenant
+from support.factories import OMIT, Tenant, channel_record, cohort_batch, event_item, event_items, flattened, new_tenant
 
 PUBLIC = {"/healthz", "/livez", "/openapi.json"}
 WEBHOOK = "/v1/apps/<app_id>/amplitude/cohorts"
@@ -300,6 +300,21 @@ def test_a_very_deep_body_is_a_400_never_a_5xx(client, tenant, levels, code):
 def test_a_deep_event_without_a_user_is_refused_before_it_is_stored(client, tenant):
     """Such an event is stored as sent, and orjson cannot write 300 levels: this was a 500."""
     assert_error(post(client, tenant, "events", BODIES["events"][0](nested(300))), 400, "too_deeply_nested")
+
+
+def test_dotted_keys_nest_an_event_no_deeper_than_can_be_stored(client, tenant):
+    """An item written with dotted keys nests deeper than its body: a key of 32 parts holding a value as
+    deep as the body may be makes an event of about 64 levels, which is stored (orjson writes 254), and
+    one part more refuses the item by its key, never a 500."""
+    deepest = "data." + ".".join(["k"] * (MAX_JSON_DEPTH - 1))
+    without_user = flattened(event_item(external_id=OMIT, device_type=OMIT))  # stored as sent: the deepest copy
+    item = {**without_user, deepest: nested(MAX_JSON_DEPTH - 1)}
+    assert depth(item) == MAX_JSON_DEPTH
+    answer = post(client, tenant, "events", item)
+    assert (answer.status_code, answer.json["skipped"]) == (202, 1), answer.get_data(as_text=True)
+    too_many = {**without_user, f"{deepest}.k": "x"}
+    rejected = assert_error(post(client, tenant, "events", too_many), 400, "invalid_events")["rejected"]
+    assert rejected == [{"index": 0, "errors": {f"{deepest}.k": f"Has more than {MAX_JSON_DEPTH} dot-separated parts."}}]
 
 
 @pytest.mark.parametrize("field", ["data", "user"])

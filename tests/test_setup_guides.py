@@ -1,10 +1,14 @@
 """The README's setup guides, tried step by step against the local servers.
 
-- **Event Streams.** The body template in `guides/onesignal-event-stream-body.json` is rendered the way
-  the platform renders it (its Liquid variables substituted as plain text, nothing escaped), from the
-  realistic stream of `fixtures/onesignal-events.json`, and posted one event per request, with the
-  guide's headers, to the real `bridge web`. Each event must reach the local Amplitude server
-  (`bridge sink`) exactly as the same event posted in the intake's own shape does.
+- **Event Streams.** The guide's key/value pairs (`guides/onesignal-event-stream-keys.json`) are
+  rendered as the platform builds such a body (each value's Liquid variables substituted, then the
+  object encoded as JSON), and its alternative custom body (`guides/onesignal-event-stream-body.json`)
+  as the platform renders that (variables substituted as plain text, nothing escaped), from the
+  realistic stream of `fixtures/onesignal-events.json`. Each is posted one event per request, with the
+  guide's headers, to the real `bridge web`, and each event must reach the local Amplitude server
+  (`bridge sink`) exactly as the same event posted in the intake's own shape does. An event whose
+  message holds a double quote, a backslash, a line break, a tab and an emoji must arrive from the
+  key/value pairs too; its custom body is refused, as the guide warns.
 - **Amplitude's cohort webhook.** Amplitude's default payload (`fixtures/cohort-initial-sync.json`) is
   posted with the headers the destination sends (its two preset ones and the guide's custom one), and
   the cohort report shows its users.
@@ -19,9 +23,11 @@ import httpx
 import pytest
 
 from support import ROOT
+from support.factories import flattened
 from support.processes import BRIDGE, Process, bridge_cli, free_port, run_bridge, start_web, wait_until, wait_until_answering
 
 TEMPLATE = ROOT / "guides" / "onesignal-event-stream-body.json"
+PAIRS = ROOT / "guides" / "onesignal-event-stream-keys.json"
 STREAM = ROOT / "fixtures" / "onesignal-events.json"
 COHORT = ROOT / "fixtures" / "cohort-initial-sync.json"
 README = ROOT / "README.md"
@@ -31,7 +37,9 @@ STREAM_HEADERS = {"Authorization": "Bearer {api_key}", "Content-Type": "applicat
 # What Amplitude's cohort webhook destination sends: its two preset headers, then the guide's custom one.
 COHORT_HEADERS = {"Content-Type": "application/json", "User-Agent": "Amplitude/Webhook/1.0",
                   "Authorization": "Bearer {cohort_token}"}
-GUIDE_KEY, DIRECT_KEY = "amp-guide-key", "amp-direct-key"
+GUIDE_KEY, PAIRS_KEY, DIRECT_KEY = "amp-guide-key", "amp-pairs-key", "amp-direct-key"
+# What a custom body cannot carry, printed unescaped into its JSON text: in a message's name, title and contents.
+HOSTILE_NAME = 'Say "hi" to C:\\new\nline\tand 🎉'
 
 
 # -- the platform's template rendering ---------------------------------------------------------------
@@ -87,6 +95,37 @@ def render(template: str, variables: dict) -> str:
     return _OUTPUT.sub(output, template)
 
 
+def key_value_body(pairs: dict, variables: dict) -> str:
+    """The body the platform builds from key/value pairs: each value rendered as Liquid renders it, then
+    the object encoded as JSON, so whatever a value holds stays a JSON string."""
+    return json.dumps({key: render(value, variables) for key, value in pairs.items()}, ensure_ascii=False)
+
+
+def hostile_event(stream: list[dict]) -> dict:
+    """A push sent of the stream's first user, one second after the stream's first event, whose message
+    name, title and contents hold what a JSON string must escape."""
+    item = json.loads(json.dumps(stream[0]))
+    item["event"].update(id="7c9e6679-7425-40de-944b-e07fc1f90ae7", timestamp=item["event"]["timestamp"] + 1)
+    item["message"].update(name=HOSTILE_NAME, title={"en": f"Title: {HOSTILE_NAME}", "de": "Titel"},
+                           contents=f"Contents: {HOSTILE_NAME}")
+    return item
+
+
+def test_the_readme_shows_the_key_value_pairs_as_they_are():
+    text = README.read_text(encoding="utf-8")
+    start = text.index("guides/onesignal-event-stream-keys.json")
+    table = re.search(r"\| key \| value \|\n\|---\|---\|\n((?:\|.*\|\n)+)", text[start:]).group(1)
+    shown = {}
+    for row in table.splitlines():
+        key, value = re.fullmatch(r"\| `([^`]+)` \| `(.+)` \|", row).groups()
+        shown[key] = value.replace("\\|", "|")  # a | inside a table cell is written \|
+    assert list(shown.items()) == list(json.loads(PAIRS.read_text(encoding="utf-8")).items())
+
+
+def test_the_key_value_pairs_map_as_the_custom_body_does():
+    assert flattened(json.loads(TEMPLATE.read_text(encoding="utf-8"))) == json.loads(PAIRS.read_text(encoding="utf-8"))
+
+
 def test_the_readme_shows_the_template_as_it_is():
     text = README.read_text(encoding="utf-8")
     start = text.index("guides/onesignal-event-stream-body.json")
@@ -94,7 +133,7 @@ def test_the_readme_shows_the_template_as_it_is():
     assert shown == TEMPLATE.read_text(encoding="utf-8").rstrip("\n")
 
 
-def test_every_variable_of_the_template_is_one_the_platform_documents():
+def test_every_variable_of_the_guides_is_one_the_platform_documents():
     """The variables the platform's Event Stream data reference lists (event, event.data, message,
     user), so a typo in the template cannot pass as a field the stream happens not to send."""
     documented = {"event.id", "event.kind", "event.timestamp", "event.datetime", "event.app_id",
@@ -104,7 +143,7 @@ def test_every_variable_of_the_template_is_one_the_platform_documents():
                   "message.title", "message.contents", "message.template_id", "user.language",
                   "user.external_id", "user.onesignal_id"}
     used = set()
-    for expression in _OUTPUT.findall(TEMPLATE.read_text(encoding="utf-8")):
+    for expression in _OUTPUT.findall(TEMPLATE.read_text(encoding="utf-8") + PAIRS.read_text(encoding="utf-8")):
         for part in expression.replace("| default:", "|").split("|"):
             used.add(part.strip().removesuffix(".en"))
     assert used <= documented, sorted(used - documented)
@@ -116,8 +155,8 @@ def test_every_variable_of_the_template_is_one_the_platform_documents():
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     """The README's embedded mode on the local servers: `bridge sink` as Amplitude, `bridge web` on a
-    migrated SQLite, two apps under the onesignal-current profile (the most properties to compare): one
-    fed by the guide's template, one by the intake's own shape."""
+    migrated SQLite, three apps under the onesignal-current profile (the most properties to compare): one
+    fed by the guide's custom body, one by its key/value pairs, one by the intake's own shape."""
     tmp = tmp_path_factory.mktemp("guides")
     port = free_port()
     sink = Process([BRIDGE, "sink", "--port", str(port)], {}, tmp / "sink.log")
@@ -129,7 +168,7 @@ def local(tmp_path_factory):
         wait_until_answering(sink, f"{sink_url}/_sink/stats", "bridge sink")
         assert run_bridge(env, "db", "upgrade").returncode == 0
         apps = {key: bridge_cli(env, "apps", "create", "--name", key, "--amplitude-api-key", key,
-                                "--naming", "onesignal-current") for key in (GUIDE_KEY, DIRECT_KEY)}
+                                "--naming", "onesignal-current") for key in (GUIDE_KEY, PAIRS_KEY, DIRECT_KEY)}
         web, url = start_web(env, tmp / "web.log")
         yield {"url": url, "sink": sink_url, "apps": apps}
     finally:
@@ -157,33 +196,41 @@ def post_events(local: dict, api_key: str, bodies: list[str]) -> list[dict]:
 
 @pytest.mark.slow
 def test_an_event_stream_set_up_as_the_guide_says_delivers_what_the_intake_shape_does(local):
-    template = TEMPLATE.read_text(encoding="utf-8")
     stream = json.loads(STREAM.read_text(encoding="utf-8"))
-    rendered = [render(template, stream_variables(item)) for item in stream]
-    guided = post_events(local, GUIDE_KEY, rendered)
-    direct = post_events(local, DIRECT_KEY, [json.dumps(item) for item in stream])
+    hostile = hostile_event(stream)
+    pairs = json.loads(PAIRS.read_text(encoding="utf-8"))
+    direct = post_events(local, DIRECT_KEY, [json.dumps(item) for item in [*stream, hostile]])
+    paired = post_events(local, PAIRS_KEY, [key_value_body(pairs, stream_variables(item)) for item in [*stream, hostile]])
+    template = TEMPLATE.read_text(encoding="utf-8")
+    custom = post_events(local, GUIDE_KEY, [render(template, stream_variables(item)) for item in stream])
 
     buckets = ("accepted", "skipped", "duplicates", "ignored")
-    assert [{b: a[b] for b in buckets} for a in guided] == [{b: a[b] for b in buckets} for a in direct]
-    assert all(not answer["rejected"] for answer in guided)
+    assert [{b: a[b] for b in buckets} for a in paired] == [{b: a[b] for b in buckets} for a in direct]
+    assert [{b: a[b] for b in buckets} for a in custom] == [{b: a[b] for b in buckets} for a in direct[:-1]]
+    assert all(not answer["rejected"] for answer in paired + custom)
     accepted = sum(answer["accepted"] for answer in direct)
-    assert accepted >= 30  # most of the realistic stream is sent on to Amplitude
+    assert accepted >= 30 and direct[-1]["accepted"] == 1  # most of the realistic stream is sent on to Amplitude
 
-    def delivered(api_key: str) -> list[dict]:
+    def delivered(api_key: str, count: int) -> list[dict]:
         def all_there():
             events = sink_events(local, api_key)
-            return events if len(events) == accepted else None
+            return events if len(events) == count else None
 
-        events = wait_until(all_there, 30, f"the {accepted} accepted events of {api_key} at the sink")
+        events = wait_until(all_there, 30, f"the {count} accepted events of {api_key} at the sink")
         return sorted(events, key=lambda event: event["insert_id"])
 
-    from_template, from_intake_shape = delivered(GUIDE_KEY), delivered(DIRECT_KEY)
-    assert from_template == from_intake_shape
-    # What the template's mapping carries, spelled out for one in-app click (its fields in event.data).
-    click = next(e for e in from_template if e["event_type"] == "[Onesignal] IAM Clicked")
+    from_intake_shape = delivered(DIRECT_KEY, accepted)
+    from_pairs, from_template = delivered(PAIRS_KEY, accepted), delivered(GUIDE_KEY, accepted - 1)
+    assert from_pairs == from_intake_shape
+    [spelled] = [e for e in from_pairs if e["event_properties"].get("message_name") == HOSTILE_NAME]
+    assert {k: spelled["event_properties"][k] for k in ("message_title", "message_contents")} == {
+        "message_title": f"Title: {HOSTILE_NAME}", "message_contents": f"Contents: {HOSTILE_NAME}"}
+    assert from_template == [e for e in from_intake_shape if e != spelled]
+    # What the guide's mapping carries, spelled out for one in-app click (its fields in event.data).
+    click = next(e for e in from_pairs if e["event_type"] == "[Onesignal] IAM Clicked")
     assert {k: click["event_properties"][k] for k in ("click_action_id", "page_id", "page_name", "target_name")} == {
         "click_action_id": "cta-upgrade", "page_id": "p1", "page_name": "Welcome", "target_name": "Upgrade now"}
-    push = next(e for e in from_template if e["event_type"] == "[Onesignal] Push Clicked" and e["user_id"] == "user-000123")
+    push = next(e for e in from_pairs if e["event_type"] == "[Onesignal] Push Clicked" and e["user_id"] == "user-000123")
     assert push["event_properties"]["message_title"] == "50% off today"  # a per-language title: its `en` text
 
 
@@ -209,11 +256,13 @@ def test_amplitudes_cohort_webhook_set_up_as_the_guide_says_fills_the_cohort_rep
 
 
 @pytest.mark.slow
-def test_a_quote_printed_unescaped_breaks_the_body_as_the_guide_warns(local):
-    """The guide's stated limit: Liquid printing a value as it is, a double quote in a message name
-    makes the body invalid JSON, refused whole."""
+@pytest.mark.parametrize("message_name", ['Say "hi"', "C:\\path", "Two\nlines", "A\ttab"],
+                         ids=["double quote", "backslash", "line break", "tab"])
+def test_a_character_printed_unescaped_breaks_the_custom_body_as_the_guide_warns(local, message_name):
+    """The custom body's stated limit: Liquid printing a value as it is, such a character in a message
+    name makes the body invalid JSON, refused whole. (The key/value pairs carry it: the test above.)"""
     item = json.loads(STREAM.read_text(encoding="utf-8"))[0]
-    item["message"]["name"] = 'Say "hi"'
+    item["message"]["name"] = message_name
     app = local["apps"][GUIDE_KEY]
     answer = httpx.post(f"{local['url']}/v1/apps/{app['app_id']}/events", timeout=10,
                         content=render(TEMPLATE.read_text(encoding="utf-8"), stream_variables(item)).encode(),

@@ -67,9 +67,16 @@ class EventSchema(Schema):
         "description": "The stream's channel-specific fields (`failure_reason`, `page_id`, `page_name`, "
                        "`target_id`, `target_name`), kept as sent."})
 
+    @pre_load
+    def _blank_time_is_absent(self, data, **kwargs):
+        """A template prints a variable the event lacks as "": the other time, if given, is the event's."""
+        if isinstance(data, dict) and (data.get("timestamp") == "" or data.get("datetime") == ""):
+            return {**data, **{name: None for name in ("timestamp", "datetime") if data.get(name) == ""}}
+        return data
+
     @validates_schema(skip_on_field_errors=False, pass_original=True)
     def _has_time(self, data, original, **kwargs):
-        if original.get("timestamp") is None and original.get("datetime") is None:
+        if original.get("timestamp") in (None, "") and original.get("datetime") in (None, ""):
             raise ValidationError("One of event.timestamp (epoch seconds) or event.datetime (ISO 8601) is required.", "timestamp")
 
 

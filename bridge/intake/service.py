@@ -27,7 +27,7 @@ from bridge.delivery.models import PENDING, SKIPPED, UNRESOLVED_USER, EventRecei
 from bridge.delivery.scheduling import drain_after_commit
 from bridge.intake.schemas import load_item
 from bridge.registry.service import Observation, Recorded, observe_events, recorded, users_by_time
-from bridge.validation import rejection
+from bridge.validation import rejection, unflattened
 
 
 @dataclass
@@ -65,18 +65,20 @@ class PreparedEvent:
 
 def prepare(app_id: str, vocabulary: mapping.Vocabulary, items: Sequence[object]) -> Prepared:
     """Validate `items` (decoded JSON values) for an app whose `vocabulary` says which kinds it sends
-    and under which names; other kinds are counted as ignored. Invalid items are reported by index
-    with a message per field and never block valid ones."""
+    and under which names; other kinds are counted as ignored. An item may be nested or written with
+    dotted keys (`bridge.validation.unflattened`). Invalid items are reported by index with a message
+    per field and never block valid ones."""
     result = IntakeResult()
     sent = vocabulary.sent
     valid: dict[str, dict] = {}
     for index, raw in enumerate(items):
-        kind = raw.get("event", {}).get("kind") if isinstance(raw, dict) and isinstance(raw.get("event"), dict) else None
-        if isinstance(kind, str) and kind and kind not in sent:
-            result.ignored += 1
-            continue
         try:
-            item = load_item(raw) if isinstance(raw, dict) else _not_an_object()
+            raw = unflattened(raw) if isinstance(raw, dict) else _not_an_object()
+            kind = raw["event"].get("kind") if isinstance(raw.get("event"), dict) else None
+            if isinstance(kind, str) and kind and kind not in sent:
+                result.ignored += 1
+                continue
+            item = load_item(raw)
         except ValidationError as exc:
             result.rejected.append(rejection(index, exc))
             continue

@@ -39,7 +39,7 @@ INTAKE_RESULT = IntakeResultSchema()
 @bp.post("/v1/apps/<app_id>/events")
 @documented("Post event-stream items", answer=IntakeResultSchema, status=202, errors=(429,), path=(APP_ID,),
             body=Body(ItemSchema, max_bytes=lambda settings: settings.max_body_bytes,
-                      max_items=lambda settings: settings.max_items_per_request))
+                      max_items=lambda settings: settings.max_items_per_request, dotted_keys=True))
 @require_token("api")
 def post_events(app_id: str):
     """Answers 202 once the request's events are committed (with those of concurrent requests:

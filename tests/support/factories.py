@@ -61,6 +61,19 @@ def event_items(n: int, *, start: int = 0, prefix: str = "evt", users: int = 5, 
             for i in range(start, start + n)]
 
 
+def flattened(item: dict, prefix: str = "") -> dict:
+    """`item` written with dotted keys, as a body of key/value pairs writes it (the Event Streams guide's
+    recommended body): `{"event.id": ..., "event.data.page_id": ..., "message.title.en": ...}`. An empty
+    object, and any value that is not an object, is one key's value."""
+    flat: dict = {}
+    for key, value in item.items():
+        if isinstance(value, dict) and value:
+            flat.update(flattened(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 # -- Amplitude's cohort webhook: POST /v1/apps/<app_id>/amplitude/cohorts ----------------------------
 
 def cohort_batch(users: int | Iterable[object] = 1, *, message_id: str | None = None, in_cohort: bool = True,
