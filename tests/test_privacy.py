@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import MetaData, create_engine, select, text, update
+from sqlalchemy import MetaData, create_engine, func, select, text, update
 
 from bridge.amplitude import client as amp
 from bridge.apps.models import App
@@ -28,6 +28,7 @@ from bridge.cohorts.models import CohortBatch, CohortMember, PlatformTag, Platfo
 from bridge.cohorts.tagger import Tagger
 from bridge.delivery.models import DEAD, OutboxEvent
 from bridge.delivery.pusher import Pusher
+from bridge.privacy import service as privacy_service
 from bridge.privacy.service import erase_user
 from bridge.runtime import Runtime
 from bridge.settings import Settings, normalize_database_url
@@ -390,3 +391,62 @@ def test_an_erasure_while_the_tagger_sends_their_tag_brings_back_no_row(client, 
         users = set(session.scalars(select(PlatformUser.external_id)))
     assert (left, users) == ({("ben", "synced")}, {"ben"})
     assert platform_server.tags(PLATFORM_APP, PERSON) == {"amplitude_cohort_c1": "1"}  # the platform's to erase
+
+
+# -- two erasures at once -------------------------------------------------------------------------
+
+def another_backend_waits_on_a_lock(runtime, session) -> bool:
+    """Another connection to this test's database waits on a lock (a row's, or an advisory lock)."""
+    return bool(session.scalar(text(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database() "
+        "AND pid <> pg_backend_pid()")))
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_two_erasures_in_one_app_at_once_do_not_deadlock(app, client, runtime, tenant, monkeypatch):
+    """Alice's event carries Ben's address and Ben's carries hers (each a message personalised for the
+    other). Alice's erasure deletes her events; Ben's then begins. Each has to lock the other's event to
+    take its own address out of it: without the erasures of one app taking turns, each waits for the
+    other, and PostgreSQL rolls one back (a 503). With them, Ben's waits for Alice's to commit."""
+    alice, ben = ("alice-0001", "alice@example.com"), ("ben-0002", "ben@example.com")
+    post(client, tenant, "subscriptions", [channel_record("sub-alice", "Email", identifier=alice[1], external_id=alice[0]),
+                                           channel_record("sub-ben", "Email", identifier=ben[1], external_id=ben[0])])
+    post(client, tenant, "events", [
+        event_item("evt-alice", "message.email.opened", "sub-alice", alice[0], device_type="Email",
+                   message={"id": "msg-invite-a", "name": "Invite", "title": f"Ben invites you: {ben[1]}"}),
+        event_item("evt-ben", "message.email.opened", "sub-ben", ben[0], device_type="Email",
+                   message={"id": "msg-invite-b", "name": "Invite", "title": f"Alice invites you: {alice[1]}"})])
+    alice_deleted = threading.Event()
+    redact = privacy_service._redact_events
+
+    def redact_once_ben_waits(session, *args):
+        if threading.current_thread().name == "alice":
+            alice_deleted.set()
+            deadline = time.monotonic() + 10
+            with runtime.session() as probe:
+                while not another_backend_waits_on_a_lock(runtime, probe):
+                    assert time.monotonic() < deadline, "Ben's erasure never waited for Alice's"
+                    time.sleep(0.02)
+        return redact(session, *args)
+
+    monkeypatch.setattr(privacy_service, "_redact_events", redact_once_ben_waits)
+    answers: dict[str, object] = {}
+
+    def erase_in_thread(name: str, external_id: str) -> threading.Thread:
+        thread = threading.Thread(name=name, target=lambda: answers.update(
+            {name: erase(app.test_client(), tenant, external_id)}))
+        thread.start()
+        return thread
+
+    threads = [erase_in_thread("alice", alice[0])]
+    assert alice_deleted.wait(10)
+    threads.append(erase_in_thread("ben", ben[0]))
+    for thread in threads:
+        thread.join(30)
+    assert {name: (a.status_code, a.json) for name, a in answers.items()} == {
+        "alice": (200, {"removed": {**ZERO, "channel_records": 1, "catalog_entries": 1,
+                                    "outbox_events": {**ZERO["outbox_events"], "pending": 1, "details_redacted": 1}}}),
+        "ben": (200, {"removed": {**ZERO, "channel_records": 1, "catalog_entries": 1,
+                                  "outbox_events": {**ZERO["outbox_events"], "pending": 1}}})}
+    with runtime.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 0

@@ -29,17 +29,26 @@ Left alone: `event_receipts` (an app id and the platform's own event id, nothing
 a platform's retry of an erased event is still a duplicate, never stored again) and
 `message_details_totals` (counts).
 
+Erasures of one app take turns: on PostgreSQL each first takes a transaction-level advisory lock keyed
+on the app (`_take_turn`), which nothing else takes, so an erasure waiting for it holds no row yet;
+SQLite has one writer. Two erasures of one app would otherwise deadlock: each deletes its person's
+events, then locks the others' events that hold its person's identifiers, which may be the ones the
+other is deleting. Erasures of different apps share no row.
+
 Statements are set-based. The rows a worker may hold for a while come first: outbox events (a delivery
 in flight: the erasure waits for its outcome) and cohort batches (a batch being applied). Only then
 are the channel records and catalog entries, which the intake writes, locked, in the order the intake
 locks them (by subscription id, by message id); the app's row last, as the pusher and the tagger
 update it last. So it takes rows in the order they take them, and holds up the intake only for its
-own last statements. Nothing is committed here: the caller (the API's request, the CLI command) commits, once.
+own last statements. (The intake only inserts outbox rows and the pusher claims them skipping locked
+ones, so neither waits for the outbox rows the erasure holds.) Nothing is committed here: the caller
+(the API's request, the CLI command) commits, once.
 The commit logs one line: the app and the counts, never the External User ID nor anything derived
 from it (a hash of an id is still the id, to anyone who can hash a guess).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Iterable
@@ -109,9 +118,12 @@ class Erased:
 def erase_user(session: Session, app_id: str, external_id: str) -> Erased:
     """Remove what app `app_id` holds of the person whose External User ID is `external_id` (already
     cleaned: `clean_external_id`). Flushes, never commits; idempotent: a second call finds nothing and
-    answers zeros. A batch of theirs not applied yet is queued again by the commit."""
+    answers zeros. A batch of theirs not applied yet is queued again by the commit. Call it first in its
+    transaction: it waits for any other erasure of the app to end, and should hold no row meanwhile."""
     erased = Erased()
     postgres = is_postgresql(session)
+    if postgres:
+        _take_turn(session, app_id)
     records = session.execute(select(Subscription.subscription_id, Subscription.channel, Subscription.identifier)
                               .where(Subscription.app_id == app_id, Subscription.external_id == external_id)).all()
     records += _unattributed_records(session, app_id, records)
@@ -151,6 +163,14 @@ def _log_erasures(session: Session) -> None:
 def _forget_erasures(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # ended without a commit (else _log_erasures took them): nothing was erased
         session.info.pop(_LOGGED, None)
+
+
+def _take_turn(session: Session, app_id: str) -> None:
+    """Wait until no other transaction erases in app `app_id`, and keep the turn until this one ends
+    (PostgreSQL's transaction-level advisory lock, on a 64-bit key drawn from the app id: two apps whose
+    keys collide only take turns too)."""
+    digest = hashlib.blake2b(f"{_LOGGED}:{app_id}".encode(), digest_size=8).digest()
+    session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True))))
 
 
 def _unattributed_records(session: Session, app_id: str, records: list) -> list:
