@@ -22,6 +22,7 @@ from sqlalchemy import MetaData, create_engine, func, select, text, update
 from bridge.amplitude import client as amp
 from bridge.apps.models import App
 from bridge.apps.service import connect_platform
+from bridge.catalog.models import MessageCatalogEntry
 from bridge.cli import main
 from bridge.cohorts import jobs as cohort_jobs
 from bridge.cohorts.models import CohortBatch, CohortMember, PlatformTag, PlatformUser
@@ -450,3 +451,54 @@ def test_two_erasures_in_one_app_at_once_do_not_deadlock(app, client, runtime, t
                                   "outbox_events": {**ZERO["outbox_events"], "pending": 1}}})}
     with runtime.session() as session:
         assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
+
+
+# -- which texts name the person --------------------------------------------------------------------
+
+def catalog_texts(runtime, app_id: str) -> set[str]:
+    with runtime.session() as session:
+        return set(session.scalars(select(MessageCatalogEntry.name).where(MessageCatalogEntry.app_id == app_id)))
+
+
+def platform_error(runtime, app_id: str, value: str | None = OMIT) -> str | None:
+    """The app's last platform error, after setting it to `value` when given."""
+    with runtime.session() as session:
+        if value is not OMIT:
+            session.execute(update(App).where(App.id == app_id).values(platform_last_error=value))
+            session.commit()
+        return session.get(App, app_id).platform_last_error
+
+
+@pytest.mark.parametrize("external_id", ["50", "42", "anna"])
+def test_a_short_external_id_is_not_searched_for_in_other_peoples_texts(client, runtime, tenant, external_id):
+    """A short External User ID is a word of ordinary campaign text: erasing its person leaves other
+    people's catalog entries and the app's errors alone; their channel identifiers are still searched for."""
+    post(client, tenant, "subscriptions", [channel_record("sub-p", "Email", identifier="p@example.com",
+                                                          external_id=external_id)])
+    campaign, receipt = f"{external_id}% off today", "Your receipt, p@example.com"
+    post(client, tenant, "events", [
+        event_item("evt-o", subscription_id="sub-o", external_id="other-user", message={"id": "m1", "name": campaign}),
+        event_item("evt-p", subscription_id="sub-p", external_id=external_id, device_type="Email",
+                   kind="message.email.opened", message={"id": "m2", "name": receipt})])
+    error = platform_error(runtime, tenant.app_id, f"HTTP 400: {external_id} tags at most")
+
+    removed = erase(client, tenant, external_id).json["removed"]
+
+    assert (removed["catalog_entries"], removed["app_error_texts"]) == (1, 0)
+    assert (catalog_texts(runtime, tenant.app_id), platform_error(runtime, tenant.app_id)) == ({campaign}, error)
+
+
+@pytest.mark.parametrize("external_id", ["customer-42", "a@b.de", "+4915112345"],
+                         ids=["8 characters or more", "e-mail address", "phone number"])
+def test_a_distinctive_external_id_is_taken_out_of_the_texts_that_hold_it(client, runtime, tenant, external_id):
+    kept = "50% off today"
+    post(client, tenant, "events", [
+        event_item("evt-o", subscription_id="sub-o", external_id="other-user", message={"id": "m1", "name": kept}),
+        event_item("evt-x", subscription_id="sub-o", external_id="other-user",
+                   message={"id": "m2", "name": f"Hello {external_id}!"})])
+    platform_error(runtime, tenant.app_id, f"HTTP 409: the alias {external_id} belongs to another user")
+
+    removed = erase(client, tenant, external_id.replace("+", "%2B")).json["removed"]
+
+    assert (removed["catalog_entries"], removed["app_error_texts"]) == (1, 1)
+    assert (catalog_texts(runtime, tenant.app_id), platform_error(runtime, tenant.app_id)) == ({kept}, None)

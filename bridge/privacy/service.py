@@ -17,13 +17,22 @@ What names a person here, table by table (README, "Erasure on request"):
 - `cohort_batches`: their id taken out of the batches' user lists (`user_ids`); a batch not applied yet
   counts one user fewer, so its counts still add up once applied.
 - `cohort_members`, `platform_tags`, `platform_users`: their rows, in every cohort.
-- `message_catalog`: the entries whose name, title, contents or template id holds their External User
-  ID or one of their channel identifiers as a whole word (e-mail addresses compared ignoring case):
-  a personalised message may carry them. An entry is a campaign's, learned from any event of the
+- `message_catalog`: the entries whose name, title, contents or template id holds one of their channel
+  identifiers, or their External User ID when it is distinctive (below), as a whole word (e-mail
+  addresses compared ignoring case): a personalised message may carry them. An entry is a campaign's, learned from any event of the
   message, so no other link to a person exists; one taken out is learned again from the message's
   next event that carries its details. This process forgets it at once (`catalog.service.forget`).
 - `apps`: the app's last delivery and platform errors (and the reasons delivery or tagging is held)
-  when their text holds the External User ID as a whole word.
+  when their text holds one of those (the same rule as the catalog's).
+
+Free texts are searched for the External User ID only when it is distinctive (`is_distinctive`: at
+least DISTINCTIVE_LENGTH characters, or shaped like an e-mail address or an international phone
+number): a short one (`50`, `42`, `anna`) is a word of ordinary campaign text ("50% off today"), and
+erasing a person must not erase other people's campaigns. Channel identifiers (push tokens, e-mail
+addresses, phone numbers) are always searched for. The outbox's redaction looks for channel
+identifiers only, never the External User ID: every event carries its own user's id and device id,
+and another user's (`anna-2`, `team/anna`) holds a distinctive id as a whole word too; taking that
+value out would send their event without its user.
 
 Left alone: `event_receipts` (an app id and the platform's own event id, nothing of the person; kept,
 a platform's retry of an erased event is still a duplicate, never stored again) and
@@ -72,6 +81,9 @@ from bridge.text import has_unprintable
 log = logging.getLogger(__name__)
 
 MAX_EXTERNAL_ID_LENGTH = 256  # as the channel registry and the cohorts store it
+DISTINCTIVE_LENGTH = 8  # an External User ID this long or longer is searched for in free texts
+_EMAIL_SHAPED = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_PHONE_SHAPED = re.compile(r"\+[0-9]{6,15}")  # E.164: "+", then the country code and the number
 _LOGGED = "bridge.privacy:erased"  # Session.info key: the erasures a transaction holds, logged by its commit
 _BATCHES_PER_READ = 100  # cohort batches read at a time (each up to 10,000 user ids)
 # The app's texts an error message may have put an External User ID into.
@@ -98,6 +110,14 @@ def clean_external_id(value: str) -> str:
     if cleaned.lower() in PLACEHOLDER_IDS:
         raise InvalidExternalId("Is a placeholder, which the bridge never stores as an External User ID.")
     return cleaned
+
+
+def is_distinctive(external_id: str) -> bool:
+    """Whether free texts (catalog entries, the app's error texts) are searched for `external_id`: when
+    it has at least DISTINCTIVE_LENGTH characters, or is shaped like an e-mail address or an
+    international phone number. A shorter one (`50`, `anna`) is a word of anyone's campaign text."""
+    return (len(external_id) >= DISTINCTIVE_LENGTH or _EMAIL_SHAPED.fullmatch(external_id) is not None
+            or _PHONE_SHAPED.fullmatch(external_id) is not None)
 
 
 @dataclass
@@ -145,8 +165,9 @@ def erase_user(session: Session, app_id: str, external_id: str) -> Erased:
     records = session.execute(delete(Subscription).where(*theirs).returning(Subscription.identifier)).all()
     erased.channel_records = len(records)
     identifiers += [identifier for identifier, in records]  # one recorded meanwhile too
-    erased.catalog_entries = _erase_catalog_entries(session, app_id, Needles([external_id, *identifiers]), postgres)
-    erased.app_error_texts = _clear_app_texts(session, app_id, external_id)
+    naming = Needles([external_id, *identifiers] if is_distinctive(external_id) else identifiers)
+    erased.catalog_entries = _erase_catalog_entries(session, app_id, naming, postgres)
+    erased.app_error_texts = _clear_app_texts(session, app_id, naming)
     session.flush()
     session.info.setdefault(_LOGGED, []).append((app_id, erased))
     return erased
@@ -265,6 +286,8 @@ def _redact_events(session: Session, app_id: str, needles: Needles, postgres: bo
 def _erase_catalog_entries(session: Session, app_id: str, needles: Needles, postgres: bool) -> int:
     """Delete the app's catalog entries whose details name the person (`Needles`). Rows are locked in
     message-id order, as the intake's upsert locks them."""
+    if not needles.values:
+        return 0
     columns = [MessageCatalogEntry.__table__.c[detail] for detail in DETAILS]
     candidates = _lock(select(MessageCatalogEntry.message_id, *columns)
                        .where(MessageCatalogEntry.app_id == app_id, needles.anywhere(columns))
@@ -305,10 +328,11 @@ def _strike_from_batches(session: Session, app_id: str, external_id: str, postgr
         after = rows[-1].id
 
 
-def _clear_app_texts(session: Session, app_id: str, external_id: str) -> int:
-    """Clear the app's error texts (APP_TEXTS) that hold `external_id` as a whole word (a platform's or
-    Amplitude's answer may quote it); returns how many."""
-    needles = Needles([external_id])
+def _clear_app_texts(session: Session, app_id: str, needles: Needles) -> int:
+    """Clear the app's error texts (APP_TEXTS) that name the person (`needles`: a platform's or
+    Amplitude's answer may quote an id or an address); returns how many."""
+    if not needles.values:
+        return 0
     texts = session.execute(select(*(App.__table__.c[name] for name in APP_TEXTS)).where(App.id == app_id)).first()
     cleared = [name for name, text in zip(APP_TEXTS, texts or (), strict=False) if text and needles.found_in(text)]
     if cleared:
