@@ -396,11 +396,13 @@ def test_an_erasure_while_the_tagger_sends_their_tag_brings_back_no_row(client, 
 
 # -- two erasures at once -------------------------------------------------------------------------
 
-def another_backend_waits_on_a_lock(runtime, session) -> bool:
-    """Another connection to this test's database waits on a lock (a row's, or an advisory lock)."""
-    return bool(session.scalar(text(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database() "
-        "AND pid <> pg_backend_pid()")))
+def another_backend_waits_on_a_lock(runtime) -> bool:
+    """Another connection to this test's database waits on a lock (a row's, or an advisory lock). Each
+    call has its own transaction: PostgreSQL shows a transaction the same pg_stat_activity throughout."""
+    with runtime.session() as session:
+        return bool(session.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database() "
+            "AND pid <> pg_backend_pid()")))
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -424,10 +426,9 @@ def test_two_erasures_in_one_app_at_once_do_not_deadlock(app, client, runtime, t
         if threading.current_thread().name == "alice":
             alice_deleted.set()
             deadline = time.monotonic() + 10
-            with runtime.session() as probe:
-                while not another_backend_waits_on_a_lock(runtime, probe):
-                    assert time.monotonic() < deadline, "Ben's erasure never waited for Alice's"
-                    time.sleep(0.02)
+            while not another_backend_waits_on_a_lock(runtime):
+                assert time.monotonic() < deadline, "Ben's erasure never waited for Alice's"
+                time.sleep(0.02)
         return redact(session, *args)
 
     monkeypatch.setattr(privacy_service, "_redact_events", redact_once_ben_waits)
