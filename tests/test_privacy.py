@@ -30,7 +30,7 @@ from bridge.cohorts.tagger import Tagger
 from bridge.delivery.models import DEAD, OutboxEvent
 from bridge.delivery.pusher import Pusher
 from bridge.privacy import service as privacy_service
-from bridge.privacy.service import erase_user
+from bridge.privacy.service import ERASED_EXAMPLE, erase_user
 from bridge.runtime import Runtime
 from bridge.settings import Settings, normalize_database_url
 from support.factories import OMIT, T0, channel_record, cohort_batch, event_item, new_tenant, store_cohort_batch
@@ -43,7 +43,7 @@ TOKEN, EMAIL, PHONE = "f3c1a9e2b7d4AnnaPushToken0001", "Anna.K@example.com", "+4
 DEVICES = ("sub-anna-ios", "sub-anna-mail", "sub-anna-sms", "sub-anna-web", "sub-anna-old")
 ZERO = {"channel_records": 0, "outbox_events": {"pending": 0, "dead": 0, "skipped": 0, "details_redacted": 0},
         "cohort_memberships": 0,
-        "cohort_batch_user_lists": 0, "platform_tags": 0, "catalog_entries": 0, "app_error_texts": 0}
+        "cohort_batch_user_lists": 0, "cohort_batch_examples": 0, "platform_tags": 0, "catalog_entries": 0, "app_error_texts": 0}
 
 
 @pytest.fixture
@@ -120,7 +120,10 @@ def seed(client, runtime, tenant) -> None:
         connect_platform(session, session.get(App, tenant.app_id), platform="onesignal", platform_app_id="os-app",
                          platform_api_key="os-key")
         session.commit()
-    for cohort_id, users in (("c1", [PERSON, *OTHERS]), ("c2", [PERSON, OTHERS[0]])):
+    # c1's batch also sets aside two entries quoting them: their id with a control character after it,
+    # and their e-mail address with a bidirectional mark (shown as examples, with their counts).
+    for cohort_id, users in (("c1", [PERSON, *OTHERS, f"{PERSON}\u0007", f"{EMAIL}\u202e", "x\u0007"]),
+                             ("c2", [PERSON, OTHERS[0]])):
         response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth,
                                json=cohort_batch(users, cohort_id=cohort_id))
         assert response.status_code == 200
@@ -165,7 +168,8 @@ def test_erasure_leaves_nothing_of_the_person_in_any_table_and_everyone_else_as_
     assert response.json == {"removed": {
         "channel_records": 5, "outbox_events": {"pending": 2, "dead": 1, "skipped": 1, "details_redacted": 1},
         "cohort_memberships": 2,
-        "cohort_batch_user_lists": 3, "platform_tags": 1, "catalog_entries": 1, "app_error_texts": 1}}
+        "cohort_batch_user_lists": 3, "cohort_batch_examples": 1, "platform_tags": 1, "catalog_entries": 1,
+        "app_error_texts": 1}}
     assert PERSON not in response.get_data(as_text=True)
     after = every_row(database_url)
     assert all(other_tenant.app_id in row for rows in naming_the_person(after).values() for row in rows)
@@ -187,7 +191,13 @@ def test_erasure_leaves_nothing_of_the_person_in_any_table_and_everyone_else_as_
         assert (app.platform_last_error, app.last_delivery_error) == (None, "HTTP 503: Service Unavailable")
         lists = {b.message_id: (json.loads(b.user_ids), b.user_count, b.state, b.claimed_at)
                  for b in session.scalars(select(CohortBatch).where(CohortBatch.app_id == tenant.app_id))}
+        examples = {b.message_id: (b.unusable_users, [(e["index"], e["message"]) for e in b.unusable_examples])
+                    for b in session.scalars(select(CohortBatch).where(CohortBatch.app_id == tenant.app_id,
+                                                                      CohortBatch.unusable_users > 0))}
     assert lists["c1::late"] == (["u-new"], 1, "received", None)  # counts one user fewer: 3 sent, 2 of them theirs
+    [(unusable, shown)] = examples.values()  # the entries quoting them lose their text, and still count
+    assert (unusable, shown[:2]) == (3, [(3, ERASED_EXAMPLE), (4, ERASED_EXAMPLE)])
+    assert shown[2] == (5, 'user_id "x\\u0007" contains a control character or a bidirectional mark.')
     assert sorted(user for users, *_ in lists.values() for user in users) == sorted([*OTHERS, OTHERS[0], "u-new"])
     report = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1", headers=tenant.auth).json
     assert (report["users"]["in_cohort"], report["users"]["matched"]) == (2, 2)
@@ -503,3 +513,20 @@ def test_a_distinctive_external_id_is_taken_out_of_the_texts_that_hold_it(client
 
     assert (removed["catalog_entries"], removed["app_error_texts"]) == (1, 1)
     assert (catalog_texts(runtime, tenant.app_id), platform_error(runtime, tenant.app_id)) == ({kept}, None)
+
+
+def test_examples_of_unusable_cohort_entries_lose_the_text_that_quotes_the_person(client, runtime, tenant):
+    """An example quotes one user_id as sent, never campaign text: a short id is looked for there too."""
+    post(client, tenant, "subscriptions", [channel_record("sub-p", "Email", identifier="p@example.com", external_id="50")])
+    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth,
+                           json=cohort_batch(["50", "50\u0007", "P@example.com\u202e", "500\u0007"], cohort_id="c1"))
+    assert response.json["unusable_users"] == 3
+
+    assert erase(client, tenant, "50").json["removed"]["cohort_batch_examples"] == 1
+
+    with runtime.session() as session:
+        batch = session.scalars(select(CohortBatch)).one()
+    assert (batch.unusable_users, batch.unusable_reasons) == (3, {"control_character_in_user_id": 3})
+    assert [(e["index"], e["message"]) for e in batch.unusable_examples] == [
+        (1, ERASED_EXAMPLE), (2, ERASED_EXAMPLE),
+        (3, 'user_id "500\\u0007" contains a control character or a bidirectional mark.')]

@@ -24,6 +24,9 @@ class RemovedSchema(Schema):
         "description": "Memberships in the app's cohorts, current or former."})
     cohort_batch_user_lists = fields.Integer(required=True, metadata={
         "description": "Cohort batches whose user list named them (their id is taken out; counts stay)."})
+    cohort_batch_examples = fields.Integer(required=True, metadata={
+        "description": "Cohort batches whose examples of unusable entries quoted their External User ID or a channel "
+                       "identifier of theirs (the example's message is replaced; the entry is still counted)."})
     platform_tags = fields.Integer(required=True, metadata={
         "description": "The bridge's records of their tags on the messaging platform (the platform's own are not touched)."})
     catalog_entries = fields.Integer(required=True, metadata={

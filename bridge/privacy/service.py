@@ -15,7 +15,11 @@ What names a person here, table by table (README, "Erasure on request"):
   channel identifiers (a personalised text the catalog completed a late event with) is taken out of
   it, and the event is sent without it.
 - `cohort_batches`: their id taken out of the batches' user lists (`user_ids`); a batch not applied yet
-  counts one user fewer, so its counts still add up once applied.
+  counts one user fewer, so its counts still add up once applied. And the message of an example of an
+  unusable entry (`unusable_examples`: `user_id "their-id\u0007" contains a control character…`)
+  quoting their External User ID, however short (it quotes a user_id as sent, never campaign text), or
+  a channel identifier of theirs: replaced by ERASED_EXAMPLE, the entry's index, field, reason and
+  counts kept.
 - `cohort_members`, `platform_tags`, `platform_users`: their rows, in every cohort.
 - `message_catalog`: the entries whose name, title, contents or template id holds one of their channel
   identifiers, or their External User ID when it is distinctive (below), as a whole word (e-mail
@@ -88,6 +92,8 @@ _LOGGED = "bridge.privacy:erased"  # Session.info key: the erasures a transactio
 _BATCHES_PER_READ = 100  # cohort batches read at a time (each up to 10,000 user ids)
 # The app's texts an error message may have put an External User ID into.
 REDACTED = "details_redacted"
+# An unusable entry's example message once an erasure took out the text that quoted the person.
+ERASED_EXAMPLE = "(removed by an erasure on request)"
 APP_TEXTS = ("last_delivery_error", "delivery_held_reason", "platform_last_error", "platform_held_reason")
 
 
@@ -130,6 +136,7 @@ class Erased:
     outbox_events: dict[str, int] = field(default_factory=lambda: {PENDING: 0, DEAD: 0, SKIPPED: 0, REDACTED: 0})
     cohort_memberships: int = 0  # rows of cohort_members, current or former (a user who left keeps a row)
     cohort_batch_user_lists: int = 0  # batches whose user list named them
+    cohort_batch_examples: int = 0  # batches whose unusable-entry examples quoted them (the text goes)
     platform_tags: int = 0
     catalog_entries: int = 0
     app_error_texts: int = 0  # the app's error texts cleared
@@ -155,7 +162,8 @@ def erase_user(session: Session, app_id: str, external_id: str) -> Erased:
     # row the intake writes meanwhile.
     erased.outbox_events = _erase_events(session, app_id, external_id, devices)
     erased.outbox_events[REDACTED] = _redact_events(session, app_id, Needles(identifiers), postgres)
-    erased.cohort_batch_user_lists = _strike_from_batches(session, app_id, external_id, postgres)
+    erased.cohort_batch_user_lists, erased.cohort_batch_examples = _erase_from_batches(
+        session, app_id, external_id, identifiers, postgres)
     erased.cohort_memberships = session.execute(delete(CohortMember).where(
         CohortMember.app_id == app_id, CohortMember.user_id == external_id)).rowcount
     erased.platform_tags = session.execute(delete(PlatformTag).where(
@@ -296,36 +304,56 @@ def _erase_catalog_entries(session: Session, app_id: str, needles: Needles, post
     return catalog.forget(session, app_id, named)
 
 
-def _strike_from_batches(session: Session, app_id: str, external_id: str, postgres: bool) -> int:
-    """Take `external_id` out of the user lists of the app's cohort batches; returns how many batches
-    named it. The lists are JSON arrays as the webhook stored them (orjson), so the database picks the
-    batches whose text holds the id's JSON string, and each is rewritten without it.
+def _erase_from_batches(session: Session, app_id: str, external_id: str, identifiers: list[str],
+                        postgres: bool) -> tuple[int, int]:
+    """Take `external_id` out of the user lists of the app's cohort batches, and the text out of their
+    unusable-entry examples that quote it or one of `identifiers` (`_quoting`); returns how many
+    batches named it in their list, and how many in their examples. The lists are JSON arrays as the
+    webhook stored them (orjson), so the database picks the batches whose text holds the id's JSON
+    string, or that set entries aside, and each is rewritten.
 
     A batch applied keeps its counts (its history). A batch not applied yet counts the removed entries
     out of `user_count` and loses its claim: a run that claimed it before this erasure (and so read the
-    old list) finds the claim gone and discards its work, and the commit queues the batch again."""
+    old list) finds the claim gone and discards its work, and the commit queues the batch again. An
+    example keeps its index, field and reason, so the unusable entries still add up."""
     needle = orjson.dumps(external_id).decode()
-    after, struck = 0, 0
+    quoting = _quoting(external_id, identifiers)
+    after, struck, quoted = 0, 0, 0
     while True:
-        query = _lock(select(CohortBatch.id, CohortBatch.user_ids, CohortBatch.state, CohortBatch.user_count)
+        query = _lock(select(CohortBatch.id, CohortBatch.user_ids, CohortBatch.state, CohortBatch.user_count,
+                             CohortBatch.unusable_examples)
                       .where(CohortBatch.app_id == app_id, CohortBatch.id > after,
-                             CohortBatch.user_ids.contains(needle, autoescape=True))
+                             or_(CohortBatch.user_ids.contains(needle, autoescape=True), CohortBatch.unusable_users > 0))
                       .order_by(CohortBatch.id).limit(_BATCHES_PER_READ), postgres)
         rows = session.execute(query).all()
         if not rows:
-            return struck
-        for batch_id, user_ids, state, user_count in rows:
+            return struck, quoted
+        for batch_id, user_ids, state, user_count, examples in rows:
+            values: dict[str, object] = {}
             listed = orjson.loads(user_ids)
             kept = [user for user in listed if user != external_id]
-            if len(kept) == len(listed):
-                continue  # the text held the needle inside another id
-            struck += 1
-            values: dict[str, object] = {"user_ids": orjson.dumps(kept).decode()}
-            if state != PROCESSED:
-                values.update(user_count=user_count - (len(listed) - len(kept)), claimed_at=None)
-                batch_after_commit(session, batch_id)
-            session.execute(update(CohortBatch).where(CohortBatch.id == batch_id).values(**values))
+            if len(kept) < len(listed):  # else the text held the needle inside another id, or not at all
+                struck += 1
+                values["user_ids"] = orjson.dumps(kept).decode()
+                if state != PROCESSED:
+                    values.update(user_count=user_count - (len(listed) - len(kept)), claimed_at=None)
+                    batch_after_commit(session, batch_id)
+            if any(quoting.found_in(example.get("message") or "") for example in examples or ()):
+                quoted += 1
+                values["unusable_examples"] = [
+                    {**example, "message": ERASED_EXAMPLE} if quoting.found_in(example.get("message") or "") else example
+                    for example in examples]
+            if values:
+                session.execute(update(CohortBatch).where(CohortBatch.id == batch_id).values(**values))
         after = rows[-1].id
+
+
+def _quoting(external_id: str, identifiers: list[str]) -> Needles:
+    """What names the person in an unusable entry's example: their External User ID, however short (the
+    example quotes one user_id value as sent, never campaign text), also as a JSON string escapes it,
+    and their channel identifiers."""
+    escaped = orjson.dumps(external_id).decode()[1:-1]
+    return Needles([external_id, escaped, *identifiers])
 
 
 def _clear_app_texts(session: Session, app_id: str, needles: Needles) -> int:
