@@ -257,6 +257,9 @@ def test_the_cli_erases_and_prints_the_same_counts(cli, client, runtime, tenant)
     assert PERSON not in done.stderr  # the log line counts, and names no one
     again = cli.invoke(main, ["users", "erase", "--app", tenant.app_id, PERSON])
     assert json.loads(again.stdout) == {"removed": ZERO}
+    post(client, tenant, "subscriptions", [channel_record("s2", external_id="CaseUser")])
+    other_case = cli.invoke(main, ["users", "erase", "--app", tenant.app_id, "caseuser"])
+    assert (other_case.exit_code, json.loads(other_case.stdout)) == (0, {"removed": ZERO})  # as the API answers it
     unknown = cli.invoke(main, ["users", "erase", "--app", "no-such-app", PERSON])
     assert (unknown.exit_code, unknown.stderr.strip()) == (1, "Error: no app with id no-such-app")
     bad = cli.invoke(main, ["users", "erase", "--app", tenant.app_id, " "])
