@@ -23,9 +23,10 @@ What names a person here, table by table (README, "Erasure on request"):
 - `cohort_members`, `platform_tags`, `platform_users`: their rows, in every cohort.
 - `message_catalog`: the entries whose name, title, contents or template id holds one of their channel
   identifiers, or their External User ID when it is distinctive (below), as a whole word (e-mail
-  addresses compared ignoring case): a personalised message may carry them. An entry is a campaign's, learned from any event of the
-  message, so no other link to a person exists; one taken out is learned again from the message's
-  next event that carries its details. This process forgets it at once (`catalog.service.forget`).
+  addresses compared ignoring case): a personalised message may carry them. An entry is a
+  campaign's, learned from any event of the message, so no other link to a person exists; one taken
+  out is learned again from the message's next event that carries its details. This process forgets
+  it at once (`catalog.service.forget`).
 - `apps`: the app's last delivery and platform errors (and the reasons delivery or tagging is held)
   when their text holds one of those (the same rule as the catalog's).
 
@@ -90,10 +91,10 @@ _EMAIL_SHAPED = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _PHONE_SHAPED = re.compile(r"\+[0-9]{6,15}")  # E.164: "+", then the country code and the number
 _LOGGED = "bridge.privacy:erased"  # Session.info key: the erasures a transaction holds, logged by its commit
 _BATCHES_PER_READ = 100  # cohort batches read at a time (each up to 10,000 user ids)
-# The app's texts an error message may have put an External User ID into.
 REDACTED = "details_redacted"
 # An unusable entry's example message once an erasure took out the text that quoted the person.
 ERASED_EXAMPLE = "(removed by an erasure on request)"
+# The app's texts an error message may have put an External User ID into.
 APP_TEXTS = ("last_delivery_error", "delivery_held_reason", "platform_last_error", "platform_held_reason")
 
 
@@ -338,11 +339,11 @@ def _erase_from_batches(session: Session, app_id: str, external_id: str, identif
                 if state != PROCESSED:
                     values.update(user_count=user_count - (len(listed) - len(kept)), claimed_at=None)
                     batch_after_commit(session, batch_id)
-            if any(quoting.found_in(example.get("message") or "") for example in examples or ()):
+            shown = [{**example, "message": ERASED_EXAMPLE} if quoting.found_in(example.get("message") or "")
+                     else example for example in examples or ()]
+            if shown != (examples or []):
                 quoted += 1
-                values["unusable_examples"] = [
-                    {**example, "message": ERASED_EXAMPLE} if quoting.found_in(example.get("message") or "") else example
-                    for example in examples]
+                values["unusable_examples"] = shown
             if values:
                 session.execute(update(CohortBatch).where(CohortBatch.id == batch_id).values(**values))
         after = rows[-1].id
