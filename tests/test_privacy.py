@@ -533,3 +533,43 @@ def test_examples_of_unusable_cohort_entries_lose_the_text_that_quotes_the_perso
     assert [(e["index"], e["message"]) for e in batch.unusable_examples] == [
         (1, ERASED_EXAMPLE), (2, ERASED_EXAMPLE),
         (3, 'user_id "500\\u0007" contains a control character or a bidirectional mark.')]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_intake_waits_for_an_erasure_and_the_erasure_never_waits_for_it(app, client, runtime, tenant,
+                                                                             monkeypatch):
+    """Lock order: the erasure has deleted the person's channel record when events arrive that name
+    another user on it, with a message quoting the person's address. The intake waits for the
+    record; the erasure goes on to the catalog and the app, which the intake has not reached: both
+    answer, none rolled back."""
+    person, address = "stress-user-01", "st@example.com"
+    post(client, tenant, "subscriptions", [channel_record("sub-st", "Email", identifier=address, external_id=person)])
+    post(client, tenant, "events", [event_item("evt-1", "message.email.opened", "sub-st", person, device_type="Email",
+                                               message={"id": "m1", "name": "Hi", "title": f"For {address}"})])
+    records_deleted = threading.Event()
+    erase_catalog_entries = privacy_service._erase_catalog_entries
+
+    def once_the_intake_waits(*args):
+        records_deleted.set()
+        deadline = time.monotonic() + 10
+        while not another_backend_waits_on_a_lock(runtime):
+            assert time.monotonic() < deadline, "the intake never waited for the erasure"
+            time.sleep(0.02)
+        return erase_catalog_entries(*args)
+
+    monkeypatch.setattr(privacy_service, "_erase_catalog_entries", once_the_intake_waits)
+    answers: dict[str, object] = {}
+    erasure = threading.Thread(target=lambda: answers.update(erasure=erase(app.test_client(), tenant, person)))
+    erasure.start()
+    assert records_deleted.wait(10)
+    monkeypatch.setattr(privacy_service, "_erase_catalog_entries", erase_catalog_entries)
+    answers["intake"] = app.test_client().post(
+        f"/v1/apps/{tenant.app_id}/events", headers=tenant.auth,
+        json=[event_item("evt-2", "message.email.opened", "sub-st", "new-owner", device_type="Email",
+                         message={"id": "m1", "title": f"For {address}"}, timestamp=T0 + 1)])
+    erasure.join(30)
+    assert (answers["erasure"].status_code, answers["intake"].status_code) == (200, 202)
+    removed = answers["erasure"].json["removed"]
+    assert (removed["channel_records"], removed["outbox_events"]["pending"], removed["catalog_entries"]) == (1, 1, 1)
+    with runtime.session() as session:  # what arrived after the erasure is stored, as for any new user
+        assert session.scalar(select(OutboxEvent.user_id)) == "new-owner"
