@@ -52,8 +52,10 @@ def error_response(error: ApiError):
 def register_error_handlers(app: Flask,
                             explain_database_error: Callable[[DBAPIError], ApiError | None] = lambda _exc: None) -> None:
     """Answer every error in the one JSON shape. `explain_database_error` may turn a database error into an
-    ApiError the client can act on (health.SchemaGate.explain: a schema not migrated); otherwise an
-    unreachable database is a 503 `database_unavailable` and any other database error a 500."""
+    ApiError the client can act on (health.SchemaGate.explain: a schema not migrated); otherwise a
+    deadlock or a serialization failure is a 503 `database_conflict` (the database chose this request to
+    give way to a concurrent one: trying again works), an unreachable database a 503
+    `database_unavailable`, and any other database error a 500."""
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -82,6 +84,10 @@ def register_error_handlers(app: Flask,
         if explained is not None:
             log.warning("%s", explained.message)
             return error_response(explained)
+        if database_conflict(exc):
+            log.warning("database conflict: %s", exc.orig)
+            return error_response(ApiError(503, "database_conflict",
+                                           "A concurrent change conflicted with this request; retry.", retry_after=1))
         if not database_unreachable(exc):
             return _unexpected(exc)
         log.warning("database unavailable: %s", exc.orig)
@@ -95,8 +101,22 @@ def register_error_handlers(app: Flask,
 
 
 def database_unreachable(exc: BaseException) -> bool:
-    """True for errors that mean the database cannot be reached, rather than a bad statement or bad data."""
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+    """True for errors that mean the database cannot be reached, rather than a bad statement, bad data or
+    a conflict with a concurrent transaction (`database_conflict`)."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError) and not database_conflict(exc)
+
+
+# PostgreSQL's SQLSTATEs for a deadlock (deadlock_detected) and a serialization failure
+# (serialization_failure): the database rolled this transaction back for a concurrent one's sake.
+_CONFLICT = frozenset({"40P01", "40001"})
+
+
+def database_conflict(exc: BaseException) -> bool:
+    """True for a deadlock or a serialization failure: the transaction was rolled back so that a
+    concurrent one could go on, and the same request tried again succeeds."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in _CONFLICT
 
 
 # PostgreSQL's SQLSTATEs for a table and a column that do not exist.

@@ -82,7 +82,8 @@ _ERRORS = {
     415: "The body is not sent as JSON (`unsupported_media_type`).",
     429: "The app has more events waiting for Amplitude than INTAKE_MAX_BACKLOG (`backlog_full`); nothing was "
          "stored; retry after `Retry-After` seconds.",
-    503: "The database is unreachable (`database_unavailable`) or has no free connection (`database_busy`), or the "
+    503: "The database is unreachable (`database_unavailable`), has no free connection (`database_busy`), or rolled "
+         "the request back for a concurrent one's sake (`database_conflict`: a deadlock or serialization failure), or the "
          "web process cannot store events this fast, or reads as many large cohort bodies as it may (`overloaded`, "
          "nothing stored); retry after `Retry-After` seconds. Or the database's schema is missing or behind "
          "(`database_not_migrated`, no Retry-After): its operator must run `bridge db upgrade`.",

@@ -97,7 +97,10 @@ class AccessLogger(Logger):
 # The most characters of a value the client chose (path, query, user agent) that an access line keeps.
 ACCESS_VALUE_MAX_CHARS = 512
 # A path ending in a person's External User ID (erasure on request, bridge/privacy): logged without it.
-PERSONAL_PATH = re.compile(r"^(/v1/apps/[^/?]+/users/)[^?]+")
+# It is recognised in the path routing sees (PATH_INFO: percent-escapes decoded, runs of slashes merged
+# as werkzeug merges them), never in the raw URI, which may spell the same route otherwise (`user%73`,
+# `v1%2Fapps`, `apps/A//users`).
+PERSONAL_PATH = re.compile(r"^/v1/apps/([^/]+)/users/")
 
 
 def access_fields(answer: _Answer, environ: dict, request_time: datetime.timedelta) -> dict[str, object]:
@@ -108,16 +111,26 @@ def access_fields(answer: _Answer, environ: dict, request_time: datetime.timedel
     address; `ua`, the User-Agent. The client's values are cut to ACCESS_VALUE_MAX_CHARS (ending in
     `…`), and the formatter escapes their control characters and bidi marks (header bytes are read as
     Latin-1, so a C1 control or a bidi override's bytes would otherwise reach the terminal as sent). The
-    External User ID of `/v1/apps/<app_id>/users/<external_id>` is written as `(redacted)`.
+    External User ID of `/v1/apps/<app_id>/users/<external_id>`, however the client spelled that path,
+    is written as `(redacted)` (`logged_path`).
     Nothing else of the request is written: no credentials, no cookie, no HTTP Basic user. A field the
     request lacks (`req`, `ua`, `query`) is None."""
     path, _, query = environ.get("REQUEST_URI", "").partition("?")
-    path = PERSONAL_PATH.sub(r"\1(redacted)", path)
-    return {"method": environ.get("REQUEST_METHOD"), "path": _cut(path), "query": _cut(query) or None,
+    return {"method": environ.get("REQUEST_METHOD"), "path": _cut(logged_path(environ)), "query": _cut(query) or None,
             "status": int(answer.status.split(" ", 1)[0]), "bytes": answer.sent,
             "duration_ms": round(request_time.total_seconds() * 1000, 1),
             "req": next((value for name, value in answer.headers if name.lower() == "x-request-id"), None),
             "remote": environ.get("REMOTE_ADDR"), "ua": _cut(environ.get("HTTP_USER_AGENT", "")) or None}
+
+
+def logged_path(environ: dict) -> str:
+    """The path an access line shows: the raw path as the client sent it, unless what routing sees
+    (PATH_INFO, slashes merged) is `/v1/apps/<app_id>/users/...`, which names a person; then
+    `/v1/apps/<app_id>/users/(redacted)`, built from the decoded path and nothing of the raw one."""
+    personal = PERSONAL_PATH.match(re.sub("/{2,}", "/", environ.get("PATH_INFO", "")))
+    if personal is not None:
+        return f"/v1/apps/{personal[1]}/users/(redacted)"
+    return environ.get("REQUEST_URI", "").partition("?")[0]
 
 
 def _cut(value: str) -> str:

@@ -190,3 +190,24 @@ def test_an_unreachable_database_is_a_503_with_retry_after(tenant, settings_env)
     response = broken.test_client().post(f"/v1/apps/{tenant.app_id}/events", json=[event_item("evt-1")], headers=tenant.auth)
     assert response.status_code == 503 and response.json["error"] == "database_unavailable"
     assert response.headers["Retry-After"] == "5"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("sqlstate", ["40P01", "40001"], ids=["deadlock", "serialization failure"])
+def test_a_deadlock_or_serialization_failure_is_a_conflict_to_retry_not_an_unreachable_database(app, client,
+                                                                                                   sqlstate):
+    """PostgreSQL rolls a transaction back for a concurrent one's sake (SQLSTATE 40P01 or 40001): the
+    database answered, and the same request again succeeds."""
+    from sqlalchemy import text
+
+    from bridge.request_scope import get_db
+
+    def conflicting():
+        get_db().execute(text(f"DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '{sqlstate}'; END $$"))
+        return ""
+
+    app.add_url_rule("/_conflict", "conflict", conflicting)
+    response = client.get("/_conflict")
+    assert (response.status_code, response.json, response.headers["Retry-After"]) == (503, {
+        "error": "database_conflict", "message": "A concurrent change conflicted with this request; retry.",
+        "details": {}}, "1")

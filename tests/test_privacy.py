@@ -17,18 +17,20 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import MetaData, create_engine, select, text, update
+from sqlalchemy import MetaData, create_engine, func, select, text, update
 
 from bridge.amplitude import client as amp
 from bridge.apps.models import App
 from bridge.apps.service import connect_platform
+from bridge.catalog.models import MessageCatalogEntry
 from bridge.cli import main
 from bridge.cohorts import jobs as cohort_jobs
 from bridge.cohorts.models import CohortBatch, CohortMember, PlatformTag, PlatformUser
 from bridge.cohorts.tagger import Tagger
 from bridge.delivery.models import DEAD, OutboxEvent
 from bridge.delivery.pusher import Pusher
-from bridge.privacy.service import erase_user
+from bridge.privacy import service as privacy_service
+from bridge.privacy.service import ERASED_EXAMPLE, erase_user
 from bridge.runtime import Runtime
 from bridge.settings import Settings, normalize_database_url
 from support.factories import OMIT, T0, channel_record, cohort_batch, event_item, new_tenant, store_cohort_batch
@@ -41,7 +43,7 @@ TOKEN, EMAIL, PHONE = "f3c1a9e2b7d4AnnaPushToken0001", "Anna.K@example.com", "+4
 DEVICES = ("sub-anna-ios", "sub-anna-mail", "sub-anna-sms", "sub-anna-web", "sub-anna-old")
 ZERO = {"channel_records": 0, "outbox_events": {"pending": 0, "dead": 0, "skipped": 0, "details_redacted": 0},
         "cohort_memberships": 0,
-        "cohort_batch_user_lists": 0, "platform_tags": 0, "catalog_entries": 0, "app_error_texts": 0}
+        "cohort_batch_user_lists": 0, "cohort_batch_examples": 0, "platform_tags": 0, "catalog_entries": 0, "app_error_texts": 0}
 
 
 @pytest.fixture
@@ -118,7 +120,10 @@ def seed(client, runtime, tenant) -> None:
         connect_platform(session, session.get(App, tenant.app_id), platform="onesignal", platform_app_id="os-app",
                          platform_api_key="os-key")
         session.commit()
-    for cohort_id, users in (("c1", [PERSON, *OTHERS]), ("c2", [PERSON, OTHERS[0]])):
+    # c1's batch also sets aside two entries quoting them: their id with a control character after it,
+    # and their e-mail address with a bidirectional mark (shown as examples, with their counts).
+    for cohort_id, users in (("c1", [PERSON, *OTHERS, f"{PERSON}\u0007", f"{EMAIL}\u202e", "x\u0007"]),
+                             ("c2", [PERSON, OTHERS[0]])):
         response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth,
                                json=cohort_batch(users, cohort_id=cohort_id))
         assert response.status_code == 200
@@ -163,7 +168,8 @@ def test_erasure_leaves_nothing_of_the_person_in_any_table_and_everyone_else_as_
     assert response.json == {"removed": {
         "channel_records": 5, "outbox_events": {"pending": 2, "dead": 1, "skipped": 1, "details_redacted": 1},
         "cohort_memberships": 2,
-        "cohort_batch_user_lists": 3, "platform_tags": 1, "catalog_entries": 1, "app_error_texts": 1}}
+        "cohort_batch_user_lists": 3, "cohort_batch_examples": 1, "platform_tags": 1, "catalog_entries": 1,
+        "app_error_texts": 1}}
     assert PERSON not in response.get_data(as_text=True)
     after = every_row(database_url)
     assert all(other_tenant.app_id in row for rows in naming_the_person(after).values() for row in rows)
@@ -185,7 +191,13 @@ def test_erasure_leaves_nothing_of_the_person_in_any_table_and_everyone_else_as_
         assert (app.platform_last_error, app.last_delivery_error) == (None, "HTTP 503: Service Unavailable")
         lists = {b.message_id: (json.loads(b.user_ids), b.user_count, b.state, b.claimed_at)
                  for b in session.scalars(select(CohortBatch).where(CohortBatch.app_id == tenant.app_id))}
+        examples = {b.message_id: (b.unusable_users, [(e["index"], e["message"]) for e in b.unusable_examples])
+                    for b in session.scalars(select(CohortBatch).where(CohortBatch.app_id == tenant.app_id,
+                                                                      CohortBatch.unusable_users > 0))}
     assert lists["c1::late"] == (["u-new"], 1, "received", None)  # counts one user fewer: 3 sent, 2 of them theirs
+    [(unusable, shown)] = examples.values()  # the entries quoting them lose their text, and still count
+    assert (unusable, shown[:2]) == (3, [(3, ERASED_EXAMPLE), (4, ERASED_EXAMPLE)])
+    assert shown[2] == (5, 'user_id "x\\u0007" contains a control character or a bidirectional mark.')
     assert sorted(user for users, *_ in lists.values() for user in users) == sorted([*OTHERS, OTHERS[0], "u-new"])
     report = client.get(f"/v1/apps/{tenant.app_id}/cohorts/c1", headers=tenant.auth).json
     assert (report["users"]["in_cohort"], report["users"]["matched"]) == (2, 2)
@@ -245,6 +257,9 @@ def test_the_cli_erases_and_prints_the_same_counts(cli, client, runtime, tenant)
     assert PERSON not in done.stderr  # the log line counts, and names no one
     again = cli.invoke(main, ["users", "erase", "--app", tenant.app_id, PERSON])
     assert json.loads(again.stdout) == {"removed": ZERO}
+    post(client, tenant, "subscriptions", [channel_record("s2", external_id="CaseUser")])
+    other_case = cli.invoke(main, ["users", "erase", "--app", tenant.app_id, "caseuser"])
+    assert (other_case.exit_code, json.loads(other_case.stdout)) == (0, {"removed": ZERO})  # as the API answers it
     unknown = cli.invoke(main, ["users", "erase", "--app", "no-such-app", PERSON])
     assert (unknown.exit_code, unknown.stderr.strip()) == (1, "Error: no app with id no-such-app")
     bad = cli.invoke(main, ["users", "erase", "--app", tenant.app_id, " "])
@@ -390,3 +405,171 @@ def test_an_erasure_while_the_tagger_sends_their_tag_brings_back_no_row(client, 
         users = set(session.scalars(select(PlatformUser.external_id)))
     assert (left, users) == ({("ben", "synced")}, {"ben"})
     assert platform_server.tags(PLATFORM_APP, PERSON) == {"amplitude_cohort_c1": "1"}  # the platform's to erase
+
+
+# -- two erasures at once -------------------------------------------------------------------------
+
+def another_backend_waits_on_a_lock(runtime) -> bool:
+    """Another connection to this test's database waits on a lock (a row's, or an advisory lock). Each
+    call has its own transaction: PostgreSQL shows a transaction the same pg_stat_activity throughout."""
+    with runtime.session() as session:
+        return bool(session.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database() "
+            "AND pid <> pg_backend_pid()")))
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_two_erasures_in_one_app_at_once_do_not_deadlock(app, client, runtime, tenant, monkeypatch):
+    """Alice's event carries Ben's address and Ben's carries hers (each a message personalised for the
+    other). Alice's erasure deletes her events; Ben's then begins. Each has to lock the other's event to
+    take its own address out of it: without the erasures of one app taking turns, each waits for the
+    other, and PostgreSQL rolls one back (a 503). With them, Ben's waits for Alice's to commit."""
+    alice, ben = ("alice-0001", "alice@example.com"), ("ben-0002", "ben@example.com")
+    post(client, tenant, "subscriptions", [channel_record("sub-alice", "Email", identifier=alice[1], external_id=alice[0]),
+                                           channel_record("sub-ben", "Email", identifier=ben[1], external_id=ben[0])])
+    post(client, tenant, "events", [
+        event_item("evt-alice", "message.email.opened", "sub-alice", alice[0], device_type="Email",
+                   message={"id": "msg-invite-a", "name": "Invite", "title": f"Ben invites you: {ben[1]}"}),
+        event_item("evt-ben", "message.email.opened", "sub-ben", ben[0], device_type="Email",
+                   message={"id": "msg-invite-b", "name": "Invite", "title": f"Alice invites you: {alice[1]}"})])
+    alice_deleted = threading.Event()
+    redact = privacy_service._redact_events
+
+    def redact_once_ben_waits(session, *args):
+        if threading.current_thread().name == "alice":
+            alice_deleted.set()
+            deadline = time.monotonic() + 10
+            while not another_backend_waits_on_a_lock(runtime):
+                assert time.monotonic() < deadline, "Ben's erasure never waited for Alice's"
+                time.sleep(0.02)
+        return redact(session, *args)
+
+    monkeypatch.setattr(privacy_service, "_redact_events", redact_once_ben_waits)
+    answers: dict[str, object] = {}
+
+    def erase_in_thread(name: str, external_id: str) -> threading.Thread:
+        thread = threading.Thread(name=name, target=lambda: answers.update(
+            {name: erase(app.test_client(), tenant, external_id)}))
+        thread.start()
+        return thread
+
+    threads = [erase_in_thread("alice", alice[0])]
+    assert alice_deleted.wait(10)
+    threads.append(erase_in_thread("ben", ben[0]))
+    for thread in threads:
+        thread.join(30)
+    assert {name: (a.status_code, a.json) for name, a in answers.items()} == {
+        "alice": (200, {"removed": {**ZERO, "channel_records": 1, "catalog_entries": 1,
+                                    "outbox_events": {**ZERO["outbox_events"], "pending": 1, "details_redacted": 1}}}),
+        "ben": (200, {"removed": {**ZERO, "channel_records": 1, "catalog_entries": 1,
+                                  "outbox_events": {**ZERO["outbox_events"], "pending": 1}}})}
+    with runtime.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
+
+
+# -- which texts name the person --------------------------------------------------------------------
+
+def catalog_texts(runtime, app_id: str) -> set[str]:
+    with runtime.session() as session:
+        return set(session.scalars(select(MessageCatalogEntry.name).where(MessageCatalogEntry.app_id == app_id)))
+
+
+def platform_error(runtime, app_id: str, value: str | None = OMIT) -> str | None:
+    """The app's last platform error, after setting it to `value` when given."""
+    with runtime.session() as session:
+        if value is not OMIT:
+            session.execute(update(App).where(App.id == app_id).values(platform_last_error=value))
+            session.commit()
+        return session.get(App, app_id).platform_last_error
+
+
+@pytest.mark.parametrize("external_id", ["50", "42", "anna"])
+def test_a_short_external_id_is_not_searched_for_in_other_peoples_texts(client, runtime, tenant, external_id):
+    """A short External User ID is a word of ordinary campaign text: erasing its person leaves other
+    people's catalog entries and the app's errors alone; their channel identifiers are still searched for."""
+    post(client, tenant, "subscriptions", [channel_record("sub-p", "Email", identifier="p@example.com",
+                                                          external_id=external_id)])
+    campaign, receipt = f"{external_id}% off today", "Your receipt, p@example.com"
+    post(client, tenant, "events", [
+        event_item("evt-o", subscription_id="sub-o", external_id="other-user", message={"id": "m1", "name": campaign}),
+        event_item("evt-p", subscription_id="sub-p", external_id=external_id, device_type="Email",
+                   kind="message.email.opened", message={"id": "m2", "name": receipt})])
+    error = platform_error(runtime, tenant.app_id, f"HTTP 400: {external_id} tags at most")
+
+    removed = erase(client, tenant, external_id).json["removed"]
+
+    assert (removed["catalog_entries"], removed["app_error_texts"]) == (1, 0)
+    assert (catalog_texts(runtime, tenant.app_id), platform_error(runtime, tenant.app_id)) == ({campaign}, error)
+
+
+@pytest.mark.parametrize("external_id", ["customer-42", "a@b.de", "+4915112345"],
+                         ids=["8 characters or more", "e-mail address", "phone number"])
+def test_a_distinctive_external_id_is_taken_out_of_the_texts_that_hold_it(client, runtime, tenant, external_id):
+    kept = "50% off today"
+    post(client, tenant, "events", [
+        event_item("evt-o", subscription_id="sub-o", external_id="other-user", message={"id": "m1", "name": kept}),
+        event_item("evt-x", subscription_id="sub-o", external_id="other-user",
+                   message={"id": "m2", "name": f"Hello {external_id}!"})])
+    platform_error(runtime, tenant.app_id, f"HTTP 409: the alias {external_id} belongs to another user")
+
+    removed = erase(client, tenant, external_id.replace("+", "%2B")).json["removed"]
+
+    assert (removed["catalog_entries"], removed["app_error_texts"]) == (1, 1)
+    assert (catalog_texts(runtime, tenant.app_id), platform_error(runtime, tenant.app_id)) == ({kept}, None)
+
+
+def test_examples_of_unusable_cohort_entries_lose_the_text_that_quotes_the_person(client, runtime, tenant):
+    """An example quotes one user_id as sent, never campaign text: a short id is looked for there too."""
+    post(client, tenant, "subscriptions", [channel_record("sub-p", "Email", identifier="p@example.com", external_id="50")])
+    response = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth,
+                           json=cohort_batch(["50", "50\u0007", "P@example.com\u202e", "500\u0007"], cohort_id="c1"))
+    assert response.json["unusable_users"] == 3
+
+    assert erase(client, tenant, "50").json["removed"]["cohort_batch_examples"] == 1
+
+    with runtime.session() as session:
+        batch = session.scalars(select(CohortBatch)).one()
+    assert (batch.unusable_users, batch.unusable_reasons) == (3, {"control_character_in_user_id": 3})
+    assert [(e["index"], e["message"]) for e in batch.unusable_examples] == [
+        (1, ERASED_EXAMPLE), (2, ERASED_EXAMPLE),
+        (3, 'user_id "500\\u0007" contains a control character or a bidirectional mark.')]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_intake_waits_for_an_erasure_and_the_erasure_never_waits_for_it(app, client, runtime, tenant,
+                                                                             monkeypatch):
+    """Lock order: the erasure has deleted the person's channel record when events arrive that name
+    another user on it, with a message quoting the person's address. The intake waits for the
+    record; the erasure goes on to the catalog and the app, which the intake has not reached: both
+    answer, none rolled back."""
+    person, address = "stress-user-01", "st@example.com"
+    post(client, tenant, "subscriptions", [channel_record("sub-st", "Email", identifier=address, external_id=person)])
+    post(client, tenant, "events", [event_item("evt-1", "message.email.opened", "sub-st", person, device_type="Email",
+                                               message={"id": "m1", "name": "Hi", "title": f"For {address}"})])
+    records_deleted = threading.Event()
+    erase_catalog_entries = privacy_service._erase_catalog_entries
+
+    def once_the_intake_waits(*args):
+        records_deleted.set()
+        deadline = time.monotonic() + 10
+        while not another_backend_waits_on_a_lock(runtime):
+            assert time.monotonic() < deadline, "the intake never waited for the erasure"
+            time.sleep(0.02)
+        return erase_catalog_entries(*args)
+
+    monkeypatch.setattr(privacy_service, "_erase_catalog_entries", once_the_intake_waits)
+    answers: dict[str, object] = {}
+    erasure = threading.Thread(target=lambda: answers.update(erasure=erase(app.test_client(), tenant, person)))
+    erasure.start()
+    assert records_deleted.wait(10)
+    monkeypatch.setattr(privacy_service, "_erase_catalog_entries", erase_catalog_entries)
+    answers["intake"] = app.test_client().post(
+        f"/v1/apps/{tenant.app_id}/events", headers=tenant.auth,
+        json=[event_item("evt-2", "message.email.opened", "sub-st", "new-owner", device_type="Email",
+                         message={"id": "m1", "title": f"For {address}"}, timestamp=T0 + 1)])
+    erasure.join(30)
+    assert (answers["erasure"].status_code, answers["intake"].status_code) == (200, 202)
+    removed = answers["erasure"].json["removed"]
+    assert (removed["channel_records"], removed["outbox_events"]["pending"], removed["catalog_entries"]) == (1, 1, 1)
+    with runtime.session() as session:  # what arrived after the erasure is stored, as for any new user
+        assert session.scalar(select(OutboxEvent.user_id)) == "new-owner"

@@ -380,8 +380,8 @@ def erases_the_user(setup: Embedded, words: list[str]) -> None:
     assert erased == {"removed": {**readme_json_after("### Erasure on request")["removed"], "channel_records": 1,
                                   "outbox_events": {"pending": 0, "dead": 0, "skipped": 0, "details_redacted": 0},
                                   "cohort_memberships": 0,
-                                  "cohort_batch_user_lists": 0, "platform_tags": 0, "catalog_entries": 0,
-                                  "app_error_texts": 0}}
+                                  "cohort_batch_user_lists": 0, "cohort_batch_examples": 0, "platform_tags": 0,
+                                  "catalog_entries": 0, "app_error_texts": 0}}
     assert erased["removed"].keys() == readme_json_after("### Erasure on request")["removed"].keys()
     assert setup.run(words)["removed"]["channel_records"] == 0  # again: nothing left
 

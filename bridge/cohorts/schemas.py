@@ -200,7 +200,7 @@ class UnusableExampleSchema(Schema):
     index = fields.Integer(required=True, metadata={"description": "Its position in the batch's `users` array."})
     field = fields.String(required=True, metadata={"description": "Where in the body, e.g. `users.3.user_id`."})
     reason = fields.String(required=True, validate=validate.OneOf(list(UNUSABLE_REASONS)))
-    message = fields.String(required=True, metadata={"description": "What was wrong, with what was sent."})
+    message = fields.String(required=True, metadata={"description": "What was wrong, with what was sent; `(removed by an erasure on request)` once the person it quoted was erased."})
 
 
 class WebhookAckSchema(Schema):

@@ -21,7 +21,8 @@ def users() -> None:
 def erase(ctx: Context, app_id: str, external_id: str) -> None:
     """Remove what the app holds of EXTERNAL_ID (channel records, outbox events, cohort memberships, tags,
     catalog entries naming them) in one transaction, and print what was removed, as the API answers it.
-    Running it again prints zeros. An id starting with '-' goes after '--'."""
+    Running it again prints zeros. Zeros mean nothing is held under exactly EXTERNAL_ID (case-sensitive):
+    a mistyped id prints zeros too. An id starting with '-' goes after '--'."""
     try:
         cleaned = clean_external_id(external_id)
     except InvalidExternalId as exc:

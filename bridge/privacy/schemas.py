@@ -24,12 +24,16 @@ class RemovedSchema(Schema):
         "description": "Memberships in the app's cohorts, current or former."})
     cohort_batch_user_lists = fields.Integer(required=True, metadata={
         "description": "Cohort batches whose user list named them (their id is taken out; counts stay)."})
+    cohort_batch_examples = fields.Integer(required=True, metadata={
+        "description": "Cohort batches whose examples of unusable entries quoted their External User ID or a channel "
+                       "identifier of theirs (the example's message is replaced; the entry is still counted)."})
     platform_tags = fields.Integer(required=True, metadata={
         "description": "The bridge's records of their tags on the messaging platform (the platform's own are not touched)."})
     catalog_entries = fields.Integer(required=True, metadata={
-        "description": "Message-catalog entries whose details held their External User ID or a channel identifier of theirs."})
+        "description": "Message-catalog entries whose details held a channel identifier of theirs, or their External User ID "
+                       "when it is distinctive (8 characters or more, or shaped like an e-mail address or a phone number)."})
     app_error_texts = fields.Integer(required=True, metadata={
-        "description": "The app's last-error texts that quoted their External User ID, cleared."})
+        "description": "The app's last-error texts that quoted what catalog entries are searched for, cleared."})
 
 
 class ErasureSchema(Schema):

@@ -15,31 +15,54 @@ What names a person here, table by table (README, "Erasure on request"):
   channel identifiers (a personalised text the catalog completed a late event with) is taken out of
   it, and the event is sent without it.
 - `cohort_batches`: their id taken out of the batches' user lists (`user_ids`); a batch not applied yet
-  counts one user fewer, so its counts still add up once applied.
+  counts one user fewer, so its counts still add up once applied. And the message of an example of an
+  unusable entry (`unusable_examples`: `user_id "their-id\u0007" contains a control character…`)
+  quoting their External User ID, however short (it quotes a user_id as sent, never campaign text), or
+  a channel identifier of theirs: replaced by ERASED_EXAMPLE, the entry's index, field, reason and
+  counts kept.
 - `cohort_members`, `platform_tags`, `platform_users`: their rows, in every cohort.
-- `message_catalog`: the entries whose name, title, contents or template id holds their External User
-  ID or one of their channel identifiers as a whole word (e-mail addresses compared ignoring case):
-  a personalised message may carry them. An entry is a campaign's, learned from any event of the
-  message, so no other link to a person exists; one taken out is learned again from the message's
-  next event that carries its details. This process forgets it at once (`catalog.service.forget`).
+- `message_catalog`: the entries whose name, title, contents or template id holds one of their channel
+  identifiers, or their External User ID when it is distinctive (below), as a whole word (e-mail
+  addresses compared ignoring case): a personalised message may carry them. An entry is a
+  campaign's, learned from any event of the message, so no other link to a person exists; one taken
+  out is learned again from the message's next event that carries its details. This process forgets
+  it at once (`catalog.service.forget`).
 - `apps`: the app's last delivery and platform errors (and the reasons delivery or tagging is held)
-  when their text holds the External User ID as a whole word.
+  when their text holds one of those (the same rule as the catalog's).
+
+Free texts are searched for the External User ID only when it is distinctive (`is_distinctive`: at
+least DISTINCTIVE_LENGTH characters, or shaped like an e-mail address or an international phone
+number): a short one (`50`, `42`, `anna`) is a word of ordinary campaign text ("50% off today"), and
+erasing a person must not erase other people's campaigns. Channel identifiers (push tokens, e-mail
+addresses, phone numbers) are always searched for. The outbox's redaction looks for channel
+identifiers only, never the External User ID: every event carries its own user's id and device id,
+and another user's (`anna-2`, `team/anna`) holds a distinctive id as a whole word too; taking that
+value out would send their event without its user.
 
 Left alone: `event_receipts` (an app id and the platform's own event id, nothing of the person; kept,
 a platform's retry of an erased event is still a duplicate, never stored again) and
 `message_details_totals` (counts).
+
+Erasures of one app take turns: on PostgreSQL each first takes a transaction-level advisory lock keyed
+on the app (`_take_turn`), which nothing else takes, so an erasure waiting for it holds no row yet;
+SQLite has one writer. Two erasures of one app would otherwise deadlock: each deletes its person's
+events, then locks the others' events that hold its person's identifiers, which may be the ones the
+other is deleting. Erasures of different apps share no row.
 
 Statements are set-based. The rows a worker may hold for a while come first: outbox events (a delivery
 in flight: the erasure waits for its outcome) and cohort batches (a batch being applied). Only then
 are the channel records and catalog entries, which the intake writes, locked, in the order the intake
 locks them (by subscription id, by message id); the app's row last, as the pusher and the tagger
 update it last. So it takes rows in the order they take them, and holds up the intake only for its
-own last statements. Nothing is committed here: the caller (the API's request, the CLI command) commits, once.
+own last statements. (The intake only inserts outbox rows and the pusher claims them skipping locked
+ones, so neither waits for the outbox rows the erasure holds.) Nothing is committed here: the caller
+(the API's request, the CLI command) commits, once.
 The commit logs one line: the app and the counts, never the External User ID nor anything derived
 from it (a hash of an id is still the id, to anyone who can hash a guess).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Iterable
@@ -63,10 +86,15 @@ from bridge.text import has_unprintable
 log = logging.getLogger(__name__)
 
 MAX_EXTERNAL_ID_LENGTH = 256  # as the channel registry and the cohorts store it
+DISTINCTIVE_LENGTH = 8  # an External User ID this long or longer is searched for in free texts
+_EMAIL_SHAPED = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_PHONE_SHAPED = re.compile(r"\+[0-9]{6,15}")  # E.164: "+", then the country code and the number
 _LOGGED = "bridge.privacy:erased"  # Session.info key: the erasures a transaction holds, logged by its commit
 _BATCHES_PER_READ = 100  # cohort batches read at a time (each up to 10,000 user ids)
-# The app's texts an error message may have put an External User ID into.
 REDACTED = "details_redacted"
+# An unusable entry's example message once an erasure took out the text that quoted the person.
+ERASED_EXAMPLE = "(removed by an erasure on request)"
+# The app's texts an error message may have put an External User ID into.
 APP_TEXTS = ("last_delivery_error", "delivery_held_reason", "platform_last_error", "platform_held_reason")
 
 
@@ -91,6 +119,14 @@ def clean_external_id(value: str) -> str:
     return cleaned
 
 
+def is_distinctive(external_id: str) -> bool:
+    """Whether free texts (catalog entries, the app's error texts) are searched for `external_id`: when
+    it has at least DISTINCTIVE_LENGTH characters, or is shaped like an e-mail address or an
+    international phone number. A shorter one (`50`, `anna`) is a word of anyone's campaign text."""
+    return (len(external_id) >= DISTINCTIVE_LENGTH or _EMAIL_SHAPED.fullmatch(external_id) is not None
+            or _PHONE_SHAPED.fullmatch(external_id) is not None)
+
+
 @dataclass
 class Erased:
     """How many rows (or parts of rows) of each kind one erasure removed; all zero when nothing was left."""
@@ -101,6 +137,7 @@ class Erased:
     outbox_events: dict[str, int] = field(default_factory=lambda: {PENDING: 0, DEAD: 0, SKIPPED: 0, REDACTED: 0})
     cohort_memberships: int = 0  # rows of cohort_members, current or former (a user who left keeps a row)
     cohort_batch_user_lists: int = 0  # batches whose user list named them
+    cohort_batch_examples: int = 0  # batches whose unusable-entry examples quoted them (the text goes)
     platform_tags: int = 0
     catalog_entries: int = 0
     app_error_texts: int = 0  # the app's error texts cleared
@@ -109,9 +146,12 @@ class Erased:
 def erase_user(session: Session, app_id: str, external_id: str) -> Erased:
     """Remove what app `app_id` holds of the person whose External User ID is `external_id` (already
     cleaned: `clean_external_id`). Flushes, never commits; idempotent: a second call finds nothing and
-    answers zeros. A batch of theirs not applied yet is queued again by the commit."""
+    answers zeros. A batch of theirs not applied yet is queued again by the commit. Call it first in its
+    transaction: it waits for any other erasure of the app to end, and should hold no row meanwhile."""
     erased = Erased()
     postgres = is_postgresql(session)
+    if postgres:
+        _take_turn(session, app_id)
     records = session.execute(select(Subscription.subscription_id, Subscription.channel, Subscription.identifier)
                               .where(Subscription.app_id == app_id, Subscription.external_id == external_id)).all()
     records += _unattributed_records(session, app_id, records)
@@ -123,7 +163,8 @@ def erase_user(session: Session, app_id: str, external_id: str) -> Erased:
     # row the intake writes meanwhile.
     erased.outbox_events = _erase_events(session, app_id, external_id, devices)
     erased.outbox_events[REDACTED] = _redact_events(session, app_id, Needles(identifiers), postgres)
-    erased.cohort_batch_user_lists = _strike_from_batches(session, app_id, external_id, postgres)
+    erased.cohort_batch_user_lists, erased.cohort_batch_examples = _erase_from_batches(
+        session, app_id, external_id, identifiers, postgres)
     erased.cohort_memberships = session.execute(delete(CohortMember).where(
         CohortMember.app_id == app_id, CohortMember.user_id == external_id)).rowcount
     erased.platform_tags = session.execute(delete(PlatformTag).where(
@@ -133,8 +174,9 @@ def erase_user(session: Session, app_id: str, external_id: str) -> Erased:
     records = session.execute(delete(Subscription).where(*theirs).returning(Subscription.identifier)).all()
     erased.channel_records = len(records)
     identifiers += [identifier for identifier, in records]  # one recorded meanwhile too
-    erased.catalog_entries = _erase_catalog_entries(session, app_id, Needles([external_id, *identifiers]), postgres)
-    erased.app_error_texts = _clear_app_texts(session, app_id, external_id)
+    naming = Needles([external_id, *identifiers] if is_distinctive(external_id) else identifiers)
+    erased.catalog_entries = _erase_catalog_entries(session, app_id, naming, postgres)
+    erased.app_error_texts = _clear_app_texts(session, app_id, naming)
     session.flush()
     session.info.setdefault(_LOGGED, []).append((app_id, erased))
     return erased
@@ -151,6 +193,14 @@ def _log_erasures(session: Session) -> None:
 def _forget_erasures(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # ended without a commit (else _log_erasures took them): nothing was erased
         session.info.pop(_LOGGED, None)
+
+
+def _take_turn(session: Session, app_id: str) -> None:
+    """Wait until no other transaction erases in app `app_id`, and keep the turn until this one ends
+    (PostgreSQL's transaction-level advisory lock, on a 64-bit key drawn from the app id: two apps whose
+    keys collide only take turns too)."""
+    digest = hashlib.blake2b(f"{_LOGGED}:{app_id}".encode(), digest_size=8).digest()
+    session.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True))))
 
 
 def _unattributed_records(session: Session, app_id: str, records: list) -> list:
@@ -245,6 +295,8 @@ def _redact_events(session: Session, app_id: str, needles: Needles, postgres: bo
 def _erase_catalog_entries(session: Session, app_id: str, needles: Needles, postgres: bool) -> int:
     """Delete the app's catalog entries whose details name the person (`Needles`). Rows are locked in
     message-id order, as the intake's upsert locks them."""
+    if not needles.values:
+        return 0
     columns = [MessageCatalogEntry.__table__.c[detail] for detail in DETAILS]
     candidates = _lock(select(MessageCatalogEntry.message_id, *columns)
                        .where(MessageCatalogEntry.app_id == app_id, needles.anywhere(columns))
@@ -253,42 +305,63 @@ def _erase_catalog_entries(session: Session, app_id: str, needles: Needles, post
     return catalog.forget(session, app_id, named)
 
 
-def _strike_from_batches(session: Session, app_id: str, external_id: str, postgres: bool) -> int:
-    """Take `external_id` out of the user lists of the app's cohort batches; returns how many batches
-    named it. The lists are JSON arrays as the webhook stored them (orjson), so the database picks the
-    batches whose text holds the id's JSON string, and each is rewritten without it.
+def _erase_from_batches(session: Session, app_id: str, external_id: str, identifiers: list[str],
+                        postgres: bool) -> tuple[int, int]:
+    """Take `external_id` out of the user lists of the app's cohort batches, and the text out of their
+    unusable-entry examples that quote it or one of `identifiers` (`_quoting`); returns how many
+    batches named it in their list, and how many in their examples. The lists are JSON arrays as the
+    webhook stored them (orjson), so the database picks the batches whose text holds the id's JSON
+    string, or that set entries aside, and each is rewritten.
 
     A batch applied keeps its counts (its history). A batch not applied yet counts the removed entries
     out of `user_count` and loses its claim: a run that claimed it before this erasure (and so read the
-    old list) finds the claim gone and discards its work, and the commit queues the batch again."""
+    old list) finds the claim gone and discards its work, and the commit queues the batch again. An
+    example keeps its index, field and reason, so the unusable entries still add up."""
     needle = orjson.dumps(external_id).decode()
-    after, struck = 0, 0
+    quoting = _quoting(external_id, identifiers)
+    after, struck, quoted = 0, 0, 0
     while True:
-        query = _lock(select(CohortBatch.id, CohortBatch.user_ids, CohortBatch.state, CohortBatch.user_count)
+        query = _lock(select(CohortBatch.id, CohortBatch.user_ids, CohortBatch.state, CohortBatch.user_count,
+                             CohortBatch.unusable_examples)
                       .where(CohortBatch.app_id == app_id, CohortBatch.id > after,
-                             CohortBatch.user_ids.contains(needle, autoescape=True))
+                             or_(CohortBatch.user_ids.contains(needle, autoescape=True), CohortBatch.unusable_users > 0))
                       .order_by(CohortBatch.id).limit(_BATCHES_PER_READ), postgres)
         rows = session.execute(query).all()
         if not rows:
-            return struck
-        for batch_id, user_ids, state, user_count in rows:
+            return struck, quoted
+        for batch_id, user_ids, state, user_count, examples in rows:
+            values: dict[str, object] = {}
             listed = orjson.loads(user_ids)
             kept = [user for user in listed if user != external_id]
-            if len(kept) == len(listed):
-                continue  # the text held the needle inside another id
-            struck += 1
-            values: dict[str, object] = {"user_ids": orjson.dumps(kept).decode()}
-            if state != PROCESSED:
-                values.update(user_count=user_count - (len(listed) - len(kept)), claimed_at=None)
-                batch_after_commit(session, batch_id)
-            session.execute(update(CohortBatch).where(CohortBatch.id == batch_id).values(**values))
+            if len(kept) < len(listed):  # else the text held the needle inside another id, or not at all
+                struck += 1
+                values["user_ids"] = orjson.dumps(kept).decode()
+                if state != PROCESSED:
+                    values.update(user_count=user_count - (len(listed) - len(kept)), claimed_at=None)
+                    batch_after_commit(session, batch_id)
+            shown = [{**example, "message": ERASED_EXAMPLE} if quoting.found_in(example.get("message") or "")
+                     else example for example in examples or ()]
+            if shown != (examples or []):
+                quoted += 1
+                values["unusable_examples"] = shown
+            if values:
+                session.execute(update(CohortBatch).where(CohortBatch.id == batch_id).values(**values))
         after = rows[-1].id
 
 
-def _clear_app_texts(session: Session, app_id: str, external_id: str) -> int:
-    """Clear the app's error texts (APP_TEXTS) that hold `external_id` as a whole word (a platform's or
-    Amplitude's answer may quote it); returns how many."""
-    needles = Needles([external_id])
+def _quoting(external_id: str, identifiers: list[str]) -> Needles:
+    """What names the person in an unusable entry's example: their External User ID, however short (the
+    example quotes one user_id value as sent, never campaign text), also as a JSON string escapes it,
+    and their channel identifiers."""
+    escaped = orjson.dumps(external_id).decode()[1:-1]
+    return Needles([external_id, escaped, *identifiers])
+
+
+def _clear_app_texts(session: Session, app_id: str, needles: Needles) -> int:
+    """Clear the app's error texts (APP_TEXTS) that name the person (`needles`: a platform's or
+    Amplitude's answer may quote an id or an address); returns how many."""
+    if not needles.values:
+        return 0
     texts = session.execute(select(*(App.__table__.c[name] for name in APP_TEXTS)).where(App.id == app_id)).first()
     cleared = [name for name, text in zip(APP_TEXTS, texts or (), strict=False) if text and needles.found_in(text)]
     if cleared:

@@ -21,7 +21,8 @@ ERASURE = ErasureSchema()
 @require_token("api")
 def erase(app_id: str, external_id: str):
     """Remove the user's channel records, outbox events, cohort memberships, tags and the catalog entries
-    that name them (`bridge.privacy.service.erase_user`); the same call again answers zeros."""
+    that name them (`bridge.privacy.service.erase_user`); the same call again answers zeros. Zeros mean
+    nothing is held under exactly this id (case-sensitive): a mistyped id answers zeros too."""
     try:
         cleaned = clean_external_id(external_id)
     except InvalidExternalId as exc:
