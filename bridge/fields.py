@@ -8,7 +8,7 @@ from __future__ import annotations
 from marshmallow import ValidationError, fields
 
 from bridge import times
-from bridge.text import SLASH_REFUSED, has_unprintable
+from bridge.text import has_unprintable, path_segment_problem
 
 
 def without_nul(value: str) -> None:
@@ -25,9 +25,11 @@ def printable(value: str) -> None:
 
 
 def path_segment(value: str) -> None:
-    """Refuse an id that is a segment of a URL path (subscription id, cohort id) holding a "/": bridge.text."""
-    if "/" in value:
-        raise ValidationError(f"{SLASH_REFUSED[0].upper()}{SLASH_REFUSED[1:]}.")
+    """Refuse an id that is a segment of a URL path (subscription id, cohort id) holding a "/", or one that
+    is "." or "..": bridge.text."""
+    problem = path_segment_problem(value)
+    if problem:
+        raise ValidationError(f"{problem[0].upper()}{problem[1:]}.")
 
 
 def as_identifier(value: object) -> str | None:

@@ -11,6 +11,18 @@ UNPRINTABLE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u200e\\u200f\\u202a-\\u202e\\
 # An id that is a segment of a URL path (a subscription id, a cohort id) cannot hold a "/": the router
 # would split it (`%2F` too: the server decodes it first), so the record could be stored but never read.
 SLASH_REFUSED = "contains '/', which an id shown in a URL path cannot hold"
+# Nor be "." or "..": browsers, curl and proxies resolve such a segment away before the request is sent.
+DOT_SEGMENT_REFUSED = "is '.' or '..', which a URL path resolves away"
+
+
+def path_segment_problem(value: str) -> str | None:
+    """Why `value` cannot be an id shown as a segment of a URL path (SLASH_REFUSED, DOT_SEGMENT_REFUSED),
+    or None when it can."""
+    if "/" in value:
+        return SLASH_REFUSED
+    if value in (".", ".."):
+        return DOT_SEGMENT_REFUSED
+    return None
 
 
 def escape_unprintable(value: str) -> str:

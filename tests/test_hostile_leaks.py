@@ -243,3 +243,24 @@ def test_an_id_with_a_slash_is_refused_at_every_door_that_would_make_it_unreacha
         "message_id": "m1", "users": [{"user_id": "u/2"}]})
     assert (refused.status_code, refused.json["error"], refused.json["details"]) == (400, "invalid_payload",
                                                                                    {"cohort_id": message})
+
+
+@pytest.mark.parametrize("dots", [".", ".."])
+def test_an_id_of_dots_is_refused_at_every_door_that_would_make_it_unreachable(client, tenant, runtime, dots):
+    """Browsers, curl and proxies resolve a "." or ".." segment away before sending the request, so
+    …/cohorts/.. or …/subscriptions/. would name another URL: such ids are refused, each item alone."""
+    message = "Is '.' or '..', which a URL path resolves away."
+    good, dotted = event_item("e0", subscription_id="s"), event_item("e1", subscription_id=dots)
+    response = client.post(f"/v1/apps/{tenant.app_id}/events", json=[good, dotted], headers=tenant.auth)
+    assert response.json["accepted"] == 1
+    assert response.json["rejected"] == [{"index": 1, "errors": {"event.subscription_id": message}}]
+    single = client.post(f"/v1/apps/{tenant.app_id}/events", json=dotted, headers=tenant.auth)  # the fast path too
+    assert single.status_code == 400 and single.json["details"]["rejected"][0]["errors"] == {"event.subscription_id": message}
+    response = client.post(f"/v1/apps/{tenant.app_id}/subscriptions", headers=tenant.auth, json=[
+        channel_record(dots), channel_record("ab")])
+    assert (response.json["added"], response.json["rejected"]) == (1, [{"index": 0, "errors": {"subscription_id": message}}])
+    refused = client.post(f"/v1/apps/{tenant.app_id}/amplitude/cohorts", headers=tenant.cohort_auth, json={
+        "cohort_id": dots, "cohort_name": "C", "in_cohort": True, "computed_time": "1763856000",
+        "message_id": "m1", "users": [{"user_id": "u"}]})
+    assert (refused.status_code, refused.json["error"], refused.json["details"]) == (400, "invalid_payload",
+                                                                                   {"cohort_id": message})

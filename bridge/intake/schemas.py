@@ -6,6 +6,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, vali
 
 from bridge import times
 from bridge.fields import DateTimeText, EpochTime, Identifier, OptionalText, path_segment, printable, without_nul
+from bridge.text import path_segment_problem
 from bridge.text import has_unprintable
 from bridge.mapping import KINDS_REQUIRING_MESSAGE_ID, KNOWN_KINDS, localized
 from bridge.validation import RejectedItemSchema
@@ -147,7 +148,7 @@ def fast_load(raw: object) -> dict | None:
     if type(event) is not dict or type(message) is not dict:
         return None
     kind = event.get("kind")
-    if not (_text(event.get("id"), 1, 128) and _text(kind, 1, 64) and _text(event.get("subscription_id"), 1, 128) and "/" not in event["subscription_id"]
+    if not (_text(event.get("id"), 1, 128) and _text(kind, 1, 64) and _text(event.get("subscription_id"), 1, 128) and path_segment_problem(event["subscription_id"]) is None
             and _optional_text(event.get("subscription_device_type"), 64) and _optional_text(event.get("external_id"), 256)):
         return None
     timestamp = event.get("timestamp")

@@ -11,7 +11,7 @@ import re
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
 from bridge.fields import Timestamp, sentence
-from bridge.text import SLASH_REFUSED, has_unprintable
+from bridge.text import has_unprintable, path_segment_problem
 from bridge.validation import RejectedItemSchema, rejection
 from bridge.mapping import non_placeholder_id
 from bridge.registry.models import CHANNELS, Subscription
@@ -87,10 +87,11 @@ def clean_id(value: str, limit: int) -> str | None:
 
 def clean_path_id(value: str, limit: int) -> str | None:
     """`clean_id` for an id that is a segment of a URL path (the subscription id): ValueError also when
-    it holds a "/" (bridge.text)."""
+    it holds a "/" or is "." or ".." (bridge.text)."""
     value = clean_id(value, limit)
-    if value is not None and "/" in value:
-        raise ValueError(SLASH_REFUSED)
+    problem = None if value is None else path_segment_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
