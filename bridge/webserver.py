@@ -115,7 +115,7 @@ def access_fields(answer: _Answer, environ: dict, request_time: datetime.timedel
     is written as `(redacted)` (`logged_path`).
     Nothing else of the request is written: no credentials, no cookie, no HTTP Basic user. A field the
     request lacks (`req`, `ua`, `query`) is None."""
-    path, _, query = environ.get("REQUEST_URI", "").partition("?")
+    query = environ.get("REQUEST_URI", "").partition("?")[2]
     return {"method": environ.get("REQUEST_METHOD"), "path": _cut(logged_path(environ)), "query": _cut(query) or None,
             "status": int(answer.status.split(" ", 1)[0]), "bytes": answer.sent,
             "duration_ms": round(request_time.total_seconds() * 1000, 1),
