@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("BRIDGE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BRIDGE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 BENCH_SECRET_KEY = "bench-secret-key-0123456789abcdef0123456789"  # production mode (REDIS_URL) needs one
+BENCH_METRICS_TOKEN = "bench-metrics-token-0123456789abcdef0123456789"  # /metrics on, as production runs it
 # The checkout whose `bridge` package the stream scenarios run as `bridge web` / `bridge worker`, with
 # PYTHONPATH and cwd set to it (an older commit, say, to compare side by side); the harness itself and
 # the sink always come from ROOT.

@@ -7,9 +7,8 @@ import time
 import httpx
 import psycopg
 
-from bench.common import BENCH_SECRET_KEY, analyze, median, new_app, scratch_database, start_bridge_web
+from bench.common import BENCH_METRICS_TOKEN, BENCH_SECRET_KEY, analyze, median, new_app, scratch_database, start_bridge_web
 
-TOKEN = "bench-metrics-token-0123456789abcdef0123456789"
 APPS = 5
 
 # Rows made by the database itself (generate_series), spread over the apps; `created_at` a millisecond apart.
@@ -43,10 +42,10 @@ def measure(pending: int, tags: int, repeat: int) -> float:
             conn.execute(_FILL, sizes)
             conn.execute(_FILL_TAGS, sizes)
         analyze(database_url)
-        web, url = start_bridge_web({"DATABASE_URL": database_url, "JOB_RUNNER": "manual", "METRICS_TOKEN": TOKEN,
+        web, url = start_bridge_web({"DATABASE_URL": database_url, "JOB_RUNNER": "manual", "METRICS_TOKEN": BENCH_METRICS_TOKEN,
                                      "SECRET_KEY": BENCH_SECRET_KEY, "LOG_LEVEL": "WARNING"})
         try:
-            headers = {"Authorization": f"Bearer {TOKEN}"}
+            headers = {"Authorization": f"Bearer {BENCH_METRICS_TOKEN}"}
             times = []
             with httpx.Client(timeout=30) as client:
                 for _ in range(2 + 3 * repeat):  # the first two warm the process's connections and caches

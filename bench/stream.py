@@ -30,7 +30,7 @@ import httpx
 import orjson
 import sqlalchemy
 
-from bench.common import (BENCH_SECRET_KEY, REDIS_URL, ROOT, Analyzer, ExitedEarly, Proc, analyze, ensure_wrk, flush_redis, median, percentile,
+from bench.common import (BENCH_METRICS_TOKEN, BENCH_SECRET_KEY, REDIS_URL, ROOT, Analyzer, ExitedEarly, Proc, analyze, ensure_wrk, flush_redis, median, percentile,
                           scratch_database, server_app, server_upgrade, sink_stats, start_bridge, start_bridge_web,
                           start_sink)
 from bench.delivery import KINDS, source_events
@@ -98,12 +98,16 @@ def start_embedded_web(env: dict[str, str]) -> tuple[Proc, str]:
 def serving(database_url: str, env: dict[str, str], known: int, worker: bool,
             start_web: Callable[[dict[str, str]], tuple[Proc, str]] = start_bridge_web) -> Iterator[Bridge]:
     """`bridge web` (`start_web`) and, with `worker`, one `bridge worker`, on `database_url` delivering
-    to a new sink, for a new app with `known` subscriptions registered; every process stopped afterwards."""
+    to a new sink, for a new app with `known` subscriptions registered; every process stopped afterwards.
+    With /metrics on, as a production deployment runs: every process counts into one directory (a server
+    tree from before the metrics ignores both variables)."""
     app_id, api_key = server_app(database_url)
     with ExitStack() as running:
         sink, sink_url = start_sink()
         running.callback(sink.stop)
-        env = {**env, "DATABASE_URL": database_url, "AMPLITUDE_BASE_URL": sink_url, "LOG_LEVEL": "WARNING"}
+        metrics_dir = running.enter_context(tempfile.TemporaryDirectory(prefix="bench-metrics-"))
+        env = {**env, "DATABASE_URL": database_url, "AMPLITUDE_BASE_URL": sink_url, "LOG_LEVEL": "WARNING",
+               "METRICS_TOKEN": BENCH_METRICS_TOKEN, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
         if worker:
             running.callback(start_bridge(["worker"], env).stop)  # booting while gunicorn starts
         web, base = start_web(env)
